@@ -1,0 +1,116 @@
+//! Capture time: how a buffer's pipeline timestamp becomes wall-clock time.
+//!
+//! Reading the wall clock once per frame would stamp frames with *processing* time, which jitters
+//! with load and jumps with NTP steps. Instead each pipeline run takes one wall-clock anchor when
+//! its first frame arrives and stamps every later frame with `anchor + (running time - first
+//! running time)`: spacing between frames is exactly the pipeline's, and times of one camera
+//! never go backwards, even across reconnects and file loops ([`CaptureClock::stamp`] enforces it).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::pb::TimeSource;
+
+/// Wall-clock time in nanoseconds since the Unix epoch.
+pub type UnixNanos = i64;
+
+pub fn unix_nanos(t: SystemTime) -> UnixNanos {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn now_unix_nanos() -> UnixNanos {
+    unix_nanos(SystemTime::now())
+}
+
+pub fn to_timestamp(nanos: UnixNanos) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+/// Per-camera capture clock. Kept across pipeline runs so times stay monotonic.
+#[derive(Debug)]
+pub struct CaptureClock {
+    source: TimeSource,
+    /// (wall clock, running time) of the first frame of the current pipeline run.
+    anchor: Option<(UnixNanos, Duration)>,
+    last: Option<UnixNanos>,
+}
+
+impl CaptureClock {
+    pub fn new(source: TimeSource) -> Self {
+        CaptureClock {
+            source,
+            anchor: None,
+            last: None,
+        }
+    }
+
+    pub fn source(&self) -> TimeSource {
+        self.source
+    }
+
+    /// A new pipeline run (reconnect, file loop) starts its running time afresh: re-anchor on
+    /// its first frame.
+    pub fn restart(&mut self) {
+        self.anchor = None;
+    }
+
+    /// Capture time of a frame with the given running time; `wall_now` is read only for the
+    /// first frame of a run.
+    pub fn stamp(
+        &mut self,
+        running_time: Duration,
+        wall_now: impl FnOnce() -> UnixNanos,
+    ) -> UnixNanos {
+        let (anchor_wall, anchor_running) = *self
+            .anchor
+            .get_or_insert_with(|| (wall_now(), running_time));
+        let offset = running_time.saturating_sub(anchor_running);
+        let mut t =
+            anchor_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
+        if let Some(last) = self.last
+            && t <= last
+        {
+            t = last + 1;
+        }
+        self.last = Some(t);
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn frames_keep_pipeline_spacing_from_one_anchor() {
+        let mut clock = CaptureClock::new(TimeSource::HostArrival);
+        let t0 = clock.stamp(40 * MS, || 1_000_000_000);
+        // The wall clock is not read again: a late frame keeps its pipeline time.
+        let t1 = clock.stamp(80 * MS, || panic!("wall clock read per frame"));
+        assert_eq!(t0, 1_000_000_000);
+        assert_eq!(t1 - t0, 40_000_000);
+    }
+
+    #[test]
+    fn restart_never_goes_back_in_time() {
+        let mut clock = CaptureClock::new(TimeSource::FilePosition);
+        let t0 = clock.stamp(10_000 * MS, || 5_000_000_000);
+        clock.restart();
+        // A new run whose wall anchor is behind the last stamp (clock step) still moves forward.
+        let t1 = clock.stamp(0 * MS, || 4_000_000_000);
+        assert!(t1 > t0);
+    }
+
+    #[test]
+    fn timestamp_conversion_handles_negative_times() {
+        let ts = to_timestamp(-1);
+        assert_eq!((ts.seconds, ts.nanos), (-1, 999_999_999));
+    }
+}

@@ -1,0 +1,344 @@
+//! The node's configuration: one TOML file, documented field by field in the README.
+//!
+//! Relative paths in the file are resolved against the directory of the file itself, so a config
+//! can sit beside its models and media and be started from anywhere.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// COCO classes a city cares about: people and vehicles.
+pub const DEFAULT_EMBED_CLASSES: [&str; 6] =
+    ["person", "bicycle", "car", "motorcycle", "bus", "truck"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub inference: InferenceConfig,
+    #[serde(default)]
+    pub deliver: DeliverConfig,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+    /// Directory of the config file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable identity of this node in the city brain, copied into every descriptor.
+    pub id: String,
+    /// Address the gRPC service listens on. Port 0 picks a free port (tests).
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint; absent: no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Stop the node once every camera has ended (files that don't loop). For one-pass runs
+    /// such as the demo and benchmarks; a deployed node leaves this off.
+    #[serde(default)]
+    pub exit_when_cameras_end: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Path of the ONNX Runtime shared library (`libonnxruntime.so.1.*`).
+    #[serde(default = "default_onnxruntime_library")]
+    pub onnxruntime_library: PathBuf,
+    /// Manifest (TOML) of the detector model; the ONNX file is named inside it.
+    pub detector_manifest: PathBuf,
+    /// Manifest of the appearance-embedding model; absent: no embeddings.
+    #[serde(default)]
+    pub embedder_manifest: Option<PathBuf>,
+    /// Classes (detector class names) that get an appearance embedding.
+    #[serde(default = "default_embed_classes")]
+    pub embed_classes: Vec<String>,
+    /// Overrides the detector manifest's score threshold.
+    #[serde(default)]
+    pub score_threshold: Option<f32>,
+    /// Inference threads, each with its own model sessions, each analysing a whole frame.
+    /// Two frames in flight use both cores of a small box better than one frame on two threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per session.
+    #[serde(default = "default_intra_op_threads")]
+    pub intra_op_threads: usize,
+    /// Let ONNX Runtime's idle threads spin. Off: an idle pool then does not steal the core
+    /// that another session needs (measured: 71 ms vs 32 ms per frame on 2 cores).
+    #[serde(default)]
+    pub allow_spinning: bool,
+    /// Frames waiting for inference, per camera. When full, the oldest waiting frame of that
+    /// camera is dropped (live sources) or decoding waits (files that are not paced).
+    #[serde(default = "default_queue_frames_per_camera")]
+    pub queue_frames_per_camera: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverConfig {
+    /// Descriptors kept in memory for subscribers that start at the earliest buffered one.
+    #[serde(default = "default_replay_frames")]
+    pub replay_frames: usize,
+    /// Descriptors a subscriber may fall behind before it loses the oldest ones.
+    #[serde(default = "default_subscriber_buffer_frames")]
+    pub subscriber_buffer_frames: usize,
+    /// How embeddings are encoded on the wire: "int8" (default) or "f32".
+    #[serde(default)]
+    pub embedding_codec: EmbeddingCodecConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingCodecConfig {
+    #[default]
+    Int8,
+    F32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Unique id of the camera on this node, copied into every descriptor.
+    pub id: String,
+    /// Any URI GStreamer can open (`rtsp://`, `file://`, `http(s)://`), or a file path
+    /// (relative to the config file).
+    pub uri: String,
+    /// Frames per second to analyse; frames above this rate are dropped in the pipeline before
+    /// conversion. 0: analyse every frame.
+    #[serde(default = "default_analysis_fps")]
+    pub analysis_fps: f64,
+    /// Frames are scaled down in the pipeline to fit this box (aspect kept) before they reach
+    /// the analysis; detectors work at ~416 px, so more only costs conversion time.
+    #[serde(default = "default_max_frame_width_px")]
+    pub max_frame_width_px: u32,
+    #[serde(default = "default_max_frame_height_px")]
+    pub max_frame_height_px: u32,
+    /// Files: start again at the end instead of stopping.
+    #[serde(default)]
+    pub loop_file: bool,
+    /// Files: play at the file's own frame rate, like a camera. Off: as fast as the analysis
+    /// goes, with no frame dropped (benchmarks, batch runs).
+    #[serde(default = "default_true")]
+    pub realtime: bool,
+    /// A disabled camera stays in the config but is not started.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub position: Option<CameraPositionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraPositionConfig {
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(default)]
+    pub heading_degrees: f32,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_onnxruntime_library() -> PathBuf {
+    PathBuf::from("../.deps/onnxruntime/libonnxruntime.so.1.32.0")
+}
+fn default_embed_classes() -> Vec<String> {
+    DEFAULT_EMBED_CLASSES
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_intra_op_threads() -> usize {
+    1
+}
+fn default_queue_frames_per_camera() -> usize {
+    2
+}
+fn default_replay_frames() -> usize {
+    1000
+}
+fn default_subscriber_buffer_frames() -> usize {
+    256
+}
+fn default_analysis_fps() -> f64 {
+    5.0
+}
+fn default_max_frame_width_px() -> u32 {
+    640
+}
+fn default_max_frame_height_px() -> u32 {
+    640
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DeliverConfig {
+    fn default() -> Self {
+        DeliverConfig {
+            replay_frames: default_replay_frames(),
+            subscriber_buffer_frames: default_subscriber_buffer_frames(),
+            embedding_codec: EmbeddingCodecConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, path, base_dir)
+    }
+
+    /// Parses and validates; `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &Path, base_dir: PathBuf) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.base_dir = base_dir;
+        config.validate().map_err(|message| Error::Config {
+            path: origin.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.node.id.trim().is_empty() {
+            return Err("node.id must not be empty".into());
+        }
+        let inference = &self.inference;
+        if inference.workers == 0 || inference.workers > 64 {
+            return Err(format!(
+                "inference.workers = {} (expected 1..=64)",
+                inference.workers
+            ));
+        }
+        if inference.intra_op_threads == 0 || inference.intra_op_threads > 64 {
+            return Err(format!(
+                "inference.intra_op_threads = {} (expected 1..=64)",
+                inference.intra_op_threads
+            ));
+        }
+        if inference.queue_frames_per_camera == 0 {
+            return Err("inference.queue_frames_per_camera must be at least 1".into());
+        }
+        if let Some(t) = inference.score_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(format!("inference.score_threshold = {t} (expected 0..=1)"));
+        }
+        if self.deliver.subscriber_buffer_frames == 0 {
+            return Err("deliver.subscriber_buffer_frames must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, camera) in self.cameras.iter().enumerate() {
+            let at = format!("cameras[{i}] (id {:?})", camera.id);
+            if camera.id.trim().is_empty() {
+                return Err(format!("cameras[{i}].id must not be empty"));
+            }
+            if !seen.insert(camera.id.as_str()) {
+                return Err(format!("{at}: duplicate camera id"));
+            }
+            if !(camera.analysis_fps >= 0.0 && camera.analysis_fps <= 1000.0) {
+                return Err(format!(
+                    "{at}: analysis_fps = {} (expected 0..=1000)",
+                    camera.analysis_fps
+                ));
+            }
+            if camera.max_frame_width_px < 16 || camera.max_frame_height_px < 16 {
+                return Err(format!(
+                    "{at}: max_frame_width_px/max_frame_height_px must be at least 16"
+                ));
+            }
+            if let Some(p) = &camera.position
+                && (!(-90.0..=90.0).contains(&p.latitude)
+                    || !(-180.0..=180.0).contains(&p.longitude))
+            {
+                return Err(format!("{at}: position latitude/longitude out of range"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [node]
+        id = "n1"
+        [inference]
+        detector_manifest = "models/d.toml"
+        [[cameras]]
+        id = "c1"
+        uri = "rtsp://cam/1"
+    "#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("test.toml"), PathBuf::from("/etc/retina"))
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.inference.workers, 2);
+        assert_eq!(config.inference.embed_classes.len(), 6);
+        assert_eq!(config.cameras[0].analysis_fps, 5.0);
+        assert!(config.cameras[0].realtime && config.cameras[0].enabled);
+        assert_eq!(config.deliver.embedding_codec, EmbeddingCodecConfig::Int8);
+        assert_eq!(
+            config.resolve(Path::new("models/d.toml")),
+            PathBuf::from("/etc/retina/models/d.toml")
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = parse(&MINIMAL.replace("uri =", "url ="))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml") && err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_camera_is_refused() {
+        let text = format!("{MINIMAL}\n[[cameras]]\nid = \"c1\"\nuri = \"rtsp://cam/2\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("duplicate camera id"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let err = parse(&MINIMAL.replace("[inference]", "[inference]\nworkers = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inference.workers = 0"), "{err}");
+    }
+}

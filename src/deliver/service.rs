@@ -1,0 +1,289 @@
+//! The gRPC service `retina.v1.Retina`, with the standard health service and server reflection
+//! beside it so that `grpcurl` and load balancers work without the .proto.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use super::hub::Hub;
+use crate::clock::{UnixNanos, to_timestamp};
+use crate::error::Result;
+use crate::infer::ModelCard;
+use crate::ingest::Cameras;
+use crate::metrics::Metrics;
+use crate::pb::{self, retina_server::Retina, retina_server::RetinaServer};
+use crate::shutdown::Shutdown;
+
+/// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
+const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
+
+/// Descriptors that may wait between a subscriber's reader task and its HTTP/2 stream. Most of
+/// a subscriber's buffer is the hub's ring; this only smooths the hand-over.
+const STREAM_BUFFER: usize = 16;
+
+/// What `GetNodeInfo` reports; fixed at start except the cameras' live state.
+pub struct NodeFacts {
+    pub node_id: String,
+    pub run_id: u64,
+    pub started_at: UnixNanos,
+    pub cameras: Cameras,
+    /// (role, model)
+    pub models: Vec<(String, ModelCard)>,
+    /// Detector class names, to validate subscription filters.
+    pub class_names: Vec<String>,
+}
+
+pub struct RetinaService {
+    hub: Arc<Hub>,
+    facts: Arc<NodeFacts>,
+    metrics: Arc<Metrics>,
+}
+
+/// A subscriber's filters, validated.
+struct Filter {
+    cameras: HashSet<String>,
+    classes: HashSet<String>,
+    min_score: f32,
+    include_empty_frames: bool,
+}
+
+impl Filter {
+    fn from_request(request: &pb::SubscribeRequest, facts: &NodeFacts) -> Result<Filter, Status> {
+        if !(0.0..=1.0).contains(&request.min_score) {
+            return Err(Status::invalid_argument(format!(
+                "min_score must lie in 0..=1, got {}",
+                request.min_score
+            )));
+        }
+        if let Some(unknown) = request
+            .class_names
+            .iter()
+            .find(|c| !facts.class_names.contains(c))
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown class {unknown:?}; the detector's classes are: {}",
+                facts.class_names.join(", ")
+            )));
+        }
+        let known: HashSet<String> = facts
+            .cameras
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        if let Some(unknown) = request.camera_ids.iter().find(|c| !known.contains(*c)) {
+            let mut known: Vec<String> = known.into_iter().collect();
+            known.sort();
+            return Err(Status::not_found(format!(
+                "no camera {unknown:?} on this node; cameras: {}",
+                known.join(", ")
+            )));
+        }
+        Ok(Filter {
+            cameras: request.camera_ids.iter().cloned().collect(),
+            classes: request.class_names.iter().cloned().collect(),
+            min_score: request.min_score,
+            include_empty_frames: request.include_empty_frames,
+        })
+    }
+
+    /// The descriptor as this subscriber should see it, or `None` to skip it.
+    fn apply(&self, descriptor: &pb::FrameDescriptor) -> Option<pb::FrameDescriptor> {
+        if !self.cameras.is_empty() && !self.cameras.contains(&descriptor.camera_id) {
+            return None;
+        }
+        let keep = |o: &pb::DetectedObject| {
+            o.score >= self.min_score
+                && (self.classes.is_empty() || self.classes.contains(&o.class_name))
+        };
+        let all_kept = descriptor.objects.iter().all(keep);
+        if all_kept {
+            return (self.include_empty_frames || !descriptor.objects.is_empty())
+                .then(|| descriptor.clone());
+        }
+        let objects: Vec<_> = descriptor
+            .objects
+            .iter()
+            .filter(|o| keep(o))
+            .cloned()
+            .collect();
+        if objects.is_empty() && !self.include_empty_frames {
+            return None;
+        }
+        Some(pb::FrameDescriptor {
+            objects,
+            ..pb::FrameDescriptor {
+                objects: Vec::new(),
+                ..descriptor.clone()
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Retina for RetinaService {
+    type SubscribeStream = ReceiverStream<Result<pb::FrameDescriptor, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let request = request.into_inner();
+        let filter = Filter::from_request(&request, &self.facts)?;
+        let with_replay = request.start() == pb::StartPosition::EarliestBuffered;
+        let (replay, live) = self.hub.subscribe(with_replay);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let metrics = self.metrics.clone();
+        tracing::info!(%peer, cameras = ?request.camera_ids, classes = ?request.class_names, "subscriber joined");
+        tokio::spawn(async move {
+            metrics.subscribers.inc();
+            forward(filter, replay, live, &tx, &metrics).await;
+            metrics.subscribers.dec();
+            tracing::info!(%peer, "subscriber left");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_node_info(
+        &self,
+        _: Request<pb::GetNodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let facts = &self.facts;
+        let cameras = facts
+            .cameras
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|camera| {
+                let condition = camera.condition();
+                pb::CameraInfo {
+                    camera_id: camera.id.clone(),
+                    uri: camera.uri_redacted.clone(),
+                    state: condition.state as i32,
+                    frames_analysed: camera.frames_analysed.load(Ordering::Relaxed),
+                    frames_dropped: camera.frames_dropped.load(Ordering::Relaxed),
+                    last_error: condition.last_error.unwrap_or_default(),
+                    position: camera.position.clone(),
+                    analysis_fps: camera.analysis_fps,
+                }
+            })
+            .collect();
+        let models = facts
+            .models
+            .iter()
+            .map(|(role, card)| pb::ModelInfo {
+                role: role.clone(),
+                id: card.id.clone(),
+                version: card.version.clone(),
+                decoder: card.decoder.clone(),
+                sha256: card.sha256.clone(),
+                input_shape: card.input_shape.clone(),
+                class_names: card.class_names.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::NodeInfo {
+            node_id: facts.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node_run_id: facts.run_id,
+            started_at: Some(to_timestamp(facts.started_at)),
+            cameras,
+            models,
+        }))
+    }
+}
+
+/// Copies one subscriber's descriptors from the hub to its stream until either side ends.
+async fn forward(
+    filter: Filter,
+    replay: Vec<Arc<pb::FrameDescriptor>>,
+    live: Option<broadcast::Receiver<Arc<pb::FrameDescriptor>>>,
+    tx: &mpsc::Sender<Result<pb::FrameDescriptor, Status>>,
+    metrics: &Metrics,
+) {
+    for descriptor in replay {
+        if let Some(message) = filter.apply(&descriptor) {
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+            metrics.subscriber_sent.inc();
+        }
+    }
+    let Some(mut live) = live else { return };
+    loop {
+        let received = tokio::select! {
+            received = live.recv() => received,
+            // The client went away while nothing was being published.
+            () = tx.closed() => return,
+        };
+        match received {
+            Ok(descriptor) => {
+                if let Some(message) = filter.apply(&descriptor) {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    metrics.subscriber_sent.inc();
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                metrics.subscriber_dropped.inc_by(lost);
+                tracing::warn!(lost, "slow subscriber lost its oldest descriptors");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown`; then stops accepting, lets open streams end
+/// (the hub is closed by then) and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: Arc<Hub>,
+    facts: Arc<NodeFacts>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RetinaServer<RetinaService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| crate::error::Error::Internal(format!("reflection: {e}")))?;
+    // grpcurl 1.8 still asks the v1alpha service.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| crate::error::Error::Internal(format!("reflection: {e}")))?;
+    let service = RetinaService {
+        hub,
+        facts,
+        metrics,
+    };
+    let reporter = health_reporter.clone();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RetinaServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.wait().await;
+            reporter
+                .set_not_serving::<RetinaServer<RetinaService>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}

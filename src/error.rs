@@ -1,0 +1,116 @@
+//! One error type for the library. Each error carries a [`Kind`] that says what the caller can do
+//! about it, which is also how it maps onto a gRPC status code at the service edge.
+
+use std::path::PathBuf;
+
+/// What kind of failure, in the caller's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The input (config, manifest, URI, request) is wrong; retrying won't help.
+    InvalidArgument,
+    /// A named thing (file, camera, output) does not exist.
+    NotFound,
+    /// A resource (disk, buffer, library) is missing or exhausted.
+    Unavailable,
+    /// A bug or an unexpected failure of a component we depend on.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("model manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+
+    #[error("model {path} does not match its manifest:\n  - {}", .differences.join("\n  - "))]
+    ModelMismatch {
+        path: PathBuf,
+        differences: Vec<String>,
+    },
+
+    #[error("model {path} could not be loaded by ONNX Runtime: {message}")]
+    ModelLoad { path: PathBuf, message: String },
+
+    #[error("ONNX Runtime library {path} could not be loaded: {message}")]
+    RuntimeLibrary { path: PathBuf, message: String },
+
+    #[error("inference with model {model}: {message}")]
+    Inference { model: String, message: String },
+
+    #[error("camera {camera}: {message}")]
+    Camera { camera: String, message: String },
+
+    #[error("unsupported source URI {uri:?}: {reason}")]
+    UnsupportedUri { uri: String, reason: String },
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("GStreamer: {0}")]
+    Gstreamer(String),
+
+    #[error("internal: {0}")]
+    Internal(String),
+
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Config { .. }
+            | Error::Manifest { .. }
+            | Error::ModelMismatch { .. }
+            | Error::UnsupportedUri { .. } => Kind::InvalidArgument,
+            Error::ModelLoad { .. } => Kind::InvalidArgument,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Kind::NotFound
+            }
+            Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => {
+                Kind::Unavailable
+            }
+            Error::Camera { .. } => Kind::Unavailable,
+            Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err.kind() {
+            Kind::InvalidArgument => tonic::Status::invalid_argument(message),
+            Kind::NotFound => tonic::Status::not_found(message),
+            Kind::Unavailable => tonic::Status::unavailable(message),
+            Kind::Internal => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl From<gstreamer::glib::Error> for Error {
+    fn from(err: gstreamer::glib::Error) -> Self {
+        Error::Gstreamer(err.to_string())
+    }
+}
+
+impl From<gstreamer::glib::BoolError> for Error {
+    fn from(err: gstreamer::glib::BoolError) -> Self {
+        Error::Gstreamer(err.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

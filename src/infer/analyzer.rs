@@ -1,0 +1,361 @@
+//! One worker's models: the detector finds objects in a frame, the embedder describes the
+//! objects of the configured classes, all crops of a frame in as few runs as `max_batch` allows.
+
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::decode::{NanodetGfl, RawDetection};
+use super::manifest::{DecoderSpec, Layout};
+use super::model::{ModelFile, SessionOptions};
+use super::preprocess::{Rect, fill_input, item_len};
+use crate::error::{Error, Result};
+
+/// An object found in a frame.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub class_id: u32,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in frame pixels, inside the frame.
+    pub bbox: [f32; 4],
+    /// The embedder's raw output for the object's crop (not normalised).
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// Where one frame's analysis spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub detector: Duration,
+    pub embedder: Duration,
+    pub crops: usize,
+}
+
+pub struct Analyzer {
+    detector: Detector,
+    embedder: Option<Embedder>,
+    /// Per detector class: does it get an embedding?
+    embed_class: Vec<bool>,
+}
+
+struct Detector {
+    session: Session,
+    model_id: String,
+    input_name: String,
+    input: ndarray::Array4<f32>,
+    spec: super::manifest::InputSpec,
+    gfl: NanodetGfl,
+    score_outputs: Vec<String>,
+    box_outputs: Vec<String>,
+}
+
+struct Embedder {
+    session: Session,
+    model_id: String,
+    spec: super::manifest::InputSpec,
+    output: String,
+    dimension: usize,
+    /// Reused across frames: `[max_batch, item]`.
+    batch: Array2<f32>,
+}
+
+impl Analyzer {
+    pub fn new(
+        env: &ort::environment::Environment,
+        detector: &ModelFile,
+        embedder: Option<&ModelFile>,
+        embed_classes: &[String],
+        score_threshold: Option<f32>,
+        options: SessionOptions,
+    ) -> Result<Analyzer> {
+        let DecoderSpec::NanodetGfl {
+            strides,
+            reg_max,
+            score_outputs,
+            box_outputs,
+            score_threshold: manifest_threshold,
+            nms_iou_threshold,
+            max_detections,
+            class_names,
+        } = &detector.manifest.decoder
+        else {
+            return Err(Error::Manifest {
+                path: detector.manifest.path.clone(),
+                message: format!(
+                    "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl)",
+                    detector.manifest.decoder.kind()
+                ),
+            });
+        };
+        let spec = detector.manifest.input.clone();
+        let shape = match spec.layout {
+            Layout::Nchw => (1, 3, spec.height as usize, spec.width as usize),
+            Layout::Nhwc => (1, spec.height as usize, spec.width as usize, 3),
+        };
+        let detector_stage = Detector {
+            session: detector.open_session(env, options)?,
+            model_id: detector.card.id.clone(),
+            input_name: spec.name.clone(),
+            input: ndarray::Array4::zeros(shape),
+            gfl: NanodetGfl {
+                strides: strides.clone(),
+                reg_max: *reg_max,
+                num_classes: class_names.len(),
+                input_width: spec.width,
+                input_height: spec.height,
+                score_threshold: score_threshold.unwrap_or(*manifest_threshold),
+                nms_iou_threshold: *nms_iou_threshold,
+                max_detections: *max_detections,
+            },
+            spec,
+            score_outputs: score_outputs.clone(),
+            box_outputs: box_outputs.clone(),
+        };
+        let embed_class = class_names
+            .iter()
+            .map(|name| embed_classes.contains(name))
+            .collect();
+        let embedder_stage = match embedder {
+            None => None,
+            Some(model) => {
+                let DecoderSpec::Embedding { output, dimension } = &model.manifest.decoder else {
+                    return Err(Error::Manifest {
+                        path: model.manifest.path.clone(),
+                        message: format!(
+                            "decoder {:?} cannot be used as the embedder (embedder decoders: embedding)",
+                            model.manifest.decoder.kind()
+                        ),
+                    });
+                };
+                let spec = model.manifest.input.clone();
+                Some(Embedder {
+                    session: model.open_session(env, options)?,
+                    model_id: model.card.id.clone(),
+                    batch: Array2::zeros((spec.max_batch, item_len(&spec))),
+                    output: output.clone(),
+                    dimension: *dimension,
+                    spec,
+                })
+            }
+        };
+        Ok(Analyzer {
+            detector: detector_stage,
+            embedder: embedder_stage,
+            embed_class,
+        })
+    }
+
+    pub fn analyze(&mut self, image: &image::RgbImage) -> Result<(Vec<Detection>, Timings)> {
+        let started = Instant::now();
+        let mut detections = self.detector.detect(image)?;
+        let mut timings = Timings {
+            detector: started.elapsed(),
+            ..Timings::default()
+        };
+        if let Some(embedder) = &mut self.embedder {
+            let started = Instant::now();
+            let wanted: Vec<usize> = (0..detections.len())
+                .filter(|&i| {
+                    self.embed_class
+                        .get(detections[i].class_id as usize)
+                        .copied()
+                        .unwrap_or(false)
+                })
+                .collect();
+            for chunk in wanted.chunks(embedder.spec.max_batch) {
+                let crops: Vec<[f32; 4]> = chunk.iter().map(|&i| detections[i].bbox).collect();
+                let vectors = embedder.embed(image, &crops)?;
+                for (&i, vector) in chunk.iter().zip(vectors) {
+                    detections[i].embedding = Some(vector);
+                }
+            }
+            timings.embedder = started.elapsed();
+            timings.crops = wanted.len();
+        }
+        Ok((detections, timings))
+    }
+
+    /// Runs only the sessions on inputs prepared beforehand: the benchmark's physical limit.
+    pub fn infer_prepared(&mut self, prepared: &Prepared) -> Result<()> {
+        self.detector.input.assign(&prepared.detector_input);
+        self.detector.run()?;
+        if let Some(embedder) = &mut self.embedder {
+            for batch in &prepared.crop_batches {
+                embedder.run(batch.view())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pre-processes a frame exactly as [`analyze`](Self::analyze) would, for
+    /// [`infer_prepared`](Self::infer_prepared). Runs the detector once to know the crops.
+    pub fn prepare(&mut self, image: &image::RgbImage) -> Result<Prepared> {
+        let detections = self.detector.detect(image)?;
+        let detector_input = self.detector.input.clone();
+        let mut crop_batches = Vec::new();
+        if let Some(embedder) = &mut self.embedder {
+            let boxes: Vec<[f32; 4]> = detections
+                .iter()
+                .filter(|d| {
+                    self.embed_class
+                        .get(d.class_id as usize)
+                        .copied()
+                        .unwrap_or(false)
+                })
+                .map(|d| d.bbox)
+                .collect();
+            for chunk in boxes.chunks(embedder.spec.max_batch) {
+                embedder.fill(image, chunk);
+                crop_batches.push(
+                    embedder
+                        .batch
+                        .slice(ndarray::s![..chunk.len(), ..])
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(Prepared {
+            detector_input,
+            crop_batches,
+        })
+    }
+
+    pub fn detector_id(&self) -> &str {
+        &self.detector.model_id
+    }
+
+    pub fn embedder_id(&self) -> Option<&str> {
+        self.embedder.as_ref().map(|e| e.model_id.as_str())
+    }
+}
+
+/// Model inputs of one frame, ready to run.
+pub struct Prepared {
+    detector_input: ndarray::Array4<f32>,
+    crop_batches: Vec<Array2<f32>>,
+}
+
+fn inference_error(model: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |e| Error::Inference {
+        model: model.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Detector {
+    fn detect(&mut self, image: &image::RgbImage) -> Result<Vec<Detection>> {
+        let dst = self.input.as_slice_mut().ok_or_else(|| Error::Inference {
+            model: self.model_id.clone(),
+            message: "input buffer is not contiguous".into(),
+        })?;
+        let placement = fill_input(image, Rect::of_image(image), &self.spec, dst);
+        let raw = self.run()?;
+        let (w, h) = (image.width() as f32, image.height() as f32);
+        Ok(raw
+            .into_iter()
+            .filter_map(|d| {
+                let b = placement.to_frame(d.bbox);
+                let bbox = [
+                    b[0].clamp(0.0, w),
+                    b[1].clamp(0.0, h),
+                    b[2].clamp(0.0, w),
+                    b[3].clamp(0.0, h),
+                ];
+                // A box squeezed to nothing by the frame edge describes nothing.
+                (bbox[2] - bbox[0] >= 1.0 && bbox[3] - bbox[1] >= 1.0).then_some(Detection {
+                    class_id: d.class_id,
+                    score: d.score,
+                    bbox,
+                    embedding: None,
+                })
+            })
+            .collect())
+    }
+
+    fn run(&mut self) -> Result<Vec<RawDetection>> {
+        let err = inference_error(&self.model_id);
+        let input = TensorRef::from_array_view(&self.input).map_err(&err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(&err)?;
+        let tensor = |name: &str| -> Result<&[f32]> {
+            let value = outputs.get(name).ok_or_else(|| Error::Inference {
+                model: self.model_id.clone(),
+                message: format!("output {name:?} missing from the run"),
+            })?;
+            Ok(value.try_extract_tensor::<f32>().map_err(&err)?.1)
+        };
+        let mut levels = Vec::with_capacity(self.score_outputs.len());
+        for (scores, boxes) in self.score_outputs.iter().zip(&self.box_outputs) {
+            levels.push((tensor(scores)?, tensor(boxes)?));
+        }
+        Ok(self.gfl.decode(&levels))
+    }
+}
+
+impl Embedder {
+    fn fill(&mut self, image: &image::RgbImage, boxes: &[[f32; 4]]) {
+        for (b, mut row) in boxes.iter().zip(self.batch.rows_mut()) {
+            let roi = Rect {
+                x: b[0],
+                y: b[1],
+                width: b[2] - b[0],
+                height: b[3] - b[1],
+            };
+            if let Some(dst) = row.as_slice_mut() {
+                fill_input(image, roi, &self.spec, dst);
+            }
+        }
+    }
+
+    fn embed(&mut self, image: &image::RgbImage, boxes: &[[f32; 4]]) -> Result<Vec<Vec<f32>>> {
+        self.fill(image, boxes);
+        // Lend the reused buffer out for the run instead of copying it.
+        let batch = std::mem::take(&mut self.batch);
+        let result = self.run(batch.slice(ndarray::s![..boxes.len(), ..]));
+        self.batch = batch;
+        result
+    }
+
+    /// `batch`: `[n, item]` rows of pre-processed crops.
+    fn run(&mut self, batch: ndarray::ArrayView2<f32>) -> Result<Vec<Vec<f32>>> {
+        let err = inference_error(&self.model_id);
+        let n = batch.nrows();
+        let (h, w) = (self.spec.height as usize, self.spec.width as usize);
+        let shape = match self.spec.layout {
+            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, 3],
+        };
+        let input = batch
+            .into_shape_with_order(shape)
+            .map_err(|e| Error::Inference {
+                model: self.model_id.clone(),
+                message: e.to_string(),
+            })?;
+        let tensor = TensorRef::from_array_view(input).map_err(&err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.spec.name.as_str() => tensor])
+            .map_err(&err)?;
+        let value = outputs
+            .get(self.output.as_str())
+            .ok_or_else(|| Error::Inference {
+                model: self.model_id.clone(),
+                message: format!("output {:?} missing from the run", self.output),
+            })?;
+        let (_, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
+        if data.len() != n * self.dimension {
+            return Err(Error::Inference {
+                model: self.model_id.clone(),
+                message: format!(
+                    "expected {n} x {} values, got {}",
+                    self.dimension,
+                    data.len()
+                ),
+            });
+        }
+        Ok(data.chunks(self.dimension).map(<[f32]>::to_vec).collect())
+    }
+}

@@ -1,0 +1,86 @@
+//! Infer: ONNX Runtime sessions described by model manifests. Worker threads take frames from
+//! the ingest queue, run the detector and the embedder, and pass [`Analysis`] results on.
+//! Output decoders live here too: which one applies is part of a model's manifest.
+
+mod analyzer;
+pub mod decode;
+pub mod manifest;
+mod model;
+pub mod preprocess;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+pub use analyzer::{Analyzer, Detection, Prepared, Timings};
+pub use model::{ModelCard, ModelFile, SessionOptions, environment};
+
+use crate::clock::UnixNanos;
+use crate::error::{Error, Result};
+use crate::ingest::{CameraStatus, FrameQueue};
+use crate::metrics::Metrics;
+use crate::pb;
+
+/// The result of analysing one frame.
+pub struct Analysis {
+    pub camera: Arc<CameraStatus>,
+    /// Order of the frame within its camera's stream of analysed frames (see `FrameQueue`).
+    pub ticket: u64,
+    pub capture_time: UnixNanos,
+    pub time_source: pb::TimeSource,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    pub detections: Result<Vec<Detection>>,
+}
+
+/// Starts `analyzers.len()` inference threads. They stop when the queue is closed and drained,
+/// or when the receiver of `results` is gone.
+pub fn spawn_workers(
+    analyzers: Vec<Analyzer>,
+    queue: Arc<FrameQueue>,
+    results: mpsc::SyncSender<Analysis>,
+    metrics: Arc<Metrics>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    analyzers
+        .into_iter()
+        .enumerate()
+        .map(|(i, analyzer)| {
+            let (queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name(format!("infer-{i}"))
+                .spawn(move || work(analyzer, &queue, &results, &metrics))
+                .map_err(|e| Error::io("starting inference thread", e))
+        })
+        .collect()
+}
+
+fn work(
+    mut analyzer: Analyzer,
+    queue: &FrameQueue,
+    results: &mpsc::SyncSender<Analysis>,
+    metrics: &Metrics,
+) {
+    while let Some((frame, ticket)) = queue.pop() {
+        let detections = match analyzer.analyze(&frame.image) {
+            Ok((detections, timings)) => {
+                metrics.observe_inference(analyzer.detector_id(), analyzer.embedder_id(), &timings);
+                Ok(detections)
+            }
+            Err(err) => {
+                tracing::warn!(camera = %frame.camera.id, %err, "frame analysis failed");
+                Err(err)
+            }
+        };
+        let analysis = Analysis {
+            camera: frame.camera,
+            ticket,
+            capture_time: frame.capture_time,
+            time_source: frame.time_source,
+            frame_width: frame.image.width(),
+            frame_height: frame.image.height(),
+            detections,
+        };
+        if results.send(analysis).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Turning a region of an RGB frame into one item of a model's input tensor, in a single pass:
+//! crop, bilinear resize, channel order, normalisation and layout together, writing straight
+//! into the tensor. Separate passes (resize an image, then convert it) would read and write the
+//! pixels several times; this is the hot loop of pre-processing.
+
+use super::manifest::{ChannelOrder, InputSpec, Layout, ResizeMode};
+
+/// A rectangle in frame pixels (floating point: boxes come from the detector).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rect {
+    pub x: f32,
+    pub y: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl Rect {
+    pub fn of_image(image: &image::RgbImage) -> Rect {
+        Rect {
+            x: 0.0,
+            y: 0.0,
+            width: image.width() as f32,
+            height: image.height() as f32,
+        }
+    }
+}
+
+/// How input pixels relate to frame pixels: `input = (frame - origin) * scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub origin_x: f32,
+    pub origin_y: f32,
+    pub scale_x: f32,
+    pub scale_y: f32,
+}
+
+impl Placement {
+    /// Maps a box `[x1, y1, x2, y2]` from input pixels back to frame pixels.
+    pub fn to_frame(&self, b: [f32; 4]) -> [f32; 4] {
+        [
+            b[0] / self.scale_x + self.origin_x,
+            b[1] / self.scale_y + self.origin_y,
+            b[2] / self.scale_x + self.origin_x,
+            b[3] / self.scale_y + self.origin_y,
+        ]
+    }
+}
+
+/// Number of f32 values of one input item.
+pub fn item_len(spec: &InputSpec) -> usize {
+    3 * spec.width as usize * spec.height as usize
+}
+
+/// Fills `dst` (one batch item, `item_len(spec)` values) from `roi` of `image`.
+/// Pixels of the input outside the resized image (letterbox padding) get the normalised zero,
+/// i.e. the mean colour.
+pub fn fill_input(
+    image: &image::RgbImage,
+    roi: Rect,
+    spec: &InputSpec,
+    dst: &mut [f32],
+) -> Placement {
+    let (in_w, in_h) = (spec.width as usize, spec.height as usize);
+    debug_assert_eq!(dst.len(), item_len(spec));
+    let roi = clamp_roi(roi, image);
+    let (scale_x, scale_y) = match spec.resize {
+        ResizeMode::Stretch => (in_w as f32 / roi.width, in_h as f32 / roi.height),
+        ResizeMode::Letterbox => {
+            let s = (in_w as f32 / roi.width).min(in_h as f32 / roi.height);
+            (s, s)
+        }
+    };
+    let out_w = ((roi.width * scale_x).round() as usize).clamp(1, in_w);
+    let out_h = ((roi.height * scale_y).round() as usize).clamp(1, in_h);
+    if out_w < in_w || out_h < in_h {
+        dst.fill(0.0);
+    }
+
+    // value = pixel * a[c] + b[c], folding pixel_scale, mean and std into one multiply-add.
+    let source_channel: [usize; 3] = match spec.channels {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    let a: [f32; 3] = std::array::from_fn(|c| spec.pixel_scale / spec.std[c]);
+    let b: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
+
+    let columns = sample_positions(out_w, roi.x, scale_x, image.width());
+    let rows = sample_positions(out_h, roi.y, scale_y, image.height());
+    let src = image.as_raw();
+    let src_stride = image.width() as usize * 3;
+    let plane = in_w * in_h;
+
+    for (y, row) in rows.iter().enumerate() {
+        let top = &src[row.lo * src_stride..][..src_stride];
+        let bottom = &src[row.hi * src_stride..][..src_stride];
+        for (x, col) in columns.iter().enumerate() {
+            let (l, r) = (col.lo * 3, col.hi * 3);
+            let mut rgb = [0f32; 3];
+            for (ch, value) in rgb.iter_mut().enumerate() {
+                let t = f32::from(top[l + ch])
+                    + (f32::from(top[r + ch]) - f32::from(top[l + ch])) * col.weight;
+                let btm = f32::from(bottom[l + ch])
+                    + (f32::from(bottom[r + ch]) - f32::from(bottom[l + ch])) * col.weight;
+                *value = t + (btm - t) * row.weight;
+            }
+            match spec.layout {
+                Layout::Nchw => {
+                    let at = y * in_w + x;
+                    for c in 0..3 {
+                        dst[c * plane + at] = rgb[source_channel[c]] * a[c] + b[c];
+                    }
+                }
+                Layout::Nhwc => {
+                    let at = (y * in_w + x) * 3;
+                    for c in 0..3 {
+                        dst[at + c] = rgb[source_channel[c]] * a[c] + b[c];
+                    }
+                }
+            }
+        }
+    }
+    Placement {
+        origin_x: roi.x,
+        origin_y: roi.y,
+        scale_x,
+        scale_y,
+    }
+}
+
+fn clamp_roi(roi: Rect, image: &image::RgbImage) -> Rect {
+    let (w, h) = (image.width() as f32, image.height() as f32);
+    let x = roi.x.clamp(0.0, w - 1.0);
+    let y = roi.y.clamp(0.0, h - 1.0);
+    Rect {
+        x,
+        y,
+        width: roi.width.min(w - x).max(1.0),
+        height: roi.height.min(h - y).max(1.0),
+    }
+}
+
+/// Source sample for one output column (or row): the two neighbours and the weight of the second.
+struct Sample {
+    lo: usize,
+    hi: usize,
+    weight: f32,
+}
+
+fn sample_positions(out_len: usize, origin: f32, scale: f32, src_len: u32) -> Vec<Sample> {
+    let last = src_len.saturating_sub(1) as f32;
+    (0..out_len)
+        .map(|i| {
+            // Pixel centres line up: output centre i + 0.5 maps to source centre.
+            let s = (origin + (i as f32 + 0.5) / scale - 0.5).clamp(0.0, last);
+            let lo = s.floor();
+            Sample {
+                lo: lo as usize,
+                hi: (lo + 1.0).min(last) as usize,
+                weight: s - lo,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(
+        layout: Layout,
+        channels: ChannelOrder,
+        resize: ResizeMode,
+        w: u32,
+        h: u32,
+    ) -> InputSpec {
+        InputSpec {
+            name: "x".into(),
+            layout,
+            width: w,
+            height: h,
+            channels,
+            resize,
+            pixel_scale: 1.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            max_batch: 1,
+        }
+    }
+
+    #[test]
+    fn identity_size_copies_pixels_in_requested_order_and_layout() {
+        let image =
+            image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 10, y as u8 * 100, 7]));
+        let s = spec(Layout::Nchw, ChannelOrder::Bgr, ResizeMode::Stretch, 4, 2);
+        let mut dst = vec![0.0; item_len(&s)];
+        let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_eq!(placement.scale_x, 1.0);
+        // channel 0 is blue (7 everywhere), channel 2 is red (x * 10)
+        assert!(dst[..8].iter().all(|&v| v == 7.0));
+        assert_eq!(&dst[16..20], &[0.0, 10.0, 20.0, 30.0]);
+        assert_eq!(dst[8 + 4], 100.0); // green, row 1
+
+        let s = spec(Layout::Nhwc, ChannelOrder::Rgb, ResizeMode::Stretch, 4, 2);
+        let mut dst = vec![0.0; item_len(&s)];
+        fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_eq!(&dst[3..6], &[10.0, 0.0, 7.0]);
+    }
+
+    #[test]
+    fn letterbox_keeps_aspect_pads_and_maps_boxes_back() {
+        let image = image::RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
+        let mut s = spec(
+            Layout::Nchw,
+            ChannelOrder::Rgb,
+            ResizeMode::Letterbox,
+            100,
+            100,
+        );
+        s.mean = [128.0; 3];
+        let mut dst = vec![f32::NAN; item_len(&s)];
+        let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_eq!(placement.scale_x, 0.5);
+        assert_eq!(dst[0], 127.0); // image pixel: 255 - 128
+        assert_eq!(dst[60 * 100], 0.0); // padding below the image: the normalised zero
+        assert_eq!(
+            placement.to_frame([10.0, 10.0, 50.0, 40.0]),
+            [20.0, 20.0, 100.0, 80.0]
+        );
+    }
+
+    #[test]
+    fn crop_samples_only_its_region() {
+        let image = image::RgbImage::from_fn(100, 100, |x, _| {
+            image::Rgb([if x >= 50 { 200 } else { 0 }, 0, 0])
+        });
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 8, 8);
+        let mut dst = vec![0.0; item_len(&s)];
+        let roi = Rect {
+            x: 60.0,
+            y: 10.0,
+            width: 30.0,
+            height: 30.0,
+        };
+        let placement = fill_input(&image, roi, &s, &mut dst);
+        assert!(dst[..64].iter().all(|&v| v == 200.0));
+        assert_eq!(
+            placement.to_frame([0.0, 0.0, 8.0, 8.0]),
+            [60.0, 10.0, 90.0, 40.0]
+        );
+    }
+
+    #[test]
+    fn degenerate_rois_are_clamped_not_panicking() {
+        let image = image::RgbImage::new(10, 10);
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 4, 4);
+        let mut dst = vec![0.0; item_len(&s)];
+        for roi in [
+            Rect {
+                x: -5.0,
+                y: -5.0,
+                width: 0.0,
+                height: 0.0,
+            },
+            Rect {
+                x: 50.0,
+                y: 50.0,
+                width: 10.0,
+                height: 10.0,
+            },
+            Rect {
+                x: 9.5,
+                y: 0.0,
+                width: 100.0,
+                height: 0.1,
+            },
+        ] {
+            fill_input(&image, roi, &s, &mut dst);
+        }
+    }
+}

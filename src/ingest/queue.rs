@@ -1,0 +1,248 @@
+//! The hand-over from decoding (GStreamer threads) to inference (worker threads).
+//!
+//! Each camera has its own small lane, so memory is bounded by `cameras x capacity` frames no
+//! matter how far inference falls behind. Workers take frames round-robin across lanes, so one
+//! busy camera cannot starve the others. A frame taken from a lane gets the lane's next *ticket*:
+//! tickets let the describe stage put results back in capture order when several workers finish
+//! out of order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::{CameraStatus, Frame};
+
+/// What a producer wants when its lane is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Live sources: drop the oldest waiting frame; the newest view of the scene matters most.
+    DropOldest,
+    /// Files read faster than real time: wait for room, so that no frame is skipped.
+    Wait,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    /// Queued after dropping the oldest waiting frame of the same camera.
+    QueuedDroppedOldest,
+    /// The queue is closed (node stopping); the frame was discarded.
+    Closed,
+}
+
+pub struct FrameQueue {
+    state: Mutex<State>,
+    frame_ready: Condvar,
+    room_ready: Condvar,
+    capacity_per_camera: usize,
+}
+
+struct State {
+    lanes: BTreeMap<String, Lane>,
+    /// The lane served last; the next pop starts after it.
+    last_served: Option<String>,
+    closed: bool,
+}
+
+struct Lane {
+    frames: VecDeque<Frame>,
+    next_ticket: u64,
+}
+
+impl FrameQueue {
+    pub fn new(capacity_per_camera: usize) -> Arc<Self> {
+        Arc::new(FrameQueue {
+            state: Mutex::new(State {
+                lanes: BTreeMap::new(),
+                last_served: None,
+                closed: false,
+            }),
+            frame_ready: Condvar::new(),
+            room_ready: Condvar::new(),
+            capacity_per_camera: capacity_per_camera.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, frame: Frame, overflow: Overflow) -> PushOutcome {
+        let mut state = self.lock();
+        let camera: Arc<CameraStatus> = frame.camera.clone();
+        loop {
+            if state.closed {
+                return PushOutcome::Closed;
+            }
+            let lane = state
+                .lanes
+                .entry(camera.id.clone())
+                .or_insert_with(|| Lane {
+                    frames: VecDeque::with_capacity(self.capacity_per_camera),
+                    next_ticket: 0,
+                });
+            if lane.frames.len() < self.capacity_per_camera {
+                lane.frames.push_back(frame);
+                CameraStatus::count(&camera.frames_queued);
+                self.frame_ready.notify_one();
+                return PushOutcome::Queued;
+            }
+            match overflow {
+                Overflow::DropOldest => {
+                    lane.frames.pop_front();
+                    lane.frames.push_back(frame);
+                    CameraStatus::count(&camera.frames_queued);
+                    CameraStatus::count(&camera.frames_dropped);
+                    self.frame_ready.notify_one();
+                    return PushOutcome::QueuedDroppedOldest;
+                }
+                Overflow::Wait => {
+                    state = self
+                        .room_ready
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Blocks until a frame is available; `None` once the queue is closed *and* drained, so
+    /// frames already accepted are still analysed during a graceful stop.
+    pub fn pop(&self) -> Option<(Frame, u64)> {
+        let mut state = self.lock();
+        loop {
+            if let Some(taken) = Self::take_next(&mut state) {
+                self.room_ready.notify_all();
+                return Some(taken);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self
+                .frame_ready
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn take_next(state: &mut State) -> Option<(Frame, u64)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after = state.last_served.clone();
+        let candidates = match &after {
+            Some(last) => state
+                .lanes
+                .range::<String, _>((Excluded(last), Unbounded))
+                .chain(state.lanes.range::<String, _>(..=last.clone()))
+                .find(|(_, lane)| !lane.frames.is_empty())
+                .map(|(id, _)| id.clone()),
+            None => state
+                .lanes
+                .iter()
+                .find(|(_, lane)| !lane.frames.is_empty())
+                .map(|(id, _)| id.clone()),
+        };
+        let id = candidates?;
+        let lane = state.lanes.get_mut(&id)?;
+        let frame = lane.frames.pop_front()?;
+        let ticket = lane.next_ticket;
+        lane.next_ticket += 1;
+        state.last_served = Some(id);
+        Some((frame, ticket))
+    }
+
+    /// Stops accepting frames and wakes everyone; waiting frames can still be popped.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.frame_ready.notify_all();
+        self.room_ready.notify_all();
+    }
+
+    /// Frames waiting now, over all cameras.
+    pub fn len(&self) -> usize {
+        self.lock().lanes.values().map(|l| l.frames.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::TimeSource;
+    use std::sync::atomic::Ordering;
+
+    fn camera(id: &str) -> Arc<CameraStatus> {
+        Arc::new(CameraStatus::new(id.into(), String::new(), 0.0, None))
+    }
+
+    fn frame(camera: &Arc<CameraStatus>, t: i64) -> Frame {
+        Frame {
+            camera: camera.clone(),
+            image: image::RgbImage::new(2, 2),
+            capture_time: t,
+            time_source: TimeSource::HostArrival,
+        }
+    }
+
+    #[test]
+    fn full_lane_drops_its_oldest_frame_and_counts_it() {
+        let queue = FrameQueue::new(2);
+        let a = camera("a");
+        for t in 0..5 {
+            queue.push(frame(&a, t), Overflow::DropOldest);
+        }
+        assert_eq!(queue.len(), 2);
+        assert_eq!(a.frames_dropped.load(Ordering::Relaxed), 3);
+        let (f, ticket) = queue.pop().unwrap();
+        assert_eq!((f.capture_time, ticket), (3, 0));
+        let (f, ticket) = queue.pop().unwrap();
+        assert_eq!((f.capture_time, ticket), (4, 1));
+    }
+
+    #[test]
+    fn busy_camera_cannot_starve_others() {
+        let queue = FrameQueue::new(8);
+        let (busy, quiet) = (camera("busy"), camera("quiet"));
+        for t in 0..8 {
+            queue.push(frame(&busy, t), Overflow::DropOldest);
+        }
+        queue.push(frame(&quiet, 100), Overflow::DropOldest);
+        let first_two: Vec<String> = (0..2)
+            .map(|_| queue.pop().unwrap().0.camera.id.clone())
+            .collect();
+        assert!(first_two.contains(&"quiet".to_string()), "{first_two:?}");
+    }
+
+    #[test]
+    fn close_drains_then_ends_and_releases_waiting_producers() {
+        let queue = FrameQueue::new(1);
+        let a = camera("a");
+        queue.push(frame(&a, 0), Overflow::Wait);
+        let producer = std::thread::spawn({
+            let queue = queue.clone();
+            let a = a.clone();
+            move || queue.push(frame(&a, 1), Overflow::Wait)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        queue.close();
+        assert_eq!(producer.join().unwrap(), PushOutcome::Closed);
+        assert!(queue.pop().is_some());
+        assert!(queue.pop().is_none());
+    }
+
+    #[test]
+    fn waiting_producer_resumes_when_a_worker_takes_a_frame() {
+        let queue = FrameQueue::new(1);
+        let a = camera("a");
+        queue.push(frame(&a, 0), Overflow::Wait);
+        let producer = std::thread::spawn({
+            let queue = queue.clone();
+            let a = a.clone();
+            move || queue.push(frame(&a, 1), Overflow::Wait)
+        });
+        assert_eq!(queue.pop().unwrap().0.capture_time, 0);
+        assert_eq!(producer.join().unwrap(), PushOutcome::Queued);
+        assert_eq!(a.frames_dropped.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,151 @@
+//! Source URIs: what the config says, what GStreamer opens, and what may be shown.
+
+use std::path::Path;
+
+use gstreamer as gst;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A local file: ends, may loop, can be read faster than real time.
+    File,
+    /// A camera or stream: never meant to end; an end is a failure to recover from.
+    Live,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceUri {
+    /// The URI GStreamer opens, credentials included.
+    pub uri: String,
+    /// The same without its password.
+    pub redacted: String,
+    pub kind: SourceKind,
+}
+
+impl SourceUri {
+    /// Accepts a URI with a scheme GStreamer has a source for, or a file path (relative to
+    /// `base_dir`). Needs `gst::init()`.
+    pub fn resolve(raw: &str, base_dir: &Path) -> Result<SourceUri> {
+        let raw = raw.trim();
+        let unsupported = |reason: String| Error::UnsupportedUri {
+            uri: redact_uri(raw),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(unsupported("empty".into()));
+        }
+        let uri = match raw.split_once("://") {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("file") => {
+                let path = gst::glib::filename_from_uri(raw)
+                    .map_err(|e| unsupported(format!("not a valid file URI: {e}")))?
+                    .0;
+                file_uri(&path)?
+            }
+            Some((scheme, _)) => {
+                if scheme.is_empty()
+                    || !scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                {
+                    return Err(unsupported(format!("bad scheme {scheme:?}")));
+                }
+                // Creating (and dropping) the source element is how GStreamer says whether any
+                // installed plugin handles this protocol.
+                gst::Element::make_from_uri(gst::URIType::Src, raw, None).map_err(|_| {
+                    unsupported(format!(
+                        "no GStreamer source handles {scheme}:// (supported here include file, rtsp, http, https)"
+                    ))
+                })?;
+                raw.to_string()
+            }
+            None => {
+                let path = base_dir.join(raw);
+                file_uri(&path)?
+            }
+        };
+        let kind = if uri.starts_with("file://") {
+            SourceKind::File
+        } else {
+            SourceKind::Live
+        };
+        Ok(SourceUri {
+            redacted: redact_uri(&uri),
+            uri,
+            kind,
+        })
+    }
+}
+
+fn file_uri(path: &Path) -> Result<String> {
+    let path = path
+        .canonicalize()
+        .map_err(|e| Error::io(format!("video file {}", path.display()), e))?;
+    if !path.is_file() {
+        return Err(Error::UnsupportedUri {
+            uri: path.display().to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
+    Ok(gst::glib::filename_to_uri(&path, None)?.to_string())
+}
+
+/// Replaces the password in `scheme://user:password@host/...` with `***`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_uri("rtsp://admin:s3cr3t@10.0.0.7:554/stream1?x=@"),
+            "rtsp://admin:***@10.0.0.7:554/stream1?x=@"
+        );
+        assert_eq!(redact_uri("rtsp://cam/1"), "rtsp://cam/1");
+        assert_eq!(redact_uri("rtsp://user@cam/1"), "rtsp://user@cam/1");
+        assert_eq!(redact_uri("rtsp://u:p:q@cam"), "rtsp://u:***@cam");
+    }
+
+    #[test]
+    fn bad_sources_are_refused_with_reasons() {
+        gst::init().unwrap();
+        let base = Path::new("/");
+        let err = SourceUri::resolve("gopher://cam/1", base)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no GStreamer source handles gopher://"),
+            "{err}"
+        );
+        let err = SourceUri::resolve("/no/such/clip.mp4", base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no/such/clip.mp4"), "{err}");
+        let err = SourceUri::resolve("file:///no/such/clip.mp4", base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no/such/clip.mp4"), "{err}");
+        let rtsp = SourceUri::resolve("rtsp://u:pw@127.0.0.1:8554/x", base).unwrap();
+        assert_eq!(rtsp.kind, SourceKind::Live);
+        assert!(!rtsp.redacted.contains("pw"));
+    }
+}

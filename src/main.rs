@@ -1,0 +1,201 @@
+//! The `retina-edge` command: run a node, check a config, or subscribe to a node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use retina_edge::config::Config;
+use retina_edge::deliver::client::{self, SubscribeOptions};
+use retina_edge::node::{self, Node};
+use retina_edge::pb;
+
+#[derive(Parser)]
+#[command(
+    name = "retina-edge",
+    version,
+    about = "Edge video analytics: cameras in, compact descriptors out over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node until SIGINT/SIGTERM (or until every camera ends, if configured).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and its models; say exactly what is wrong.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Subscribe to a node and print the descriptors it streams.
+    Subscribe {
+        /// The node's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// One JSON object per frame on stdout (embeddings decoded to vectors).
+        #[arg(long)]
+        json: bool,
+        /// Print only the summary at the end.
+        #[arg(long)]
+        quiet: bool,
+        /// Only these cameras (repeatable).
+        #[arg(long = "camera")]
+        cameras: Vec<String>,
+        /// Only these classes, e.g. --class car --class person.
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        /// Also print frames with no matching object.
+        #[arg(long)]
+        include_empty: bool,
+        /// Start with what the node still buffers instead of live.
+        #[arg(long)]
+        from_buffer: bool,
+        /// Stop after this many frames.
+        #[arg(long)]
+        max_frames: Option<u64>,
+        /// Keep retrying the connection this many seconds while the node starts.
+        #[arg(long, default_value_t = 30)]
+        connect_timeout_seconds: u64,
+        /// Compare the descriptor bytes with this video file's size in the summary.
+        #[arg(long)]
+        compare_video: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // ONNX Runtime's INFO logs are chatty: only its warnings by default.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run { config } => runtime.block_on(run(config)),
+        Command::Check { config } => check(config),
+        Command::Subscribe {
+            addr,
+            json,
+            quiet,
+            cameras,
+            classes,
+            min_score,
+            include_empty,
+            from_buffer,
+            max_frames,
+            connect_timeout_seconds,
+            compare_video,
+        } => runtime.block_on(async move {
+            let start = if from_buffer {
+                pb::StartPosition::EarliestBuffered
+            } else {
+                pb::StartPosition::Live
+            };
+            let options = SubscribeOptions {
+                addr,
+                request: pb::SubscribeRequest {
+                    camera_ids: cameras,
+                    class_names: classes,
+                    min_score,
+                    include_empty_frames: include_empty,
+                    start: start as i32,
+                },
+                json,
+                quiet,
+                connect_timeout: Duration::from_secs(connect_timeout_seconds),
+                max_frames,
+                compare_video,
+            };
+            client::subscribe(options).await.map(|_| ())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    match node::check(&config) {
+        Ok(facts) => {
+            for fact in facts {
+                println!("ok  {fact}");
+            }
+            println!("{} is valid", path.display());
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("bad {problem}");
+            }
+            anyhow::bail!("{} has {} problem(s)", path.display(), problems.len())
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let node = Node::start(config).await.context("starting the node")?;
+    // Tell systemd (Type=notify) we are serving; a no-op when not started by systemd.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let stop = node.stop_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: stopping gracefully (again to stop at once)");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        stop.trigger();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    node.wait().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the node can still be stopped by killing it.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,257 @@
+//! Prometheus metrics, served on `/metrics`.
+//!
+//! Camera counters are not duplicated into metric objects: they live once, in each camera's
+//! [`CameraStatus`], and are read at scrape time by a collector. Everything else (latency
+//! histograms, subscriber counts) is a prometheus-client metric updated where it happens.
+//! Names follow `retina_<what>_<unit>`; labels are a small fixed set (camera, model, reason).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::{Error, Result};
+use crate::infer::Timings;
+use crate::ingest::Cameras;
+use crate::pb;
+use crate::shutdown::Shutdown;
+
+type ModelLabels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    inference_seconds: Family<ModelLabels, Histogram>,
+    embedder_batch_crops: Histogram,
+    descriptors_published: Counter,
+    descriptor_bytes: Counter,
+    frames_failed: Counter,
+    pub subscribers: Gauge,
+    pub subscriber_sent: Counter,
+    pub subscriber_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(cameras: Cameras) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let inference_seconds = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.002, 2.0, 12))
+        });
+        registry.register(
+            "retina_inference_seconds",
+            "Time one frame spent in a model (embedder: all crops of the frame)",
+            inference_seconds.clone(),
+        );
+        let embedder_batch_crops = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        registry.register(
+            "retina_embedder_crops",
+            "Objects embedded per analysed frame",
+            embedder_batch_crops.clone(),
+        );
+        let metrics = Metrics {
+            inference_seconds,
+            embedder_batch_crops,
+            descriptors_published: Counter::default(),
+            descriptor_bytes: Counter::default(),
+            frames_failed: Counter::default(),
+            subscribers: Gauge::default(),
+            subscriber_sent: Counter::default(),
+            subscriber_dropped: Counter::default(),
+            registry,
+        };
+        let mut metrics = metrics;
+        let r = &mut metrics.registry;
+        r.register(
+            "retina_descriptors_published",
+            "Frame descriptors published",
+            metrics.descriptors_published.clone(),
+        );
+        r.register(
+            "retina_descriptor_bytes",
+            "Encoded size of published descriptors",
+            metrics.descriptor_bytes.clone(),
+        );
+        r.register(
+            "retina_frames_failed",
+            "Frames whose analysis failed",
+            metrics.frames_failed.clone(),
+        );
+        r.register(
+            "retina_subscribers",
+            "Subscribe streams open now",
+            metrics.subscribers.clone(),
+        );
+        r.register(
+            "retina_subscriber_sent",
+            "Descriptors sent to subscribers",
+            metrics.subscriber_sent.clone(),
+        );
+        r.register(
+            "retina_subscriber_dropped",
+            "Descriptors a slow subscriber lost because its buffer was full",
+            metrics.subscriber_dropped.clone(),
+        );
+        r.register_collector(Box::new(CameraCollector { cameras }));
+        Arc::new(metrics)
+    }
+
+    pub fn observe_inference(&self, detector: &str, embedder: Option<&str>, timings: &Timings) {
+        self.inference_seconds
+            .get_or_create(&vec![("model", detector.to_string())])
+            .observe(timings.detector.as_secs_f64());
+        if let Some(embedder) = embedder {
+            self.inference_seconds
+                .get_or_create(&vec![("model", embedder.to_string())])
+                .observe(timings.embedder.as_secs_f64());
+            self.embedder_batch_crops.observe(timings.crops as f64);
+        }
+    }
+
+    pub fn published(&self, bytes: usize) {
+        self.descriptors_published.inc();
+        self.descriptor_bytes.inc_by(bytes as u64);
+    }
+
+    pub fn frame_failed(&self) {
+        self.frames_failed.inc();
+    }
+
+    pub fn encode(&self) -> Result<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|_| Error::Internal("metrics encoding failed".into()))?;
+        Ok(text)
+    }
+}
+
+#[derive(Debug)]
+struct CameraCollector {
+    cameras: Cameras,
+}
+
+impl Collector for CameraCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let cameras = self
+            .cameras
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let counters: [(&str, &str, fn(&crate::ingest::CameraStatus) -> u64); 5] = [
+            (
+                "retina_camera_frames_decoded",
+                "Frames decoded, before the analysis-rate filter",
+                |c| c.frames_decoded.load(Ordering::Relaxed),
+            ),
+            (
+                "retina_camera_frames_queued",
+                "Frames handed to the inference queue",
+                |c| c.frames_queued.load(Ordering::Relaxed),
+            ),
+            (
+                "retina_camera_frames_analysed",
+                "Frames analysed and published",
+                |c| c.frames_analysed.load(Ordering::Relaxed),
+            ),
+            (
+                "retina_camera_frames_dropped",
+                "Frames dropped because inference was busy",
+                |c| c.frames_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "retina_camera_restarts",
+                "Pipeline rebuilds after a failure",
+                |c| c.restarts.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for camera in &cameras {
+                let labels = [("camera", camera.id.as_str())];
+                ConstCounter::new(read(camera)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "retina_camera_state",
+            "1 for the camera's current state",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for camera in &cameras {
+            let current = camera.condition().state;
+            for state in [
+                pb::CameraState::Starting,
+                pb::CameraState::Streaming,
+                pb::CameraState::Stopped,
+                pb::CameraState::Failed,
+            ] {
+                let name = state
+                    .as_str_name()
+                    .trim_start_matches("CAMERA_STATE_")
+                    .to_ascii_lowercase();
+                let labels = [("camera", camera.id.as_str()), ("state", name.as_str())];
+                ConstGauge::new(i64::from(current == state))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/metrics` until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<()> {
+    use axum::http::{StatusCode, header};
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match metrics.encode() {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    ),
+                    Err(_) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        "metrics encoding failed".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|e| Error::io("serving metrics", e))
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("binding metrics endpoint {addr}"), e))
+}

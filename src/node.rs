@@ -1,0 +1,389 @@
+//! A running node: wires the stages together and stops them in order.
+//!
+//! ```text
+//! cameras ─▶ FrameQueue ─▶ inference workers ─▶ Describer ─▶ Hub ─▶ gRPC subscribers
+//! (ingest)                  (infer)               (describe)   (deliver)
+//! ```
+//!
+//! Stopping runs the same path backwards: cameras stop producing, the queue is closed and
+//! drained by the workers, the describer publishes the last results, the hub closes (subscriber
+//! streams end cleanly), and only then do the servers stop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::Duration;
+
+use gstreamer as gst;
+
+use crate::clock::now_unix_nanos;
+use crate::config::{CameraConfig, Config, EmbeddingCodecConfig};
+use crate::deliver::{Hub, NodeFacts};
+use crate::describe::Describer;
+use crate::error::{Error, Result};
+use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
+use crate::ingest::{self, CameraRunner, CameraStatus, Cameras, FrameQueue, SourceUri};
+use crate::metrics::{self, Metrics};
+use crate::pb;
+use crate::shutdown::Shutdown;
+
+/// Models loaded and verified against their manifests.
+pub struct Models {
+    pub env: &'static ort::environment::Environment,
+    pub detector: ModelFile,
+    pub embedder: Option<ModelFile>,
+    pub options: SessionOptions,
+}
+
+impl Models {
+    pub fn load(config: &Config) -> Result<Models> {
+        let inference = &config.inference;
+        let env = infer::environment(&config.resolve(&inference.onnxruntime_library))?;
+        let options = SessionOptions {
+            intra_op_threads: inference.intra_op_threads,
+            allow_spinning: inference.allow_spinning,
+        };
+        let detector = ModelFile::load(
+            Manifest::load(&config.resolve(&inference.detector_manifest))?,
+            env,
+            options,
+        )?;
+        let embedder = match &inference.embedder_manifest {
+            Some(path) => Some(ModelFile::load(
+                Manifest::load(&config.resolve(path))?,
+                env,
+                options,
+            )?),
+            None => None,
+        };
+        let classes = detector.manifest.decoder.class_names();
+        if let Some(unknown) = inference
+            .embed_classes
+            .iter()
+            .find(|c| !classes.contains(c))
+        {
+            return Err(Error::Config {
+                path: config.base_dir.clone(),
+                message: format!(
+                    "inference.embed_classes names {unknown:?}, which detector {} does not know",
+                    detector.card.id
+                ),
+            });
+        }
+        Ok(Models {
+            env,
+            detector,
+            embedder,
+            options,
+        })
+    }
+
+    pub fn analyzer(&self, config: &Config) -> Result<Analyzer> {
+        Analyzer::new(
+            self.env,
+            &self.detector,
+            self.embedder.as_ref(),
+            &config.inference.embed_classes,
+            config.inference.score_threshold,
+            self.options,
+        )
+    }
+}
+
+/// Everything `retina-edge check` verifies, all of it, so that one run lists every problem.
+pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
+    let mut facts = Vec::new();
+    let mut problems = Vec::new();
+    if let Err(e) = gst::init() {
+        problems.push(Error::from(e));
+        return Err(problems);
+    }
+    for camera in &config.cameras {
+        match SourceUri::resolve(&camera.uri, &config.base_dir) {
+            Ok(source) => facts.push(format!(
+                "camera {}: {} ({:?})",
+                camera.id, source.redacted, source.kind
+            )),
+            Err(e) => problems.push(Error::Camera {
+                camera: camera.id.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    match Models::load(config) {
+        Ok(models) => {
+            for model in std::iter::once(&models.detector).chain(models.embedder.as_ref()) {
+                let card = &model.card;
+                facts.push(format!(
+                    "model {}@{}: decoder {}, input {:?}, sha256 {}",
+                    card.id, card.version, card.decoder, card.input_shape, card.sha256
+                ));
+            }
+        }
+        Err(e) => problems.push(e),
+    }
+    if problems.is_empty() {
+        Ok(facts)
+    } else {
+        Err(problems)
+    }
+}
+
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub cameras: Cameras,
+    stop: Shutdown,
+    finished: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Node {
+    /// Starts everything; returns once the gRPC endpoint accepts connections. Must run inside a
+    /// multi-threaded tokio runtime.
+    pub async fn start(config: Config) -> Result<Node> {
+        gst::init()?;
+        let sources = config
+            .cameras
+            .iter()
+            .filter(|c| c.enabled)
+            .map(|c| {
+                SourceUri::resolve(&c.uri, &config.base_dir)
+                    .map(|source| (c.clone(), source))
+                    .map_err(|e| Error::Camera {
+                        camera: c.id.clone(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let config = Arc::new(config);
+        let loader = config.clone();
+        let (models, analyzers) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let models = Models::load(&loader)?;
+            let analyzers = (0..loader.inference.workers)
+                .map(|_| models.analyzer(&loader))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((models, analyzers))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
+
+        let cameras: Cameras = Arc::new(RwLock::new(Vec::new()));
+        let metrics = Metrics::new(cameras.clone());
+        let hub = Hub::new(
+            config.deliver.subscriber_buffer_frames,
+            config.deliver.replay_frames,
+        );
+        let queue = FrameQueue::new(config.inference.queue_frames_per_camera);
+        let run_id = now_unix_nanos() as u64;
+
+        let model_ref = |m: &ModelFile| pb::ModelRef {
+            id: m.card.id.clone(),
+            version: m.card.version.clone(),
+        };
+        let codec = match config.deliver.embedding_codec {
+            EmbeddingCodecConfig::Int8 => pb::EmbeddingCodec::Int8,
+            EmbeddingCodecConfig::F32 => pb::EmbeddingCodec::F32,
+        };
+        let class_names = models.detector.card.class_names.clone();
+        let describer = Describer::new(
+            config.node.id.clone(),
+            run_id,
+            model_ref(&models.detector),
+            models.embedder.as_ref().map(model_ref),
+            class_names.clone(),
+            codec,
+        );
+        let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
+        let workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
+        let describer_thread = {
+            let (hub, metrics) = (hub.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("describe".into())
+                .spawn(move || describer.run(results_rx, &metrics, |d| hub.publish(d)))
+                .map_err(|e| Error::io("starting describe thread", e))?
+        };
+
+        let mut models_info = vec![("detector".to_string(), models.detector.card.clone())];
+        if let Some(embedder) = &models.embedder {
+            models_info.push(("embedder".to_string(), embedder.card.clone()));
+        }
+        let facts = Arc::new(NodeFacts {
+            node_id: config.node.id.clone(),
+            run_id,
+            started_at: now_unix_nanos(),
+            cameras: cameras.clone(),
+            models: models_info,
+            class_names,
+        });
+
+        // Servers first, so the node is reachable before the first descriptor exists.
+        let servers_stop = Shutdown::new();
+        let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!("binding gRPC endpoint {}", config.node.grpc_listen),
+                    e,
+                )
+            })?;
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("gRPC endpoint address", e))?;
+        let grpc = tokio::spawn(crate::deliver::serve(
+            listener,
+            hub.clone(),
+            facts,
+            metrics.clone(),
+            servers_stop.clone(),
+        ));
+        let (metrics_addr, metrics_server) = match config.node.metrics_listen {
+            Some(addr) => {
+                let listener = metrics::bind(addr).await?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| Error::io("metrics endpoint address", e))?;
+                let server = tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    servers_stop.clone(),
+                ));
+                (Some(bound), Some(server))
+            }
+            None => (None, None),
+        };
+
+        let mut runners = Vec::new();
+        for (camera_config, source) in sources {
+            let status = Arc::new(camera_status(&camera_config, &source));
+            cameras
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(status.clone());
+            runners.push(ingest::start_camera(
+                &camera_config,
+                source,
+                status,
+                queue.clone(),
+            )?);
+        }
+        tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = runners.len(),
+            workers = config.inference.workers, "node started");
+
+        let stop = Shutdown::new();
+        let finished = tokio::spawn(run_until_stopped(Stopping {
+            stop: stop.clone(),
+            exit_when_cameras_end: config.node.exit_when_cameras_end,
+            runners,
+            queue,
+            workers,
+            describer_thread,
+            hub,
+            servers_stop,
+            grpc,
+            metrics_server,
+        }));
+        Ok(Node {
+            grpc_addr,
+            metrics_addr,
+            cameras,
+            stop,
+            finished,
+        })
+    }
+
+    /// Asks the node to stop; [`wait`](Self::wait) returns when it has.
+    pub fn shutdown(&self) {
+        self.stop.trigger();
+    }
+
+    pub fn stop_handle(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
+    pub async fn wait(self) -> Result<()> {
+        self.finished
+            .await
+            .map_err(|e| Error::Internal(format!("node task: {e}")))?
+    }
+}
+
+fn camera_status(config: &CameraConfig, source: &SourceUri) -> CameraStatus {
+    let position = config.position.as_ref().map(|p| pb::CameraPosition {
+        latitude: p.latitude,
+        longitude: p.longitude,
+        heading_degrees: p.heading_degrees,
+        description: p.description.clone(),
+    });
+    CameraStatus::new(
+        config.id.clone(),
+        source.redacted.clone(),
+        config.analysis_fps,
+        position,
+    )
+}
+
+struct Stopping {
+    stop: Shutdown,
+    exit_when_cameras_end: bool,
+    runners: Vec<CameraRunner>,
+    queue: Arc<FrameQueue>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    describer_thread: std::thread::JoinHandle<()>,
+    hub: Arc<Hub>,
+    servers_stop: Shutdown,
+    grpc: tokio::task::JoinHandle<Result<()>>,
+    metrics_server: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+async fn run_until_stopped(s: Stopping) -> Result<()> {
+    loop {
+        tokio::select! {
+            () = s.stop.wait() => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if s.exit_when_cameras_end && s.runners.iter().all(CameraRunner::is_finished) {
+                    tracing::info!("every camera has ended");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: cameras, then inference, then subscribers");
+    let Stopping {
+        runners,
+        queue,
+        workers,
+        describer_thread,
+        hub,
+        servers_stop,
+        grpc,
+        metrics_server,
+        ..
+    } = s;
+    tokio::task::spawn_blocking(move || {
+        for runner in &runners {
+            runner.stop();
+        }
+        for runner in runners {
+            runner.join();
+        }
+        queue.close();
+        for worker in workers {
+            let _ = worker.join();
+        }
+        let _ = describer_thread.join();
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
+    hub.close();
+    servers_stop.trigger();
+    let served = grpc
+        .await
+        .map_err(|e| Error::Internal(format!("gRPC task: {e}")))?;
+    if let Some(server) = metrics_server {
+        server
+            .await
+            .map_err(|e| Error::Internal(format!("metrics task: {e}")))??;
+    }
+    tracing::info!("stopped");
+    served
+}
