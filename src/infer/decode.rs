@@ -41,12 +41,12 @@ impl NanodetGfl {
                 .min(boxes.len() / (4 * bins));
             for cell in 0..cells {
                 let class_scores = &scores[cell * self.num_classes..][..self.num_classes];
-                let (class_id, score) = class_scores
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &s)| {
+                let (class_id, score) = class_scores.iter().enumerate().fold(
+                    (0, f32::NEG_INFINITY),
+                    |best, (i, &s)| {
                         if s > best.1 { (i, s) } else { best }
-                    });
+                    },
+                );
                 // Most cells are background: skip the softmax for them.
                 if !(score >= self.score_threshold) {
                     continue;

@@ -1,0 +1,223 @@
+//! Bad input gets a clear error, through the real `retina-edge` command, as an operator sees it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn retina_edge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("retina-edge runs")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn camera(uri: &str) -> String {
+    format!("[[cameras]]\nid = \"cam\"\nuri = \"{uri}\"\n")
+}
+
+/// Combined stdout + stderr, and whether the command failed.
+fn check(config: &str) -> (bool, String) {
+    let out = retina_edge(&["check", "--config", config]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (!out.status.success(), text)
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    for config in ["config/retina-edge.toml", "config/demo.toml"] {
+        let path = common::repo().join(config);
+        common::sample_clip();
+        let (failed, text) = check(path.to_str().unwrap());
+        assert!(!failed, "{config}: {text}");
+        assert!(
+            text.contains("model nanodet-g-416@1.0.0") && text.contains("is valid"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn missing_video_file_and_unsupported_uri_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "a.toml",
+        &common::config_toml(&camera("/no/such/clip.mp4"), ""),
+    );
+    let (failed, text) = check(&config);
+    assert!(
+        failed && text.contains("camera cam") && text.contains("/no/such/clip.mp4"),
+        "{text}"
+    );
+    assert!(text.contains("No such file"), "{text}");
+
+    let config = write(
+        dir.path(),
+        "b.toml",
+        &common::config_toml(&camera("gopher://cam.example/1"), ""),
+    );
+    let (failed, text) = check(&config);
+    assert!(
+        failed && text.contains("no GStreamer source handles gopher://"),
+        "{text}"
+    );
+
+    // `run` refuses too, at once, instead of running without the camera.
+    let out = retina_edge(&["run", "--config", &config]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gopher://"));
+}
+
+#[test]
+fn malformed_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip();
+    let good = common::config_toml(&camera(clip.to_str().unwrap()), "");
+
+    let config = write(
+        dir.path(),
+        "syntax.toml",
+        &good.replace("[inference]", "[inference"),
+    );
+    let (failed, text) = check(&config);
+    assert!(
+        failed && text.contains("syntax.toml") && text.contains("line"),
+        "{text}"
+    );
+
+    let config = write(
+        dir.path(),
+        "field.toml",
+        &good.replace("workers = 2", "worker_count = 2"),
+    );
+    let (failed, text) = check(&config);
+    assert!(
+        failed && text.contains("unknown field `worker_count`"),
+        "{text}"
+    );
+
+    let config = write(
+        dir.path(),
+        "value.toml",
+        &good.replace("workers = 2", "workers = \"two\""),
+    );
+    let (failed, text) = check(&config);
+    assert!(failed && text.contains("workers"), "{text}");
+
+    let (failed, text) = check(&dir.path().join("absent.toml").display().to_string());
+    assert!(failed && text.contains("absent.toml"), "{text}");
+}
+
+#[test]
+fn models_that_are_wrong_or_garbage_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip();
+    let repo = common::repo().display().to_string();
+
+    // A manifest whose input name is not the model's.
+    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
+        .unwrap()
+        .replace("name = \"input\"", "name = \"pixels\"")
+        .replace(
+            "file = \"mobilenetv2-1280.onnx\"",
+            &format!("file = \"{repo}/models/mobilenetv2-1280.onnx\""),
+        );
+    let manifest = write(dir.path(), "wrong.toml", &manifest);
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
+        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
+    let (failed, text) = check(&write(dir.path(), "c1.toml", &config));
+    assert!(
+        failed && text.contains("does not match its manifest"),
+        "{text}"
+    );
+    assert!(
+        text.contains("input \"pixels\" named in the manifest is not in the model"),
+        "{text}"
+    );
+
+    // Random bytes where the ONNX file should be.
+    std::fs::write(
+        dir.path().join("noise.onnx"),
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
+        .unwrap()
+        .replace("file = \"mobilenetv2-1280.onnx\"", "file = \"noise.onnx\"");
+    let manifest = write(dir.path(), "noise.toml", &manifest);
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
+        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
+    let (failed, text) = check(&write(dir.path(), "c2.toml", &config));
+    assert!(
+        failed && text.contains("noise.onnx could not be loaded by ONNX Runtime"),
+        "{text}"
+    );
+
+    // A manifest naming a decoder the node does not have.
+    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
+        .unwrap()
+        .replace("kind = \"embedding\"", "kind = \"yolo-v8\"");
+    let manifest = write(dir.path(), "decoder.toml", &manifest);
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
+        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
+    let (failed, text) = check(&write(dir.path(), "c3.toml", &config));
+    assert!(
+        failed && text.contains("decoder.toml") && text.contains("yolo-v8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_onnx_runtime_library_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip();
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "").replace(
+        common::ort_library().to_str().unwrap(),
+        "/opt/nowhere/libonnxruntime.so.1.32.0",
+    );
+    let (failed, text) = check(&write(dir.path(), "c.toml", &config));
+    assert!(
+        failed
+            && text.contains("/opt/nowhere/libonnxruntime.so.1.32.0")
+            && text.contains("make deps"),
+        "{text}"
+    );
+}
+
+#[test]
+fn subscribing_to_a_node_that_is_not_there_fails_clearly() {
+    // Bind and drop a listener to get a loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let out = retina_edge(&[
+        "subscribe",
+        "--addr",
+        &addr,
+        "--connect-timeout-seconds",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {addr}")),
+        "{stderr}"
+    );
+}

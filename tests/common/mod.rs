@@ -1,0 +1,63 @@
+//! Shared set-up for integration tests: paths of the real models, the real clip and the ONNX
+//! Runtime library that `make test` (scripts/setup-deps.sh) installs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn ort_library() -> PathBuf {
+    let path = repo().join(".deps/onnxruntime/libonnxruntime.so.1.32.0");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make deps` (or `make test`)",
+        path.display()
+    );
+    path
+}
+
+pub fn sample_clip() -> PathBuf {
+    let path = repo().join(".deps/media/bikes.mp4");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make deps` (or `make test`)",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(path)
+}
+
+/// A node config (TOML) for the real models and the given cameras section; gRPC on a free port.
+pub fn config_toml(cameras: &str, extra_node: &str) -> String {
+    let repo = repo().display();
+    let ort = ort_library();
+    format!(
+        r#"
+[node]
+id = "test-node"
+grpc_listen = "127.0.0.1:0"
+{extra_node}
+
+[inference]
+onnxruntime_library = "{ort}"
+detector_manifest = "{repo}/models/nanodet-g-416.toml"
+embedder_manifest = "{repo}/models/mobilenetv2-1280.toml"
+workers = 2
+intra_op_threads = 1
+
+{cameras}
+"#,
+        ort = ort.display()
+    )
+}
+
+pub fn parse_config(text: &str) -> retina_edge::config::Config {
+    retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf())
+        .expect("test config parses")
+}

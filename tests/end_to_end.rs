@@ -1,0 +1,384 @@
+//! The whole node on the real sample clip: GStreamer decoding, the real models in ONNX Runtime,
+//! and a real gRPC client over loopback checking what a person would check.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use retina_edge::describe::codec;
+use retina_edge::node::Node;
+use retina_edge::pb::{self, retina_client::RetinaClient};
+
+fn clip_camera(extra: &str) -> String {
+    format!(
+        r#"
+[[cameras]]
+id = "bikes"
+uri = "{}"
+analysis_fps = 5.0
+{extra}
+[cameras.position]
+latitude = 50.8467
+longitude = 4.3525
+heading_degrees = 180.0
+description = "sample clip"
+"#,
+        common::sample_clip().display()
+    )
+}
+
+fn iou(a: &pb::BoundingBox, b: &pb::BoundingBox) -> f32 {
+    let iw = (a.x_max.min(b.x_max) - a.x_min.max(b.x_min)).max(0.0);
+    let ih = (a.y_max.min(b.y_max) - a.y_min.max(b.y_min)).max(0.0);
+    let area = |r: &pb::BoundingBox| (r.x_max - r.x_min) * (r.y_max - r.y_min);
+    let inter = iw * ih;
+    inter / (area(a) + area(b) - inter).max(1e-9)
+}
+
+/// Runs the node over the clip once, as fast as inference allows, and collects every descriptor.
+async fn one_pass_over_the_clip() -> Vec<pb::FrameDescriptor> {
+    let toml = common::config_toml(
+        &clip_camera("realtime = false"),
+        "exit_when_cameras_end = true",
+    );
+    let node = Node::start(common::parse_config(&toml))
+        .await
+        .expect("node starts");
+    let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
+    let request = pb::SubscribeRequest {
+        include_empty_frames: true,
+        // Frames analysed before this call are replayed, so nothing is missed.
+        start: pb::StartPosition::EarliestBuffered as i32,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let mut descriptors = Vec::new();
+    // The stream ends with OK when the node stops after the clip.
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
+        .await
+        .expect("a descriptor within 2 minutes")
+        .expect("stream ends cleanly")
+    {
+        descriptors.push(d);
+    }
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .unwrap();
+    descriptors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_clip_gives_what_a_person_sees() {
+    let descriptors = one_pass_over_the_clip().await;
+
+    // 10 s at 25 fps analysed at 5 fps: 50 frames, numbered without gaps, 0.2 s apart.
+    assert!(
+        (48..=51).contains(&descriptors.len()),
+        "{} frames",
+        descriptors.len()
+    );
+    for (i, d) in descriptors.iter().enumerate() {
+        assert_eq!(d.sequence, i as u64, "sequence numbers are contiguous");
+        assert_eq!(
+            (d.node_id.as_str(), d.camera_id.as_str()),
+            ("test-node", "bikes")
+        );
+        assert_eq!(d.time_source(), pb::TimeSource::FilePosition);
+        assert_eq!((d.frame_width, d.frame_height), (640, 272));
+        assert_eq!(d.detector.as_ref().unwrap().id, "nanodet-g-416");
+        assert_eq!(d.camera_position.as_ref().unwrap().latitude, 50.8467);
+    }
+    let nanos = |d: &pb::FrameDescriptor| {
+        let t = d.capture_time.unwrap();
+        t.seconds as i128 * 1_000_000_000 + t.nanos as i128
+    };
+    for pair in descriptors.windows(2) {
+        let step = nanos(&pair[1]) - nanos(&pair[0]);
+        assert!(
+            (190_000_000..=210_000_000).contains(&step),
+            "capture times 0.2 s apart, got {step} ns"
+        );
+    }
+
+    // Objects: boxes inside the frame, embeddings exactly for the configured classes.
+    let embedded: BTreeSet<&str> =
+        ["person", "bicycle", "car", "motorcycle", "bus", "truck"].into();
+    for d in &descriptors {
+        for o in &d.objects {
+            let b = o.r#box.unwrap();
+            assert!(
+                0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= 1.0,
+                "{b:?}"
+            );
+            assert!(
+                0.0 <= b.y_min && b.y_min < b.y_max && b.y_max <= 1.0,
+                "{b:?}"
+            );
+            assert!(o.score >= 0.4 && o.score <= 1.0);
+            match &o.embedding {
+                Some(e) => {
+                    assert!(
+                        embedded.contains(o.class_name.as_str()),
+                        "{} embedded",
+                        o.class_name
+                    );
+                    assert_eq!(
+                        (e.codec(), e.dimension, e.data.len()),
+                        (pb::EmbeddingCodec::Int8, 1280, 1280)
+                    );
+                    let v = codec::decode(e).unwrap();
+                    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    assert!(
+                        (norm - 1.0).abs() < 0.01,
+                        "unit norm after decoding, got {norm}"
+                    );
+                }
+                None => assert!(
+                    !embedded.contains(o.class_name.as_str()),
+                    "{} lacks embedding",
+                    o.class_name
+                ),
+            }
+        }
+    }
+
+    // What is visible, second by second, checked by eye on the clip: cars and a taxi in seconds
+    // 1-4, a cyclist (person + bicycle) in second 5, a walking person and a bicycle in second 8.
+    let seen_in = |from: f32, to: f32, class: &str| {
+        descriptors
+            .iter()
+            .filter(|d| (from..to).contains(&(d.sequence as f32 * 0.2)))
+            .any(|d| d.objects.iter().any(|o| o.class_name == class))
+    };
+    assert!(seen_in(1.0, 5.0, "car"), "cars in seconds 1-4");
+    assert!(seen_in(5.0, 6.0, "person"), "the cyclist in second 5");
+    assert!(seen_in(5.0, 10.0, "bicycle"), "bicycles in seconds 5-9");
+    assert!(
+        seen_in(8.0, 9.0, "person"),
+        "the walking person in second 8"
+    );
+
+    // Appearance: the same object in consecutive frames (same class, boxes overlapping) is
+    // closer to itself than to the other objects of the next frame.
+    let vector = |o: &pb::DetectedObject| o.embedding.as_ref().map(|e| codec::decode(e).unwrap());
+    let (mut same_closer, mut comparisons) = (0, 0);
+    let (mut same_sum, mut other_sum, mut other_n) = (0.0, 0.0, 0);
+    for pair in descriptors.windows(2) {
+        for a in &pair[0].objects {
+            let Some(va) = vector(a) else { continue };
+            let same = pair[1].objects.iter().find(|b| {
+                b.class_name == a.class_name && iou(&a.r#box.unwrap(), &b.r#box.unwrap()) > 0.5
+            });
+            let Some(same) = same else { continue };
+            let others: Vec<f32> = pair[1]
+                .objects
+                .iter()
+                .filter(|b| iou(&a.r#box.unwrap(), &b.r#box.unwrap()) < 0.1)
+                .filter_map(vector)
+                .map(|vb| codec::cosine(&va, &vb))
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let same_cos = codec::cosine(&va, &vector(same).unwrap());
+            comparisons += 1;
+            same_closer += usize::from(others.iter().all(|&c| same_cos > c));
+            same_sum += same_cos;
+            other_sum += others.iter().sum::<f32>();
+            other_n += others.len();
+        }
+    }
+    let (same_mean, other_mean) = (same_sum / comparisons as f32, other_sum / other_n as f32);
+    eprintln!(
+        "same object: {same_closer}/{comparisons} nearest; mean cosine {same_mean:.3} vs others {other_mean:.3}"
+    );
+    assert!(
+        comparisons >= 5,
+        "enough object pairs to compare: {comparisons}"
+    );
+    assert!(
+        same_closer as f32 >= 0.8 * comparisons as f32,
+        "{same_closer}/{comparisons}"
+    );
+    assert!(same_mean > other_mean + 0.05);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
+    let toml = common::config_toml(
+        &clip_camera("loop_file = true\nrealtime = true"),
+        "metrics_listen = \"127.0.0.1:0\"",
+    );
+    let node = Node::start(common::parse_config(&toml))
+        .await
+        .expect("node starts");
+    let addr = format!("http://{}", node.grpc_addr);
+    let mut client = RetinaClient::connect(addr.clone()).await.unwrap();
+
+    // Filters: only cars scoring at least 0.5.
+    let request = pb::SubscribeRequest {
+        class_names: vec!["car".into()],
+        min_score: 0.5,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let mut cars = 0;
+    while cars < 3 {
+        let d = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            !d.objects.is_empty(),
+            "frames without a matching object are not sent"
+        );
+        assert!(
+            d.objects
+                .iter()
+                .all(|o| o.class_name == "car" && o.score >= 0.5)
+        );
+        cars += 1;
+    }
+    drop(stream);
+
+    let info = client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "test-node");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    let camera = &info.cameras[0];
+    assert_eq!(
+        (camera.camera_id.as_str(), camera.state()),
+        ("bikes", pb::CameraState::Streaming)
+    );
+    assert!(camera.frames_analysed > 0 && camera.uri.starts_with("file://"));
+    let roles: HashMap<&str, &pb::ModelInfo> =
+        info.models.iter().map(|m| (m.role.as_str(), m)).collect();
+    assert_eq!(roles["detector"].input_shape, vec![1, 3, 416, 416]);
+    assert_eq!(roles["detector"].class_names.len(), 80);
+    assert_eq!(roles["embedder"].id, "mobilenetv2-1280");
+    assert_eq!(roles["embedder"].sha256.len(), 64);
+
+    // Malformed requests get proper status codes.
+    let bad = |request: pb::SubscribeRequest| {
+        let mut client = client.clone();
+        async move { client.subscribe(request).await.err().expect("refused") }
+    };
+    let status = bad(pb::SubscribeRequest {
+        class_names: vec!["unicorn".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("unknown class \"unicorn\""),
+        "{}",
+        status.message()
+    );
+    let status = bad(pb::SubscribeRequest {
+        camera_ids: vec!["nope".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = bad(pb::SubscribeRequest {
+        min_score: 1.5,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Standard health service.
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "retina.v1.Retina".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    // Reflection, as grpcurl (a separate, real client) sees it.
+    let grpcurl = common::repo().join(".deps/bin/grpcurl");
+    let listed = std::process::Command::new(&grpcurl)
+        .args(["-plaintext", &node.grpc_addr.to_string(), "list"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make deps`)", grpcurl.display()));
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("retina.v1.Retina") && listed.contains("grpc.health.v1.Health"),
+        "{listed}"
+    );
+    let streamed = std::process::Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-max-msg-sz",
+            "67108864",
+            "-d",
+            r#"{"include_empty_frames": true}"#,
+        ])
+        .args([
+            "-max-time",
+            "3",
+            &node.grpc_addr.to_string(),
+            "retina.v1.Retina/Subscribe",
+        ])
+        .output()
+        .unwrap();
+    let streamed = String::from_utf8_lossy(&streamed.stdout);
+    assert!(
+        streamed.contains("\"cameraId\": \"bikes\""),
+        "grpcurl streams descriptors: {streamed:.400}"
+    );
+
+    // Prometheus metrics.
+    let metrics_addr = node.metrics_addr.unwrap();
+    let body = http_get(metrics_addr, "/metrics").await;
+    for name in [
+        "retina_camera_frames_analysed_total{camera=\"bikes\"}",
+        "retina_camera_state{camera=\"bikes\",state=\"streaming\"} 1",
+        "retina_inference_seconds_count{model=\"nanodet-g-416\"}",
+        "retina_subscriber_sent_total",
+    ] {
+        assert!(body.contains(name), "metrics lack {name}:\n{body}");
+    }
+
+    node.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .unwrap();
+}
+
+/// A minimal HTTP/1.0 GET, so the test needs no HTTP client crate.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response:.200}"
+    );
+    response
+}
