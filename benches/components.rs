@@ -1,1 +1,125 @@
-fn main() {}
+//! Micro-benchmarks of the per-frame work outside the models: pre-processing, detector output
+//! decoding, embedding quantisation. `make bench-components`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+use retina_edge::describe::codec;
+use retina_edge::infer::decode::NanodetGfl;
+use retina_edge::infer::manifest::{DecoderSpec, Manifest};
+use retina_edge::infer::preprocess::{Rect, fill_input, item_len};
+use retina_edge::pb::EmbeddingCodec;
+
+fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn manifest(name: &str) -> Manifest {
+    Manifest::load(&repo().join("models").join(name)).expect("bundled manifest")
+}
+
+/// A frame with real-looking variation (a gradient with texture), 640x360 as the pipeline delivers.
+fn frame() -> image::RgbImage {
+    image::RgbImage::from_fn(640, 360, |x, y| {
+        image::Rgb([
+            (x * 7 + y) as u8,
+            (y * 3 + x / 2) as u8,
+            ((x ^ y) * 5) as u8,
+        ])
+    })
+}
+
+fn preprocessing(c: &mut Criterion) {
+    let image = frame();
+    let detector = manifest("nanodet-g-416.toml").input;
+    let mut tensor = vec![0f32; item_len(&detector)];
+    c.bench_function("preprocess/detector_letterbox_640x360_to_416", |b| {
+        b.iter(|| {
+            fill_input(
+                black_box(&image),
+                Rect::of_image(&image),
+                &detector,
+                &mut tensor,
+            )
+        })
+    });
+    let embedder = manifest("mobilenetv2-1280.toml").input;
+    let mut crop = vec![0f32; item_len(&embedder)];
+    let person = Rect {
+        x: 300.0,
+        y: 40.0,
+        width: 90.0,
+        height: 260.0,
+    };
+    c.bench_function("preprocess/embedder_crop_90x260_to_224", |b| {
+        b.iter(|| fill_input(black_box(&image), person, &embedder, &mut crop))
+    });
+}
+
+fn decoding(c: &mut Criterion) {
+    let manifest = manifest("nanodet-g-416.toml");
+    let DecoderSpec::NanodetGfl {
+        strides,
+        reg_max,
+        score_outputs,
+        box_outputs,
+        class_names,
+        ..
+    } = &manifest.decoder
+    else {
+        panic!("bundled detector has a GFL decoder")
+    };
+    // Real outputs of the model on dog.jpg (tests/fixtures/nanodet_dog).
+    let load = |name: &String| -> Vec<f32> {
+        let file = repo()
+            .join("tests/fixtures/nanodet_dog")
+            .join(format!("{}.bin", name.replace(':', "_")));
+        std::fs::read(file)
+            .expect("fixture")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let scores: Vec<Vec<f32>> = score_outputs.iter().map(load).collect();
+    let boxes: Vec<Vec<f32>> = box_outputs.iter().map(load).collect();
+    let levels: Vec<(&[f32], &[f32])> = scores
+        .iter()
+        .zip(&boxes)
+        .map(|(s, b)| (s.as_slice(), b.as_slice()))
+        .collect();
+    let gfl = NanodetGfl {
+        strides: strides.clone(),
+        reg_max: *reg_max,
+        num_classes: class_names.len(),
+        input_width: 416,
+        input_height: 416,
+        score_threshold: 0.4,
+        nms_iou_threshold: 0.5,
+        max_detections: 100,
+    };
+    c.bench_function("decode/nanodet_gfl_416_dog", |b| {
+        b.iter(|| gfl.decode(black_box(&levels)))
+    });
+}
+
+fn quantisation(c: &mut Criterion) {
+    let raw: Vec<f32> = (0..1280)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0 - 0.7).max(0.0))
+        .collect();
+    c.bench_function("quantise/l2_int8_encode_1280", |b| {
+        b.iter(|| {
+            let mut v = black_box(&raw).clone();
+            codec::l2_normalize(&mut v);
+            codec::encode(&v, EmbeddingCodec::Int8)
+        })
+    });
+    let mut unit = raw.clone();
+    codec::l2_normalize(&mut unit);
+    let encoded = codec::encode(&unit, EmbeddingCodec::Int8);
+    c.bench_function("quantise/int8_decode_1280", |b| {
+        b.iter(|| codec::decode(black_box(&encoded)))
+    });
+}
+
+criterion_group!(benches, preprocessing, decoding, quantisation);
+criterion_main!(benches);

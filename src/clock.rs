@@ -104,7 +104,7 @@ mod tests {
         let t0 = clock.stamp(10_000 * MS, || 5_000_000_000);
         clock.restart();
         // A new run whose wall anchor is behind the last stamp (clock step) still moves forward.
-        let t1 = clock.stamp(0 * MS, || 4_000_000_000);
+        let t1 = clock.stamp(Duration::ZERO, || 4_000_000_000);
         assert!(t1 > t0);
     }
 

@@ -148,7 +148,8 @@ impl Collector for CameraCollector {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let counters: [(&str, &str, fn(&crate::ingest::CameraStatus) -> u64); 5] = [
+        type Read = fn(&crate::ingest::CameraStatus) -> u64;
+        let counters: [(&str, &str, Read); 5] = [
             (
                 "retina_camera_frames_decoded",
                 "Frames decoded, before the analysis-rate filter",

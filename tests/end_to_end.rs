@@ -269,7 +269,7 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
     // Malformed requests get proper status codes.
     let bad = |request: pb::SubscribeRequest| {
         let mut client = client.clone();
-        async move { client.subscribe(request).await.err().expect("refused") }
+        async move { client.subscribe(request).await.expect_err("refused") }
     };
     let status = bad(pb::SubscribeRequest {
         class_names: vec!["unicorn".into()],

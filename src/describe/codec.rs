@@ -116,7 +116,7 @@ mod tests {
     fn unit_vector(n: usize, seed: u32) -> Vec<f32> {
         // Deterministic, varied values without a random number crate.
         let mut v: Vec<f32> = (0..n)
-            .map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 1000.0 - 0.3)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.3)
             .collect();
         l2_normalize(&mut v);
         v

@@ -236,6 +236,13 @@ pub struct Prepared {
     crop_batches: Vec<Array2<f32>>,
 }
 
+impl Prepared {
+    /// Crops the embedder runs on for this frame.
+    pub fn crops(&self) -> usize {
+        self.crop_batches.iter().map(Array2::nrows).sum()
+    }
+}
+
 fn inference_error(model: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Inference {
         model: model.to_string(),

@@ -47,8 +47,8 @@ impl NanodetGfl {
                         if s > best.1 { (i, s) } else { best }
                     },
                 );
-                // Most cells are background: skip the softmax for them.
-                if !(score >= self.score_threshold) {
+                // Most cells are background: skip the softmax for them (NaN scores too).
+                if score.is_nan() || score < self.score_threshold {
                     continue;
                 }
                 let s = stride as f32;

@@ -1,0 +1,44 @@
+# retina-edge: the two commands for a fresh Debian 12 machine are `make demo` and `make test`.
+# Both install what is missing first (scripts/setup-deps.sh): Debian packages, the ONNX Runtime
+# library from its PyPI wheel, the sample clip, grpcurl.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# One profile for the demo, the tests and the benchmarks: CI then compiles the crate graph once.
+PROFILE := --release
+BIN := target/release/retina-edge
+export CARGO_INCREMENTAL ?= 0
+# Rust via rustup when cargo is not on PATH yet.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: deps build demo test bench bench-components lint fmt clean
+
+deps:
+	@bash scripts/setup-deps.sh
+
+build: deps
+	$(CARGO) build $(PROFILE) --locked
+
+## Runs the node on the bundled clip and prints descriptors as a central client receives them.
+demo: build
+	@bash scripts/demo.sh
+
+## The whole test suite (unit, integration with real models, video, gRPC).
+test: deps
+	$(CARGO) build $(PROFILE) --locked
+	$(CARGO) test $(PROFILE) --locked --no-fail-fast
+
+## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip.
+bench: build
+	$(CARGO) bench --locked --bench end_to_end
+
+## Criterion micro-benchmarks: pre-processing, detector decoding, quantisation.
+bench-components: deps
+	$(CARGO) bench --locked --bench components
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy $(PROFILE) --locked --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
