@@ -26,6 +26,9 @@ pub struct Config {
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config file itself, for error messages.
+    #[serde(skip)]
+    pub origin: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +215,7 @@ impl Config {
             message: e.to_string(),
         })?;
         config.base_dir = base_dir;
+        config.origin = origin.to_path_buf();
         config.validate().map_err(|message| Error::Config {
             path: origin.to_path_buf(),
             message,

@@ -62,7 +62,7 @@ impl Models {
             .find(|c| !classes.contains(c))
         {
             return Err(Error::Config {
-                path: config.base_dir.clone(),
+                path: config.origin.clone(),
                 message: format!(
                     "inference.embed_classes names {unknown:?}, which detector {} does not know",
                     detector.card.id
@@ -155,6 +155,23 @@ impl Node {
             })
             .collect::<Result<Vec<_>>>()?;
 
+        // Bind before any thread starts: a taken port then fails the start with nothing to undo.
+        let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!("binding gRPC endpoint {}", config.node.grpc_listen),
+                    e,
+                )
+            })?;
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("gRPC endpoint address", e))?;
+        let metrics_listener = match config.node.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
+
         let config = Arc::new(config);
         let loader = config.clone();
         let (models, analyzers) = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -218,17 +235,6 @@ impl Node {
 
         // Servers first, so the node is reachable before the first descriptor exists.
         let servers_stop = Shutdown::new();
-        let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
-            .await
-            .map_err(|e| {
-                Error::io(
-                    format!("binding gRPC endpoint {}", config.node.grpc_listen),
-                    e,
-                )
-            })?;
-        let grpc_addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("gRPC endpoint address", e))?;
         let grpc = tokio::spawn(crate::deliver::serve(
             listener,
             hub.clone(),
@@ -236,9 +242,8 @@ impl Node {
             metrics.clone(),
             servers_stop.clone(),
         ));
-        let (metrics_addr, metrics_server) = match config.node.metrics_listen {
-            Some(addr) => {
-                let listener = metrics::bind(addr).await?;
+        let (metrics_addr, metrics_server) = match metrics_listener {
+            Some(listener) => {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::io("metrics endpoint address", e))?;

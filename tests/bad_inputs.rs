@@ -221,3 +221,22 @@ fn subscribing_to_a_node_that_is_not_there_fails_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_taken_grpc_port_fails_the_start_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip();
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "").replace(
+        "grpc_listen = \"127.0.0.1:0\"",
+        &format!("grpc_listen = \"{addr}\""),
+    );
+    let out = retina_edge(&["run", "--config", &write(dir.path(), "c.toml", &config)]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("binding gRPC endpoint {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

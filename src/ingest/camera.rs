@@ -147,6 +147,7 @@ impl Supervisor {
         let overflow = self.overflow;
         let frame_clock = clock.clone();
         let mut last_running_time = None;
+        let mut announced_streaming = false;
         let decoded_status = self.status.clone();
         let pipeline = pipeline::build(
             &self.spec,
@@ -163,8 +164,9 @@ impl Supervisor {
                         clock.source(),
                     )
                 };
-                if status.condition().state != CameraState::Streaming {
+                if !announced_streaming {
                     status.set_state(CameraState::Streaming, None);
+                    announced_streaming = true;
                 }
                 let frame = Frame {
                     camera: status.clone(),
