@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use retina_edge::describe::codec;
 use retina_edge::infer::decode::NanodetGfl;
-use retina_edge::infer::manifest::{DecoderSpec, Manifest};
+use retina_edge::infer::manifest::Manifest;
 use retina_edge::infer::preprocess::{Rect, fill_input, item_len};
 use retina_edge::pb::EmbeddingCodec;
 
@@ -57,18 +57,8 @@ fn preprocessing(c: &mut Criterion) {
 }
 
 fn decoding(c: &mut Criterion) {
-    let manifest = manifest("nanodet-g-416.toml");
-    let DecoderSpec::NanodetGfl {
-        strides,
-        reg_max,
-        score_outputs,
-        box_outputs,
-        class_names,
-        ..
-    } = &manifest.decoder
-    else {
-        panic!("bundled detector has a GFL decoder")
-    };
+    let gfl = NanodetGfl::from_manifest(&manifest("nanodet-g-416.toml"))
+        .expect("bundled detector has a GFL decoder");
     // Real outputs of the model on dog.jpg (tests/fixtures/nanodet_dog).
     let load = |name: &String| -> Vec<f32> {
         let file = repo()
@@ -80,23 +70,15 @@ fn decoding(c: &mut Criterion) {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    let scores: Vec<Vec<f32>> = score_outputs.iter().map(load).collect();
-    let boxes: Vec<Vec<f32>> = box_outputs.iter().map(load).collect();
-    let levels: Vec<(&[f32], &[f32])> = scores
+    let tensors: Vec<(Vec<f32>, Vec<f32>)> = gfl
+        .outputs
         .iter()
-        .zip(&boxes)
+        .map(|(s, b)| (load(s), load(b)))
+        .collect();
+    let levels: Vec<(&[f32], &[f32])> = tensors
+        .iter()
         .map(|(s, b)| (s.as_slice(), b.as_slice()))
         .collect();
-    let gfl = NanodetGfl {
-        strides: strides.clone(),
-        reg_max: *reg_max,
-        num_classes: class_names.len(),
-        input_width: 416,
-        input_height: 416,
-        score_threshold: 0.4,
-        nms_iou_threshold: 0.5,
-        max_detections: 100,
-    };
     c.bench_function("decode/nanodet_gfl_416_dog", |b| {
         b.iter(|| gfl.decode(black_box(&levels)))
     });

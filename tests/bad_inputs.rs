@@ -120,24 +120,41 @@ fn malformed_config_names_file_line_and_field() {
     assert!(failed && text.contains("absent.toml"), "{text}");
 }
 
+/// Checks a config whose embedder manifest is the bundled one with `edits` applied.
+fn check_with_edited_embedder(dir: &Path, name: &str, edits: &[(&str, &str)]) -> (bool, String) {
+    let repo = common::repo().display().to_string();
+    let bundled = format!("{repo}/models/mobilenetv2-1280.toml");
+    let mut manifest = std::fs::read_to_string(&bundled).unwrap();
+    for (from, to) in edits {
+        assert!(manifest.contains(from), "bundled manifest has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
+    let manifest = write(dir, &format!("{name}.toml"), &manifest);
+    let clip = common::sample_clip();
+    let config =
+        common::config_toml(&camera(clip.to_str().unwrap()), "").replace(&bundled, &manifest);
+    check(&write(dir, &format!("{name}-config.toml"), &config))
+}
+
 #[test]
 fn models_that_are_wrong_or_garbage_are_refused_by_check() {
     let dir = tempfile::tempdir().unwrap();
-    let clip = common::sample_clip();
-    let repo = common::repo().display().to_string();
+    let onnx = common::repo()
+        .join("models/mobilenetv2-1280.onnx")
+        .display()
+        .to_string();
+    let absolute_model = format!("file = \"{onnx}\"");
+    let bundled_file = "file = \"mobilenetv2-1280.onnx\"";
 
     // A manifest whose input name is not the model's.
-    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
-        .unwrap()
-        .replace("name = \"input\"", "name = \"pixels\"")
-        .replace(
-            "file = \"mobilenetv2-1280.onnx\"",
-            &format!("file = \"{repo}/models/mobilenetv2-1280.onnx\""),
-        );
-    let manifest = write(dir.path(), "wrong.toml", &manifest);
-    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
-        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
-    let (failed, text) = check(&write(dir.path(), "c1.toml", &config));
+    let (failed, text) = check_with_edited_embedder(
+        dir.path(),
+        "wrong",
+        &[
+            ("name = \"input\"", "name = \"pixels\""),
+            (bundled_file, &absolute_model),
+        ],
+    );
     assert!(
         failed && text.contains("does not match its manifest"),
         "{text}"
@@ -148,33 +165,24 @@ fn models_that_are_wrong_or_garbage_are_refused_by_check() {
     );
 
     // Random bytes where the ONNX file should be.
-    std::fs::write(
-        dir.path().join("noise.onnx"),
-        (0..4096u32)
-            .map(|i| (i * 7919 % 251) as u8)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
-        .unwrap()
-        .replace("file = \"mobilenetv2-1280.onnx\"", "file = \"noise.onnx\"");
-    let manifest = write(dir.path(), "noise.toml", &manifest);
-    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
-        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
-    let (failed, text) = check(&write(dir.path(), "c2.toml", &config));
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(dir.path().join("noise.onnx"), noise).unwrap();
+    let (failed, text) = check_with_edited_embedder(
+        dir.path(),
+        "noise",
+        &[(bundled_file, "file = \"noise.onnx\"")],
+    );
     assert!(
         failed && text.contains("noise.onnx could not be loaded by ONNX Runtime"),
         "{text}"
     );
 
-    // A manifest naming a decoder the node does not have.
-    let manifest = std::fs::read_to_string(common::repo().join("models/mobilenetv2-1280.toml"))
-        .unwrap()
-        .replace("kind = \"embedding\"", "kind = \"yolo-v8\"");
-    let manifest = write(dir.path(), "decoder.toml", &manifest);
-    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
-        .replace(&format!("{repo}/models/mobilenetv2-1280.toml"), &manifest);
-    let (failed, text) = check(&write(dir.path(), "c3.toml", &config));
+    // A decoder the node does not have.
+    let (failed, text) = check_with_edited_embedder(
+        dir.path(),
+        "decoder",
+        &[("kind = \"embedding\"", "kind = \"yolo-v8\"")],
+    );
     assert!(
         failed && text.contains("decoder.toml") && text.contains("yolo-v8"),
         "{text}"

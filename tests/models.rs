@@ -4,7 +4,7 @@
 mod common;
 
 use retina_edge::infer::decode::NanodetGfl;
-use retina_edge::infer::manifest::{DecoderSpec, Manifest};
+use retina_edge::infer::manifest::Manifest;
 use retina_edge::infer::{ModelFile, SessionOptions, environment};
 use retina_edge::{Error, describe::codec};
 
@@ -28,18 +28,12 @@ fn json(path: &str) -> serde_json::Value {
 #[test]
 fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
     let manifest = Manifest::load(&common::repo().join("models/nanodet-g-416.toml")).unwrap();
-    let DecoderSpec::NanodetGfl {
-        strides,
-        reg_max,
-        score_outputs,
-        box_outputs,
-        class_names,
-        ..
-    } = &manifest.decoder
-    else {
-        panic!("detector manifest has no GFL decoder")
-    };
+    let mut gfl =
+        NanodetGfl::from_manifest(&manifest).expect("detector manifest has a GFL decoder");
     let expected = json("nanodet_dog/expected.json");
+    // The fixture was decoded with its own thresholds; use them.
+    gfl.score_threshold = expected["score_threshold"].as_f64().unwrap() as f32;
+    gfl.nms_iou_threshold = expected["iou_threshold"].as_f64().unwrap() as f32;
     // Fixture files are named after outputs with ':' -> '_' ("Identity:0" -> "Identity_0.bin").
     let load = |name: &str| {
         read_f32(&common::fixture(&format!(
@@ -47,21 +41,13 @@ fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
             name.replace(':', "_")
         )))
     };
-    let scores: Vec<Vec<f32>> = score_outputs.iter().map(|n| load(n)).collect();
-    let boxes: Vec<Vec<f32>> = box_outputs.iter().map(|n| load(n)).collect();
-    let gfl = NanodetGfl {
-        strides: strides.clone(),
-        reg_max: *reg_max,
-        num_classes: class_names.len(),
-        input_width: 416,
-        input_height: 416,
-        score_threshold: expected["score_threshold"].as_f64().unwrap() as f32,
-        nms_iou_threshold: expected["iou_threshold"].as_f64().unwrap() as f32,
-        max_detections: 100,
-    };
-    let levels: Vec<(&[f32], &[f32])> = scores
+    let tensors: Vec<(Vec<f32>, Vec<f32>)> = gfl
+        .outputs
         .iter()
-        .zip(&boxes)
+        .map(|(s, b)| (load(s), load(b)))
+        .collect();
+    let levels: Vec<(&[f32], &[f32])> = tensors
+        .iter()
         .map(|(s, b)| (s.as_slice(), b.as_slice()))
         .collect();
     let found = gfl.decode(&levels);
@@ -80,6 +66,7 @@ fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
         }
     }
     // What a person sees in dog.jpg: a dog and a bicycle, best first.
+    let class_names = manifest.decoder.class_names();
     let names: Vec<&str> = found
         .iter()
         .map(|d| class_names[d.class_id as usize].as_str())

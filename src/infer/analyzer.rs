@@ -46,8 +46,6 @@ struct Detector {
     input: ndarray::Array4<f32>,
     spec: super::manifest::InputSpec,
     gfl: NanodetGfl,
-    score_outputs: Vec<String>,
-    box_outputs: Vec<String>,
 }
 
 struct Embedder {
@@ -69,25 +67,18 @@ impl Analyzer {
         score_threshold: Option<f32>,
         options: SessionOptions,
     ) -> Result<Analyzer> {
-        let DecoderSpec::NanodetGfl {
-            strides,
-            reg_max,
-            score_outputs,
-            box_outputs,
-            score_threshold: manifest_threshold,
-            nms_iou_threshold,
-            max_detections,
-            class_names,
-        } = &detector.manifest.decoder
-        else {
-            return Err(Error::Manifest {
+        let mut gfl =
+            NanodetGfl::from_manifest(&detector.manifest).ok_or_else(|| Error::Manifest {
                 path: detector.manifest.path.clone(),
                 message: format!(
                     "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl)",
                     detector.manifest.decoder.kind()
                 ),
-            });
-        };
+            })?;
+        if let Some(threshold) = score_threshold {
+            gfl.score_threshold = threshold;
+        }
+        let class_names = detector.manifest.decoder.class_names();
         let spec = detector.manifest.input.clone();
         let shape = match spec.layout {
             Layout::Nchw => (1, 3, spec.height as usize, spec.width as usize),
@@ -98,19 +89,8 @@ impl Analyzer {
             model_id: detector.card.id.clone(),
             input_name: spec.name.clone(),
             input: ndarray::Array4::zeros(shape),
-            gfl: NanodetGfl {
-                strides: strides.clone(),
-                reg_max: *reg_max,
-                num_classes: class_names.len(),
-                input_width: spec.width,
-                input_height: spec.height,
-                score_threshold: score_threshold.unwrap_or(*manifest_threshold),
-                nms_iou_threshold: *nms_iou_threshold,
-                max_detections: *max_detections,
-            },
+            gfl,
             spec,
-            score_outputs: score_outputs.clone(),
-            box_outputs: box_outputs.clone(),
         };
         let embed_class = class_names
             .iter()
@@ -294,8 +274,8 @@ impl Detector {
             })?;
             Ok(value.try_extract_tensor::<f32>().map_err(&err)?.1)
         };
-        let mut levels = Vec::with_capacity(self.score_outputs.len());
-        for (scores, boxes) in self.score_outputs.iter().zip(&self.box_outputs) {
+        let mut levels = Vec::with_capacity(self.gfl.outputs.len());
+        for (scores, boxes) in &self.gfl.outputs {
             levels.push((tensor(scores)?, tensor(boxes)?));
         }
         Ok(self.gfl.decode(&levels))

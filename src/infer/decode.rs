@@ -1,6 +1,8 @@
 //! Output decoders: raw model outputs to detections. Which decoder runs, and with which numbers,
 //! is the manifest's choice; nothing here knows a particular model.
 
+use super::manifest::{DecoderSpec, Manifest};
+
 /// A detection in model-input pixels, before mapping back to the frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RawDetection {
@@ -16,6 +18,8 @@ pub struct RawDetection {
 /// times s, is the distance from the cell centre to that side.
 #[derive(Debug, Clone)]
 pub struct NanodetGfl {
+    /// Per level, the names of its (scores, box distributions) outputs.
+    pub outputs: Vec<(String, String)>,
     pub strides: Vec<u32>,
     pub reg_max: usize,
     pub num_classes: usize,
@@ -27,6 +31,38 @@ pub struct NanodetGfl {
 }
 
 impl NanodetGfl {
+    /// The decoder a manifest describes; `None` if its decoder is another kind.
+    pub fn from_manifest(manifest: &Manifest) -> Option<NanodetGfl> {
+        let DecoderSpec::NanodetGfl {
+            strides,
+            reg_max,
+            score_outputs,
+            box_outputs,
+            score_threshold,
+            nms_iou_threshold,
+            max_detections,
+            class_names,
+        } = &manifest.decoder
+        else {
+            return None;
+        };
+        Some(NanodetGfl {
+            outputs: score_outputs
+                .iter()
+                .cloned()
+                .zip(box_outputs.iter().cloned())
+                .collect(),
+            strides: strides.clone(),
+            reg_max: *reg_max,
+            num_classes: class_names.len(),
+            input_width: manifest.input.width,
+            input_height: manifest.input.height,
+            score_threshold: *score_threshold,
+            nms_iou_threshold: *nms_iou_threshold,
+            max_detections: *max_detections,
+        })
+    }
+
     /// `levels[i]` = (scores, box distributions) of stride `strides[i]`, flattened row-major.
     /// Returns detections sorted by score, highest first.
     pub fn decode(&self, levels: &[(&[f32], &[f32])]) -> Vec<RawDetection> {
@@ -142,6 +178,7 @@ mod tests {
     fn gfl_decodes_a_hand_built_cell() {
         // One 8x8 input, stride 4: a 2x2 grid, 2 classes, reg_max 2 (3 bins).
         let gfl = NanodetGfl {
+            outputs: Vec::new(),
             strides: vec![4],
             reg_max: 2,
             num_classes: 2,
@@ -173,6 +210,7 @@ mod tests {
     #[test]
     fn short_outputs_do_not_panic() {
         let gfl = NanodetGfl {
+            outputs: Vec::new(),
             strides: vec![8],
             reg_max: 10,
             num_classes: 80,
