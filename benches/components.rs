@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the per-frame work outside the models: pre-processing, detector output
 //! decoding, embedding quantisation. `make bench-components`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -59,22 +62,8 @@ fn preprocessing(c: &mut Criterion) {
 fn decoding(c: &mut Criterion) {
     let gfl = NanodetGfl::from_manifest(&manifest("nanodet-g-416.toml"))
         .expect("bundled detector has a GFL decoder");
-    // Real outputs of the model on dog.jpg (tests/fixtures/nanodet_dog).
-    let load = |name: &String| -> Vec<f32> {
-        let file = repo()
-            .join("tests/fixtures/nanodet_dog")
-            .join(format!("{}.bin", name.replace(':', "_")));
-        std::fs::read(file)
-            .expect("fixture")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
-    let tensors: Vec<(Vec<f32>, Vec<f32>)> = gfl
-        .outputs
-        .iter()
-        .map(|(s, b)| (load(s), load(b)))
-        .collect();
+    // Real outputs of the model on dog.jpg.
+    let tensors = common::nanodet_dog_outputs(&gfl);
     let levels: Vec<(&[f32], &[f32])> = tensors
         .iter()
         .map(|(s, b)| (s.as_slice(), b.as_slice()))

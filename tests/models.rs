@@ -13,14 +13,6 @@ const OPTIONS: SessionOptions = SessionOptions {
     allow_spinning: false,
 };
 
-fn read_f32(path: &std::path::Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
 fn json(path: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(common::fixture(path)).unwrap()).unwrap()
 }
@@ -34,18 +26,7 @@ fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
     // The fixture was decoded with its own thresholds; use them.
     gfl.score_threshold = expected["score_threshold"].as_f64().unwrap() as f32;
     gfl.nms_iou_threshold = expected["iou_threshold"].as_f64().unwrap() as f32;
-    // Fixture files are named after outputs with ':' -> '_' ("Identity:0" -> "Identity_0.bin").
-    let load = |name: &str| {
-        read_f32(&common::fixture(&format!(
-            "nanodet_dog/{}.bin",
-            name.replace(':', "_")
-        )))
-    };
-    let tensors: Vec<(Vec<f32>, Vec<f32>)> = gfl
-        .outputs
-        .iter()
-        .map(|(s, b)| (load(s), load(b)))
-        .collect();
+    let tensors = common::nanodet_dog_outputs(&gfl);
     let levels: Vec<(&[f32], &[f32])> = tensors
         .iter()
         .map(|(s, b)| (s.as_slice(), b.as_slice()))
