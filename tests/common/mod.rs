@@ -80,3 +80,4 @@ pub fn nanodet_dog_outputs(
         .map(|(scores, boxes)| (load(scores), load(boxes)))
         .collect()
 }
+pub mod rtsp;

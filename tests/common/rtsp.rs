@@ -1,0 +1,1 @@
+//! In-process RTSP test cameras (written by the helper; placeholder so the crate builds).
