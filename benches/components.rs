@@ -24,11 +24,7 @@ fn manifest(name: &str) -> Manifest {
 /// A frame with real-looking variation (a gradient with texture), 640x360 as the pipeline delivers.
 fn frame() -> image::RgbImage {
     image::RgbImage::from_fn(640, 360, |x, y| {
-        image::Rgb([
-            (x * 7 + y) as u8,
-            (y * 3 + x / 2) as u8,
-            ((x ^ y) * 5) as u8,
-        ])
+        image::Rgb([(x * 7 + y) as u8, (y * 3 + x / 2) as u8, ((x ^ y) * 5) as u8])
     })
 }
 
@@ -37,14 +33,7 @@ fn preprocessing(c: &mut Criterion) {
     let detector = manifest("nanodet-g-416.toml").input;
     let mut tensor = vec![0f32; item_len(&detector)];
     c.bench_function("preprocess/detector_letterbox_640x360_to_416", |b| {
-        b.iter(|| {
-            fill_input(
-                black_box(&image),
-                Rect::of_image(&image),
-                &detector,
-                &mut tensor,
-            )
-        })
+        b.iter(|| fill_input(black_box(&image), Rect::of_image(&image), &detector, &mut tensor))
     });
     let embedder = manifest("mobilenetv2-1280.toml").input;
     let mut crop = vec![0f32; item_len(&embedder)];
@@ -60,14 +49,10 @@ fn preprocessing(c: &mut Criterion) {
 }
 
 fn decoding(c: &mut Criterion) {
-    let gfl = NanodetGfl::from_manifest(&manifest("nanodet-g-416.toml"))
-        .expect("bundled detector has a GFL decoder");
+    let gfl = NanodetGfl::from_manifest(&manifest("nanodet-g-416.toml")).expect("bundled detector has a GFL decoder");
     // Real outputs of the model on dog.jpg.
     let tensors = common::nanodet_dog_outputs(&gfl);
-    let levels: Vec<(&[f32], &[f32])> = tensors
-        .iter()
-        .map(|(s, b)| (s.as_slice(), b.as_slice()))
-        .collect();
+    let levels: Vec<(&[f32], &[f32])> = tensors.iter().map(|(s, b)| (s.as_slice(), b.as_slice())).collect();
     c.bench_function("decode/nanodet_gfl_416_dog", |b| {
         b.iter(|| gfl.decode(black_box(&levels)))
     });

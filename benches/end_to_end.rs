@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use retina_edge::config::Config;
 use retina_edge::infer::Prepared;
-use retina_edge::ingest::{self, CameraStatus, FrameQueue, SourceUri};
+use retina_edge::ingest::{self, CameraSettings, CameraStatus, FrameQueue, SourceUri};
 use retina_edge::node::{Models, Node};
 use retina_edge::pb::{self, retina_client::RetinaClient};
 
@@ -24,10 +24,7 @@ fn repo() -> &'static Path {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// The sample looped `loops` times and scaled to 1280x720 H.264 (4:2:0, as cameras send).
@@ -38,10 +35,7 @@ fn make_clip(loops: usize) -> PathBuf {
     if clip.is_file() {
         return clip;
     }
-    eprintln!(
-        "making {} (bikes.mp4 x{loops}, 1280x720, x264)...",
-        clip.display()
-    );
+    eprintln!("making {} (bikes.mp4 x{loops}, 1280x720, x264)...", clip.display());
     let mut args: Vec<String> = vec!["-q".into(), "concat".into(), "name=c".into(), "!".into()];
     args.extend(
         "videoconvert ! videoscale ! video/x-raw,format=I420,width=1280,height=720,pixel-aspect-ratio=1/1 ! \
@@ -134,12 +128,7 @@ async fn run_node(config: Config) -> NodeRun {
 fn prepare_inputs(config: &Config, models: &Models) -> Vec<Prepared> {
     let camera = &config.cameras[0];
     let source = SourceUri::resolve(&camera.uri, &config.base_dir).unwrap();
-    let status = Arc::new(CameraStatus::new(
-        camera.id.clone(),
-        source.redacted.clone(),
-        0.0,
-        None,
-    ));
+    let status = Arc::new(CameraStatus::new(camera.id.clone(), CameraSettings::default()));
     let queue = FrameQueue::new(4);
     let runner = ingest::start_camera(camera, source, status, queue.clone()).unwrap();
     let mut analyzer = models.analyzer(config).unwrap();
@@ -161,9 +150,7 @@ fn prepare_inputs(config: &Config, models: &Models) -> Vec<Prepared> {
 /// The same sessions, settings and worker count, on the prepared inputs only.
 fn inference_only(config: &Config, models: &Models, inputs: &[Prepared]) -> f64 {
     let workers = config.inference.workers;
-    let mut analyzers: Vec<_> = (0..workers)
-        .map(|_| models.analyzer(config).unwrap())
-        .collect();
+    let mut analyzers: Vec<_> = (0..workers).map(|_| models.analyzer(config).unwrap()).collect();
     // Warm-up, as the node's first frames also are.
     for analyzer in &mut analyzers {
         analyzer.infer_prepared(&inputs[0]).unwrap();
@@ -208,9 +195,7 @@ fn main() {
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
-    println!(
-        "retina-edge end-to-end benchmark ({cores} cores, {workers} workers x {threads} intra-op thread(s))"
-    );
+    println!("retina-edge end-to-end benchmark ({cores} cores, {workers} workers x {threads} intra-op thread(s))");
     println!(
         "clip                 {} (bikes.mp4 x{loops}, 1280x720 H.264, analysed at 640x360)",
         clip.display()

@@ -61,22 +61,23 @@ impl CaptureClock {
 
     /// Capture time of a frame with the given running time; `wall_now` is read only for the
     /// first frame of a run.
-    pub fn stamp(
-        &mut self,
-        running_time: Duration,
-        wall_now: impl FnOnce() -> UnixNanos,
-    ) -> UnixNanos {
-        let (anchor_wall, anchor_running) = *self
-            .anchor
-            .get_or_insert_with(|| (wall_now(), running_time));
+    pub fn stamp(&mut self, running_time: Duration, wall_now: impl FnOnce() -> UnixNanos) -> UnixNanos {
+        let (anchor_wall, anchor_running) = *self.anchor.get_or_insert_with(|| (wall_now(), running_time));
         let offset = running_time.saturating_sub(anchor_running);
-        let mut t =
-            anchor_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
-        if let Some(last) = self.last
-            && t <= last
-        {
-            t = last + 1;
-        }
+        let t = anchor_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
+        self.monotonic(t)
+    }
+
+    /// A capture time given by the sender (camera NTP), kept monotonic with the others.
+    pub fn stamp_exact(&mut self, t: UnixNanos) -> UnixNanos {
+        self.monotonic(t)
+    }
+
+    fn monotonic(&mut self, t: UnixNanos) -> UnixNanos {
+        let t = match self.last {
+            Some(last) if t <= last => last + 1,
+            _ => t,
+        };
         self.last = Some(t);
         t
     }

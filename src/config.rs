@@ -6,13 +6,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// COCO classes a city cares about: people and vehicles.
-pub const DEFAULT_EMBED_CLASSES: [&str; 6] =
-    ["person", "bicycle", "car", "motorcycle", "bus", "truck"];
+pub const DEFAULT_EMBED_CLASSES: [&str; 6] = ["person", "bicycle", "car", "motorcycle", "bus", "truck"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +45,10 @@ pub struct NodeConfig {
     /// such as the demo and benchmarks; a deployed node leaves this off.
     #[serde(default)]
     pub exit_when_cameras_end: bool,
+    /// Where cameras added, changed or removed over gRPC are kept. When the file exists, its
+    /// cameras replace the config file's. Default: `<config name>.cameras.toml` beside the config.
+    #[serde(default)]
+    pub camera_state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +107,7 @@ pub enum EmbeddingCodecConfig {
     F32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Unique id of the camera on this node, copied into every descriptor.
@@ -132,11 +135,40 @@ pub struct CameraConfig {
     /// A disabled camera stays in the config but is not started.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<CameraPositionConfig>,
+    /// Live sources: rebuild the pipeline when no frame arrived for this long.
+    #[serde(default = "default_stall_timeout_seconds")]
+    pub stall_timeout_seconds: f64,
+    /// Wait before the first retry after a failure; doubles per failed attempt (with +-20%
+    /// jitter, so cameras that failed together do not retry together) up to the maximum.
+    #[serde(default = "default_reconnect_initial_seconds")]
+    pub reconnect_initial_seconds: f64,
+    #[serde(default = "default_reconnect_max_seconds")]
+    pub reconnect_max_seconds: f64,
+    /// RTSP: "auto" (UDP, falling back to TCP when no data arrives), "tcp" or "udp".
+    #[serde(default)]
+    pub rtsp_transport: RtspTransport,
+    /// RTSP: jitter buffer latency; frames wait this long to be reordered.
+    #[serde(default = "default_rtsp_latency_ms")]
+    pub rtsp_latency_ms: u32,
+    /// Credentials, instead of (or overriding) those in the URI. Never logged or reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtspTransport {
+    #[default]
+    Auto,
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraPositionConfig {
     pub latitude: f64,
@@ -154,10 +186,7 @@ fn default_onnxruntime_library() -> PathBuf {
     PathBuf::from("../.deps/onnxruntime/libonnxruntime.so.1.32.0")
 }
 fn default_embed_classes() -> Vec<String> {
-    DEFAULT_EMBED_CLASSES
-        .iter()
-        .map(|c| c.to_string())
-        .collect()
+    DEFAULT_EMBED_CLASSES.iter().map(|c| c.to_string()).collect()
 }
 fn default_workers() -> usize {
     2
@@ -186,6 +215,83 @@ fn default_max_frame_height_px() -> u32 {
 fn default_true() -> bool {
     true
 }
+fn default_stall_timeout_seconds() -> f64 {
+    5.0
+}
+fn default_reconnect_initial_seconds() -> f64 {
+    1.0
+}
+fn default_reconnect_max_seconds() -> f64 {
+    30.0
+}
+fn default_rtsp_latency_ms() -> u32 {
+    200
+}
+
+impl CameraConfig {
+    /// A camera with every optional field at its default.
+    pub fn new(id: impl Into<String>, uri: impl Into<String>) -> Self {
+        CameraConfig {
+            id: id.into(),
+            uri: uri.into(),
+            analysis_fps: default_analysis_fps(),
+            max_frame_width_px: default_max_frame_width_px(),
+            max_frame_height_px: default_max_frame_height_px(),
+            loop_file: false,
+            realtime: true,
+            enabled: true,
+            position: None,
+            stall_timeout_seconds: default_stall_timeout_seconds(),
+            reconnect_initial_seconds: default_reconnect_initial_seconds(),
+            reconnect_max_seconds: default_reconnect_max_seconds(),
+            rtsp_transport: RtspTransport::default(),
+            rtsp_latency_ms: default_rtsp_latency_ms(),
+            username: None,
+            password: None,
+        }
+    }
+
+    /// Checks one camera's values; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let valid_id = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_id {
+            return Err(format!(
+                "camera id {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                self.id
+            ));
+        }
+        let at = format!("camera {:?}", self.id);
+        if !(self.analysis_fps >= 0.0 && self.analysis_fps <= 1000.0) {
+            return Err(format!(
+                "{at}: analysis_fps = {} (expected 0..=1000)",
+                self.analysis_fps
+            ));
+        }
+        if self.max_frame_width_px < 16 || self.max_frame_height_px < 16 {
+            return Err(format!(
+                "{at}: max_frame_width_px/max_frame_height_px must be at least 16"
+            ));
+        }
+        if !(self.stall_timeout_seconds >= 0.5 && self.stall_timeout_seconds <= 3600.0) {
+            return Err(format!("{at}: stall_timeout_seconds must lie in 0.5..=3600"));
+        }
+        if !(self.reconnect_initial_seconds >= 0.01 && self.reconnect_initial_seconds <= self.reconnect_max_seconds)
+            || self.reconnect_max_seconds > 3600.0
+        {
+            return Err(format!(
+                "{at}: need 0.01 <= reconnect_initial_seconds <= reconnect_max_seconds <= 3600"
+            ));
+        }
+        if let Some(p) = &self.position
+            && (!(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude))
+        {
+            return Err(format!("{at}: position latitude/longitude out of range"));
+        }
+        Ok(())
+    }
+}
 
 impl Default for DeliverConfig {
     fn default() -> Self {
@@ -199,8 +305,8 @@ impl Default for DeliverConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -229,10 +335,7 @@ impl Config {
         }
         let inference = &self.inference;
         if inference.workers == 0 || inference.workers > 64 {
-            return Err(format!(
-                "inference.workers = {} (expected 1..=64)",
-                inference.workers
-            ));
+            return Err(format!("inference.workers = {} (expected 1..=64)", inference.workers));
         }
         if inference.intra_op_threads == 0 || inference.intra_op_threads > 64 {
             return Err(format!(
@@ -251,34 +354,39 @@ impl Config {
         if self.deliver.subscriber_buffer_frames == 0 {
             return Err("deliver.subscriber_buffer_frames must be at least 1".into());
         }
-        let mut seen = std::collections::HashSet::new();
-        for (i, camera) in self.cameras.iter().enumerate() {
-            let at = format!("cameras[{i}] (id {:?})", camera.id);
-            if camera.id.trim().is_empty() {
-                return Err(format!("cameras[{i}].id must not be empty"));
-            }
-            if !seen.insert(camera.id.as_str()) {
-                return Err(format!("{at}: duplicate camera id"));
-            }
-            if !(camera.analysis_fps >= 0.0 && camera.analysis_fps <= 1000.0) {
-                return Err(format!(
-                    "{at}: analysis_fps = {} (expected 0..=1000)",
-                    camera.analysis_fps
-                ));
-            }
-            if camera.max_frame_width_px < 16 || camera.max_frame_height_px < 16 {
-                return Err(format!(
-                    "{at}: max_frame_width_px/max_frame_height_px must be at least 16"
-                ));
-            }
-            if let Some(p) = &camera.position
-                && (!(-90.0..=90.0).contains(&p.latitude)
-                    || !(-180.0..=180.0).contains(&p.longitude))
-            {
-                return Err(format!("{at}: position latitude/longitude out of range"));
+        validate_cameras(&self.cameras)
+    }
+
+    /// The camera state file (see `node.camera_state_file`).
+    pub fn camera_state_path(&self) -> PathBuf {
+        match &self.node.camera_state_file {
+            Some(path) => self.resolve(path),
+            None => {
+                let stem = self
+                    .origin
+                    .file_stem()
+                    .map_or("retina-edge".into(), |s| s.to_string_lossy());
+                self.base_dir.join(format!("{stem}.cameras.toml"))
             }
         }
-        Ok(())
+    }
+
+    /// Replaces the cameras with those of the state file, if there is one.
+    pub fn apply_camera_state(&mut self) -> Result<()> {
+        let path = self.camera_state_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let state: CameraState = toml::from_str(&text).map_err(|e| Error::Config {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                validate_cameras(&state.cameras).map_err(|message| Error::Config { path, message })?;
+                self.cameras = state.cameras;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("reading camera state {}", path.display()), e)),
+        }
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -289,6 +397,54 @@ impl Config {
             self.base_dir.join(path)
         }
     }
+}
+
+/// The camera state file: the cameras as changed at run time.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraState {
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+pub fn validate_cameras(cameras: &[CameraConfig]) -> std::result::Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for camera in cameras {
+        camera.validate()?;
+        if !seen.insert(camera.id.as_str()) {
+            return Err(format!("camera {:?}: duplicate camera id", camera.id));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` so that a crash or a full disk leaves either the old file or the
+/// new one, never a torn one: write a temporary file beside it, flush it to disk, rename it
+/// over the old one, flush the directory.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let what = |step: &str| format!("{step} {}", path.display());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().map_or("state".into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(what("creating a temporary file for"), e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| Error::io(what("writing"), e))?;
+        file.sync_all().map_err(|e| Error::io(what("flushing"), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(what("replacing"), e))?;
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -325,10 +481,43 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let err = parse(&MINIMAL.replace("uri =", "url ="))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&MINIMAL.replace("uri =", "url =")).unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn state_file_replaces_the_configs_cameras_and_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("node.toml");
+        let mut config = Config::parse(MINIMAL, &origin, dir.path().to_path_buf()).unwrap();
+        assert_eq!(config.camera_state_path(), dir.path().join("node.cameras.toml"));
+        config.apply_camera_state().unwrap();
+        assert_eq!(config.cameras[0].id, "c1");
+
+        let mut camera = CameraConfig::new("gate-2", "rtsp://10.1.1.2/s");
+        camera.analysis_fps = 2.0;
+        let state = CameraState {
+            cameras: vec![camera.clone()],
+        };
+        write_atomically(&config.camera_state_path(), &toml::to_string(&state).unwrap()).unwrap();
+        config.apply_camera_state().unwrap();
+        assert_eq!(config.cameras, vec![camera]);
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "no temporary file left behind: {files:?}");
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        std::fs::write(&path, "old").unwrap();
+        // A directory where the temporary file should go makes the write fail midway.
+        std::fs::create_dir(dir.path().join(".state.toml.tmp")).unwrap();
+        assert!(write_atomically(&path, "new").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub enum Kind {
     InvalidArgument,
     /// A named thing (file, camera, output) does not exist.
     NotFound,
+    /// What the caller wants to create exists already.
+    AlreadyExists,
     /// A resource (disk, buffer, library) is missing or exhausted.
     Unavailable,
     /// A bug or an unexpected failure of a component we depend on.
@@ -25,10 +27,7 @@ pub enum Error {
     Manifest { path: PathBuf, message: String },
 
     #[error("model {path} does not match its manifest:\n  - {}", .differences.join("\n  - "))]
-    ModelMismatch {
-        path: PathBuf,
-        differences: Vec<String>,
-    },
+    ModelMismatch { path: PathBuf, differences: Vec<String> },
 
     #[error("model {path} could not be loaded by ONNX Runtime: {message}")]
     ModelLoad { path: PathBuf, message: String },
@@ -41,6 +40,15 @@ pub enum Error {
 
     #[error("camera {camera}: {message}")]
     Camera { camera: String, message: String },
+
+    #[error("{0}")]
+    InvalidCamera(String),
+
+    #[error("camera {0:?} exists already")]
+    CameraExists(String),
+
+    #[error("no camera {0:?} on this node")]
+    NoSuchCamera(String),
 
     #[error("unsupported source URI {uri:?}: {reason}")]
     UnsupportedUri { uri: String, reason: String },
@@ -68,14 +76,13 @@ impl Error {
             Error::Config { .. }
             | Error::Manifest { .. }
             | Error::ModelMismatch { .. }
-            | Error::UnsupportedUri { .. } => Kind::InvalidArgument,
+            | Error::UnsupportedUri { .. }
+            | Error::InvalidCamera(_) => Kind::InvalidArgument,
+            Error::CameraExists(_) => Kind::AlreadyExists,
+            Error::NoSuchCamera(_) => Kind::NotFound,
             Error::ModelLoad { .. } => Kind::InvalidArgument,
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Kind::NotFound
-            }
-            Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => {
-                Kind::Unavailable
-            }
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
+            Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => Kind::Unavailable,
             Error::Camera { .. } => Kind::Unavailable,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }
@@ -95,6 +102,7 @@ impl From<Error> for tonic::Status {
         match err.kind() {
             Kind::InvalidArgument => tonic::Status::invalid_argument(message),
             Kind::NotFound => tonic::Status::not_found(message),
+            Kind::AlreadyExists => tonic::Status::already_exists(message),
             Kind::Unavailable => tonic::Status::unavailable(message),
             Kind::Internal => tonic::Status::internal(message),
         }

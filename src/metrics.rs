@@ -143,11 +143,7 @@ struct CameraCollector {
 
 impl Collector for CameraCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
-        let cameras = self
-            .cameras
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cameras = self.cameras.read().unwrap_or_else(|p| p.into_inner()).clone();
         type Read = fn(&crate::ingest::CameraStatus) -> u64;
         let counters: [(&str, &str, Read); 5] = [
             (
@@ -160,29 +156,20 @@ impl Collector for CameraCollector {
                 "Frames handed to the inference queue",
                 |c| c.frames_queued.load(Ordering::Relaxed),
             ),
-            (
-                "retina_camera_frames_analysed",
-                "Frames analysed and published",
-                |c| c.frames_analysed.load(Ordering::Relaxed),
-            ),
+            ("retina_camera_frames_analysed", "Frames analysed and published", |c| {
+                c.frames_analysed.load(Ordering::Relaxed)
+            }),
             (
                 "retina_camera_frames_dropped",
                 "Frames dropped because inference was busy",
                 |c| c.frames_dropped.load(Ordering::Relaxed),
             ),
-            (
-                "retina_camera_restarts",
-                "Pipeline rebuilds after a failure",
-                |c| c.restarts.load(Ordering::Relaxed),
-            ),
+            ("retina_camera_restarts", "Pipeline rebuilds after a failure", |c| {
+                c.restarts.load(Ordering::Relaxed)
+            }),
         ];
         for (name, help, read) in counters {
-            let mut family = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
+            let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for camera in &cameras {
                 let labels = [("camera", camera.id.as_str())];
                 ConstCounter::new(read(camera)).encode(family.encode_family(&labels)?)?;
@@ -207,8 +194,7 @@ impl Collector for CameraCollector {
                     .trim_start_matches("CAMERA_STATE_")
                     .to_ascii_lowercase();
                 let labels = [("camera", camera.id.as_str()), ("state", name.as_str())];
-                ConstGauge::new(i64::from(current == state))
-                    .encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(i64::from(current == state)).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -216,11 +202,7 @@ impl Collector for CameraCollector {
 }
 
 /// Serves `/metrics` until shutdown.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
-) -> Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     use axum::http::{StatusCode, header};
     let app = axum::Router::new().route(
         "/metrics",
@@ -230,10 +212,7 @@ pub async fn serve(
                 match metrics.encode() {
                     Ok(text) => (
                         StatusCode::OK,
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                         text,
                     ),
                     Err(_) => (

@@ -16,12 +16,12 @@ use std::time::Duration;
 use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
-use crate::config::{CameraConfig, Config, EmbeddingCodecConfig};
+use crate::config::{Config, EmbeddingCodecConfig};
 use crate::deliver::{Hub, NodeFacts};
 use crate::describe::Describer;
 use crate::error::{Error, Result};
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
-use crate::ingest::{self, CameraRunner, CameraStatus, Cameras, FrameQueue, SourceUri};
+use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri};
 use crate::metrics::{self, Metrics};
 use crate::pb;
 use crate::shutdown::Shutdown;
@@ -48,19 +48,11 @@ impl Models {
             options,
         )?;
         let embedder = match &inference.embedder_manifest {
-            Some(path) => Some(ModelFile::load(
-                Manifest::load(&config.resolve(path))?,
-                env,
-                options,
-            )?),
+            Some(path) => Some(ModelFile::load(Manifest::load(&config.resolve(path))?, env, options)?),
             None => None,
         };
         let classes = detector.manifest.decoder.class_names();
-        if let Some(unknown) = inference
-            .embed_classes
-            .iter()
-            .find(|c| !classes.contains(c))
-        {
+        if let Some(unknown) = inference.embed_classes.iter().find(|c| !classes.contains(c)) {
             return Err(Error::Config {
                 path: config.origin.clone(),
                 message: format!(
@@ -99,10 +91,7 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
     }
     for camera in &config.cameras {
         match SourceUri::resolve(&camera.uri, &config.base_dir) {
-            Ok(source) => facts.push(format!(
-                "camera {}: {} ({:?})",
-                camera.id, source.redacted, source.kind
-            )),
+            Ok(source) => facts.push(format!("camera {}: {} ({:?})", camera.id, source.redacted, source.kind)),
             Err(e) => problems.push(Error::Camera {
                 camera: camera.id.clone(),
                 message: e.to_string(),
@@ -121,11 +110,7 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         }
         Err(e) => problems.push(e),
     }
-    if problems.is_empty() {
-        Ok(facts)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(facts) } else { Err(problems) }
 }
 
 pub struct Node {
@@ -139,12 +124,12 @@ pub struct Node {
 impl Node {
     /// Starts everything; returns once the gRPC endpoint accepts connections. Must run inside a
     /// multi-threaded tokio runtime.
-    pub async fn start(config: Config) -> Result<Node> {
+    pub async fn start(mut config: Config) -> Result<Node> {
         gst::init()?;
+        config.apply_camera_state()?;
         let sources = config
             .cameras
             .iter()
-            .filter(|c| c.enabled)
             .map(|c| {
                 SourceUri::resolve(&c.uri, &config.base_dir)
                     .map(|source| (c.clone(), source))
@@ -158,12 +143,7 @@ impl Node {
         // Bind before any thread starts: a taken port then fails the start with nothing to undo.
         let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
             .await
-            .map_err(|e| {
-                Error::io(
-                    format!("binding gRPC endpoint {}", config.node.grpc_listen),
-                    e,
-                )
-            })?;
+            .map_err(|e| Error::io(format!("binding gRPC endpoint {}", config.node.grpc_listen), e))?;
         let grpc_addr = listener
             .local_addr()
             .map_err(|e| Error::io("gRPC endpoint address", e))?;
@@ -186,10 +166,7 @@ impl Node {
 
         let cameras: Cameras = Arc::new(RwLock::new(Vec::new()));
         let metrics = Metrics::new(cameras.clone());
-        let hub = Hub::new(
-            config.deliver.subscriber_buffer_frames,
-            config.deliver.replay_frames,
-        );
+        let hub = Hub::new(config.deliver.subscriber_buffer_frames, config.deliver.replay_frames);
         let queue = FrameQueue::new(config.inference.queue_frames_per_camera);
         let run_id = now_unix_nanos() as u64;
 
@@ -233,6 +210,12 @@ impl Node {
             class_names,
         });
 
+        let manager = Arc::new(CameraManager::new(
+            queue.clone(),
+            config.base_dir.clone(),
+            config.camera_state_path(),
+            cameras.clone(),
+        ));
         // Servers first, so the node is reachable before the first descriptor exists.
         let servers_stop = Shutdown::new();
         let grpc = tokio::spawn(crate::deliver::serve(
@@ -240,6 +223,7 @@ impl Node {
             hub.clone(),
             facts,
             metrics.clone(),
+            manager.clone(),
             servers_stop.clone(),
         ));
         let (metrics_addr, metrics_server) = match metrics_listener {
@@ -247,38 +231,21 @@ impl Node {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::io("metrics endpoint address", e))?;
-                let server = tokio::spawn(metrics::serve(
-                    listener,
-                    metrics.clone(),
-                    servers_stop.clone(),
-                ));
+                let server = tokio::spawn(metrics::serve(listener, metrics.clone(), servers_stop.clone()));
                 (Some(bound), Some(server))
             }
             None => (None, None),
         };
 
-        let mut runners = Vec::new();
-        for (camera_config, source) in sources {
-            let status = Arc::new(camera_status(&camera_config, &source));
-            cameras
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(status.clone());
-            runners.push(ingest::start_camera(
-                &camera_config,
-                source,
-                status,
-                queue.clone(),
-            )?);
-        }
-        tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = runners.len(),
+        manager.start_configured(sources)?;
+        tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = config.cameras.len(),
             workers = config.inference.workers, "node started");
 
         let stop = Shutdown::new();
         let finished = tokio::spawn(run_until_stopped(Stopping {
             stop: stop.clone(),
             exit_when_cameras_end: config.node.exit_when_cameras_end,
-            runners,
+            manager,
             queue,
             workers,
             describer_thread,
@@ -312,25 +279,10 @@ impl Node {
     }
 }
 
-fn camera_status(config: &CameraConfig, source: &SourceUri) -> CameraStatus {
-    let position = config.position.as_ref().map(|p| pb::CameraPosition {
-        latitude: p.latitude,
-        longitude: p.longitude,
-        heading_degrees: p.heading_degrees,
-        description: p.description.clone(),
-    });
-    CameraStatus::new(
-        config.id.clone(),
-        source.redacted.clone(),
-        config.analysis_fps,
-        position,
-    )
-}
-
 struct Stopping {
     stop: Shutdown,
     exit_when_cameras_end: bool,
-    runners: Vec<CameraRunner>,
+    manager: Arc<CameraManager>,
     queue: Arc<FrameQueue>,
     workers: Vec<std::thread::JoinHandle<()>>,
     describer_thread: std::thread::JoinHandle<()>,
@@ -345,7 +297,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
         tokio::select! {
             () = s.stop.wait() => break,
             () = tokio::time::sleep(Duration::from_millis(200)) => {
-                if s.exit_when_cameras_end && s.runners.iter().all(CameraRunner::is_finished) {
+                if s.exit_when_cameras_end && s.manager.all_ended() {
                     tracing::info!("every camera has ended");
                     break;
                 }
@@ -354,7 +306,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
     }
     tracing::info!("stopping: cameras, then inference, then subscribers");
     let Stopping {
-        runners,
+        manager,
         queue,
         workers,
         describer_thread,
@@ -365,12 +317,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
         ..
     } = s;
     tokio::task::spawn_blocking(move || {
-        for runner in &runners {
-            runner.stop();
-        }
-        for runner in runners {
-            runner.join();
-        }
+        manager.stop_all();
         queue.close();
         for worker in workers {
             let _ = worker.join();
@@ -381,9 +328,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
     .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
     hub.close();
     servers_stop.trigger();
-    let served = grpc
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC task: {e}")))?;
+    let served = grpc.await.map_err(|e| Error::Internal(format!("gRPC task: {e}")))?;
     if let Some(server) = metrics_server {
         server
             .await

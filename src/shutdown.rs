@@ -36,31 +36,19 @@ impl Shutdown {
     }
 
     pub fn trigger(&self) {
-        let mut triggered = self
-            .inner
-            .triggered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut triggered = self.inner.triggered.lock().unwrap_or_else(|p| p.into_inner());
         *triggered = true;
         self.inner.wake_threads.notify_all();
         self.inner.wake_tasks.send_replace(true);
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self
-            .inner
-            .triggered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *self.inner.triggered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sleeps up to `timeout`; returns true (early) if shutdown was triggered.
     pub fn sleep(&self, timeout: Duration) -> bool {
-        let guard = self
-            .inner
-            .triggered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let guard = self.inner.triggered.lock().unwrap_or_else(|p| p.into_inner());
         let (guard, _) = self
             .inner
             .wake_threads

@@ -86,11 +86,7 @@ fn malformed_config_names_file_line_and_field() {
     let clip = common::sample_clip();
     let good = common::config_toml(&camera(clip.to_str().unwrap()), "");
 
-    let config = write(
-        dir.path(),
-        "syntax.toml",
-        &good.replace("[inference]", "[inference"),
-    );
+    let config = write(dir.path(), "syntax.toml", &good.replace("[inference]", "[inference"));
     let (failed, text) = check(&config);
     assert!(
         failed && text.contains("syntax.toml") && text.contains("line"),
@@ -103,10 +99,7 @@ fn malformed_config_names_file_line_and_field() {
         &good.replace("workers = 2", "worker_count = 2"),
     );
     let (failed, text) = check(&config);
-    assert!(
-        failed && text.contains("unknown field `worker_count`"),
-        "{text}"
-    );
+    assert!(failed && text.contains("unknown field `worker_count`"), "{text}");
 
     let config = write(
         dir.path(),
@@ -131,8 +124,7 @@ fn check_with_edited_embedder(dir: &Path, name: &str, edits: &[(&str, &str)]) ->
     }
     let manifest = write(dir, &format!("{name}.toml"), &manifest);
     let clip = common::sample_clip();
-    let config =
-        common::config_toml(&camera(clip.to_str().unwrap()), "").replace(&bundled, &manifest);
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "").replace(&bundled, &manifest);
     check(&write(dir, &format!("{name}-config.toml"), &config))
 }
 
@@ -155,10 +147,7 @@ fn models_that_are_wrong_or_garbage_are_refused_by_check() {
             (bundled_file, &absolute_model),
         ],
     );
-    assert!(
-        failed && text.contains("does not match its manifest"),
-        "{text}"
-    );
+    assert!(failed && text.contains("does not match its manifest"), "{text}");
     assert!(
         text.contains("input \"pixels\" named in the manifest is not in the model"),
         "{text}"
@@ -167,22 +156,15 @@ fn models_that_are_wrong_or_garbage_are_refused_by_check() {
     // Random bytes where the ONNX file should be.
     let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(dir.path().join("noise.onnx"), noise).unwrap();
-    let (failed, text) = check_with_edited_embedder(
-        dir.path(),
-        "noise",
-        &[(bundled_file, "file = \"noise.onnx\"")],
-    );
+    let (failed, text) = check_with_edited_embedder(dir.path(), "noise", &[(bundled_file, "file = \"noise.onnx\"")]);
     assert!(
         failed && text.contains("noise.onnx could not be loaded by ONNX Runtime"),
         "{text}"
     );
 
     // A decoder the node does not have.
-    let (failed, text) = check_with_edited_embedder(
-        dir.path(),
-        "decoder",
-        &[("kind = \"embedding\"", "kind = \"yolo-v8\"")],
-    );
+    let (failed, text) =
+        check_with_edited_embedder(dir.path(), "decoder", &[("kind = \"embedding\"", "kind = \"yolo-v8\"")]);
     assert!(
         failed && text.contains("decoder.toml") && text.contains("yolo-v8"),
         "{text}"
@@ -199,9 +181,7 @@ fn missing_onnx_runtime_library_says_how_to_get_it() {
     );
     let (failed, text) = check(&write(dir.path(), "c.toml", &config));
     assert!(
-        failed
-            && text.contains("/opt/nowhere/libonnxruntime.so.1.32.0")
-            && text.contains("make deps"),
+        failed && text.contains("/opt/nowhere/libonnxruntime.so.1.32.0") && text.contains("make deps"),
         "{text}"
     );
 }
@@ -215,19 +195,10 @@ fn subscribing_to_a_node_that_is_not_there_fails_clearly() {
         .unwrap()
         .port();
     let addr = format!("http://127.0.0.1:{port}");
-    let out = retina_edge(&[
-        "subscribe",
-        "--addr",
-        &addr,
-        "--connect-timeout-seconds",
-        "1",
-    ]);
+    let out = retina_edge(&["subscribe", "--addr", &addr, "--connect-timeout-seconds", "1"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("cannot connect to {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot connect to {addr}")), "{stderr}");
 }
 
 #[test]
@@ -236,10 +207,8 @@ fn a_taken_grpc_port_fails_the_start_with_the_address() {
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let clip = common::sample_clip();
-    let config = common::config_toml(&camera(clip.to_str().unwrap()), "").replace(
-        "grpc_listen = \"127.0.0.1:0\"",
-        &format!("grpc_listen = \"{addr}\""),
-    );
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
+        .replace("grpc_listen = \"127.0.0.1:0\"", &format!("grpc_listen = \"{addr}\""));
     let out = retina_edge(&["run", "--config", &write(dir.path(), "c.toml", &config)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -38,13 +38,8 @@ fn iou(a: &pb::BoundingBox, b: &pb::BoundingBox) -> f32 {
 
 /// Runs the node over the clip once, as fast as inference allows, and collects every descriptor.
 async fn one_pass_over_the_clip() -> Vec<pb::FrameDescriptor> {
-    let toml = common::config_toml(
-        &clip_camera("realtime = false"),
-        "exit_when_cameras_end = true",
-    );
-    let node = Node::start(common::parse_config(&toml))
-        .await
-        .expect("node starts");
+    let toml = common::config_toml(&clip_camera("realtime = false"), "exit_when_cameras_end = true");
+    let node = Node::start(common::parse_config(&toml)).await.expect("node starts");
     let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
         .await
         .unwrap();
@@ -76,17 +71,10 @@ async fn sample_clip_gives_what_a_person_sees() {
     let descriptors = one_pass_over_the_clip().await;
 
     // 10 s at 25 fps analysed at 5 fps: 50 frames, numbered without gaps, 0.2 s apart.
-    assert!(
-        (48..=51).contains(&descriptors.len()),
-        "{} frames",
-        descriptors.len()
-    );
+    assert!((48..=51).contains(&descriptors.len()), "{} frames", descriptors.len());
     for (i, d) in descriptors.iter().enumerate() {
         assert_eq!(d.sequence, i as u64, "sequence numbers are contiguous");
-        assert_eq!(
-            (d.node_id.as_str(), d.camera_id.as_str()),
-            ("test-node", "bikes")
-        );
+        assert_eq!((d.node_id.as_str(), d.camera_id.as_str()), ("test-node", "bikes"));
         assert_eq!(d.time_source(), pb::TimeSource::FilePosition);
         assert_eq!((d.frame_width, d.frame_height), (640, 272));
         assert_eq!(d.detector.as_ref().unwrap().id, "nanodet-g-416");
@@ -105,37 +93,23 @@ async fn sample_clip_gives_what_a_person_sees() {
     }
 
     // Objects: boxes inside the frame, embeddings exactly for the configured classes.
-    let embedded: BTreeSet<&str> =
-        ["person", "bicycle", "car", "motorcycle", "bus", "truck"].into();
+    let embedded: BTreeSet<&str> = ["person", "bicycle", "car", "motorcycle", "bus", "truck"].into();
     for d in &descriptors {
         for o in &d.objects {
             let b = o.r#box.unwrap();
-            assert!(
-                0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= 1.0,
-                "{b:?}"
-            );
-            assert!(
-                0.0 <= b.y_min && b.y_min < b.y_max && b.y_max <= 1.0,
-                "{b:?}"
-            );
+            assert!(0.0 <= b.x_min && b.x_min < b.x_max && b.x_max <= 1.0, "{b:?}");
+            assert!(0.0 <= b.y_min && b.y_min < b.y_max && b.y_max <= 1.0, "{b:?}");
             assert!(o.score >= 0.4 && o.score <= 1.0);
             match &o.embedding {
                 Some(e) => {
-                    assert!(
-                        embedded.contains(o.class_name.as_str()),
-                        "{} embedded",
-                        o.class_name
-                    );
+                    assert!(embedded.contains(o.class_name.as_str()), "{} embedded", o.class_name);
                     assert_eq!(
                         (e.codec(), e.dimension, e.data.len()),
                         (pb::EmbeddingCodec::Int8, 1280, 1280)
                     );
                     let v = codec::decode(e).unwrap();
                     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    assert!(
-                        (norm - 1.0).abs() < 0.01,
-                        "unit norm after decoding, got {norm}"
-                    );
+                    assert!((norm - 1.0).abs() < 0.01, "unit norm after decoding, got {norm}");
                 }
                 None => assert!(
                     !embedded.contains(o.class_name.as_str()),
@@ -157,10 +131,7 @@ async fn sample_clip_gives_what_a_person_sees() {
     assert!(seen_in(1.0, 5.0, "car"), "cars in seconds 1-4");
     assert!(seen_in(5.0, 6.0, "person"), "the cyclist in second 5");
     assert!(seen_in(5.0, 10.0, "bicycle"), "bicycles in seconds 5-9");
-    assert!(
-        seen_in(8.0, 9.0, "person"),
-        "the walking person in second 8"
-    );
+    assert!(seen_in(8.0, 9.0, "person"), "the walking person in second 8");
 
     // Appearance: the same object in consecutive frames (same class, boxes overlapping) is
     // closer to itself than to the other objects of the next frame.
@@ -170,9 +141,10 @@ async fn sample_clip_gives_what_a_person_sees() {
     for pair in descriptors.windows(2) {
         for a in &pair[0].objects {
             let Some(va) = vector(a) else { continue };
-            let same = pair[1].objects.iter().find(|b| {
-                b.class_name == a.class_name && iou(&a.r#box.unwrap(), &b.r#box.unwrap()) > 0.5
-            });
+            let same = pair[1]
+                .objects
+                .iter()
+                .find(|b| b.class_name == a.class_name && iou(&a.r#box.unwrap(), &b.r#box.unwrap()) > 0.5);
             let Some(same) = same else { continue };
             let others: Vec<f32> = pair[1]
                 .objects
@@ -193,13 +165,8 @@ async fn sample_clip_gives_what_a_person_sees() {
         }
     }
     let (same_mean, other_mean) = (same_sum / comparisons as f32, other_sum / other_n as f32);
-    eprintln!(
-        "same object: {same_closer}/{comparisons} nearest; mean cosine {same_mean:.3} vs others {other_mean:.3}"
-    );
-    assert!(
-        comparisons >= 5,
-        "enough object pairs to compare: {comparisons}"
-    );
+    eprintln!("same object: {same_closer}/{comparisons} nearest; mean cosine {same_mean:.3} vs others {other_mean:.3}");
+    assert!(comparisons >= 5, "enough object pairs to compare: {comparisons}");
     assert!(
         same_closer as f32 >= 0.8 * comparisons as f32,
         "{same_closer}/{comparisons}"
@@ -213,9 +180,7 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
         &clip_camera("loop_file = true\nrealtime = true"),
         "metrics_listen = \"127.0.0.1:0\"",
     );
-    let node = Node::start(common::parse_config(&toml))
-        .await
-        .expect("node starts");
+    let node = Node::start(common::parse_config(&toml)).await.expect("node starts");
     let addr = format!("http://{}", node.grpc_addr);
     let mut client = RetinaClient::connect(addr.clone()).await.unwrap();
 
@@ -233,15 +198,8 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
             .unwrap()
             .unwrap()
             .unwrap();
-        assert!(
-            !d.objects.is_empty(),
-            "frames without a matching object are not sent"
-        );
-        assert!(
-            d.objects
-                .iter()
-                .all(|o| o.class_name == "car" && o.score >= 0.5)
-        );
+        assert!(!d.objects.is_empty(), "frames without a matching object are not sent");
+        assert!(d.objects.iter().all(|o| o.class_name == "car" && o.score >= 0.5));
         cars += 1;
     }
     drop(stream);
@@ -259,8 +217,7 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
         ("bikes", pb::CameraState::Streaming)
     );
     assert!(camera.frames_analysed > 0 && camera.uri.starts_with("file://"));
-    let roles: HashMap<&str, &pb::ModelInfo> =
-        info.models.iter().map(|m| (m.role.as_str(), m)).collect();
+    let roles: HashMap<&str, &pb::ModelInfo> = info.models.iter().map(|m| (m.role.as_str(), m)).collect();
     assert_eq!(roles["detector"].input_shape, vec![1, 3, 416, 416]);
     assert_eq!(roles["detector"].class_names.len(), 80);
     assert_eq!(roles["embedder"].id, "mobilenetv2-1280");

@@ -20,17 +20,13 @@ fn json(path: &str) -> serde_json::Value {
 #[test]
 fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
     let manifest = Manifest::load(&common::repo().join("models/nanodet-g-416.toml")).unwrap();
-    let mut gfl =
-        NanodetGfl::from_manifest(&manifest).expect("detector manifest has a GFL decoder");
+    let mut gfl = NanodetGfl::from_manifest(&manifest).expect("detector manifest has a GFL decoder");
     let expected = json("nanodet_dog/expected.json");
     // The fixture was decoded with its own thresholds; use them.
     gfl.score_threshold = expected["score_threshold"].as_f64().unwrap() as f32;
     gfl.nms_iou_threshold = expected["iou_threshold"].as_f64().unwrap() as f32;
     let tensors = common::nanodet_dog_outputs(&gfl);
-    let levels: Vec<(&[f32], &[f32])> = tensors
-        .iter()
-        .map(|(s, b)| (s.as_slice(), b.as_slice()))
-        .collect();
+    let levels: Vec<(&[f32], &[f32])> = tensors.iter().map(|(s, b)| (s.as_slice(), b.as_slice())).collect();
     let found = gfl.decode(&levels);
     let want = expected["detections"].as_array().unwrap();
     assert_eq!(found.len(), want.len(), "found {found:?}");
@@ -81,11 +77,7 @@ fn embedder_in_rust_matches_python_onnxruntime() {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         let got = &got[n * 1280..(n + 1) * 1280];
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max_diff < 1e-3, "row {n}: max |diff| {max_diff}");
         assert!(codec::cosine(got, &want) > 0.99999);
     }
@@ -139,10 +131,7 @@ fn manifest_that_disagrees_with_its_model_is_refused_with_every_difference() {
         message.contains("input \"images\" named in the manifest is not in the model"),
         "{message}"
     );
-    assert!(
-        message.contains("\"input_1:0\""),
-        "lists the real inputs: {message}"
-    );
+    assert!(message.contains("\"input_1:0\""), "lists the real inputs: {message}");
     assert!(message.contains("output \"boxes_32\""), "{message}");
     // The 320-wide input changes the implied grid sizes of every output.
     assert!(
@@ -161,9 +150,7 @@ fn manifest_that_disagrees_with_its_model_is_refused_with_every_difference() {
         .unwrap()
         .to_string();
     assert!(
-        message.contains(
-            "output \"embedding\" has shape [-1, 1280] but the manifest implies [?, 512]"
-        ),
+        message.contains("output \"embedding\" has shape [-1, 1280] but the manifest implies [?, 512]"),
         "{message}"
     );
 }

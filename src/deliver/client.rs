@@ -43,10 +43,7 @@ pub struct Summary {
 
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     let mut client = connect(&options.addr, options.connect_timeout).await?;
-    let mut stream = client
-        .subscribe(options.request.clone())
-        .await?
-        .into_inner();
+    let mut stream = client.subscribe(options.request.clone()).await?.into_inner();
     let mut summary = Summary::default();
     let mut first_capture: HashMap<String, i64> = HashMap::new();
     let started = Instant::now();
@@ -72,10 +69,7 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-async fn connect(
-    addr: &str,
-    timeout: Duration,
-) -> anyhow::Result<RetinaClient<tonic::transport::Channel>> {
+async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<RetinaClient<tonic::transport::Channel>> {
     let deadline = Instant::now() + timeout;
     loop {
         match RetinaClient::connect(addr.to_string()).await {
@@ -96,10 +90,7 @@ impl Summary {
         self.frames += 1;
         self.descriptor_bytes += d.encoded_len() as u64;
         for o in &d.objects {
-            *self
-                .objects_per_class
-                .entry(o.class_name.clone())
-                .or_default() += 1;
+            *self.objects_per_class.entry(o.class_name.clone()).or_default() += 1;
             if let Some(e) = &o.embedding {
                 self.embeddings += 1;
                 self.embedding_bytes += e.data.len() as u64;
@@ -130,11 +121,7 @@ impl Summary {
             elapsed.as_secs_f64()
         );
         for (camera, (first, last, gaps)) in &self.sequences {
-            let span = self
-                .capture_span_seconds
-                .get(camera)
-                .copied()
-                .unwrap_or(0.0);
+            let span = self.capture_span_seconds.get(camera).copied().unwrap_or(0.0);
             s += &format!(
                 "  camera {camera:<12} sequences {first}..={last}, {gaps} missing, {span:.1} s of capture time\n"
             );
@@ -165,12 +152,7 @@ impl Summary {
                         100.0 * self.descriptor_bytes as f64 / meta.len().max(1) as f64
                     );
                 }
-                Err(err) => {
-                    s += &format!(
-                        "video bytes          unknown ({}: {err})\n",
-                        video.display()
-                    )
-                }
+                Err(err) => s += &format!("video bytes          unknown ({}: {err})\n", video.display()),
             }
         }
         s
@@ -179,8 +161,7 @@ impl Summary {
 
 fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
     let Some(t) = t else { return "-".into() };
-    let time =
-        std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+    let time = std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
     humantime::format_rfc3339_millis(time).to_string()
 }
 
@@ -208,12 +189,7 @@ pub fn to_text(d: &pb::FrameDescriptor) -> String {
     for o in &d.objects {
         let b = o.r#box.unwrap_or_default();
         let embedding = match &o.embedding {
-            Some(e) => format!(
-                "{} x{} ({} B)",
-                codec::codec_name(e.codec),
-                e.dimension,
-                e.data.len()
-            ),
+            Some(e) => format!("{} x{} ({} B)", codec::codec_name(e.codec), e.dimension, e.data.len()),
             None => "-".into(),
         };
         s += &format!(

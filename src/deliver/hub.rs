@@ -65,10 +65,7 @@ impl Hub {
         } else {
             Vec::new()
         };
-        (
-            replay,
-            inner.live.as_ref().map(broadcast::Sender::subscribe),
-        )
+        (replay, inner.live.as_ref().map(broadcast::Sender::subscribe))
     }
 
     /// No more descriptors: live receivers end after what they have not read yet.
@@ -113,10 +110,7 @@ mod tests {
         for s in 0..10 {
             hub.publish(descriptor(s));
         }
-        assert!(matches!(
-            slow.recv().await,
-            Err(broadcast::error::RecvError::Lagged(6))
-        ));
+        assert!(matches!(slow.recv().await, Err(broadcast::error::RecvError::Lagged(6))));
         assert_eq!(slow.recv().await.unwrap().sequence, 6);
     }
 }

@@ -11,16 +11,16 @@ use tonic::{Request, Response, Status};
 
 use super::hub::Hub;
 use crate::clock::{UnixNanos, to_timestamp};
+use crate::config::{CameraConfig, CameraPositionConfig};
 use crate::error::Result;
 use crate::infer::ModelCard;
-use crate::ingest::Cameras;
+use crate::ingest::{CameraChange, CameraManager, CameraStatus, Cameras};
 use crate::metrics::Metrics;
 use crate::pb::{self, retina_server::Retina, retina_server::RetinaServer};
 use crate::shutdown::Shutdown;
 
 /// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
-const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
+const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
 
 /// Descriptors that may wait between a subscriber's reader task and its HTTP/2 stream. Most of
 /// a subscriber's buffer is the hub's ring; this only smooths the hand-over.
@@ -42,6 +42,7 @@ pub struct RetinaService {
     hub: Arc<Hub>,
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
+    manager: Arc<CameraManager>,
 }
 
 /// A subscriber's filters, validated.
@@ -60,11 +61,7 @@ impl Filter {
                 request.min_score
             )));
         }
-        if let Some(unknown) = request
-            .class_names
-            .iter()
-            .find(|c| !facts.class_names.contains(c))
-        {
+        if let Some(unknown) = request.class_names.iter().find(|c| !facts.class_names.contains(c)) {
             return Err(Status::invalid_argument(format!(
                 "unknown class {unknown:?}; the detector's classes are: {}",
                 facts.class_names.join(", ")
@@ -99,20 +96,13 @@ impl Filter {
             return None;
         }
         let keep = |o: &pb::DetectedObject| {
-            o.score >= self.min_score
-                && (self.classes.is_empty() || self.classes.contains(&o.class_name))
+            o.score >= self.min_score && (self.classes.is_empty() || self.classes.contains(&o.class_name))
         };
         let all_kept = descriptor.objects.iter().all(keep);
         if all_kept {
-            return (self.include_empty_frames || !descriptor.objects.is_empty())
-                .then(|| descriptor.clone());
+            return (self.include_empty_frames || !descriptor.objects.is_empty()).then(|| descriptor.clone());
         }
-        let objects: Vec<_> = descriptor
-            .objects
-            .iter()
-            .filter(|o| keep(o))
-            .cloned()
-            .collect();
+        let objects: Vec<_> = descriptor.objects.iter().filter(|o| keep(o)).cloned().collect();
         if objects.is_empty() && !self.include_empty_frames {
             return None;
         }
@@ -134,10 +124,7 @@ impl Retina for RetinaService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let request = request.into_inner();
         let filter = Filter::from_request(&request, &self.facts)?;
         let with_replay = request.start() == pb::StartPosition::EarliestBuffered;
@@ -154,29 +141,14 @@ impl Retina for RetinaService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get_node_info(
-        &self,
-        _: Request<pb::GetNodeInfoRequest>,
-    ) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn get_node_info(&self, _: Request<pb::GetNodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
         let facts = &self.facts;
         let cameras = facts
             .cameras
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|camera| {
-                let condition = camera.condition();
-                pb::CameraInfo {
-                    camera_id: camera.id.clone(),
-                    uri: camera.uri_redacted.clone(),
-                    state: condition.state as i32,
-                    frames_analysed: camera.frames_analysed.load(Ordering::Relaxed),
-                    frames_dropped: camera.frames_dropped.load(Ordering::Relaxed),
-                    last_error: condition.last_error.unwrap_or_default(),
-                    position: camera.position.clone(),
-                    analysis_fps: camera.analysis_fps,
-                }
-            })
+            .map(|camera| camera_info(camera))
             .collect();
         let models = facts
             .models
@@ -199,6 +171,84 @@ impl Retina for RetinaService {
             cameras,
             models,
         }))
+    }
+
+    async fn add_camera(&self, request: Request<pb::AddCameraRequest>) -> Result<Response<pb::CameraInfo>, Status> {
+        let spec = request
+            .into_inner()
+            .camera
+            .ok_or_else(|| Status::invalid_argument("camera is required"))?;
+        let mut config = CameraConfig::new(spec.camera_id, spec.uri);
+        config.analysis_fps = spec.analysis_fps.unwrap_or(config.analysis_fps);
+        config.enabled = spec.enabled.unwrap_or(true);
+        config.loop_file = spec.loop_file;
+        config.position = spec.position.map(position_config);
+        let manager = self.manager.clone();
+        let status = blocking(move || manager.add(config)).await?;
+        Ok(Response::new(camera_info(&status)))
+    }
+
+    async fn update_camera(
+        &self,
+        request: Request<pb::UpdateCameraRequest>,
+    ) -> Result<Response<pb::CameraInfo>, Status> {
+        let request = request.into_inner();
+        let change = CameraChange {
+            uri: request.uri,
+            analysis_fps: request.analysis_fps,
+            enabled: request.enabled,
+            position: request.position.map(position_config),
+        };
+        let manager = self.manager.clone();
+        let status = blocking(move || manager.update(&request.camera_id, change)).await?;
+        Ok(Response::new(camera_info(&status)))
+    }
+
+    async fn remove_camera(
+        &self,
+        request: Request<pb::RemoveCameraRequest>,
+    ) -> Result<Response<pb::RemoveCameraResponse>, Status> {
+        let id = request.into_inner().camera_id;
+        let manager = self.manager.clone();
+        blocking(move || manager.remove(&id)).await?;
+        Ok(Response::new(pb::RemoveCameraResponse {}))
+    }
+}
+
+/// Camera changes start and stop pipelines and write files: never on an async worker.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> crate::Result<T> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("camera change task: {e}")))?
+        .map_err(Status::from)
+}
+
+fn position_config(p: pb::CameraPosition) -> CameraPositionConfig {
+    CameraPositionConfig {
+        latitude: p.latitude,
+        longitude: p.longitude,
+        heading_degrees: p.heading_degrees,
+        description: p.description,
+    }
+}
+
+fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
+    let condition = camera.condition();
+    let settings = camera.settings();
+    pb::CameraInfo {
+        camera_id: camera.id.clone(),
+        uri: settings.uri_redacted,
+        state: condition.state as i32,
+        frames_analysed: camera.frames_analysed.load(Ordering::Relaxed),
+        frames_dropped: camera.frames_dropped.load(Ordering::Relaxed),
+        last_error: condition.last_error.unwrap_or_default(),
+        position: settings.position,
+        analysis_fps: settings.analysis_fps,
+        reconnect_attempts: camera.reconnect_attempts.load(Ordering::Relaxed),
+        restarts: camera.restarts.load(Ordering::Relaxed),
+        last_frame_age_seconds: camera.last_frame_age().map(|age| age.as_secs_f64()),
+        time_source: camera.time_source() as i32,
+        enabled: settings.enabled,
     }
 }
 
@@ -250,12 +300,11 @@ pub async fn serve(
     hub: Arc<Hub>,
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
+    manager: Arc<CameraManager>,
     shutdown: Shutdown,
 ) -> Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<RetinaServer<RetinaService>>()
-        .await;
+    health_reporter.set_serving::<RetinaServer<RetinaService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -271,6 +320,7 @@ pub async fn serve(
         hub,
         facts,
         metrics,
+        manager,
     };
     let reporter = health_reporter.clone();
     tonic::transport::Server::builder()
@@ -280,9 +330,7 @@ pub async fn serve(
         .add_service(RetinaServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await;
-            reporter
-                .set_not_serving::<RetinaServer<RetinaService>>()
-                .await;
+            reporter.set_not_serving::<RetinaServer<RetinaService>>().await;
         })
         .await?;
     Ok(())

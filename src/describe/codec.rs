@@ -81,10 +81,7 @@ pub fn decode(e: &pb::Embedding) -> Result<Vec<f32>, DecodeError> {
         }
         Ok(EmbeddingCodec::Int8) => {
             check("int8", dimension)?;
-            Ok(e.data
-                .iter()
-                .map(|&b| f32::from(b as i8) * e.scale)
-                .collect())
+            Ok(e.data.iter().map(|&b| f32::from(b as i8) * e.scale).collect())
         }
         _ => Err(DecodeError::UnknownCodec(e.codec)),
     }
@@ -94,11 +91,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na > 0.0 && nb > 0.0 {
-        dot / (na * nb)
-    } else {
-        0.0
-    }
+    if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 0.0 }
 }
 
 pub fn codec_name(codec: i32) -> &'static str {
@@ -128,16 +121,8 @@ mod tests {
         let e = encode(&v, EmbeddingCodec::Int8);
         assert_eq!(e.data.len(), 1280);
         let back = decode(&e).unwrap();
-        let max_err = v
-            .iter()
-            .zip(&back)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            max_err <= e.scale / 2.0 + 1e-7,
-            "{max_err} vs step {}",
-            e.scale
-        );
+        let max_err = v.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_err <= e.scale / 2.0 + 1e-7, "{max_err} vs step {}", e.scale);
         assert!(cosine(&v, &back) > 0.9999);
         // The largest component maps to exactly +-127.
         assert!(e.data.iter().any(|&b| (b as i8).unsigned_abs() == 127));

@@ -30,6 +30,8 @@ pub struct Describer {
 
 #[derive(Default)]
 struct CameraOrder {
+    /// `CameraStatus::instance` whose tickets these are.
+    instance: u64,
     next_ticket: u64,
     next_sequence: u64,
     waiting: BTreeMap<u64, Analysis>,
@@ -67,13 +69,25 @@ impl Describer {
         }
     }
 
-    pub fn accept(
-        &mut self,
-        analysis: Analysis,
-        metrics: &Metrics,
-        publish: &mut impl FnMut(pb::FrameDescriptor),
-    ) {
-        let order = self.cameras.entry(analysis.camera.id.clone()).or_default();
+    pub fn accept(&mut self, analysis: Analysis, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+        let instance = analysis.camera.instance;
+        let order = self
+            .cameras
+            .entry(analysis.camera.id.clone())
+            .or_insert_with(|| CameraOrder {
+                instance,
+                ..CameraOrder::default()
+            });
+        if instance != order.instance {
+            if instance < order.instance {
+                return; // a late result of a camera removed since: nobody asks for it any more
+            }
+            // The camera was removed and added again: its tickets start afresh; its sequence
+            // numbers go on, so subscribers still see one gap-free stream per camera id.
+            order.instance = instance;
+            order.next_ticket = 0;
+            order.waiting.clear();
+        }
         order.waiting.insert(analysis.ticket, analysis);
         if order.waiting.len() > MAX_REORDER
             && let Some(&oldest) = order.waiting.keys().next()
@@ -102,10 +116,7 @@ impl Describer {
     fn describe(&self, sequence: u64, analysis: Analysis) -> pb::FrameDescriptor {
         let camera: &Arc<CameraStatus> = &analysis.camera;
         CameraStatus::count(&camera.frames_analysed);
-        let (w, h) = (
-            analysis.frame_width.max(1) as f32,
-            analysis.frame_height.max(1) as f32,
-        );
+        let (w, h) = (analysis.frame_width.max(1) as f32, analysis.frame_height.max(1) as f32);
         let detections = analysis.detections.unwrap_or_default();
         let objects = detections
             .into_iter()
@@ -117,11 +128,7 @@ impl Describer {
                      embedding,
                  }| pb::DetectedObject {
                     class_id,
-                    class_name: self
-                        .class_names
-                        .get(class_id as usize)
-                        .cloned()
-                        .unwrap_or_default(),
+                    class_name: self.class_names.get(class_id as usize).cloned().unwrap_or_default(),
                     score,
                     r#box: Some(pb::BoundingBox {
                         x_min: (bbox[0] / w).clamp(0.0, 1.0),
@@ -148,7 +155,7 @@ impl Describer {
             embedder: self.embedder.clone(),
             objects,
             node_run_id: self.node_run_id,
-            camera_position: camera.position.clone(),
+            camera_position: camera.position(),
         }
     }
 }
@@ -156,7 +163,22 @@ impl Describer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::Cameras;
+    use crate::ingest::{CameraSettings, Cameras};
+
+    #[test]
+    fn a_camera_added_again_continues_its_sequence_and_ignores_the_old_ones_results() {
+        let metrics = Metrics::new(Cameras::default());
+        let model = pb::ModelRef::default();
+        let mut describer = Describer::new("n".into(), 1, model, None, vec![], pb::EmbeddingCodec::Int8);
+        let old = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
+        let new = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
+        let mut out = Vec::new();
+        describer.accept(analysis(&old, 0, true), &metrics, &mut |d| out.push(d.sequence));
+        describer.accept(analysis(&new, 0, true), &metrics, &mut |d| out.push(d.sequence));
+        describer.accept(analysis(&old, 1, true), &metrics, &mut |d| out.push(d.sequence));
+        describer.accept(analysis(&new, 1, true), &metrics, &mut |d| out.push(d.sequence));
+        assert_eq!(out, vec![0, 1, 2]);
+    }
 
     fn analysis(camera: &Arc<CameraStatus>, ticket: u64, ok: bool) -> Analysis {
         Analysis {
@@ -184,26 +206,17 @@ mod tests {
 
     #[test]
     fn out_of_order_results_come_out_in_order_with_contiguous_sequences() {
-        let camera = Arc::new(CameraStatus::new("c".into(), String::new(), 5.0, None));
+        let camera = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let metrics = Metrics::new(Cameras::default());
         let classes = vec!["person".into(), "bicycle".into(), "car".into()];
         let model = pb::ModelRef {
             id: "d".into(),
             version: "1".into(),
         };
-        let mut describer = Describer::new(
-            "n".into(),
-            1,
-            model,
-            None,
-            classes,
-            pb::EmbeddingCodec::Int8,
-        );
+        let mut describer = Describer::new("n".into(), 1, model, None, classes, pb::EmbeddingCodec::Int8);
         let mut out = Vec::new();
         for (ticket, ok) in [(1, true), (0, true), (3, true), (2, false)] {
-            describer.accept(analysis(&camera, ticket, ok), &metrics, &mut |d| {
-                out.push(d)
-            });
+            describer.accept(analysis(&camera, ticket, ok), &metrics, &mut |d| out.push(d));
         }
         let seqs: Vec<(u64, i64)> = out
             .iter()

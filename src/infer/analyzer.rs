@@ -67,14 +67,13 @@ impl Analyzer {
         score_threshold: Option<f32>,
         options: SessionOptions,
     ) -> Result<Analyzer> {
-        let mut gfl =
-            NanodetGfl::from_manifest(&detector.manifest).ok_or_else(|| Error::Manifest {
-                path: detector.manifest.path.clone(),
-                message: format!(
-                    "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl)",
-                    detector.manifest.decoder.kind()
-                ),
-            })?;
+        let mut gfl = NanodetGfl::from_manifest(&detector.manifest).ok_or_else(|| Error::Manifest {
+            path: detector.manifest.path.clone(),
+            message: format!(
+                "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl)",
+                detector.manifest.decoder.kind()
+            ),
+        })?;
         if let Some(threshold) = score_threshold {
             gfl.score_threshold = threshold;
         }
@@ -92,10 +91,7 @@ impl Analyzer {
             gfl,
             spec,
         };
-        let embed_class = class_names
-            .iter()
-            .map(|name| embed_classes.contains(name))
-            .collect();
+        let embed_class = class_names.iter().map(|name| embed_classes.contains(name)).collect();
         let embedder_stage = match embedder {
             None => None,
             Some(model) => {
@@ -177,22 +173,12 @@ impl Analyzer {
         if let Some(embedder) = &mut self.embedder {
             let boxes: Vec<[f32; 4]> = detections
                 .iter()
-                .filter(|d| {
-                    self.embed_class
-                        .get(d.class_id as usize)
-                        .copied()
-                        .unwrap_or(false)
-                })
+                .filter(|d| self.embed_class.get(d.class_id as usize).copied().unwrap_or(false))
                 .map(|d| d.bbox)
                 .collect();
             for chunk in boxes.chunks(embedder.spec.max_batch) {
                 embedder.fill(image, chunk);
-                crop_batches.push(
-                    embedder
-                        .batch
-                        .slice(ndarray::s![..chunk.len(), ..])
-                        .to_owned(),
-                );
+                crop_batches.push(embedder.batch.slice(ndarray::s![..chunk.len(), ..]).to_owned());
             }
         }
         Ok(Prepared {
@@ -315,32 +301,24 @@ impl Embedder {
             Layout::Nchw => [n, 3, h, w],
             Layout::Nhwc => [n, h, w, 3],
         };
-        let input = batch
-            .into_shape_with_order(shape)
-            .map_err(|e| Error::Inference {
-                model: self.model_id.clone(),
-                message: e.to_string(),
-            })?;
+        let input = batch.into_shape_with_order(shape).map_err(|e| Error::Inference {
+            model: self.model_id.clone(),
+            message: e.to_string(),
+        })?;
         let tensor = TensorRef::from_array_view(input).map_err(&err)?;
         let outputs = self
             .session
             .run(ort::inputs![self.spec.name.as_str() => tensor])
             .map_err(&err)?;
-        let value = outputs
-            .get(self.output.as_str())
-            .ok_or_else(|| Error::Inference {
-                model: self.model_id.clone(),
-                message: format!("output {:?} missing from the run", self.output),
-            })?;
+        let value = outputs.get(self.output.as_str()).ok_or_else(|| Error::Inference {
+            model: self.model_id.clone(),
+            message: format!("output {:?} missing from the run", self.output),
+        })?;
         let (_, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
         if data.len() != n * self.dimension {
             return Err(Error::Inference {
                 model: self.model_id.clone(),
-                message: format!(
-                    "expected {n} x {} values, got {}",
-                    self.dimension,
-                    data.len()
-                ),
+                message: format!("expected {n} x {} values, got {}", self.dimension, data.len()),
             });
         }
         Ok(data.chunks(self.dimension).map(<[f32]>::to_vec).collect())

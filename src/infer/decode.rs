@@ -47,11 +47,7 @@ impl NanodetGfl {
             return None;
         };
         Some(NanodetGfl {
-            outputs: score_outputs
-                .iter()
-                .cloned()
-                .zip(box_outputs.iter().cloned())
-                .collect(),
+            outputs: score_outputs.iter().cloned().zip(box_outputs.iter().cloned()).collect(),
             strides: strides.clone(),
             reg_max: *reg_max,
             num_classes: class_names.len(),
@@ -72,17 +68,19 @@ impl NanodetGfl {
             let grid_w = self.input_width.div_ceil(stride) as usize;
             let cells = grid_w * self.input_height.div_ceil(stride) as usize;
             // A malformed output is cut to what both tensors hold rather than indexed past.
-            let cells = cells
-                .min(scores.len() / self.num_classes)
-                .min(boxes.len() / (4 * bins));
+            let cells = cells.min(scores.len() / self.num_classes).min(boxes.len() / (4 * bins));
             for cell in 0..cells {
                 let class_scores = &scores[cell * self.num_classes..][..self.num_classes];
-                let (class_id, score) = class_scores.iter().enumerate().fold(
-                    (0, f32::NEG_INFINITY),
-                    |best, (i, &s)| {
-                        if s > best.1 { (i, s) } else { best }
-                    },
-                );
+                let (class_id, score) =
+                    class_scores
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |best, (i, &s)| {
+                                if s > best.1 { (i, s) } else { best }
+                            },
+                        );
                 // Most cells are background: skip the softmax for them (NaN scores too).
                 if score.is_nan() || score < self.score_threshold {
                     continue;
@@ -136,9 +134,9 @@ pub fn nms_per_class(
         if kept.len() >= max_detections {
             break;
         }
-        let suppressed = kept.iter().any(|k| {
-            k.class_id == candidate.class_id && iou(&k.bbox, &candidate.bbox) > iou_threshold
-        });
+        let suppressed = kept
+            .iter()
+            .any(|k| k.class_id == candidate.class_id && iou(&k.bbox, &candidate.bbox) > iou_threshold);
         if !suppressed {
             kept.push(candidate);
         }
@@ -151,11 +149,7 @@ mod tests {
     use super::*;
 
     fn detection(class_id: u32, score: f32, bbox: [f32; 4]) -> RawDetection {
-        RawDetection {
-            class_id,
-            score,
-            bbox,
-        }
+        RawDetection { class_id, score, bbox }
     }
 
     #[test]

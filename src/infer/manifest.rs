@@ -158,19 +158,13 @@ impl Manifest {
             return Err("model.id must not be empty".into());
         }
         if !(1..=8192).contains(&input.width) || !(1..=8192).contains(&input.height) {
-            return Err(format!(
-                "input size {}x{} is out of range",
-                input.width, input.height
-            ));
+            return Err(format!("input size {}x{} is out of range", input.width, input.height));
         }
         if input.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
             return Err("input.std must be finite and non-zero".into());
         }
         if input.max_batch == 0 || input.max_batch > 256 {
-            return Err(format!(
-                "input.max_batch = {} (expected 1..=256)",
-                input.max_batch
-            ));
+            return Err(format!("input.max_batch = {} (expected 1..=256)", input.max_batch));
         }
         match &self.decoder {
             DecoderSpec::NanodetGfl {
@@ -200,15 +194,11 @@ impl Manifest {
                 if class_names.is_empty() {
                     return Err("decoder.class_names must list the model's classes".into());
                 }
-                if !(0.0..=1.0).contains(score_threshold)
-                    || !(0.0..=1.0).contains(nms_iou_threshold)
-                {
+                if !(0.0..=1.0).contains(score_threshold) || !(0.0..=1.0).contains(nms_iou_threshold) {
                     return Err("decoder thresholds must lie in 0..=1".into());
                 }
                 if input.max_batch != 1 {
-                    return Err(
-                        "a detector analyses one frame per run: input.max_batch must be 1".into(),
-                    );
+                    return Err("a detector analyses one frame per run: input.max_batch must be 1".into());
                 }
             }
             DecoderSpec::Embedding { dimension, .. } => {
@@ -262,12 +252,9 @@ mod tests {
     #[test]
     fn unknown_decoder_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Manifest::load(&write(
-            dir.path(),
-            &EMBEDDER.replace("\"embedding\"\n", "\"yolo\"\n"),
-        ))
-        .unwrap_err()
-        .to_string();
+        let err = Manifest::load(&write(dir.path(), &EMBEDDER.replace("\"embedding\"\n", "\"yolo\"\n")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("yolo"), "{err}");
         let err = Manifest::load(&write(
             dir.path(),

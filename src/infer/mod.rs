@@ -53,12 +53,7 @@ pub fn spawn_workers(
         .collect()
 }
 
-fn work(
-    mut analyzer: Analyzer,
-    queue: &FrameQueue,
-    results: &mpsc::SyncSender<Analysis>,
-    metrics: &Metrics,
-) {
+fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<Analysis>, metrics: &Metrics) {
     while let Some((frame, ticket)) = queue.pop() {
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {

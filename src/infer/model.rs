@@ -36,8 +36,7 @@ pub fn environment(library: &Path) -> Result<&'static ort::environment::Environm
     };
     if !library.is_file() {
         return Err(fail(
-            "no such file (run `make deps` to fetch it, or set inference.onnxruntime_library)"
-                .into(),
+            "no such file (run `make deps` to fetch it, or set inference.onnxruntime_library)".into(),
         ));
     }
     let env = ort::init_from(library)
@@ -68,18 +67,10 @@ pub struct ModelFile {
 
 impl ModelFile {
     /// Reads the manifest's ONNX file, opens it once to check it against the manifest.
-    pub fn load(
-        manifest: Manifest,
-        env: &ort::environment::Environment,
-        options: SessionOptions,
-    ) -> Result<ModelFile> {
+    pub fn load(manifest: Manifest, env: &ort::environment::Environment, options: SessionOptions) -> Result<ModelFile> {
         let path = manifest.model_path();
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         let input = &manifest.input;
         let (channel_dim, h, w) = (3, i64::from(input.height), i64::from(input.width));
         let input_shape = match input.layout {
@@ -94,21 +85,13 @@ impl ModelFile {
             input_shape,
             class_names: manifest.decoder.class_names().to_vec(),
         };
-        let model = ModelFile {
-            manifest,
-            card,
-            bytes,
-        };
+        let model = ModelFile { manifest, card, bytes };
         let session = model.open_session(env, options)?;
         verify(&model.manifest, &path, &session)?;
         Ok(model)
     }
 
-    pub fn open_session(
-        &self,
-        env: &ort::environment::Environment,
-        options: SessionOptions,
-    ) -> Result<Session> {
+    pub fn open_session(&self, env: &ort::environment::Environment, options: SessionOptions) -> Result<Session> {
         let path = self.manifest.model_path();
         let fail = |message: String| Error::ModelLoad {
             path: path.clone(),
@@ -120,10 +103,7 @@ impl ModelFile {
                 b.with_optimization_level(GraphOptimizationLevel::All)
                     .map_err(Into::into)
             })
-            .and_then(|b| {
-                b.with_intra_threads(options.intra_op_threads)
-                    .map_err(Into::into)
-            })
+            .and_then(|b| b.with_intra_threads(options.intra_op_threads).map_err(Into::into))
             .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
             .and_then(|b| {
                 b.with_config_entry("session.intra_op.allow_spinning", spin)
@@ -155,13 +135,7 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
                 Layout::Nchw => [None, Some(3), Some(h), Some(w)],
                 Layout::Nhwc => [None, Some(h), Some(w), Some(3)],
             };
-            check_tensor(
-                &mut differences,
-                "input",
-                &input.name,
-                model_input.dtype(),
-                &expected,
-            );
+            check_tensor(&mut differences, "input", &input.name, model_input.dtype(), &expected);
             if let Some(shape) = model_input.dtype().tensor_shape()
                 && shape.len() == 4
                 && shape[0] > 0
@@ -174,17 +148,14 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
             }
         }
     }
-    let mut expect_output = |name: &str, expected: &[Option<i64>]| match session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == name)
-    {
-        None => differences.push(format!(
-            "output {name:?} named in the manifest is not in the model (model outputs: {})",
-            names(session.outputs().iter().map(|o| o.name()))
-        )),
-        Some(output) => check_tensor(&mut differences, "output", name, output.dtype(), expected),
-    };
+    let mut expect_output =
+        |name: &str, expected: &[Option<i64>]| match session.outputs().iter().find(|o| o.name() == name) {
+            None => differences.push(format!(
+                "output {name:?} named in the manifest is not in the model (model outputs: {})",
+                names(session.outputs().iter().map(|o| o.name()))
+            )),
+            Some(output) => check_tensor(&mut differences, "output", name, output.dtype(), expected),
+        };
     match &manifest.decoder {
         DecoderSpec::NanodetGfl {
             strides,
@@ -195,16 +166,9 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
             ..
         } => {
             for ((stride, scores), boxes) in strides.iter().zip(score_outputs).zip(box_outputs) {
-                let cells =
-                    i64::from(input.width.div_ceil(*stride) * input.height.div_ceil(*stride));
-                expect_output(
-                    scores,
-                    &[Some(1), Some(cells), Some(class_names.len() as i64)],
-                );
-                expect_output(
-                    boxes,
-                    &[Some(1), Some(cells), Some(4 * (*reg_max as i64 + 1))],
-                );
+                let cells = i64::from(input.width.div_ceil(*stride) * input.height.div_ceil(*stride));
+                expect_output(scores, &[Some(1), Some(cells), Some(class_names.len() as i64)]);
+                expect_output(boxes, &[Some(1), Some(cells), Some(4 * (*reg_max as i64 + 1))]);
             }
         }
         DecoderSpec::Embedding { output, dimension } => {
@@ -223,13 +187,7 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
 
 /// `expected`: per dimension, the size the manifest implies; `None` = any. A dynamic model
 /// dimension (-1) matches anything.
-fn check_tensor(
-    differences: &mut Vec<String>,
-    role: &str,
-    name: &str,
-    dtype: &ValueType,
-    expected: &[Option<i64>],
-) {
+fn check_tensor(differences: &mut Vec<String>, role: &str, name: &str, dtype: &ValueType, expected: &[Option<i64>]) {
     if dtype.tensor_type() != Some(TensorElementType::Float32) {
         differences.push(format!("{role} {name:?} is {dtype}, not a float32 tensor"));
         return;
@@ -256,8 +214,5 @@ fn check_tensor(
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names
-        .map(|n| format!("{n:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }

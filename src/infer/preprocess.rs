@@ -54,12 +54,7 @@ pub fn item_len(spec: &InputSpec) -> usize {
 /// Fills `dst` (one batch item, `item_len(spec)` values) from `roi` of `image`.
 /// Pixels of the input outside the resized image (letterbox padding) get the normalised zero,
 /// i.e. the mean colour.
-pub fn fill_input(
-    image: &image::RgbImage,
-    roi: Rect,
-    spec: &InputSpec,
-    dst: &mut [f32],
-) -> Placement {
+pub fn fill_input(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mut [f32]) -> Placement {
     let (in_w, in_h) = (spec.width as usize, spec.height as usize);
     debug_assert_eq!(dst.len(), item_len(spec));
     let roi = clamp_roi(roi, image);
@@ -97,10 +92,9 @@ pub fn fill_input(
             let (l, r) = (col.lo * 3, col.hi * 3);
             let mut rgb = [0f32; 3];
             for (ch, value) in rgb.iter_mut().enumerate() {
-                let t = f32::from(top[l + ch])
-                    + (f32::from(top[r + ch]) - f32::from(top[l + ch])) * col.weight;
-                let btm = f32::from(bottom[l + ch])
-                    + (f32::from(bottom[r + ch]) - f32::from(bottom[l + ch])) * col.weight;
+                let t = f32::from(top[l + ch]) + (f32::from(top[r + ch]) - f32::from(top[l + ch])) * col.weight;
+                let btm =
+                    f32::from(bottom[l + ch]) + (f32::from(bottom[r + ch]) - f32::from(bottom[l + ch])) * col.weight;
                 *value = t + (btm - t) * row.weight;
             }
             match spec.layout {
@@ -166,13 +160,7 @@ fn sample_positions(out_len: usize, origin: f32, scale: f32, src_len: u32) -> Ve
 mod tests {
     use super::*;
 
-    fn spec(
-        layout: Layout,
-        channels: ChannelOrder,
-        resize: ResizeMode,
-        w: u32,
-        h: u32,
-    ) -> InputSpec {
+    fn spec(layout: Layout, channels: ChannelOrder, resize: ResizeMode, w: u32, h: u32) -> InputSpec {
         InputSpec {
             name: "x".into(),
             layout,
@@ -189,8 +177,7 @@ mod tests {
 
     #[test]
     fn identity_size_copies_pixels_in_requested_order_and_layout() {
-        let image =
-            image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 10, y as u8 * 100, 7]));
+        let image = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 10, y as u8 * 100, 7]));
         let s = spec(Layout::Nchw, ChannelOrder::Bgr, ResizeMode::Stretch, 4, 2);
         let mut dst = vec![0.0; item_len(&s)];
         let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
@@ -209,30 +196,19 @@ mod tests {
     #[test]
     fn letterbox_keeps_aspect_pads_and_maps_boxes_back() {
         let image = image::RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
-        let mut s = spec(
-            Layout::Nchw,
-            ChannelOrder::Rgb,
-            ResizeMode::Letterbox,
-            100,
-            100,
-        );
+        let mut s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Letterbox, 100, 100);
         s.mean = [128.0; 3];
         let mut dst = vec![f32::NAN; item_len(&s)];
         let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
         assert_eq!(placement.scale_x, 0.5);
         assert_eq!(dst[0], 127.0); // image pixel: 255 - 128
         assert_eq!(dst[60 * 100], 0.0); // padding below the image: the normalised zero
-        assert_eq!(
-            placement.to_frame([10.0, 10.0, 50.0, 40.0]),
-            [20.0, 20.0, 100.0, 80.0]
-        );
+        assert_eq!(placement.to_frame([10.0, 10.0, 50.0, 40.0]), [20.0, 20.0, 100.0, 80.0]);
     }
 
     #[test]
     fn crop_samples_only_its_region() {
-        let image = image::RgbImage::from_fn(100, 100, |x, _| {
-            image::Rgb([if x >= 50 { 200 } else { 0 }, 0, 0])
-        });
+        let image = image::RgbImage::from_fn(100, 100, |x, _| image::Rgb([if x >= 50 { 200 } else { 0 }, 0, 0]));
         let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 8, 8);
         let mut dst = vec![0.0; item_len(&s)];
         let roi = Rect {
@@ -243,10 +219,7 @@ mod tests {
         };
         let placement = fill_input(&image, roi, &s, &mut dst);
         assert!(dst[..64].iter().all(|&v| v == 200.0));
-        assert_eq!(
-            placement.to_frame([0.0, 0.0, 8.0, 8.0]),
-            [60.0, 10.0, 90.0, 40.0]
-        );
+        assert_eq!(placement.to_frame([0.0, 0.0, 8.0, 8.0]), [60.0, 10.0, 90.0, 40.0]);
     }
 
     #[test]

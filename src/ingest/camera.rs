@@ -1,27 +1,30 @@
-//! One supervised camera: a thread that builds the pipeline, watches its bus, and rebuilds it
-//! after a failure, with backoff, until the camera is stopped.
+//! One supervised camera: a thread that builds the pipeline, watches its bus and its frames, and
+//! rebuilds it after any failure, with jittered exponential backoff, until the camera is stopped.
+//!
+//! A failure is an error on the bus, the end of a live stream, or no frame for the stall timeout
+//! (an RTSP server that hangs without closing the socket sends no error at all). Every rebuild
+//! starts from a new pipeline in NULL state: nothing of a broken run is reused.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::pipeline::{self, PipelineSpec};
+use super::pipeline::{self, PipelineSpec, RtspOptions};
 use super::{CameraStatus, Frame, FrameQueue, Overflow, PushOutcome, SourceKind, SourceUri};
-use crate::clock::{CaptureClock, now_unix_nanos};
+use crate::clock::{CaptureClock, UnixNanos, now_unix_nanos};
 use crate::config::CameraConfig;
 use crate::error::{Error, Result};
 use crate::pb::{CameraState, TimeSource};
 use crate::shutdown::Shutdown;
 
-const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A run that streamed this long counts as healthy: the next failure starts the backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// Live sources that deliver nothing for this long are rebuilt.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const BUS_POLL: Duration = Duration::from_millis(100);
+/// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+const NTP_UNIX_OFFSET_SECONDS: i64 = 2_208_988_800;
 
 /// A running camera. Dropping it does not stop it: call [`CameraRunner::stop`].
 pub struct CameraRunner {
@@ -60,6 +63,12 @@ pub fn start_camera(
         max_width: config.max_frame_width_px,
         max_height: config.max_frame_height_px,
         sync: source.kind == SourceKind::File && config.realtime,
+        rtsp: RtspOptions {
+            transport: config.rtsp_transport,
+            latency_ms: config.rtsp_latency_ms,
+            username: config.username.clone(),
+            password: config.password.clone(),
+        },
     };
     let supervisor = Supervisor {
         spec,
@@ -70,6 +79,11 @@ pub fn start_camera(
         } else {
             Overflow::DropOldest
         },
+        stall_timeout: Duration::from_secs_f64(config.stall_timeout_seconds),
+        backoff: Backoff::new(
+            Duration::from_secs_f64(config.reconnect_initial_seconds),
+            Duration::from_secs_f64(config.reconnect_max_seconds),
+        ),
         status: status.clone(),
         queue,
         stop: stop.clone(),
@@ -85,11 +99,41 @@ pub fn start_camera(
     })
 }
 
+/// Exponential backoff with +-20% jitter, so that cameras that failed together (a switch
+/// rebooted) do not all retry in the same instant, forever.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64()).min(self.max)
+    }
+}
+
 struct Supervisor {
     spec: PipelineSpec,
     kind: SourceKind,
     loop_file: bool,
     overflow: Overflow,
+    stall_timeout: Duration,
+    backoff: Backoff,
     status: Arc<CameraStatus>,
     queue: Arc<FrameQueue>,
     stop: Shutdown,
@@ -99,88 +143,55 @@ struct Supervisor {
 enum RunEnd {
     /// Stopped from outside, or a file that does not loop reached its end.
     Finished,
+    /// No frame for the stall timeout.
+    Stalled(String),
     /// Anything else: rebuild after a backoff.
     Failed(String),
 }
 
 impl Supervisor {
-    fn run(self) {
-        let time_source = match self.kind {
+    fn run(mut self) {
+        let default_source = match self.kind {
             SourceKind::File => TimeSource::FilePosition,
             SourceKind::Live => TimeSource::HostArrival,
         };
-        let clock = Arc::new(std::sync::Mutex::new(CaptureClock::new(time_source)));
-        let mut backoff = BACKOFF_INITIAL;
+        let clock = Arc::new(Mutex::new(CaptureClock::new(default_source)));
         loop {
             self.status.set_state(CameraState::Starting, None);
             let started = Instant::now();
-            let end = match self.run_once(&clock) {
-                Ok(end) => end,
-                Err(err) => RunEnd::Failed(err.to_string()),
-            };
-            match end {
+            let end = self
+                .run_once(&clock)
+                .unwrap_or_else(|err| RunEnd::Failed(err.to_string()));
+            let error = match end {
                 RunEnd::Finished => break,
-                RunEnd::Failed(error) => {
-                    if self.stop.is_triggered() {
-                        break;
-                    }
-                    if started.elapsed() >= HEALTHY_RUN {
-                        backoff = BACKOFF_INITIAL;
-                    }
-                    self.status.set_state(CameraState::Failed, Some(error));
-                    CameraStatus::count(&self.status.restarts);
-                    tracing::info!(camera = %self.status.id, retry_in = ?backoff, "camera will be rebuilt");
-                    if self.stop.sleep(backoff) {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                _ if self.stop.is_triggered() => break,
+                RunEnd::Stalled(error) => {
+                    self.status.set_state(CameraState::Stalled, Some(error.clone()));
+                    error
                 }
+                RunEnd::Failed(error) => error,
+            };
+            if started.elapsed() >= HEALTHY_RUN {
+                self.backoff.reset();
+            }
+            CameraStatus::count(&self.status.restarts);
+            self.status.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
+            let delay = self.backoff.next_delay();
+            self.status.set_state(CameraState::Reconnecting, Some(error));
+            tracing::debug!(camera = %self.status.id, retry_in = ?delay, "camera will be rebuilt");
+            if self.stop.sleep(delay) {
+                break;
             }
         }
         self.status.set_state(CameraState::Stopped, None);
     }
 
-    fn run_once(&self, clock: &Arc<std::sync::Mutex<CaptureClock>>) -> Result<RunEnd> {
+    fn run_once(&self, clock: &Arc<Mutex<CaptureClock>>) -> Result<RunEnd> {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
-        let status = self.status.clone();
-        let queue = self.queue.clone();
-        let overflow = self.overflow;
-        let frame_clock = clock.clone();
-        let mut last_running_time = None;
-        let mut announced_streaming = false;
         let decoded_status = self.status.clone();
-        let pipeline = pipeline::build(
-            &self.spec,
-            move |raw| {
-                let (capture_time, time_source) = {
-                    let mut clock = frame_clock.lock().unwrap_or_else(|p| p.into_inner());
-                    // A looping file starts its running time again at zero: a new anchor.
-                    if last_running_time.is_some_and(|last| raw.running_time < last) {
-                        clock.restart();
-                    }
-                    last_running_time = Some(raw.running_time);
-                    (
-                        clock.stamp(raw.running_time, now_unix_nanos),
-                        clock.source(),
-                    )
-                };
-                if !announced_streaming {
-                    status.set_state(CameraState::Streaming, None);
-                    announced_streaming = true;
-                }
-                let frame = Frame {
-                    camera: status.clone(),
-                    image: raw.image,
-                    capture_time,
-                    time_source,
-                };
-                match queue.push(frame, overflow) {
-                    PushOutcome::Closed => Err(gst::FlowError::Flushing),
-                    PushOutcome::Queued | PushOutcome::QueuedDroppedOldest => Ok(()),
-                }
-            },
-            move || CameraStatus::count(&decoded_status.frames_decoded),
-        )?;
+        let pipeline = pipeline::build(&self.spec, self.frame_handler(clock.clone()), move || {
+            CameraStatus::count(&decoded_status.frames_decoded)
+        })?;
         let bus = pipeline
             .pipeline
             .bus()
@@ -190,7 +201,7 @@ impl Supervisor {
             .set_state(gst::State::Playing)
             .map_err(|_| Error::Camera {
                 camera: self.status.id.clone(),
-                message: format!("cannot start playing {}", self.status.uri_redacted),
+                message: format!("cannot start playing {}", self.status.settings().uri_redacted),
             })?;
 
         let started = Instant::now();
@@ -199,32 +210,27 @@ impl Supervisor {
                 return Ok(RunEnd::Finished);
             }
             if self.kind == SourceKind::Live {
-                let silent_for = pipeline
-                    .liveness
-                    .since_last_frame()
-                    .unwrap_or_else(|| started.elapsed());
-                if silent_for > STALL_TIMEOUT {
-                    return Ok(RunEnd::Failed(format!(
+                // Silent since the last frame of this run, or since the run began.
+                let run_age = started.elapsed();
+                let silent_for = self.status.last_frame_age().map_or(run_age, |age| age.min(run_age));
+                if silent_for > self.stall_timeout {
+                    return Ok(RunEnd::Stalled(format!(
                         "no frame for {:.1} s",
                         silent_for.as_secs_f64()
                     )));
                 }
             }
-            let Some(msg) = bus.timed_pop_filtered(
-                gst::ClockTime::from_nseconds(BUS_POLL.as_nanos() as u64),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            ) else {
+            let timeout = gst::ClockTime::from_nseconds(BUS_POLL.as_nanos() as u64);
+            let Some(msg) = bus.timed_pop_filtered(timeout, &[gst::MessageType::Eos, gst::MessageType::Error]) else {
                 continue;
             };
             match msg.view() {
                 gst::MessageView::Eos(_) => match self.kind {
                     SourceKind::File if self.loop_file => {
+                        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
                         pipeline
                             .pipeline
-                            .seek_simple(
-                                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
-                                gst::ClockTime::ZERO,
-                            )
+                            .seek_simple(flags, gst::ClockTime::ZERO)
                             .map_err(|_| Error::Camera {
                                 camera: self.status.id.clone(),
                                 message: "cannot seek back to the start of the file".into(),
@@ -237,14 +243,83 @@ impl Supervisor {
                     SourceKind::Live => return Ok(RunEnd::Failed("stream ended".into())),
                 },
                 gst::MessageView::Error(err) => {
-                    let origin = err
-                        .src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default();
+                    let origin = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
                     return Ok(RunEnd::Failed(format!("{} ({origin})", err.error())));
                 }
                 _ => {}
             }
         }
+    }
+
+    /// What each frame goes through on its GStreamer streaming thread: a capture time, the
+    /// camera's bookkeeping, and the hand-over to inference.
+    fn frame_handler(
+        &self,
+        clock: Arc<Mutex<CaptureClock>>,
+    ) -> impl FnMut(pipeline::RawFrame) -> std::result::Result<(), gst::FlowError> + Send + 'static {
+        let (status, queue, overflow) = (self.status.clone(), self.queue.clone(), self.overflow);
+        let mut last_running_time = None;
+        let mut first_frame_of_run = true;
+        move |raw| {
+            let (capture_time, time_source) = {
+                let mut clock = clock.lock().unwrap_or_else(|p| p.into_inner());
+                // A looping file starts its running time again at zero: a new anchor.
+                if last_running_time.is_some_and(|last| raw.running_time < last) {
+                    clock.restart();
+                }
+                last_running_time = Some(raw.running_time);
+                match raw.ntp_nanos.map(ntp_to_unix) {
+                    Some(camera_time) => (clock.stamp_exact(camera_time), TimeSource::CameraNtp),
+                    None => (clock.stamp(raw.running_time, now_unix_nanos), clock.source()),
+                }
+            };
+            status.frame_arrived(time_source);
+            if first_frame_of_run {
+                first_frame_of_run = false;
+                status.reconnect_attempts.store(0, Ordering::Relaxed);
+                status.set_state(CameraState::Streaming, None);
+            }
+            let frame = Frame {
+                camera: status.clone(),
+                image: raw.image,
+                capture_time,
+                time_source,
+            };
+            match queue.push(frame, overflow) {
+                PushOutcome::Closed => Err(gst::FlowError::Flushing),
+                PushOutcome::Queued | PushOutcome::QueuedDroppedOldest => Ok(()),
+            }
+        }
+    }
+}
+
+fn ntp_to_unix(ntp_nanos: u64) -> UnixNanos {
+    (ntp_nanos as i64).saturating_sub(NTP_UNIX_OFFSET_SECONDS * 1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let delays: Vec<f64> = (0..6).map(|_| backoff.next_delay().as_secs_f64()).collect();
+        for (delay, base) in delays.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!(
+                *delay >= base * 0.8 - 1e-9 && *delay <= (base * 1.2f64).min(8.0) + 1e-9,
+                "{delays:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_secs_f64(1.2));
+    }
+
+    #[test]
+    fn ntp_epoch_converts_to_unix() {
+        // 2026-01-01T00:00:00Z
+        let unix = 1_767_225_600i64;
+        let ntp = (unix + NTP_UNIX_OFFSET_SECONDS) as u64 * 1_000_000_000 + 5;
+        assert_eq!(ntp_to_unix(ntp), unix * 1_000_000_000 + 5);
     }
 }

@@ -2,14 +2,17 @@
 //! the inference stage through a bounded, fair [`FrameQueue`].
 
 mod camera;
+mod manager;
 mod pipeline;
 mod queue;
 mod source;
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 pub use camera::{CameraRunner, start_camera};
+pub use manager::{CameraChange, CameraManager};
 pub use queue::{FrameQueue, Overflow, PushOutcome};
 pub use source::{SourceKind, SourceUri, redact_uri};
 
@@ -25,15 +28,16 @@ pub struct Frame {
     pub time_source: pb::TimeSource,
 }
 
-/// What the rest of the node knows about a camera: identity, and counters updated by the stages
-/// its frames pass through. Metrics and `GetNodeInfo` read these; they are never reset.
+/// What the rest of the node knows about a camera: identity, current settings, and counters
+/// updated by the stages its frames pass through. Metrics and `GetNodeInfo` read these;
+/// counters are never reset, so they survive reconnects and updates of the camera.
 #[derive(Debug)]
 pub struct CameraStatus {
     pub id: String,
-    /// Source URI with any password removed: safe for logs and the API.
-    pub uri_redacted: String,
-    pub analysis_fps: f64,
-    pub position: Option<pb::CameraPosition>,
+    /// Distinguishes a camera re-added under the same id from the one removed before it, so
+    /// that late results of the old one are not mixed into the new one's order.
+    pub instance: u64,
+    settings: RwLock<CameraSettings>,
     /// Frames that came out of the decoder (before the analysis-rate filter).
     pub frames_decoded: AtomicU64,
     /// Frames that reached the inference queue.
@@ -44,7 +48,23 @@ pub struct CameraStatus {
     pub frames_analysed: AtomicU64,
     /// Times the pipeline was torn down and built again after a failure.
     pub restarts: AtomicU64,
+    /// Failed attempts since the camera last delivered a frame.
+    pub reconnect_attempts: AtomicU32,
+    /// When the last frame arrived (nanoseconds on the process's monotonic clock, 0 = never).
+    last_frame_nanos: AtomicU64,
+    /// `pb::TimeSource` of the last frame's capture time.
+    time_source: AtomicI32,
     state: Mutex<CameraCondition>,
+}
+
+/// The parts of a camera's configuration that others report; replaced when it is updated.
+#[derive(Debug, Clone, Default)]
+pub struct CameraSettings {
+    /// Source URI with any password removed: safe for logs and the API.
+    pub uri_redacted: String,
+    pub analysis_fps: f64,
+    pub position: Option<pb::CameraPosition>,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,28 +73,44 @@ pub struct CameraCondition {
     pub last_error: Option<String>,
 }
 
+fn monotonic_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // +1 so that 0 can mean "never".
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
 impl CameraStatus {
-    pub fn new(
-        id: String,
-        uri_redacted: String,
-        analysis_fps: f64,
-        position: Option<pb::CameraPosition>,
-    ) -> Self {
+    pub fn new(id: String, settings: CameraSettings) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         CameraStatus {
             id,
-            uri_redacted,
-            analysis_fps,
-            position,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            settings: RwLock::new(settings),
             frames_decoded: AtomicU64::new(0),
             frames_queued: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             frames_analysed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            reconnect_attempts: AtomicU32::new(0),
+            last_frame_nanos: AtomicU64::new(0),
+            time_source: AtomicI32::new(pb::TimeSource::Unspecified as i32),
             state: Mutex::new(CameraCondition {
                 state: pb::CameraState::Starting,
                 last_error: None,
             }),
         }
+    }
+
+    pub fn settings(&self) -> CameraSettings {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn position(&self) -> Option<pb::CameraPosition> {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).position.clone()
+    }
+
+    pub fn set_settings(&self, settings: CameraSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     pub fn condition(&self) -> CameraCondition {
@@ -91,15 +127,29 @@ impl CameraStatus {
         }
         drop(current);
         if changed {
+            let state = state.as_str_name().trim_start_matches("CAMERA_STATE_");
+            let attempt = self.reconnect_attempts.load(Ordering::Relaxed);
             match error {
-                Some(error) => {
-                    tracing::warn!(camera = %self.id, state = state.as_str_name(), %error, "camera state")
-                }
-                None => {
-                    tracing::info!(camera = %self.id, state = state.as_str_name(), "camera state")
-                }
+                Some(error) => tracing::warn!(camera = %self.id, state, attempt, %error, "camera state"),
+                None => tracing::info!(camera = %self.id, state, "camera state"),
             }
         }
+    }
+
+    /// A frame arrived, stamped from `source`.
+    pub fn frame_arrived(&self, source: pb::TimeSource) {
+        self.last_frame_nanos.store(monotonic_nanos(), Ordering::Relaxed);
+        self.time_source.store(source as i32, Ordering::Relaxed);
+    }
+
+    /// Time since the last frame, if one ever arrived.
+    pub fn last_frame_age(&self) -> Option<Duration> {
+        let at = self.last_frame_nanos.load(Ordering::Relaxed);
+        (at > 0).then(|| Duration::from_nanos(monotonic_nanos().saturating_sub(at)))
+    }
+
+    pub fn time_source(&self) -> pb::TimeSource {
+        pb::TimeSource::try_from(self.time_source.load(Ordering::Relaxed)).unwrap_or_default()
     }
 
     pub fn count(counter: &AtomicU64) {

@@ -7,9 +7,7 @@
 //! Frames above the analysis rate are dropped by `videorate` before they cost a scale or a colour
 //! conversion; scaling happens before conversion because converting fewer pixels is cheaper.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -17,6 +15,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
+use crate::config::RtspTransport;
 use crate::error::{Error, Result};
 
 /// What the pipeline is asked to deliver.
@@ -29,6 +28,26 @@ pub struct PipelineSpec {
     pub max_height: u32,
     /// Pace buffers against the clock (a file played like a camera).
     pub sync: bool,
+    pub rtsp: RtspOptions,
+}
+
+#[derive(Clone, Default)]
+pub struct RtspOptions {
+    pub transport: RtspTransport,
+    pub latency_ms: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RtspOptions {
+    // Credentials never reach a log line, not even through Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtspOptions")
+            .field("transport", &self.transport)
+            .field("latency_ms", &self.latency_ms)
+            .field("credentials", &self.username.is_some())
+            .finish()
+    }
 }
 
 /// A decoded, converted frame as it leaves the pipeline.
@@ -36,38 +55,12 @@ pub struct RawFrame {
     pub image: image::RgbImage,
     /// Running time of the buffer: monotonic within one pipeline run.
     pub running_time: Duration,
-}
-
-/// Shared between the streaming threads and the supervisor, which watches for stalls.
-#[derive(Default)]
-pub struct Liveness {
-    /// Milliseconds since `epoch` of the last frame delivered; 0 = none yet.
-    last_frame_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
-}
-
-impl Liveness {
-    fn touch(&self) {
-        let epoch = *self.epoch.get_or_init(Instant::now);
-        let ms = epoch.elapsed().as_millis() as u64 + 1;
-        self.last_frame_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the last frame, or `None` if no frame came yet.
-    pub fn since_last_frame(&self) -> Option<Duration> {
-        let ms = self.last_frame_ms.load(Ordering::Relaxed);
-        let epoch = self.epoch.get()?;
-        (ms > 0).then(|| {
-            epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(ms - 1))
-        })
-    }
+    /// The sender's capture time (NTP, nanoseconds since 1900), when RTCP told us.
+    pub ntp_nanos: Option<u64>,
 }
 
 pub struct Pipeline {
     pub pipeline: gst::Pipeline,
-    pub liveness: Arc<Liveness>,
 }
 
 impl Drop for Pipeline {
@@ -95,6 +88,13 @@ pub fn build(
     let pipeline = gst::Pipeline::new();
     let decode = make("uridecodebin")?;
     decode.set_property("uri", &spec.uri);
+    let rtsp = spec.rtsp.clone();
+    decode.connect("source-setup", false, move |args| {
+        if let Some(source) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+            configure_source(&source, &rtsp);
+        }
+        None
+    });
 
     let rate = make("videorate")?;
     rate.set_property("drop-only", true);
@@ -107,17 +107,10 @@ pub fn build(
         // Square pixels make videoscale keep the picture's shape instead of changing the PAR.
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
     if spec.analysis_fps > 0.0 {
-        let max_rate = gst::Fraction::approximate_f64(spec.analysis_fps).ok_or_else(|| {
-            Error::Gstreamer(format!(
-                "analysis_fps {} is not a usable rate",
-                spec.analysis_fps
-            ))
-        })?;
+        let max_rate = gst::Fraction::approximate_f64(spec.analysis_fps)
+            .ok_or_else(|| Error::Gstreamer(format!("analysis_fps {} is not a usable rate", spec.analysis_fps)))?;
         // A range, not a fixed rate: a source slower than the analysis rate passes unchanged.
-        caps = caps.field(
-            "framerate",
-            gst::FractionRange::new(gst::Fraction::new(0, 1), max_rate),
-        );
+        caps = caps.field("framerate", gst::FractionRange::new(gst::Fraction::new(0, 1), max_rate));
     }
     let sink = gst_app::AppSink::builder()
         .caps(&caps.build())
@@ -160,8 +153,6 @@ pub fn build(
         }
     });
 
-    let liveness = Arc::new(Liveness::default());
-    let frame_liveness = liveness.clone();
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -170,13 +161,47 @@ pub fn build(
                     tracing::warn!(%err, "unreadable frame");
                     gst::FlowError::Error
                 })?;
-                frame_liveness.touch();
                 on_frame(raw)?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
-    Ok(Pipeline { pipeline, liveness })
+    Ok(Pipeline { pipeline })
+}
+
+/// Source-specific settings, applied when uridecodebin has created its source element.
+fn configure_source(source: &gst::Element, rtsp: &RtspOptions) {
+    let is_rtsp = source.factory().is_some_and(|f| f.name() == "rtspsrc");
+    if !is_rtsp {
+        return;
+    }
+    let protocols = match rtsp.transport {
+        RtspTransport::Auto => "udp+udp-mcast+tcp",
+        RtspTransport::Tcp => "tcp",
+        RtspTransport::Udp => "udp+udp-mcast",
+    };
+    source.set_property_from_str("protocols", protocols);
+    source.set_property("latency", rtsp.latency_ms);
+    // Sender reports carry the camera's NTP time; the jitter buffer then attaches it to
+    // each buffer as a reference timestamp.
+    source.set_property("add-reference-timestamp-meta", true);
+    if let Some(user) = &rtsp.username {
+        source.set_property("user-id", user);
+    }
+    if let Some(password) = &rtsp.password {
+        source.set_property("user-pw", password);
+    }
+}
+
+/// The NTP capture time attached by the RTP jitter buffer, in nanoseconds since 1900.
+fn ntp_reference(buffer: &gst::BufferRef) -> Option<u64> {
+    buffer.iter_meta::<gst::ReferenceTimestampMeta>().find_map(|meta| {
+        let is_ntp = meta
+            .reference()
+            .structure(0)
+            .is_some_and(|s| s.name() == "timestamp/x-ntp");
+        is_ntp.then(|| meta.timestamp().nseconds())
+    })
 }
 
 /// Copies the frame out of GStreamer's buffer, honouring the row stride.
@@ -191,8 +216,7 @@ fn raw_frame(sample: &gst::Sample) -> Result<RawFrame> {
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
         .map_err(|_| Error::Gstreamer("cannot map video buffer".into()))?;
     let (width, height) = (info.width(), info.height());
-    let stride = usize::try_from(frame.plane_stride()[0])
-        .map_err(|_| Error::Gstreamer("negative stride".into()))?;
+    let stride = usize::try_from(frame.plane_stride()[0]).map_err(|_| Error::Gstreamer("negative stride".into()))?;
     let data = frame.plane_data(0)?;
     let row_bytes = width as usize * 3;
     let mut pixels = Vec::with_capacity(row_bytes * height as usize);
@@ -214,5 +238,6 @@ fn raw_frame(sample: &gst::Sample) -> Result<RawFrame> {
     Ok(RawFrame {
         image,
         running_time,
+        ntp_nanos: ntp_reference(buffer),
     })
 }

@@ -73,13 +73,10 @@ impl FrameQueue {
             if state.closed {
                 return PushOutcome::Closed;
             }
-            let lane = state
-                .lanes
-                .entry(camera.id.clone())
-                .or_insert_with(|| Lane {
-                    frames: VecDeque::with_capacity(self.capacity_per_camera),
-                    next_ticket: 0,
-                });
+            let lane = state.lanes.entry(camera.id.clone()).or_insert_with(|| Lane {
+                frames: VecDeque::with_capacity(self.capacity_per_camera),
+                next_ticket: 0,
+            });
             if lane.frames.len() < self.capacity_per_camera {
                 lane.frames.push_back(frame);
                 CameraStatus::count(&camera.frames_queued);
@@ -96,10 +93,7 @@ impl FrameQueue {
                     return PushOutcome::QueuedDroppedOldest;
                 }
                 Overflow::Wait => {
-                    state = self
-                        .room_ready
-                        .wait(state)
-                        .unwrap_or_else(|p| p.into_inner());
+                    state = self.room_ready.wait(state).unwrap_or_else(|p| p.into_inner());
                 }
             }
         }
@@ -117,10 +111,7 @@ impl FrameQueue {
             if state.closed {
                 return None;
             }
-            state = self
-                .frame_ready
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.frame_ready.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -149,6 +140,12 @@ impl FrameQueue {
         Some((frame, ticket))
     }
 
+    /// Forgets a removed camera's lane and the frames waiting in it.
+    pub fn remove_lane(&self, camera_id: &str) {
+        self.lock().lanes.remove(camera_id);
+        self.room_ready.notify_all();
+    }
+
     /// Stops accepting frames and wakes everyone; waiting frames can still be popped.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -173,7 +170,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     fn camera(id: &str) -> Arc<CameraStatus> {
-        Arc::new(CameraStatus::new(id.into(), String::new(), 0.0, None))
+        Arc::new(CameraStatus::new(id.into(), super::super::CameraSettings::default()))
     }
 
     fn frame(camera: &Arc<CameraStatus>, t: i64) -> Frame {
@@ -208,9 +205,7 @@ mod tests {
             queue.push(frame(&busy, t), Overflow::DropOldest);
         }
         queue.push(frame(&quiet, 100), Overflow::DropOldest);
-        let first_two: Vec<String> = (0..2)
-            .map(|_| queue.pop().unwrap().0.camera.id.clone())
-            .collect();
+        let first_two: Vec<String> = (0..2).map(|_| queue.pop().unwrap().0.camera.id.clone()).collect();
         assert!(first_two.contains(&"quiet".to_string()), "{first_two:?}");
     }
 

@@ -43,11 +43,7 @@ impl SourceUri {
                 file_uri(&path)?
             }
             Some((scheme, _)) => {
-                if scheme.is_empty()
-                    || !scheme
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-                {
+                if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
                     return Err(unsupported(format!("bad scheme {scheme:?}")));
                 }
                 // Creating (and dropping) the source element is how GStreamer says whether any
@@ -129,16 +125,9 @@ mod tests {
     fn bad_sources_are_refused_with_reasons() {
         gst::init().unwrap();
         let base = Path::new("/");
-        let err = SourceUri::resolve("gopher://cam/1", base)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no GStreamer source handles gopher://"),
-            "{err}"
-        );
-        let err = SourceUri::resolve("/no/such/clip.mp4", base)
-            .unwrap_err()
-            .to_string();
+        let err = SourceUri::resolve("gopher://cam/1", base).unwrap_err().to_string();
+        assert!(err.contains("no GStreamer source handles gopher://"), "{err}");
+        let err = SourceUri::resolve("/no/such/clip.mp4", base).unwrap_err().to_string();
         assert!(err.contains("/no/such/clip.mp4"), "{err}");
         let err = SourceUri::resolve("file:///no/such/clip.mp4", base)
             .unwrap_err()

@@ -58,15 +58,12 @@ intra_op_threads = 1
 }
 
 pub fn parse_config(text: &str) -> retina_edge::config::Config {
-    retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf())
-        .expect("test config parses")
+    retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf()).expect("test config parses")
 }
 
 /// The real NanoDet outputs on dog.jpg (tests/fixtures/nanodet_dog), per level of `gfl`:
 /// files are named after the outputs with ':' -> '_' ("Identity:0" -> "Identity_0.bin").
-pub fn nanodet_dog_outputs(
-    gfl: &retina_edge::infer::decode::NanodetGfl,
-) -> Vec<(Vec<f32>, Vec<f32>)> {
+pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<(Vec<f32>, Vec<f32>)> {
     let load = |name: &str| -> Vec<f32> {
         let file = fixture(&format!("nanodet_dog/{}.bin", name.replace(':', "_")));
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
