@@ -12,9 +12,7 @@ fn ready_then_stopping_then_clean_exit_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
 
     let camera = format!(
         "[[cameras]]\nid = \"loop\"\nuri = \"{}\"\nloop_file = true\n",
