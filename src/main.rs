@@ -68,6 +68,9 @@ enum Command {
         /// Compare the descriptor bytes with this video file's size in the summary.
         #[arg(long)]
         compare_video: Option<PathBuf>,
+        /// How this subscriber is named in the node's logs and metrics.
+        #[arg(long, default_value = "retina-edge-cli")]
+        name: String,
     },
 }
 
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             max_frames,
             connect_timeout_seconds,
             compare_video,
+            name,
         } => runtime.block_on(async move {
             let start = if from_buffer {
                 pb::StartPosition::EarliestBuffered
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
                     min_score,
                     include_empty_frames: include_empty,
                     start: start as i32,
+                    subscriber_name: name,
                 },
                 json,
                 quiet,

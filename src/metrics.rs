@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
 use crate::infer::Timings;
-use crate::ingest::Cameras;
+use crate::ingest::{CameraStatus, Cameras};
 use crate::pb;
 use crate::shutdown::Shutdown;
 
@@ -33,9 +33,11 @@ pub struct Metrics {
     descriptor_bytes: Counter,
     frames_failed: Counter,
     pub subscribers: Gauge,
-    pub subscriber_sent: Counter,
-    pub subscriber_dropped: Counter,
+    subscriber_sent: Family<SubscriberLabels, Counter>,
+    subscriber_dropped: Family<SubscriberLabels, Counter>,
 }
+
+type SubscriberLabels = [(&'static str, String); 1];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,8 +69,8 @@ impl Metrics {
             descriptor_bytes: Counter::default(),
             frames_failed: Counter::default(),
             subscribers: Gauge::default(),
-            subscriber_sent: Counter::default(),
-            subscriber_dropped: Counter::default(),
+            subscriber_sent: Family::default(),
+            subscriber_dropped: Family::default(),
             registry,
         };
         let mut metrics = metrics;
@@ -124,6 +126,18 @@ impl Metrics {
         self.descriptor_bytes.inc_by(bytes as u64);
     }
 
+    pub fn subscriber_sent(&self, subscriber: &str) {
+        self.subscriber_sent
+            .get_or_create(&[("subscriber", subscriber.to_string())])
+            .inc();
+    }
+
+    pub fn subscriber_dropped(&self, subscriber: &str, lost: u64) {
+        self.subscriber_dropped
+            .get_or_create(&[("subscriber", subscriber.to_string())])
+            .inc_by(lost);
+    }
+
     pub fn frame_failed(&self) {
         self.frames_failed.inc();
     }
@@ -144,8 +158,9 @@ struct CameraCollector {
 impl Collector for CameraCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
         let cameras = self.cameras.read().unwrap_or_else(|p| p.into_inner()).clone();
-        type Read = fn(&crate::ingest::CameraStatus) -> u64;
-        let counters: [(&str, &str, Read); 5] = [
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        type Read = fn(&CameraStatus) -> u64;
+        let counters: [(&str, &str, Read); 4] = [
             (
                 "retina_camera_frames_decoded",
                 "Frames decoded, before the analysis-rate filter",
@@ -159,11 +174,6 @@ impl Collector for CameraCollector {
             ("retina_camera_frames_analysed", "Frames analysed and published", |c| {
                 c.frames_analysed.load(Ordering::Relaxed)
             }),
-            (
-                "retina_camera_frames_dropped",
-                "Frames dropped because inference was busy",
-                |c| c.frames_dropped.load(Ordering::Relaxed),
-            ),
             ("retina_camera_restarts", "Pipeline rebuilds after a failure", |c| {
                 c.restarts.load(Ordering::Relaxed)
             }),
@@ -171,10 +181,29 @@ impl Collector for CameraCollector {
         for (name, help, read) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for camera in &cameras {
-                let labels = [("camera", camera.id.as_str())];
-                ConstCounter::new(read(camera)).encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(read(camera)).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
             }
         }
+
+        let mut family = encoder.encode_descriptor(
+            "retina_camera_frames_dropped",
+            "Frames not analysed: analysis_rate = skipped by design to keep to analysis_fps, \
+             inference_busy = dropped from a full inference queue",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for camera in &cameras {
+            let queued = load(&camera.frames_queued);
+            let by_rate = load(&camera.frames_decoded).saturating_sub(queued);
+            for (reason, n) in [
+                ("analysis_rate", by_rate),
+                ("inference_busy", load(&camera.frames_dropped)),
+            ] {
+                let labels = [("camera", camera.id.as_str()), ("reason", reason)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
         let mut family = encoder.encode_descriptor(
             "retina_camera_state",
             "1 for the camera's current state",
@@ -183,12 +212,7 @@ impl Collector for CameraCollector {
         )?;
         for camera in &cameras {
             let current = camera.condition().state;
-            for state in [
-                pb::CameraState::Starting,
-                pb::CameraState::Streaming,
-                pb::CameraState::Stopped,
-                pb::CameraState::Failed,
-            ] {
+            for state in CAMERA_STATES {
                 let name = state
                     .as_str_name()
                     .trim_start_matches("CAMERA_STATE_")
@@ -197,9 +221,41 @@ impl Collector for CameraCollector {
                 ConstGauge::new(i64::from(current == state)).encode(family.encode_family(&labels)?)?;
             }
         }
+
+        let mut family = encoder.encode_descriptor(
+            "retina_camera_reconnect_attempts",
+            "Failed attempts since the camera last delivered a frame",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for camera in &cameras {
+            let attempts = i64::from(camera.reconnect_attempts.load(Ordering::Relaxed));
+            ConstGauge::new(attempts).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "retina_camera_last_frame_age_seconds",
+            "Seconds since the camera's last frame (absent before the first)",
+            None,
+            ConstGauge::new(0f64).metric_type(),
+        )?;
+        for camera in &cameras {
+            if let Some(age) = camera.last_frame_age() {
+                ConstGauge::new(age.as_secs_f64()).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
+            }
+        }
         Ok(())
     }
 }
+
+const CAMERA_STATES: [pb::CameraState; 6] = [
+    pb::CameraState::Starting,
+    pb::CameraState::Streaming,
+    pb::CameraState::Stalled,
+    pb::CameraState::Reconnecting,
+    pb::CameraState::Stopped,
+    pb::CameraState::Failed,
+];
 
 /// Serves `/metrics` until shutdown.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {

@@ -311,7 +311,9 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
         "retina_camera_frames_analysed_total{camera=\"bikes\"}",
         "retina_camera_state{camera=\"bikes\",state=\"streaming\"} 1",
         "retina_inference_seconds_count{model=\"nanodet-g-416\"}",
-        "retina_subscriber_sent_total",
+        "retina_subscriber_sent_total{subscriber=\"anonymous\"}",
+        "retina_camera_frames_dropped_total{camera=\"bikes\",reason=\"analysis_rate\"}",
+        "retina_camera_last_frame_age_seconds{camera=\"bikes\"}",
     ] {
         assert!(body.contains(name), "metrics lack {name}:\n{body}");
     }

@@ -127,16 +127,28 @@ impl Retina for RetinaService {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let request = request.into_inner();
         let filter = Filter::from_request(&request, &self.facts)?;
+        let name = match request.subscriber_name.as_str() {
+            "" => "anonymous".to_string(),
+            name if name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+                name.to_string()
+            }
+            name => {
+                return Err(Status::invalid_argument(format!(
+                    "subscriber_name {name:?}: use up to 64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+        };
         let with_replay = request.start() == pb::StartPosition::EarliestBuffered;
         let (replay, live) = self.hub.subscribe(with_replay);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let metrics = self.metrics.clone();
-        tracing::info!(%peer, cameras = ?request.camera_ids, classes = ?request.class_names, "subscriber joined");
+        tracing::info!(subscriber = %name, %peer, cameras = ?request.camera_ids, classes = ?request.class_names,
+            "subscriber joined");
         tokio::spawn(async move {
             metrics.subscribers.inc();
-            forward(filter, replay, live, &tx, &metrics).await;
+            forward(&name, filter, replay, live, &tx, &metrics).await;
             metrics.subscribers.dec();
-            tracing::info!(%peer, "subscriber left");
+            tracing::info!(subscriber = %name, %peer, "subscriber left");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -254,6 +266,7 @@ fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
 
 /// Copies one subscriber's descriptors from the hub to its stream until either side ends.
 async fn forward(
+    name: &str,
     filter: Filter,
     replay: Vec<Arc<pb::FrameDescriptor>>,
     live: Option<broadcast::Receiver<Arc<pb::FrameDescriptor>>>,
@@ -265,7 +278,7 @@ async fn forward(
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
-            metrics.subscriber_sent.inc();
+            metrics.subscriber_sent(name);
         }
     }
     let Some(mut live) = live else { return };
@@ -281,12 +294,12 @@ async fn forward(
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    metrics.subscriber_sent.inc();
+                    metrics.subscriber_sent(name);
                 }
             }
             Err(broadcast::error::RecvError::Lagged(lost)) => {
-                metrics.subscriber_dropped.inc_by(lost);
-                tracing::warn!(lost, "slow subscriber lost its oldest descriptors");
+                metrics.subscriber_dropped(name, lost);
+                tracing::warn!(subscriber = %name, lost, "slow subscriber lost its oldest descriptors");
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
