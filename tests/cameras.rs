@@ -1,0 +1,296 @@
+//! Cameras managed at run time over gRPC, persisted across restarts; cameras that cannot be
+//! reached do not hold anything up. Real node, real clip, real gRPC client over loopback.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use retina_edge::node::Node;
+use retina_edge::pb::{self, retina_client::RetinaClient};
+use tonic::Code;
+
+type Client = RetinaClient<tonic::transport::Channel>;
+
+fn looping_camera(id: &str) -> String {
+    format!(
+        "[[cameras]]\nid = \"{id}\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
+        common::sample_clip().display()
+    )
+}
+
+async fn start(dir: &Path, cameras: &str) -> (Node, Client) {
+    let text = common::config_toml(cameras, "");
+    let origin = dir.join("node.toml");
+    std::fs::write(&origin, &text).unwrap();
+    let config = retina_edge::config::Config::load(&origin).unwrap();
+    let node = Node::start(config).await.expect("node starts");
+    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
+    (node, client)
+}
+
+async fn info(client: &mut Client) -> pb::NodeInfo {
+    client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn camera<'a>(info: &'a pb::NodeInfo, id: &str) -> Option<&'a pb::CameraInfo> {
+    info.cameras.iter().find(|c| c.camera_id == id)
+}
+
+/// Waits until `check` holds for the node's info, or fails after `within`.
+async fn wait_for(client: &mut Client, within: Duration, what: &str, check: impl Fn(&pb::NodeInfo) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = info(client).await;
+        if check(&info) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {within:?}; node info: {info:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spec(id: &str, uri: &str) -> pb::CameraSpec {
+    pb::CameraSpec {
+        camera_id: id.into(),
+        uri: uri.into(),
+        loop_file: true,
+        ..Default::default()
+    }
+}
+
+async fn stop(node: Node) {
+    node.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip().display().to_string();
+    let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
+    wait_for(&mut client, Duration::from_secs(20), "north streams", |i| {
+        camera(i, "north").is_some_and(|c| c.frames_analysed >= 3)
+    })
+    .await;
+    let north_before = camera(&info(&mut client).await, "north").unwrap().frames_analysed;
+
+    // Add: the new camera streams, and its descriptors reach subscribers.
+    let added = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("south", &clip)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(added.into_inner().camera_id, "south");
+    let request = pb::SubscribeRequest {
+        camera_ids: vec!["south".into()],
+        include_empty_frames: true,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.camera_id, "south");
+    drop(stream);
+
+    // Update: a new rate and position, applied to that camera only.
+    let position = pb::CameraPosition {
+        latitude: 50.85,
+        longitude: 4.35,
+        heading_degrees: 270.0,
+        description: "south gate".into(),
+    };
+    let updated = client
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "south".into(),
+            analysis_fps: Some(2.0),
+            position: Some(position.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (updated.analysis_fps, updated.position.as_ref()),
+        (2.0, Some(&position))
+    );
+
+    // A third camera, added then removed.
+    client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("east", &clip)),
+        })
+        .await
+        .unwrap();
+    client
+        .remove_camera(pb::RemoveCameraRequest {
+            camera_id: "east".into(),
+        })
+        .await
+        .unwrap();
+
+    // Bad requests: proper codes, clear messages, nothing changed.
+    let status = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("south", &clip)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    let status = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("west", "gopher://cam.example/1")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("gopher://"), "{}", status.message());
+    let status = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("bad id!", &clip)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .add_camera(pb::AddCameraRequest { camera: None })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .remove_camera(pb::RemoveCameraRequest {
+            camera_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "south".into(),
+            analysis_fps: Some(-1.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The first camera kept streaming through all of it.
+    let now = info(&mut client).await;
+    let north = camera(&now, "north").unwrap();
+    assert_eq!(north.state(), pb::CameraState::Streaming);
+    assert!(north.frames_analysed > north_before, "north kept being analysed");
+    assert_eq!(north.restarts, 0, "north was never restarted");
+    let ids: Vec<&str> = now.cameras.iter().map(|c| c.camera_id.as_str()).collect();
+    assert_eq!(ids, ["north", "south"]);
+    stop(node).await;
+
+    // Restart from the same config: the changes are still there.
+    let state = std::fs::read_to_string(dir.path().join("node.cameras.toml")).expect("camera state file written");
+    assert!(state.contains("south") && !state.contains("east"), "{state}");
+    let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
+    let after = info(&mut client).await;
+    let ids: Vec<&str> = after.cameras.iter().map(|c| c.camera_id.as_str()).collect();
+    assert_eq!(ids, ["north", "south"]);
+    let south = camera(&after, "south").unwrap();
+    assert_eq!((south.analysis_fps, south.position.as_ref()), (2.0, Some(&position)));
+    stop(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip().display().to_string();
+    let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
+    // The state file's temporary file leads to /dev/full: every write fails with ENOSPC, as on
+    // a full disk.
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(".node.cameras.toml.tmp")).unwrap();
+    let status = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("south", &clip)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("No space left on device"),
+        "{}",
+        status.message()
+    );
+    let ids: Vec<String> = info(&mut client)
+        .await
+        .cameras
+        .into_iter()
+        .map(|c| c.camera_id)
+        .collect();
+    assert_eq!(ids, ["north"], "the refused camera was not added");
+    assert!(!dir.path().join("node.cameras.toml").exists());
+    stop(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_camera_delays_neither_start_up_nor_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    // A loopback port with nothing listening: every connection attempt is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!(
+        "[[cameras]]\nid = \"dead\"\nuri = \"rtsp://user:secret@127.0.0.1:{port}/stream\"\n\
+         rtsp_transport = \"tcp\"\nreconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n"
+    );
+    let started = Instant::now();
+    let (node, mut client) = start(dir.path(), &format!("{dead}\n{}", looping_camera("north"))).await;
+    let start_up = started.elapsed();
+    assert!(start_up < Duration::from_secs(10), "start-up took {start_up:?}");
+
+    wait_for(
+        &mut client,
+        Duration::from_secs(20),
+        "north streams while dead retries",
+        |i| {
+            let north = camera(i, "north").is_some_and(|c| c.frames_analysed >= 5);
+            let dead = camera(i, "dead").is_some_and(|c| c.reconnect_attempts >= 2);
+            north && dead
+        },
+    )
+    .await;
+    let info = info(&mut client).await;
+    let dead = camera(&info, "dead").unwrap();
+    assert!(
+        matches!(dead.state(), pb::CameraState::Reconnecting | pb::CameraState::Starting),
+        "{dead:?}"
+    );
+    assert!(!dead.last_error.is_empty());
+    assert!(
+        !dead.uri.contains("secret") && dead.uri.contains("user:***@"),
+        "password redacted: {}",
+        dead.uri
+    );
+    stop(node).await;
+}
