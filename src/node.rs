@@ -157,7 +157,11 @@ impl Node {
         let (models, analyzers) = tokio::task::spawn_blocking(move || -> Result<_> {
             let models = Models::load(&loader)?;
             let analyzers = (0..loader.inference.workers)
-                .map(|_| models.analyzer(&loader))
+                .map(|_| {
+                    let mut analyzer = models.analyzer(&loader)?;
+                    analyzer.warm_up()?;
+                    Ok(analyzer)
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok((models, analyzers))
         })

@@ -122,6 +122,23 @@ impl Analyzer {
         })
     }
 
+    /// Runs every session once with every batch size it will see. ONNX Runtime sizes its
+    /// arenas and memory plans on first use of each shape: doing it now means the node reaches
+    /// its steady memory before the first frame, and no frame pays for a first-time shape.
+    pub fn warm_up(&mut self) -> Result<()> {
+        self.detector.input.fill(0.0);
+        self.detector.run()?;
+        if let Some(embedder) = &mut self.embedder {
+            embedder.batch.fill(0.0);
+            let batch = std::mem::take(&mut embedder.batch);
+            let result =
+                (1..=batch.nrows()).try_for_each(|n| embedder.run(batch.slice(ndarray::s![..n, ..])).map(drop));
+            embedder.batch = batch;
+            result?;
+        }
+        Ok(())
+    }
+
     pub fn analyze(&mut self, image: &image::RgbImage) -> Result<(Vec<Detection>, Timings)> {
         let started = Instant::now();
         let mut detections = self.detector.detect(image)?;

@@ -74,6 +74,7 @@ fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<A
             frame_height: frame.image.height(),
             detections,
         };
+        crate::ingest::pool::give(frame.image.into_raw());
         if results.send(analysis).is_err() {
             break;
         }

@@ -4,6 +4,7 @@
 mod camera;
 mod manager;
 mod pipeline;
+pub mod pool;
 mod queue;
 mod source;
 

@@ -219,7 +219,7 @@ fn raw_frame(sample: &gst::Sample) -> Result<RawFrame> {
     let stride = usize::try_from(frame.plane_stride()[0]).map_err(|_| Error::Gstreamer("negative stride".into()))?;
     let data = frame.plane_data(0)?;
     let row_bytes = width as usize * 3;
-    let mut pixels = Vec::with_capacity(row_bytes * height as usize);
+    let mut pixels = super::pool::take(row_bytes * height as usize);
     for row in data.chunks(stride).take(height as usize) {
         pixels.extend_from_slice(
             row.get(..row_bytes)

@@ -85,7 +85,9 @@ impl FrameQueue {
             }
             match overflow {
                 Overflow::DropOldest => {
-                    lane.frames.pop_front();
+                    if let Some(dropped) = lane.frames.pop_front() {
+                        super::pool::give(dropped.image.into_raw());
+                    }
                     lane.frames.push_back(frame);
                     CameraStatus::count(&camera.frames_queued);
                     CameraStatus::count(&camera.frames_dropped);
