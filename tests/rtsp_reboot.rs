@@ -1,0 +1,154 @@
+//! A real RTSP camera (gst-rtsp-server in this process, real footage, loopback) reboots while
+//! the node watches it and another camera. Alone in its test binary, because it counts the
+//! threads and file descriptors of the whole process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::rtsp::TestCamera;
+use retina_edge::node::Node;
+use retina_edge::pb::{self, retina_client::RetinaClient};
+
+type Client = RetinaClient<tonic::transport::Channel>;
+
+fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
+    format!(
+        "[[cameras]]\nid = \"{id}\"\nuri = \"{uri}\"\nanalysis_fps = 5.0\nstall_timeout_seconds = 2.0\n\
+         reconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n{extra}\n"
+    )
+}
+
+async fn start(cameras: &str) -> (Node, Client) {
+    let node = Node::start(common::parse_config(&common::config_toml(cameras, "")))
+        .await
+        .expect("node starts");
+    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
+    (node, client)
+}
+
+async fn camera(client: &mut Client, id: &str) -> pb::CameraInfo {
+    let info = client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    info.cameras
+        .into_iter()
+        .find(|c| c.camera_id == id)
+        .expect("camera listed")
+}
+
+async fn wait_for(
+    client: &mut Client,
+    id: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&pb::CameraInfo) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = camera(client, id).await;
+        if check(&info) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: {what} within {within:?}; now {info:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Analysed frames per second of a camera over `window`.
+async fn rate(client: &mut Client, id: &str, window: Duration) -> f64 {
+    let before = camera(client, id).await.frames_analysed;
+    tokio::time::sleep(window).await;
+    (camera(client, id).await.frames_analysed - before) as f64 / window.as_secs_f64()
+}
+
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+async fn stop(node: Node) {
+    node.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooting_camera_recovers_alone_without_leaks() {
+    let clip = common::sample_clip();
+    let mut north = TestCamera::start(&clip);
+    let south = TestCamera::start(&clip);
+    let cameras = format!(
+        "{}{}",
+        rtsp_camera("north", &north.uri(), ""),
+        rtsp_camera("south", &south.uri(), "")
+    );
+    let (node, mut client) = start(&cameras).await;
+    for id in ["north", "south"] {
+        wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
+            c.frames_analysed >= 5
+        })
+        .await;
+    }
+    // Steady state: threads and file descriptors of the whole process (node and servers).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (threads_before, fds_before) = (count_entries("/proc/self/task"), count_entries("/proc/self/fd"));
+    let south_rate_before = rate(&mut client, "south", Duration::from_secs(3)).await;
+
+    // Reboot: the server goes away entirely, then comes back at the same address.
+    north.stop();
+    wait_for(
+        &mut client,
+        "north",
+        Duration::from_secs(10),
+        "notices the outage",
+        |c| c.state() == pb::CameraState::Reconnecting && c.reconnect_attempts >= 1,
+    )
+    .await;
+    let south_rate_during = rate(&mut client, "south", Duration::from_secs(3)).await;
+    let outage = camera(&mut client, "north").await;
+    assert!(!outage.last_error.is_empty(), "the error is reported: {outage:?}");
+
+    north.restart();
+    let restarted = Instant::now();
+    wait_for(&mut client, "north", Duration::from_secs(10), "streams again", |c| {
+        c.state() == pb::CameraState::Streaming && c.reconnect_attempts == 0
+    })
+    .await;
+    // Within the backoff bound (2 s max) plus connecting and the first frame.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(6),
+        "recovered in {:?}",
+        restarted.elapsed()
+    );
+    let before = camera(&mut client, "north").await.frames_analysed;
+    wait_for(&mut client, "north", Duration::from_secs(10), "analysed again", |c| {
+        c.frames_analysed > before + 3
+    })
+    .await;
+
+    eprintln!("south: {south_rate_before:.1} fps before, {south_rate_during:.1} fps during north's outage");
+    assert!(
+        south_rate_during >= south_rate_before * 0.8,
+        "the other camera kept its rate"
+    );
+    assert_eq!(camera(&mut client, "south").await.restarts, 0);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (threads_after, fds_after) = (count_entries("/proc/self/task"), count_entries("/proc/self/fd"));
+    eprintln!("threads {threads_before} -> {threads_after}, fds {fds_before} -> {fds_after}");
+    assert!(
+        threads_after <= threads_before + 2,
+        "threads {threads_before} -> {threads_after}"
+    );
+    assert!(fds_after <= fds_before + 4, "fds {fds_before} -> {fds_after}");
+    stop(node).await;
+}
