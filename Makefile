@@ -11,7 +11,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components lint fmt clean
+.PHONY: deps build demo test bench bench-components soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -35,6 +35,10 @@ bench: build
 ## Criterion micro-benchmarks: pre-processing, detector decoding, quantisation.
 bench-components: deps
 	$(CARGO) bench --locked --bench components
+
+## Soak: the node against local RTSP cameras that reboot and hang; SOAK_MINUTES (default 20).
+soak: deps
+	$(CARGO) test $(PROFILE) --locked --test soak -- --ignored --nocapture
 
 lint:
 	$(CARGO) fmt --check
