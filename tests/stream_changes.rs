@@ -1,0 +1,91 @@
+//! A stream that changes resolution midway (a camera reconfigured by its owner) is followed
+//! without a restart: the frames just change size, and boxes stay normalised to each frame.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use retina_edge::node::Node;
+use retina_edge::pb::{self, retina_client::RetinaClient};
+
+/// Re-encodes 2 s of the sample clip at `width`x`height` as an H.264 byte stream.
+fn encode_part(dir: &Path, width: u32, height: u32) -> Vec<u8> {
+    let out = dir.join(format!("part_{width}.h264"));
+    let pipeline = format!(
+        "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videoscale ! \
+         video/x-raw,width={width},height={height} ! videoconvert ! video/x-raw,format=I420 ! \
+         x264enc speed-preset=ultrafast key-int-max=25 bitrate=500 ! video/x-h264,stream-format=byte-stream ! \
+         identity eos-after=50 ! filesink location={}",
+        common::sample_clip().display(),
+        out.display()
+    );
+    let status = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .status()
+        .unwrap();
+    assert!(status.success(), "encoding a test stream failed");
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_change_mid_stream_needs_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte stream whose second half starts with a new SPS: 640x272, then 320x136.
+    let mut stream = encode_part(dir.path(), 640, 272);
+    stream.extend(encode_part(dir.path(), 320, 136));
+    let path = dir.path().join("resolution_change.h264");
+    std::fs::write(&path, stream).unwrap();
+
+    let camera = format!(
+        "[[cameras]]\nid = \"cam\"\nuri = \"{}\"\nanalysis_fps = 0\nrealtime = false\n",
+        path.display()
+    );
+    let config = common::config_toml(&camera, "exit_when_cameras_end = true");
+    let node = Node::start(common::parse_config(&config)).await.unwrap();
+    let cameras = node.cameras.clone();
+    let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
+    let request = pb::SubscribeRequest {
+        include_empty_frames: true,
+        start: pb::StartPosition::EarliestBuffered as i32,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let mut sizes = Vec::new();
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        assert_eq!(
+            d.sequence as usize,
+            sizes.len(),
+            "contiguous sequence across the change"
+        );
+        for o in &d.objects {
+            let b = o.r#box.unwrap();
+            assert!(0.0 <= b.x_min && b.x_max <= 1.0 && 0.0 <= b.y_min && b.y_max <= 1.0);
+        }
+        sizes.push((d.frame_width, d.frame_height));
+    }
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let first_small = sizes
+        .iter()
+        .position(|&s| s == (320, 136))
+        .expect("frames at the new size");
+    assert!(first_small >= 40, "the first part came first: {first_small}");
+    assert!(sizes[..first_small].iter().all(|&s| s == (640, 272)));
+    assert!(sizes[first_small..].iter().all(|&s| s == (320, 136)));
+    assert!(sizes.len() >= 95, "both parts analysed: {} frames", sizes.len());
+    let restarts = cameras.read().unwrap()[0].restarts.load(Ordering::Relaxed);
+    assert_eq!(restarts, 0, "no pipeline rebuild");
+}
