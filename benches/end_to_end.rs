@@ -8,6 +8,9 @@
 //! Environment: RETINA_BENCH_LOOPS (default 3) times the 10 s sample; RETINA_BENCH_WORKERS and
 //! RETINA_BENCH_THREADS (default 2 and 1) for the inference settings.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,8 +19,7 @@ use std::time::Instant;
 use retina_edge::config::Config;
 use retina_edge::infer::Prepared;
 use retina_edge::ingest::{self, CameraSettings, CameraStatus, FrameQueue, SourceUri};
-use retina_edge::node::{Models, Node};
-use retina_edge::pb::{self, retina_client::RetinaClient};
+use retina_edge::node::Models;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,22 +100,11 @@ struct NodeRun {
 /// The node, unchanged, with a real gRPC subscriber; fps over the span of capture-to-delivery.
 async fn run_node(config: Config) -> NodeRun {
     let started = Instant::now();
-    let node = Node::start(config).await.unwrap();
+    let (node, mut client) = common::start_node(config).await;
     let ready = started.elapsed();
-    let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    let request = pb::SubscribeRequest {
-        include_empty_frames: true,
-        start: pb::StartPosition::EarliestBuffered as i32,
-        ..Default::default()
-    };
-    let mut stream = client.subscribe(request).await.unwrap().into_inner();
-    let (mut frames, mut objects) = (0, 0);
-    while let Some(d) = stream.message().await.unwrap() {
-        frames += 1;
-        objects += d.objects.len();
-    }
+    let descriptors = common::collect_until_end(&mut client).await;
+    let frames = descriptors.len();
+    let objects = descriptors.iter().map(|d| d.objects.len()).sum();
     node.wait().await.unwrap();
     // From the moment the node was ready (models loaded) to the last descriptor received.
     let busy = started.elapsed() - ready;

@@ -6,11 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{Client, node_info as info, stop_node as stop, wait_for};
 use retina_edge::node::Node;
-use retina_edge::pb::{self, retina_client::RetinaClient};
+use retina_edge::pb;
 use tonic::Code;
-
-type Client = RetinaClient<tonic::transport::Channel>;
 
 fn looping_camera(id: &str) -> String {
     format!(
@@ -24,39 +23,11 @@ async fn start(dir: &Path, cameras: &str) -> (Node, Client) {
     let origin = dir.join("node.toml");
     std::fs::write(&origin, &text).unwrap();
     let config = retina_edge::config::Config::load(&origin).unwrap();
-    let node = Node::start(config).await.expect("node starts");
-    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    (node, client)
-}
-
-async fn info(client: &mut Client) -> pb::NodeInfo {
-    client
-        .get_node_info(pb::GetNodeInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    common::start_node(config).await
 }
 
 fn camera<'a>(info: &'a pb::NodeInfo, id: &str) -> Option<&'a pb::CameraInfo> {
     info.cameras.iter().find(|c| c.camera_id == id)
-}
-
-/// Waits until `check` holds for the node's info, or fails after `within`.
-async fn wait_for(client: &mut Client, within: Duration, what: &str, check: impl Fn(&pb::NodeInfo) -> bool) {
-    let deadline = Instant::now() + within;
-    loop {
-        let info = info(client).await;
-        if check(&info) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {within:?}; node info: {info:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn spec(id: &str, uri: &str) -> pb::CameraSpec {
@@ -66,14 +37,6 @@ fn spec(id: &str, uri: &str) -> pb::CameraSpec {
         loop_file: true,
         ..Default::default()
     }
-}
-
-async fn stop(node: Node) {
-    node.shutdown();
-    tokio::time::timeout(Duration::from_secs(30), node.wait())
-        .await
-        .expect("node stops")
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,26 +39,8 @@ fn iou(a: &pb::BoundingBox, b: &pb::BoundingBox) -> f32 {
 /// Runs the node over the clip once, as fast as inference allows, and collects every descriptor.
 async fn one_pass_over_the_clip() -> Vec<pb::FrameDescriptor> {
     let toml = common::config_toml(&clip_camera("realtime = false"), "exit_when_cameras_end = true");
-    let node = Node::start(common::parse_config(&toml)).await.expect("node starts");
-    let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    let request = pb::SubscribeRequest {
-        include_empty_frames: true,
-        // Frames analysed before this call are replayed, so nothing is missed.
-        start: pb::StartPosition::EarliestBuffered as i32,
-        ..Default::default()
-    };
-    let mut stream = client.subscribe(request).await.unwrap().into_inner();
-    let mut descriptors = Vec::new();
-    // The stream ends with OK when the node stops after the clip.
-    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
-        .await
-        .expect("a descriptor within 2 minutes")
-        .expect("stream ends cleanly")
-    {
-        descriptors.push(d);
-    }
+    let (node, mut client) = common::start_node(common::parse_config(&toml)).await;
+    let descriptors = common::collect_until_end(&mut client).await;
     tokio::time::timeout(Duration::from_secs(30), node.wait())
         .await
         .expect("node stops")

@@ -6,10 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::rtsp::TestCamera;
-use retina_edge::node::Node;
-use retina_edge::pb::{self, retina_client::RetinaClient};
+use common::{Client, camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
+use retina_edge::pb;
 
-type Client = RetinaClient<tonic::transport::Channel>;
+async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
+    common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
+}
 
 fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
     format!(
@@ -18,63 +20,12 @@ fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
     )
 }
 
-async fn start(cameras: &str) -> (Node, Client) {
-    let node = Node::start(common::parse_config(&common::config_toml(cameras, "")))
-        .await
-        .expect("node starts");
-    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    (node, client)
-}
-
-async fn camera(client: &mut Client, id: &str) -> pb::CameraInfo {
-    let info = client
-        .get_node_info(pb::GetNodeInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    info.cameras
-        .into_iter()
-        .find(|c| c.camera_id == id)
-        .expect("camera listed")
-}
-
-async fn wait_for(
-    client: &mut Client,
-    id: &str,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&pb::CameraInfo) -> bool,
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        let info = camera(client, id).await;
-        if check(&info) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: {what} within {within:?}; now {info:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn stop(node: Node) {
-    node.shutdown();
-    tokio::time::timeout(Duration::from_secs(30), node.wait())
-        .await
-        .expect("node stops")
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
     let clip = common::sample_clip();
     let cam = TestCamera::start(&clip);
     // TCP: a hang then keeps the connection open with no error at all, the hardest case.
-    let (node, mut client) = start(&rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
+    let (node, mut client) = start_camera_node(&rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
     wait_for(&mut client, "gate", Duration::from_secs(20), "streams", |c| {
         c.frames_analysed >= 5
     })
@@ -124,7 +75,7 @@ async fn credentials_from_the_config_work_and_never_show() {
         &cam.uri(),
         "username = \"operator\"\npassword = \"nope\"",
     );
-    let (node, mut client) = start(&format!("{with_config}{in_uri}{wrong}")).await;
+    let (node, mut client) = start_camera_node(&format!("{with_config}{in_uri}{wrong}")).await;
     for id in ["config-creds", "uri-creds"] {
         wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
             c.frames_analysed >= 3
@@ -154,7 +105,7 @@ async fn credentials_from_the_config_work_and_never_show() {
 async fn rtsp_capture_times_are_monotonic_and_say_their_clock() {
     let clip = common::sample_clip();
     let cam = TestCamera::start(&clip);
-    let (node, mut client) = start(&rtsp_camera("gate", &cam.uri(), "")).await;
+    let (node, mut client) = start_camera_node(&rtsp_camera("gate", &cam.uri(), "")).await;
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
         start: pb::StartPosition::EarliestBuffered as i32,

@@ -7,59 +7,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::rtsp::TestCamera;
-use retina_edge::node::Node;
-use retina_edge::pb::{self, retina_client::RetinaClient};
+use common::{Client, camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
+use retina_edge::pb;
 
-type Client = RetinaClient<tonic::transport::Channel>;
+async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
+    common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
+}
 
 fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
     format!(
         "[[cameras]]\nid = \"{id}\"\nuri = \"{uri}\"\nanalysis_fps = 5.0\nstall_timeout_seconds = 2.0\n\
          reconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n{extra}\n"
     )
-}
-
-async fn start(cameras: &str) -> (Node, Client) {
-    let node = Node::start(common::parse_config(&common::config_toml(cameras, "")))
-        .await
-        .expect("node starts");
-    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    (node, client)
-}
-
-async fn camera(client: &mut Client, id: &str) -> pb::CameraInfo {
-    let info = client
-        .get_node_info(pb::GetNodeInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    info.cameras
-        .into_iter()
-        .find(|c| c.camera_id == id)
-        .expect("camera listed")
-}
-
-async fn wait_for(
-    client: &mut Client,
-    id: &str,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&pb::CameraInfo) -> bool,
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        let info = camera(client, id).await;
-        if check(&info) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: {what} within {within:?}; now {info:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Analysed frames per second of a camera over `window`.
@@ -73,14 +32,6 @@ fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
-async fn stop(node: Node) {
-    node.shutdown();
-    tokio::time::timeout(Duration::from_secs(30), node.wait())
-        .await
-        .expect("node stops")
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebooting_camera_recovers_alone_without_leaks() {
     let clip = common::sample_clip();
@@ -91,7 +42,7 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
         rtsp_camera("north", &north.uri(), ""),
         rtsp_camera("south", &south.uri(), "")
     );
-    let (node, mut client) = start(&cameras).await;
+    let (node, mut client) = start_camera_node(&cameras).await;
     for id in ["north", "south"] {
         wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
             c.frames_analysed >= 5

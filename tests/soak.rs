@@ -99,7 +99,7 @@ async fn soak() {
             // Alternate reboots (server gone for 10 s) and hangs (connected, silent for 8 s),
             // round-robin over the cameras.
             let i = event % camera_count;
-            if event % 2 == 0 {
+            if event.is_multiple_of(2) {
                 eprintln!(
                     "[{:>5.0} s] reboot cam{i} (RSS {rss} KiB)",
                     started.elapsed().as_secs_f64()

@@ -8,9 +8,6 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use retina_edge::node::Node;
-use retina_edge::pb::{self, retina_client::RetinaClient};
-
 /// Re-encodes 2 s of the sample clip at `width`x`height` as an H.264 byte stream.
 fn encode_part(dir: &Path, width: u32, height: u32) -> Vec<u8> {
     let out = dir.join(format!("part_{width}.h264"));
@@ -45,23 +42,11 @@ async fn a_resolution_change_mid_stream_needs_no_restart() {
         path.display()
     );
     let config = common::config_toml(&camera, "exit_when_cameras_end = true");
-    let node = Node::start(common::parse_config(&config)).await.unwrap();
+    let (node, mut client) = common::start_node(common::parse_config(&config)).await;
     let cameras = node.cameras.clone();
-    let mut client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
-        .await
-        .unwrap();
-    let request = pb::SubscribeRequest {
-        include_empty_frames: true,
-        start: pb::StartPosition::EarliestBuffered as i32,
-        ..Default::default()
-    };
-    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let descriptors = common::collect_until_end(&mut client).await;
     let mut sizes = Vec::new();
-    while let Some(d) = tokio::time::timeout(Duration::from_secs(60), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-    {
+    for d in &descriptors {
         assert_eq!(
             d.sequence as usize,
             sizes.len(),

@@ -78,3 +78,98 @@ pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<
         .collect()
 }
 pub mod rtsp;
+
+// Node helpers shared by the integration tests and the benchmarks.
+
+use std::time::{Duration, Instant};
+
+use retina_edge::node::Node;
+use retina_edge::pb::{self, retina_client::RetinaClient};
+
+pub type Client = RetinaClient<tonic::transport::Channel>;
+
+/// Starts a node and connects a real gRPC client to it over loopback.
+pub async fn start_node(config: retina_edge::config::Config) -> (Node, Client) {
+    let node = Node::start(config).await.expect("node starts");
+    let client = RetinaClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .expect("client connects");
+    (node, client)
+}
+
+/// Stops a node and checks that it stops cleanly, in time.
+pub async fn stop_node(node: Node) {
+    node.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .expect("clean stop");
+}
+
+pub async fn node_info(client: &mut Client) -> pb::NodeInfo {
+    client
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .expect("GetNodeInfo")
+        .into_inner()
+}
+
+pub async fn camera_info(client: &mut Client, id: &str) -> pb::CameraInfo {
+    let info = node_info(client).await;
+    info.cameras
+        .into_iter()
+        .find(|c| c.camera_id == id)
+        .unwrap_or_else(|| panic!("camera {id} listed"))
+}
+
+/// Waits until `check` holds for the node's info, or fails after `within` saying `what`.
+pub async fn wait_for(client: &mut Client, within: Duration, what: &str, check: impl Fn(&pb::NodeInfo) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = node_info(client).await;
+        if check(&info) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {within:?}; node info: {info:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `wait_for` on one camera.
+pub async fn wait_for_camera(
+    client: &mut Client,
+    id: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&pb::CameraInfo) -> bool,
+) {
+    let what = format!("{id}: {what}");
+    wait_for(client, within, &what, |info| {
+        info.cameras.iter().any(|c| c.camera_id == id && check(c))
+    })
+    .await;
+}
+
+/// Every descriptor the node produces until it stops (frames analysed before the call are
+/// replayed from the node's buffer, so none is missed).
+pub async fn collect_until_end(client: &mut Client) -> Vec<pb::FrameDescriptor> {
+    let request = pb::SubscribeRequest {
+        include_empty_frames: true,
+        start: pb::StartPosition::EarliestBuffered as i32,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
+    let mut descriptors = Vec::new();
+    // The stream ends with OK when the node stops.
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
+        .await
+        .expect("a descriptor within 2 minutes")
+        .expect("stream ends cleanly")
+    {
+        descriptors.push(d);
+    }
+    descriptors
+}
