@@ -3,6 +3,7 @@
 //! embeddings encoded with the configured codec.
 
 pub mod codec;
+pub mod track;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
