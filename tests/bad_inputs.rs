@@ -189,11 +189,7 @@ fn missing_onnx_runtime_library_says_how_to_get_it() {
 #[test]
 fn subscribing_to_a_node_that_is_not_there_fails_clearly() {
     // Bind and drop a listener to get a loopback port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let out = retina_edge(&["subscribe", "--addr", &addr, "--connect-timeout-seconds", "1"]);
     assert!(!out.status.success());

@@ -218,11 +218,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
 async fn an_unreachable_camera_delays_neither_start_up_nor_the_others() {
     let dir = tempfile::tempdir().unwrap();
     // A loopback port with nothing listening: every connection attempt is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let dead = format!(
         "[[cameras]]\nid = \"dead\"\nuri = \"rtsp://user:secret@127.0.0.1:{port}/stream\"\n\
          rtsp_transport = \"tcp\"\nreconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n"

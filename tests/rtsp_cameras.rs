@@ -13,19 +13,13 @@ async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
     common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
 }
 
-fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
-    format!(
-        "[[cameras]]\nid = \"{id}\"\nuri = \"{uri}\"\nanalysis_fps = 5.0\nstall_timeout_seconds = 2.0\n\
-         reconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n{extra}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
     let clip = common::sample_clip();
     let cam = TestCamera::start(&clip);
     // TCP: a hang then keeps the connection open with no error at all, the hardest case.
-    let (node, mut client) = start_camera_node(&rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
+    let (node, mut client) =
+        start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
     wait_for(&mut client, "gate", Duration::from_secs(20), "streams", |c| {
         c.frames_analysed >= 5
     })
@@ -64,13 +58,13 @@ async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
 async fn credentials_from_the_config_work_and_never_show() {
     let clip = common::sample_clip();
     let cam = TestCamera::start_with_credentials(&clip, "operator", "s3cret-pw");
-    let with_config = rtsp_camera(
+    let with_config = common::rtsp_camera(
         "config-creds",
         &cam.uri(),
         "username = \"operator\"\npassword = \"s3cret-pw\"",
     );
-    let in_uri = rtsp_camera("uri-creds", &cam.uri_with("operator", "s3cret-pw"), "");
-    let wrong = rtsp_camera(
+    let in_uri = common::rtsp_camera("uri-creds", &cam.uri_with("operator", "s3cret-pw"), "");
+    let wrong = common::rtsp_camera(
         "wrong-creds",
         &cam.uri(),
         "username = \"operator\"\npassword = \"nope\"",
@@ -105,7 +99,7 @@ async fn credentials_from_the_config_work_and_never_show() {
 async fn rtsp_capture_times_are_monotonic_and_say_their_clock() {
     let clip = common::sample_clip();
     let cam = TestCamera::start(&clip);
-    let (node, mut client) = start_camera_node(&rtsp_camera("gate", &cam.uri(), "")).await;
+    let (node, mut client) = start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
         start: pb::StartPosition::EarliestBuffered as i32,

@@ -14,13 +14,6 @@ async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
     common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
 }
 
-fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
-    format!(
-        "[[cameras]]\nid = \"{id}\"\nuri = \"{uri}\"\nanalysis_fps = 5.0\nstall_timeout_seconds = 2.0\n\
-         reconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n{extra}\n"
-    )
-}
-
 /// Analysed frames per second of a camera over `window`.
 async fn rate(client: &mut Client, id: &str, window: Duration) -> f64 {
     let before = camera(client, id).await.frames_analysed;
@@ -39,8 +32,8 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
     let south = TestCamera::start(&clip);
     let cameras = format!(
         "{}{}",
-        rtsp_camera("north", &north.uri(), ""),
-        rtsp_camera("south", &south.uri(), "")
+        common::rtsp_camera("north", &north.uri(), ""),
+        common::rtsp_camera("south", &south.uri(), "")
     );
     let (node, mut client) = start_camera_node(&cameras).await;
     for id in ["north", "south"] {

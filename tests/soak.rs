@@ -46,11 +46,7 @@ async fn soak() {
     let mut cameras: Vec<TestCamera> = (0..camera_count).map(|_| TestCamera::start(&clip)).collect();
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let camera_config: String = cameras
         .iter()
         .enumerate()

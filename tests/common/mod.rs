@@ -57,6 +57,21 @@ intra_op_threads = 1
     )
 }
 
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// A `[[cameras]]` entry for an RTSP test camera, with short stall and backoff times so that
+/// tests see failures and recoveries within seconds.
+pub fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
+    format!(
+        "[[cameras]]\nid = \"{id}\"\nuri = \"{uri}\"\nanalysis_fps = 5.0\nstall_timeout_seconds = 2.0\n\
+         reconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n{extra}\n"
+    )
+}
+
 pub fn parse_config(text: &str) -> retina_edge::config::Config {
     retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf()).expect("test config parses")
 }
