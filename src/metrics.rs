@@ -109,15 +109,18 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    pub fn observe_inference(&self, detector: &str, embedder: Option<&str>, timings: &Timings) {
-        self.inference_seconds
-            .get_or_create(&vec![("model", detector.to_string())])
-            .observe(timings.detector.as_secs_f64());
-        if let Some(embedder) = embedder {
+    /// The histograms one worker records into, looked up once so that recording a frame
+    /// allocates nothing.
+    pub fn inference_recorder(&self, detector: &str, embedder: Option<&str>) -> InferenceRecorder {
+        let histogram = |model: &str| {
             self.inference_seconds
-                .get_or_create(&vec![("model", embedder.to_string())])
-                .observe(timings.embedder.as_secs_f64());
-            self.embedder_batch_crops.observe(timings.crops as f64);
+                .get_or_create(&vec![("model", model.to_string())])
+                .clone()
+        };
+        InferenceRecorder {
+            detector: histogram(detector),
+            embedder: embedder.map(histogram),
+            crops: self.embedder_batch_crops.clone(),
         }
     }
 
@@ -147,6 +150,22 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|_| Error::Internal("metrics encoding failed".into()))?;
         Ok(text)
+    }
+}
+
+pub struct InferenceRecorder {
+    detector: Histogram,
+    embedder: Option<Histogram>,
+    crops: Histogram,
+}
+
+impl InferenceRecorder {
+    pub fn observe(&self, timings: &Timings) {
+        self.detector.observe(timings.detector.as_secs_f64());
+        if let Some(embedder) = &self.embedder {
+            embedder.observe(timings.embedder.as_secs_f64());
+            self.crops.observe(timings.crops as f64);
+        }
     }
 }
 

@@ -54,10 +54,11 @@ pub fn spawn_workers(
 }
 
 fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<Analysis>, metrics: &Metrics) {
+    let recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
     while let Some((frame, ticket)) = queue.pop() {
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {
-                metrics.observe_inference(analyzer.detector_id(), analyzer.embedder_id(), &timings);
+                recorder.observe(&timings);
                 Ok(detections)
             }
             Err(err) => {

@@ -73,10 +73,19 @@ impl FrameQueue {
             if state.closed {
                 return PushOutcome::Closed;
             }
-            let lane = state.lanes.entry(camera.id.clone()).or_insert_with(|| Lane {
-                frames: VecDeque::with_capacity(self.capacity_per_camera),
-                next_ticket: 0,
-            });
+            // The id is cloned only for a camera's first frame, not for every frame.
+            if !state.lanes.contains_key(&camera.id) {
+                state.lanes.insert(
+                    camera.id.clone(),
+                    Lane {
+                        frames: VecDeque::with_capacity(self.capacity_per_camera),
+                        next_ticket: 0,
+                    },
+                );
+            }
+            let Some(lane) = state.lanes.get_mut(&camera.id) else {
+                return PushOutcome::Closed; // unreachable: the lane was inserted just above
+            };
             if lane.frames.len() < self.capacity_per_camera {
                 lane.frames.push_back(frame);
                 CameraStatus::count(&camera.frames_queued);
