@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::describe::codec::CodecKind;
+use crate::describe::emit::EmissionConfig;
+use crate::describe::track::TrackerConfig;
 use crate::error::{Error, Result};
 
 /// COCO classes a city cares about: people and vehicles.
@@ -18,6 +21,8 @@ pub const DEFAULT_EMBED_CLASSES: [&str; 6] = ["person", "bicycle", "car", "motor
 pub struct Config {
     pub node: NodeConfig,
     pub inference: InferenceConfig,
+    #[serde(default)]
+    pub describe: DescribeConfig,
     #[serde(default)]
     pub deliver: DeliverConfig,
     #[serde(default)]
@@ -94,18 +99,37 @@ pub struct DeliverConfig {
     /// Descriptors a subscriber may fall behind before it loses the oldest ones.
     #[serde(default = "default_subscriber_buffer_frames")]
     pub subscriber_buffer_frames: usize,
-    /// How embeddings are encoded on the wire: "int8" (default) or "f32".
-    #[serde(default)]
-    pub embedding_codec: EmbeddingCodecConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EmbeddingCodecConfig {
-    #[default]
-    Int8,
-    F32,
+/// How detections become descriptors: tracking, what is sent when, and how embeddings are coded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DescribeConfig {
+    /// Wire encoding of appearance embeddings: "f32", "f16", "int8", "pca-int8" or "binary".
+    pub codec: CodecKind,
+    /// pca-int8: dimensions kept; binary: bits. Must be offered by the embedder's projection.
+    pub codec_dimension: Option<usize>,
+    /// Also send every detection of every frame with its embedding (`FrameDescriptor.objects`):
+    /// for evaluation and debugging, at many times the bandwidth.
+    pub send_detections: bool,
+    pub tracker: TrackerConfig,
+    pub emission: EmissionConfig,
 }
+
+impl Default for DescribeConfig {
+    fn default() -> Self {
+        DescribeConfig {
+            codec: CodecKind::PcaInt8,
+            codec_dimension: Some(DEFAULT_CODEC_DIMENSION),
+            send_detections: false,
+            tracker: TrackerConfig::default(),
+            emission: EmissionConfig::default(),
+        }
+    }
+}
+
+/// Dimensions of the default pca-int8 codec; chosen from `make eval-descriptors` (README).
+pub const DEFAULT_CODEC_DIMENSION: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -298,7 +322,6 @@ impl Default for DeliverConfig {
         DeliverConfig {
             replay_frames: default_replay_frames(),
             subscriber_buffer_frames: default_subscriber_buffer_frames(),
-            embedding_codec: EmbeddingCodecConfig::default(),
         }
     }
 }
@@ -350,6 +373,21 @@ impl Config {
             && !(0.0..=1.0).contains(&t)
         {
             return Err(format!("inference.score_threshold = {t} (expected 0..=1)"));
+        }
+        let describe = &self.describe;
+        describe
+            .tracker
+            .validate()
+            .map_err(|e| format!("describe.tracker: {e}"))?;
+        describe
+            .emission
+            .validate()
+            .map_err(|e| format!("describe.emission: {e}"))?;
+        if describe.codec.is_projected() && describe.codec_dimension.is_none() {
+            return Err(format!(
+                "describe.codec = {:?} needs describe.codec_dimension",
+                describe.codec.name()
+            ));
         }
         if self.deliver.subscriber_buffer_frames == 0 {
             return Err("deliver.subscriber_buffer_frames must be at least 1".into());
@@ -472,7 +510,8 @@ mod tests {
         assert_eq!(config.inference.embed_classes.len(), 6);
         assert_eq!(config.cameras[0].analysis_fps, 5.0);
         assert!(config.cameras[0].realtime && config.cameras[0].enabled);
-        assert_eq!(config.deliver.embedding_codec, EmbeddingCodecConfig::Int8);
+        assert_eq!(config.describe.codec, CodecKind::PcaInt8);
+        assert_eq!(config.describe.tracker, TrackerConfig::default());
         assert_eq!(
             config.resolve(Path::new("models/d.toml")),
             PathBuf::from("/etc/retina/models/d.toml")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use retina_edge::config::Config;
-use retina_edge::deliver::client::{self, SubscribeOptions};
+use retina_edge::deliver::client::{self, Output, SubscribeOptions};
 use retina_edge::node::{self, Node};
 use retina_edge::pb;
 
@@ -34,13 +34,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Subscribe to a node and print the descriptors it streams.
+    /// Subscribe to a node and print what it streams: one line per track event by default.
     Subscribe {
         /// The node's gRPC address.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
-        /// One JSON object per frame on stdout (embeddings decoded to vectors).
-        #[arg(long)]
+        /// Print every descriptor: its tracks, events and any detections.
+        #[arg(long, conflicts_with_all = ["json", "quiet"])]
+        frames: bool,
+        /// One JSON object per descriptor on stdout (embeddings decoded to vectors).
+        #[arg(long, conflicts_with = "quiet")]
         json: bool,
         /// Print only the summary at the end.
         #[arg(long)]
@@ -53,13 +56,16 @@ enum Command {
         classes: Vec<String>,
         #[arg(long, default_value_t = 0.0)]
         min_score: f32,
-        /// Also print frames with no matching object.
+        /// Also receive frames with no matching track or event.
         #[arg(long)]
         include_empty: bool,
+        /// Ask for the context fields in every descriptor (see the proto).
+        #[arg(long)]
+        full_context: bool,
         /// Start with what the node still buffers instead of live.
         #[arg(long)]
         from_buffer: bool,
-        /// Stop after this many frames.
+        /// Stop after this many descriptors.
         #[arg(long)]
         max_frames: Option<u64>,
         /// Keep retrying the connection this many seconds while the node starts.
@@ -114,12 +120,14 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Subscribe {
             addr,
+            frames,
             json,
             quiet,
             cameras,
             classes,
             min_score,
             include_empty,
+            full_context,
             from_buffer,
             max_frames,
             connect_timeout_seconds,
@@ -140,9 +148,14 @@ fn main() -> ExitCode {
                     include_empty_frames: include_empty,
                     start: start as i32,
                     subscriber_name: name,
+                    full_context,
                 },
-                json,
-                quiet,
+                output: match (frames, json, quiet) {
+                    (true, _, _) => Output::Frames,
+                    (_, true, _) => Output::Json,
+                    (_, _, true) => Output::Quiet,
+                    _ => Output::Events,
+                },
                 connect_timeout: Duration::from_secs(connect_timeout_seconds),
                 max_frames,
                 compare_video,

@@ -16,9 +16,11 @@ use std::time::Duration;
 use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
-use crate::config::{Config, EmbeddingCodecConfig};
+use crate::config::Config;
 use crate::deliver::{Hub, NodeFacts};
-use crate::describe::Describer;
+use crate::describe::codec::Encoder;
+use crate::describe::projection::Projection;
+use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri};
@@ -31,6 +33,8 @@ pub struct Models {
     pub env: &'static ort::environment::Environment,
     pub detector: ModelFile,
     pub embedder: Option<ModelFile>,
+    /// The embedder's projection for the compact codecs, if its manifest names one.
+    pub projection: Option<Arc<Projection>>,
     pub options: SessionOptions,
 }
 
@@ -61,11 +65,35 @@ impl Models {
                 ),
             });
         }
+        let projection = match &embedder {
+            Some(embedder) => load_projection(&embedder.manifest)?,
+            None => None,
+        };
         Ok(Models {
             env,
             detector,
             embedder,
+            projection,
             options,
+        })
+    }
+
+    /// The embedding encoder the config asks for, checked against the models.
+    pub fn encoder(&self, config: &Config) -> Result<Encoder> {
+        let describe = &config.describe;
+        if describe.codec.is_projected() && self.projection.is_none() {
+            let embedder = self.embedder.as_ref().map_or("none".into(), |e| e.card.id.clone());
+            return Err(Error::Config {
+                path: config.origin.clone(),
+                message: format!(
+                    "describe.codec = {:?} needs a projection, and the embedder ({embedder}) has none in its manifest",
+                    describe.codec.name()
+                ),
+            });
+        }
+        Encoder::new(describe.codec, describe.codec_dimension, self.projection.clone()).map_err(|e| Error::Config {
+            path: config.origin.clone(),
+            message: format!("describe: {e}"),
         })
     }
 
@@ -79,6 +107,33 @@ impl Models {
             self.options,
         )
     }
+}
+
+fn load_projection(manifest: &Manifest) -> Result<Option<Arc<Projection>>> {
+    let (Some(spec), Some(path)) = (&manifest.projection, manifest.projection_path()) else {
+        return Ok(None);
+    };
+    let projection = Projection::load(&path, spec.id.clone())?;
+    let dimension = match &manifest.decoder {
+        crate::infer::manifest::DecoderSpec::Embedding { dimension, .. } => *dimension,
+        other => {
+            return Err(Error::Manifest {
+                path: manifest.path.clone(),
+                message: format!("a projection needs an embedding decoder, not {}", other.kind()),
+            });
+        }
+    };
+    if projection.input_dimension() != dimension {
+        return Err(Error::Manifest {
+            path: manifest.path.clone(),
+            message: format!(
+                "projection {} expects {}-d embeddings, the model outputs {dimension}",
+                path.display(),
+                projection.input_dimension()
+            ),
+        });
+    }
+    Ok(Some(Arc::new(projection)))
 }
 
 /// Everything `retina-edge check` verifies, all of it, so that one run lists every problem.
@@ -106,6 +161,20 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
                     "model {}@{}: decoder {}, input {:?}, sha256 {}",
                     card.id, card.version, card.decoder, card.input_shape, card.sha256
                 ));
+            }
+            if let Some(p) = &models.projection {
+                facts.push(format!(
+                    "projection {}: {} -> up to {} dimensions, binary codes of {:?} bits, sha256 {}",
+                    p.id(),
+                    p.input_dimension(),
+                    p.max_dimension(),
+                    p.binary_sizes(),
+                    p.sha256()
+                ));
+            }
+            match models.encoder(config) {
+                Ok(encoder) => facts.push(format!("embedding codec: {encoder}")),
+                Err(e) => problems.push(e),
             }
         }
         Err(e) => problems.push(e),
@@ -178,18 +247,17 @@ impl Node {
             id: m.card.id.clone(),
             version: m.card.version.clone(),
         };
-        let codec = match config.deliver.embedding_codec {
-            EmbeddingCodecConfig::Int8 => pb::EmbeddingCodec::Int8,
-            EmbeddingCodecConfig::F32 => pb::EmbeddingCodec::F32,
-        };
         let class_names = models.detector.card.class_names.clone();
         let describer = Describer::new(
-            config.node.id.clone(),
-            run_id,
-            model_ref(&models.detector),
-            models.embedder.as_ref().map(model_ref),
-            class_names.clone(),
-            codec,
+            Origin {
+                node_id: config.node.id.clone(),
+                node_run_id: run_id,
+                detector: model_ref(&models.detector),
+                embedder: models.embedder.as_ref().map(model_ref),
+                class_names: class_names.clone(),
+            },
+            models.encoder(&config)?,
+            config.describe.clone(),
         );
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
         let workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
@@ -201,9 +269,9 @@ impl Node {
                 .map_err(|e| Error::io("starting describe thread", e))?
         };
 
-        let mut models_info = vec![("detector".to_string(), models.detector.card.clone())];
+        let mut models_info = vec![("detector".to_string(), models.detector.card.clone(), None)];
         if let Some(embedder) = &models.embedder {
-            models_info.push(("embedder".to_string(), embedder.card.clone()));
+            models_info.push(("embedder".to_string(), embedder.card.clone(), models.projection.clone()));
         }
         let facts = Arc::new(NodeFacts {
             node_id: config.node.id.clone(),

@@ -1,5 +1,7 @@
-//! A small central-side client: subscribes to a node and prints what arrives, for a person
-//! (one block per frame) or a program (`--json`, one line per frame), then a summary.
+//! A small central-side client: subscribes to a node, decodes what arrives (every codec back to
+//! vectors, quantised boxes back to coordinates, elided context carried forward) and prints it:
+//! for a person one line per track event (or one block per frame with `--frames`), for a program
+//! one JSON object per descriptor (`--json`); then a summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -10,18 +12,29 @@ use prost::Message;
 use serde_json::json;
 
 use crate::describe::codec;
+use crate::describe::emit::{decode_box_q16, decode_point_q16};
 use crate::pb::{self, retina_client::RetinaClient};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// One line per track event.
+    Events,
+    /// One block per descriptor: tracks, events and any detections.
+    Frames,
+    /// One JSON object per descriptor.
+    Json,
+    /// Only the summary.
+    Quiet,
+}
 
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     pub addr: String,
     pub request: pb::SubscribeRequest,
-    pub json: bool,
-    /// Print only the summary.
-    pub quiet: bool,
+    pub output: Output,
     /// Keep retrying the first connection this long (the node may still be starting).
     pub connect_timeout: Duration,
-    /// Stop after this many frames.
+    /// Stop after this many descriptors.
     pub max_frames: Option<u64>,
     /// A video file whose size the summary compares the descriptor bytes with.
     pub compare_video: Option<PathBuf>,
@@ -30,37 +43,109 @@ pub struct SubscribeOptions {
 /// What the client saw, for the summary (and for tests).
 #[derive(Debug, Default)]
 pub struct Summary {
-    pub frames: u64,
-    pub objects_per_class: BTreeMap<String, u64>,
-    pub embeddings: u64,
+    pub descriptors: u64,
     pub descriptor_bytes: u64,
-    pub embedding_bytes: u64,
+    /// Track events by kind name ("confirmed", "better view", ...).
+    pub events: BTreeMap<&'static str, u64>,
+    /// Confirmed tracks by class name.
+    pub tracks_per_class: BTreeMap<String, u64>,
+    /// Track records (one per visible track per frame).
+    pub track_records: u64,
+    /// Detections (only sent by nodes configured to send them).
+    pub objects: u64,
+    /// Appearance vectors received and decoded, and their encoded bytes.
+    pub appearances: u64,
+    pub appearance_bytes: u64,
+    /// Vectors that could not be decoded (an unknown codec or a malformed message).
+    pub undecodable: u64,
     /// Per camera: (first sequence, last sequence, gaps seen).
     pub sequences: BTreeMap<String, (u64, u64, u64)>,
     /// Capture-time span per camera, seconds.
     pub capture_span_seconds: BTreeMap<String, f64>,
 }
 
+/// Carries each camera's context fields forward and names classes.
+#[derive(Default)]
+pub struct Decoder {
+    class_names: Vec<String>,
+    context: HashMap<String, pb::FrameDescriptor>,
+}
+
+impl Decoder {
+    pub fn new(class_names: Vec<String>) -> Self {
+        Decoder {
+            class_names,
+            context: HashMap::new(),
+        }
+    }
+
+    /// Fills in the context fields the node left out because they had not changed.
+    pub fn restore_context(&mut self, d: &mut pb::FrameDescriptor) {
+        if d.detector.is_some() {
+            let context = pb::FrameDescriptor {
+                node_id: d.node_id.clone(),
+                node_run_id: d.node_run_id,
+                frame_width: d.frame_width,
+                frame_height: d.frame_height,
+                detector: d.detector.clone(),
+                embedder: d.embedder.clone(),
+                camera_position: d.camera_position.clone(),
+                ..pb::FrameDescriptor::default()
+            };
+            self.context.insert(d.camera_id.clone(), context);
+        } else if let Some(c) = self.context.get(&d.camera_id) {
+            d.node_id.clone_from(&c.node_id);
+            d.node_run_id = c.node_run_id;
+            d.frame_width = c.frame_width;
+            d.frame_height = c.frame_height;
+            d.detector.clone_from(&c.detector);
+            d.embedder.clone_from(&c.embedder);
+            d.camera_position.clone_from(&c.camera_position);
+        }
+    }
+
+    pub fn class_name(&self, class_id: u32) -> String {
+        self.class_names
+            .get(class_id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class_id}"))
+    }
+}
+
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     let mut client = connect(&options.addr, options.connect_timeout).await?;
+    let info = client.get_node_info(pb::GetNodeInfoRequest {}).await?.into_inner();
+    let class_names = info
+        .models
+        .iter()
+        .find(|m| m.role == "detector")
+        .map(|m| m.class_names.clone())
+        .unwrap_or_default();
+    let mut decoder = Decoder::new(class_names);
     let mut stream = client.subscribe(options.request.clone()).await?.into_inner();
     let mut summary = Summary::default();
     let mut first_capture: HashMap<String, i64> = HashMap::new();
     let started = Instant::now();
     let stdout = std::io::stdout();
-    while let Some(descriptor) = stream.message().await? {
+    while let Some(mut descriptor) = stream.message().await? {
+        summary.record(&descriptor, &decoder, &mut first_capture);
+        decoder.restore_context(&mut descriptor);
         let mut out = stdout.lock();
-        if options.json {
-            writeln!(out, "{}", to_json(&descriptor))?;
-        } else if !options.quiet {
-            write!(out, "{}", to_text(&descriptor))?;
+        match options.output {
+            Output::Events => {
+                for event in &descriptor.track_events {
+                    writeln!(out, "{}", event_line(&descriptor, event, &decoder))?;
+                }
+            }
+            Output::Frames => write!(out, "{}", to_text(&descriptor, &decoder))?,
+            Output::Json => writeln!(out, "{}", to_json(&descriptor, &decoder))?,
+            Output::Quiet => {}
         }
-        summary.record(&descriptor, &mut first_capture);
-        if options.max_frames.is_some_and(|max| summary.frames >= max) {
+        if options.max_frames.is_some_and(|max| summary.descriptors >= max) {
             break;
         }
     }
-    if !options.json {
+    if options.output != Output::Json {
         print!(
             "{}",
             summary.render(started.elapsed(), options.compare_video.as_deref())
@@ -85,15 +170,50 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<RetinaClient<t
     }
 }
 
+fn event_kind_name(kind: i32) -> &'static str {
+    match pb::TrackEventKind::try_from(kind) {
+        Ok(pb::TrackEventKind::Confirmed) => "confirmed",
+        Ok(pb::TrackEventKind::BetterView) => "better view",
+        Ok(pb::TrackEventKind::AppearanceChanged) => "appearance changed",
+        Ok(pb::TrackEventKind::Ended) => "ended",
+        _ => "unknown event",
+    }
+}
+
+fn end_reason_name(reason: i32) -> &'static str {
+    match pb::TrackEndReason::try_from(reason) {
+        Ok(pb::TrackEndReason::Lost) => "lost",
+        Ok(pb::TrackEndReason::ClockStep) => "clock step",
+        Ok(pb::TrackEndReason::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
 impl Summary {
-    fn record(&mut self, d: &pb::FrameDescriptor, first_capture: &mut HashMap<String, i64>) {
-        self.frames += 1;
+    fn record(&mut self, d: &pb::FrameDescriptor, decoder: &Decoder, first_capture: &mut HashMap<String, i64>) {
+        self.descriptors += 1;
         self.descriptor_bytes += d.encoded_len() as u64;
-        for o in &d.objects {
-            *self.objects_per_class.entry(o.class_name.clone()).or_default() += 1;
-            if let Some(e) = &o.embedding {
-                self.embeddings += 1;
-                self.embedding_bytes += e.data.len() as u64;
+        self.track_records += d.tracks.len() as u64;
+        self.objects += d.objects.len() as u64;
+        let appearances = d
+            .track_events
+            .iter()
+            .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
+            .chain(d.objects.iter().filter_map(|o| o.embedding.as_ref()));
+        for e in appearances {
+            self.appearances += 1;
+            self.appearance_bytes += e.encoded_len() as u64;
+            if codec::decode(e).is_err() {
+                self.undecodable += 1;
+            }
+        }
+        for event in &d.track_events {
+            *self.events.entry(event_kind_name(event.kind)).or_default() += 1;
+            if event.kind == pb::TrackEventKind::Confirmed as i32 {
+                *self
+                    .tracks_per_class
+                    .entry(decoder.class_name(event.class_id))
+                    .or_default() += 1;
             }
         }
         let entry = self
@@ -104,20 +224,18 @@ impl Summary {
             entry.2 += d.sequence - entry.1 - 1;
         }
         entry.1 = entry.1.max(d.sequence);
-        let t = d
-            .capture_time
-            .map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+        let t = nanos(d.capture_time);
         let first = *first_capture.entry(d.camera_id.clone()).or_insert(t);
-        self.capture_span_seconds
-            .insert(d.camera_id.clone(), (t - first) as f64 / 1e9);
+        let span = self.capture_span_seconds.entry(d.camera_id.clone()).or_default();
+        *span = span.max((t - first) as f64 / 1e9);
     }
 
     pub fn render(&self, elapsed: Duration, compare_video: Option<&std::path::Path>) -> String {
         let mut s = String::new();
         s += "\n── summary ─────────────────────────────────────────────\n";
         s += &format!(
-            "frames received      {} in {:.1} s\n",
-            self.frames,
+            "descriptors received {} in {:.1} s\n",
+            self.descriptors,
             elapsed.as_secs_f64()
         );
         for (camera, (first, last, gaps)) in &self.sequences {
@@ -126,27 +244,37 @@ impl Summary {
                 "  camera {camera:<12} sequences {first}..={last}, {gaps} missing, {span:.1} s of capture time\n"
             );
         }
-        let objects: u64 = self.objects_per_class.values().sum();
-        s += &format!("objects              {objects}\n");
-        let mut classes: Vec<_> = self.objects_per_class.iter().collect();
+        let tracks: u64 = self.tracks_per_class.values().sum();
+        s += &format!("tracks confirmed     {tracks}\n");
+        let mut classes: Vec<_> = self.tracks_per_class.iter().collect();
         classes.sort_by(|a, b| b.1.cmp(a.1));
         for (class, n) in classes {
             s += &format!("  {class:<18} {n}\n");
         }
+        let events: Vec<String> = self.events.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        s += &format!("track events         {}\n", events.join(", "));
         s += &format!(
-            "embeddings           {} ({} bytes of vector data)\n",
-            self.embeddings, self.embedding_bytes
+            "track records        {} (one per visible track per frame)\n",
+            self.track_records
         );
+        if self.objects > 0 {
+            s += &format!("detections           {}\n", self.objects);
+        }
         s += &format!(
-            "descriptor bytes     {} ({:.0} per frame, protobuf as sent)\n",
+            "appearance vectors   {} ({} bytes encoded, {} undecodable)\n",
+            self.appearances, self.appearance_bytes, self.undecodable
+        );
+        let seconds: f64 = self.capture_span_seconds.values().sum();
+        s += &format!(
+            "descriptor bytes     {} (protobuf as sent; {:.0} bytes per camera-second)\n",
             self.descriptor_bytes,
-            self.descriptor_bytes as f64 / self.frames.max(1) as f64
+            self.descriptor_bytes as f64 / seconds.max(f64::EPSILON)
         );
         if let Some(video) = compare_video {
             match std::fs::metadata(video) {
                 Ok(meta) => {
                     s += &format!(
-                        "video bytes          {} ({})\ndescriptors / video  {:.1} %\n",
+                        "video bytes          {} ({})\ndescriptors / video  {:.2} %\n",
                         meta.len(),
                         video.display(),
                         100.0 * self.descriptor_bytes as f64 / meta.len().max(1) as f64
@@ -157,6 +285,14 @@ impl Summary {
         }
         s
     }
+}
+
+fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.nanos))
+    })
 }
 
 fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
@@ -174,33 +310,145 @@ fn time_source_name(source: i32) -> &'static str {
     }
 }
 
-pub fn to_text(d: &pb::FrameDescriptor) -> String {
+/// A track id for people: the camera's track number, without the node-epoch bits.
+fn short_track_id(track_id: u64) -> u64 {
+    track_id & 0xFF_FFFF
+}
+
+fn box_text(b: [f32; 4]) -> String {
+    format!("x {:.3}-{:.3} y {:.3}-{:.3}", b[0], b[2], b[1], b[3])
+}
+
+fn embedding_text(e: Option<&pb::Embedding>) -> String {
+    match e {
+        Some(e) => format!("{} x{} ({} B)", codec::codec_name(e.codec), e.dimension, e.data.len()),
+        None => "-".into(),
+    }
+}
+
+/// One line per track event.
+pub fn event_line(d: &pb::FrameDescriptor, e: &pb::TrackEvent, decoder: &Decoder) -> String {
     let mut s = format!(
-        "{} #{:<5} {} ({})  {}x{}  {} object{}\n",
+        "{} {} track {:<5} {:<10} {:<18}",
+        d.camera_id,
+        rfc3339(d.capture_time),
+        short_track_id(e.track_id),
+        decoder.class_name(e.class_id),
+        event_kind_name(e.kind),
+    );
+    if let Some(summary) = &e.summary {
+        let seconds = (nanos(summary.last_seen) - nanos(summary.first_seen)) as f64 / 1e9;
+        s += &format!(
+            " {seconds:.1} s, {} frames, {} trajectory points, {};",
+            summary.frames_seen,
+            summary.trajectory_points.len(),
+            end_reason_name(summary.end_reason)
+        );
+    }
+    if let Some(view) = &e.view {
+        let best = if e.summary.is_some() { "best view " } else { "" };
+        s += &format!(
+            " {best}score {:.2} box {} appearance {}",
+            view.score_q8 as f32 / 255.0,
+            box_text(decode_box_q16(view.box_q16)),
+            embedding_text(view.appearance.as_ref())
+        );
+    }
+    s
+}
+
+pub fn to_text(d: &pb::FrameDescriptor, decoder: &Decoder) -> String {
+    let mut s = format!(
+        "{} #{:<5} {} ({})  {}x{}  {} track{}, {} event{}\n",
         d.camera_id,
         d.sequence,
         rfc3339(d.capture_time),
         time_source_name(d.time_source),
         d.frame_width,
         d.frame_height,
-        d.objects.len(),
-        if d.objects.len() == 1 { "" } else { "s" }
+        d.tracks.len(),
+        if d.tracks.len() == 1 { "" } else { "s" },
+        d.track_events.len(),
+        if d.track_events.len() == 1 { "" } else { "s" },
     );
+    for t in &d.tracks {
+        s += &format!(
+            "    track {:<5} {:<12} {:.2}  box {}\n",
+            short_track_id(t.track_id),
+            decoder.class_name(t.class_id),
+            t.score_q8 as f32 / 255.0,
+            box_text(decode_box_q16(t.box_q16))
+        );
+    }
+    for e in &d.track_events {
+        s += &format!("    event {}\n", event_line(d, e, decoder));
+    }
     for o in &d.objects {
         let b = o.r#box.unwrap_or_default();
-        let embedding = match &o.embedding {
-            Some(e) => format!("{} x{} ({} B)", codec::codec_name(e.codec), e.dimension, e.data.len()),
-            None => "-".into(),
-        };
         s += &format!(
-            "    {:<12} {:.2}  box x {:.3}-{:.3} y {:.3}-{:.3}  embedding {embedding}\n",
-            o.class_name, o.score, b.x_min, b.x_max, b.y_min, b.y_max
+            "    detection {:<12} {:.2}  box {}  track {}  embedding {}\n",
+            o.class_name,
+            o.score,
+            box_text([b.x_min, b.y_min, b.x_max, b.y_max]),
+            short_track_id(o.track_id),
+            embedding_text(o.embedding.as_ref())
         );
     }
     s
 }
 
-pub fn to_json(d: &pb::FrameDescriptor) -> serde_json::Value {
+fn embedding_json(e: &pb::Embedding) -> serde_json::Value {
+    json!({
+        "codec": codec::codec_name(e.codec),
+        "dimension": e.dimension,
+        "projection_id": e.projection_id,
+        "bytes": e.data.len(),
+        "vector": codec::decode(e).ok(),
+    })
+}
+
+pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value {
+    let view_json = |v: &pb::TrackView| {
+        json!({
+            "capture_time": rfc3339(v.capture_time),
+            "score": v.score_q8 as f32 / 255.0,
+            "box": decode_box_q16(v.box_q16),
+            "appearance": v.appearance.as_ref().map(embedding_json),
+        })
+    };
+    let tracks: Vec<_> = d
+        .tracks
+        .iter()
+        .map(|t| {
+            json!({
+                "track_id": t.track_id,
+                "class_name": decoder.class_name(t.class_id),
+                "score": t.score_q8 as f32 / 255.0,
+                "box": decode_box_q16(t.box_q16),
+            })
+        })
+        .collect();
+    let events: Vec<_> = d
+        .track_events
+        .iter()
+        .map(|e| {
+            json!({
+                "track_id": e.track_id,
+                "class_name": decoder.class_name(e.class_id),
+                "kind": event_kind_name(e.kind),
+                "view": e.view.as_ref().map(view_json),
+                "summary": e.summary.as_ref().map(|s| json!({
+                    "first_seen": rfc3339(s.first_seen),
+                    "last_seen": rfc3339(s.last_seen),
+                    "frames_seen": s.frames_seen,
+                    "end_reason": end_reason_name(s.end_reason),
+                    "trajectory": s.trajectory_offsets_ms.iter().zip(&s.trajectory_points)
+                        .map(|(ms, p)| json!({"offset_ms": ms, "point": decode_point_q16(*p)}))
+                        .collect::<Vec<_>>(),
+                })),
+            })
+        })
+        .collect();
     let objects: Vec<_> = d
         .objects
         .iter()
@@ -211,12 +459,8 @@ pub fn to_json(d: &pb::FrameDescriptor) -> serde_json::Value {
                 "class_name": o.class_name,
                 "score": o.score,
                 "box": [b.x_min, b.y_min, b.x_max, b.y_max],
-                "embedding": o.embedding.as_ref().map(|e| json!({
-                    "codec": codec::codec_name(e.codec),
-                    "dimension": e.dimension,
-                    "bytes": e.data.len(),
-                    "vector": codec::decode(e).ok(),
-                })),
+                "track_id": o.track_id,
+                "embedding": o.embedding.as_ref().map(embedding_json),
             })
         })
         .collect();
@@ -230,6 +474,8 @@ pub fn to_json(d: &pb::FrameDescriptor) -> serde_json::Value {
         "frame": [d.frame_width, d.frame_height],
         "detector": d.detector.as_ref().map(|m| format!("{}@{}", m.id, m.version)),
         "embedder": d.embedder.as_ref().map(|m| format!("{}@{}", m.id, m.version)),
+        "tracks": tracks,
+        "track_events": events,
         "objects": objects,
     })
 }

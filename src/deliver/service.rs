@@ -1,7 +1,7 @@
 //! The gRPC service `retina.v1.Retina`, with the standard health service and server reflection
 //! beside it so that `grpcurl` and load balancers work without the .proto.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 use super::hub::Hub;
 use crate::clock::{UnixNanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig};
+use crate::describe::emit::score_q8;
+use crate::describe::projection::Projection;
 use crate::error::Result;
 use crate::infer::ModelCard;
 use crate::ingest::{CameraChange, CameraManager, CameraStatus, Cameras};
@@ -32,8 +34,8 @@ pub struct NodeFacts {
     pub run_id: u64,
     pub started_at: UnixNanos,
     pub cameras: Cameras,
-    /// (role, model)
-    pub models: Vec<(String, ModelCard)>,
+    /// (role, model, its projection)
+    pub models: Vec<(String, ModelCard, Option<Arc<Projection>>)>,
     /// Detector class names, to validate subscription filters.
     pub class_names: Vec<String>,
 }
@@ -49,8 +51,10 @@ pub struct RetinaService {
 struct Filter {
     cameras: HashSet<String>,
     classes: HashSet<String>,
+    class_ids: HashSet<u32>,
     min_score: f32,
     include_empty_frames: bool,
+    full_context: bool,
 }
 
 impl Filter {
@@ -61,11 +65,15 @@ impl Filter {
                 request.min_score
             )));
         }
-        if let Some(unknown) = request.class_names.iter().find(|c| !facts.class_names.contains(c)) {
-            return Err(Status::invalid_argument(format!(
-                "unknown class {unknown:?}; the detector's classes are: {}",
-                facts.class_names.join(", ")
-            )));
+        let mut class_ids = HashSet::new();
+        for class in &request.class_names {
+            let Some(id) = facts.class_names.iter().position(|c| c == class) else {
+                return Err(Status::invalid_argument(format!(
+                    "unknown class {class:?}; the detector's classes are: {}",
+                    facts.class_names.join(", ")
+                )));
+            };
+            class_ids.insert(id as u32);
         }
         let known: HashSet<String> = facts
             .cameras
@@ -85,34 +93,78 @@ impl Filter {
         Ok(Filter {
             cameras: request.camera_ids.iter().cloned().collect(),
             classes: request.class_names.iter().cloned().collect(),
+            class_ids,
             min_score: request.min_score,
             include_empty_frames: request.include_empty_frames,
+            full_context: request.full_context,
         })
     }
 
-    /// The descriptor as this subscriber should see it, or `None` to skip it.
+    /// The descriptor as this subscriber should see it, or `None` to skip it. Scores filter what
+    /// is seen in the frame (objects, tracks); classes filter that and the track events.
     fn apply(&self, descriptor: &pb::FrameDescriptor) -> Option<pb::FrameDescriptor> {
         if !self.cameras.is_empty() && !self.cameras.contains(&descriptor.camera_id) {
             return None;
         }
-        let keep = |o: &pb::DetectedObject| {
+        let min_score_q8 = score_q8(self.min_score);
+        let keep_object = |o: &pb::DetectedObject| {
             o.score >= self.min_score && (self.classes.is_empty() || self.classes.contains(&o.class_name))
         };
-        let all_kept = descriptor.objects.iter().all(keep);
-        if all_kept {
-            return (self.include_empty_frames || !descriptor.objects.is_empty()).then(|| descriptor.clone());
-        }
-        let objects: Vec<_> = descriptor.objects.iter().filter(|o| keep(o)).cloned().collect();
-        if objects.is_empty() && !self.include_empty_frames {
+        let keep_class = |class_id: u32| self.class_ids.is_empty() || self.class_ids.contains(&class_id);
+        let keep_track = |t: &pb::TrackedObject| t.score_q8 >= min_score_q8 && keep_class(t.class_id);
+        let keep_event = |e: &pb::TrackEvent| keep_class(e.class_id);
+        let mut kept = descriptor.clone();
+        kept.objects.retain(keep_object);
+        kept.tracks.retain(keep_track);
+        kept.track_events.retain(keep_event);
+        let empty = kept.objects.is_empty() && kept.tracks.is_empty() && kept.track_events.is_empty();
+        if empty && !self.include_empty_frames {
             return None;
         }
-        Some(pb::FrameDescriptor {
-            objects,
-            ..pb::FrameDescriptor {
-                objects: Vec::new(),
-                ..descriptor.clone()
-            }
-        })
+        Some(kept)
+    }
+}
+
+/// The context fields of the descriptors a subscriber was last sent, per camera, so that they are
+/// sent only when they change (see `FrameDescriptor` in the proto).
+#[derive(Default)]
+struct SentContext {
+    per_camera: HashMap<String, pb::FrameDescriptor>,
+}
+
+impl SentContext {
+    fn elide(&mut self, descriptor: &mut pb::FrameDescriptor) {
+        let context = |d: &pb::FrameDescriptor| pb::FrameDescriptor {
+            node_id: d.node_id.clone(),
+            node_run_id: d.node_run_id,
+            frame_width: d.frame_width,
+            frame_height: d.frame_height,
+            detector: d.detector.clone(),
+            embedder: d.embedder.clone(),
+            camera_position: d.camera_position.clone(),
+            ..pb::FrameDescriptor::default()
+        };
+        let unchanged = self.per_camera.get(&descriptor.camera_id).is_some_and(|sent| {
+            sent.node_id == descriptor.node_id
+                && sent.node_run_id == descriptor.node_run_id
+                && sent.frame_width == descriptor.frame_width
+                && sent.frame_height == descriptor.frame_height
+                && sent.detector == descriptor.detector
+                && sent.embedder == descriptor.embedder
+                && sent.camera_position == descriptor.camera_position
+        });
+        if unchanged {
+            descriptor.node_id.clear();
+            descriptor.node_run_id = 0;
+            descriptor.frame_width = 0;
+            descriptor.frame_height = 0;
+            descriptor.detector = None;
+            descriptor.embedder = None;
+            descriptor.camera_position = None;
+        } else {
+            self.per_camera
+                .insert(descriptor.camera_id.clone(), context(descriptor));
+        }
     }
 }
 
@@ -165,7 +217,7 @@ impl Retina for RetinaService {
         let models = facts
             .models
             .iter()
-            .map(|(role, card)| pb::ModelInfo {
+            .map(|(role, card, projection)| pb::ModelInfo {
                 role: role.clone(),
                 id: card.id.clone(),
                 version: card.version.clone(),
@@ -173,6 +225,8 @@ impl Retina for RetinaService {
                 sha256: card.sha256.clone(),
                 input_shape: card.input_shape.clone(),
                 class_names: card.class_names.clone(),
+                projection_id: projection.as_ref().map(|p| p.id().to_string()).unwrap_or_default(),
+                projection_sha256: projection.as_ref().map(|p| p.sha256().to_string()).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::NodeInfo {
@@ -273,8 +327,16 @@ async fn forward(
     tx: &mpsc::Sender<Result<pb::FrameDescriptor, Status>>,
     metrics: &Metrics,
 ) {
+    let mut context = SentContext::default();
+    let mut prepare = |descriptor: &pb::FrameDescriptor| {
+        let mut message = filter.apply(descriptor)?;
+        if !filter.full_context {
+            context.elide(&mut message);
+        }
+        Some(message)
+    };
     for descriptor in replay {
-        if let Some(message) = filter.apply(&descriptor) {
+        if let Some(message) = prepare(&descriptor) {
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
@@ -290,7 +352,7 @@ async fn forward(
         };
         match received {
             Ok(descriptor) => {
-                if let Some(message) = filter.apply(&descriptor) {
+                if let Some(message) = prepare(&descriptor) {
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }

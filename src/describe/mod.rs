@@ -1,15 +1,21 @@
 //! Describe: analysis results become compact descriptors. Results of one camera are put back in
-//! capture order (workers finish out of order), numbered, normalised to the frame, and their
-//! embeddings encoded with the configured codec.
+//! capture order (workers finish out of order) and numbered; each camera's detections are tracked
+//! ([`track`]), and the emission policy ([`emit`]) decides what of the tracks is sent, with
+//! embeddings encoded by the configured codec ([`codec`]).
 
 pub mod codec;
+pub mod emit;
+pub mod projection;
 pub mod track;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::mpsc;
 
+use self::codec::Encoder;
+use self::emit::{Emission, Emitter};
+use self::track::Tracker;
 use crate::clock::to_timestamp;
+use crate::config::DescribeConfig;
 use crate::infer::{Analysis, Detection};
 use crate::ingest::CameraStatus;
 use crate::metrics::Metrics;
@@ -19,46 +25,46 @@ use crate::pb;
 /// stop waiting for it rather than stall the camera.
 const MAX_REORDER: usize = 64;
 
-pub struct Describer {
+/// What every descriptor of the node says about where it comes from.
+pub struct Origin {
     pub node_id: String,
     pub node_run_id: u64,
     pub detector: pb::ModelRef,
     pub embedder: Option<pb::ModelRef>,
     pub class_names: Vec<String>,
-    pub codec: pb::EmbeddingCodec,
-    cameras: HashMap<String, CameraOrder>,
 }
 
-#[derive(Default)]
-struct CameraOrder {
+pub struct Describer {
+    origin: Origin,
+    encoder: Encoder,
+    config: DescribeConfig,
+    cameras: HashMap<String, CameraState>,
+}
+
+struct CameraState {
     /// `CameraStatus::instance` whose tickets these are.
     instance: u64,
     next_ticket: u64,
     next_sequence: u64,
     waiting: BTreeMap<u64, Analysis>,
+    tracker: Tracker,
+    emitter: Emitter,
+    /// The last frame described, for the descriptor that ends the camera's tracks.
+    last_frame: Option<Analysis>,
 }
 
 impl Describer {
-    pub fn new(
-        node_id: String,
-        node_run_id: u64,
-        detector: pb::ModelRef,
-        embedder: Option<pb::ModelRef>,
-        class_names: Vec<String>,
-        codec: pb::EmbeddingCodec,
-    ) -> Self {
+    pub fn new(origin: Origin, encoder: Encoder, config: DescribeConfig) -> Self {
         Describer {
-            node_id,
-            node_run_id,
-            detector,
-            embedder,
-            class_names,
-            codec,
+            origin,
+            encoder,
+            config,
             cameras: HashMap::new(),
         }
     }
 
-    /// Consumes results until every worker is gone, publishing each descriptor in order.
+    /// Consumes results until every worker is gone, publishing each descriptor in order; then
+    /// ends every camera's tracks.
     pub fn run(
         mut self,
         results: mpsc::Receiver<Analysis>,
@@ -68,96 +74,191 @@ impl Describer {
         for analysis in results {
             self.accept(analysis, metrics, &mut publish);
         }
+        self.finish(metrics, &mut publish);
     }
 
     pub fn accept(&mut self, analysis: Analysis, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
         let instance = analysis.camera.instance;
-        let order = self
+        // Track ids start from the node's start second (see `track`).
+        let epoch = self.origin.node_run_id / 1_000_000_000;
+        let state = self
             .cameras
             .entry(analysis.camera.id.clone())
-            .or_insert_with(|| CameraOrder {
+            .or_insert_with(|| CameraState {
                 instance,
-                ..CameraOrder::default()
+                next_ticket: 0,
+                next_sequence: 0,
+                waiting: BTreeMap::new(),
+                tracker: Tracker::new(self.config.tracker.clone(), epoch),
+                emitter: Emitter::new(self.config.emission.clone()),
+                last_frame: None,
             });
-        if instance != order.instance {
-            if instance < order.instance {
+        if instance != state.instance {
+            if instance < state.instance {
                 return; // a late result of a camera removed since: nobody asks for it any more
             }
-            // The camera was removed and added again: its tickets start afresh; its sequence
-            // numbers go on, so subscribers still see one gap-free stream per camera id.
-            order.instance = instance;
-            order.next_ticket = 0;
-            order.waiting.clear();
-        }
-        order.waiting.insert(analysis.ticket, analysis);
-        if order.waiting.len() > MAX_REORDER
-            && let Some(&oldest) = order.waiting.keys().next()
-        {
-            order.next_ticket = oldest;
-        }
-        let mut ready = Vec::new();
-        while let Some(analysis) = order.waiting.remove(&order.next_ticket) {
-            order.next_ticket += 1;
-            match analysis.detections {
-                Ok(_) => {
-                    ready.push((order.next_sequence, analysis));
-                    order.next_sequence += 1;
-                }
-                // Already logged by the worker; a failed frame has no descriptor and no number.
-                Err(_) => metrics.frame_failed(),
+            // The camera was removed and added again: its tickets start afresh, its old tracks end;
+            // its sequence numbers and track ids go on, so subscribers still see one stream per id.
+            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+                publish_one(last, metrics, publish);
             }
+            state.instance = instance;
+            state.next_ticket = 0;
+            state.waiting.clear();
         }
-        for (sequence, analysis) in ready {
-            let descriptor = self.describe(sequence, analysis);
-            metrics.published(prost::Message::encoded_len(&descriptor));
-            publish(descriptor);
+        state.waiting.insert(analysis.ticket, analysis);
+        if state.waiting.len() > MAX_REORDER
+            && let Some(&oldest) = state.waiting.keys().next()
+        {
+            state.next_ticket = oldest;
+        }
+        while let Some(analysis) = state.waiting.remove(&state.next_ticket) {
+            state.next_ticket += 1;
+            if analysis.detections.is_err() {
+                // Already logged by the worker; a failed frame has no descriptor and no number.
+                metrics.frame_failed();
+                continue;
+            }
+            let descriptor = state.describe(analysis, &self.origin, &self.encoder, &self.config);
+            publish_one(descriptor, metrics, publish);
         }
     }
 
-    fn describe(&self, sequence: u64, analysis: Analysis) -> pb::FrameDescriptor {
-        let camera: &Arc<CameraStatus> = &analysis.camera;
-        CameraStatus::count(&camera.frames_analysed);
-        let (w, h) = (analysis.frame_width.max(1) as f32, analysis.frame_height.max(1) as f32);
-        let detections = analysis.detections.unwrap_or_default();
-        let objects = detections
-            .into_iter()
-            .map(
-                |Detection {
-                     class_id,
-                     score,
-                     bbox,
-                     embedding,
-                 }| pb::DetectedObject {
-                    class_id,
-                    class_name: self.class_names.get(class_id as usize).cloned().unwrap_or_default(),
-                    score,
-                    r#box: Some(pb::BoundingBox {
-                        x_min: (bbox[0] / w).clamp(0.0, 1.0),
-                        y_min: (bbox[1] / h).clamp(0.0, 1.0),
-                        x_max: (bbox[2] / w).clamp(0.0, 1.0),
-                        y_max: (bbox[3] / h).clamp(0.0, 1.0),
-                    }),
-                    embedding: embedding.map(|mut v| {
-                        codec::l2_normalize(&mut v);
-                        codec::encode(&v, self.codec)
-                    }),
-                },
-            )
-            .collect();
+    /// Ends the tracks of every camera (the node is stopping).
+    pub fn finish(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+        for state in self.cameras.values_mut() {
+            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+                publish_one(last, metrics, publish);
+            }
+        }
+    }
+}
+
+fn publish_one(descriptor: pb::FrameDescriptor, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+    metrics.published(prost::Message::encoded_len(&descriptor));
+    publish(descriptor);
+}
+
+/// Encodes for the wire, logging what cannot be (a non-finite embedding: the view goes without).
+fn encoder_fn(encoder: &Encoder) -> impl FnMut(&[f32]) -> Option<pb::Embedding> + '_ {
+    move |v| match encoder.encode(v) {
+        Ok(embedding) => Some(embedding),
+        Err(err) => {
+            tracing::warn!(%err, "embedding not encoded");
+            None
+        }
+    }
+}
+
+impl CameraState {
+    fn describe(
+        &mut self,
+        analysis: Analysis,
+        origin: &Origin,
+        encoder: &Encoder,
+        config: &DescribeConfig,
+    ) -> pb::FrameDescriptor {
+        CameraStatus::count(&analysis.camera.frames_analysed);
+        let detections = analysis.detections.as_deref().unwrap_or_default();
+        let update = self.tracker.update(analysis.capture_time, detections);
+        if update.invalid_detections > 0 {
+            tracing::debug!(camera = %analysis.camera.id, count = update.invalid_detections,
+                "malformed detections skipped by the tracker");
+        }
+        let frame = (analysis.frame_width, analysis.frame_height);
+        let mut encode = encoder_fn(encoder);
+        let Emission { tracks, events } =
+            self.emitter
+                .frame(analysis.capture_time, frame, &update, detections, &mut encode);
+        let objects = if config.send_detections {
+            let track_of = |i: usize| {
+                update
+                    .tracks
+                    .iter()
+                    .find(|t| t.detection == i)
+                    .map_or(0, |t| t.track_id)
+            };
+            detections
+                .iter()
+                .enumerate()
+                .map(|(i, d)| detected_object(d, frame, track_of(i), &origin.class_names, &mut encode))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut descriptor = self.descriptor(&analysis, origin);
+        descriptor.objects = objects;
+        descriptor.tracks = tracks;
+        descriptor.track_events = events;
+        self.last_frame = Some(Analysis {
+            detections: Ok(Vec::new()),
+            ..analysis
+        });
+        descriptor
+    }
+
+    /// A descriptor without tracks carrying the summaries of every track of the camera, dated at
+    /// its last frame; `None` if there were none.
+    fn end_tracks(&mut self, origin: &Origin, encoder: &Encoder) -> Option<pb::FrameDescriptor> {
+        let ended = self.tracker.finish();
+        let last = self.last_frame.take()?;
+        let frame = (last.frame_width, last.frame_height);
+        let events = self.emitter.finish(&ended, frame, &mut encoder_fn(encoder));
+        if events.is_empty() {
+            return None;
+        }
+        let mut descriptor = self.descriptor(&last, origin);
+        descriptor.track_events = events;
+        Some(descriptor)
+    }
+
+    /// The next numbered descriptor of this camera, context filled in, nothing seen yet.
+    fn descriptor(&mut self, analysis: &Analysis, origin: &Origin) -> pb::FrameDescriptor {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
         pb::FrameDescriptor {
-            node_id: self.node_id.clone(),
-            camera_id: camera.id.clone(),
+            node_id: origin.node_id.clone(),
+            camera_id: analysis.camera.id.clone(),
             sequence,
             capture_time: Some(to_timestamp(analysis.capture_time)),
             time_source: analysis.time_source as i32,
             frame_width: analysis.frame_width,
             frame_height: analysis.frame_height,
-            detector: Some(self.detector.clone()),
-            embedder: self.embedder.clone(),
-            objects,
-            node_run_id: self.node_run_id,
-            camera_position: camera.position(),
+            detector: Some(origin.detector.clone()),
+            embedder: origin.embedder.clone(),
+            objects: Vec::new(),
+            node_run_id: origin.node_run_id,
+            camera_position: analysis.camera.position(),
+            tracks: Vec::new(),
+            track_events: Vec::new(),
         }
+    }
+}
+
+fn detected_object(
+    detection: &Detection,
+    (width, height): (u32, u32),
+    track_id: u64,
+    class_names: &[String],
+    encode: &mut impl FnMut(&[f32]) -> Option<pb::Embedding>,
+) -> pb::DetectedObject {
+    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+    let bbox = detection.bbox;
+    pb::DetectedObject {
+        class_id: detection.class_id,
+        class_name: class_names
+            .get(detection.class_id as usize)
+            .cloned()
+            .unwrap_or_default(),
+        score: detection.score,
+        r#box: Some(pb::BoundingBox {
+            x_min: (bbox[0] / w).clamp(0.0, 1.0),
+            y_min: (bbox[1] / h).clamp(0.0, 1.0),
+            x_max: (bbox[2] / w).clamp(0.0, 1.0),
+            y_max: (bbox[3] / h).clamp(0.0, 1.0),
+        }),
+        embedding: detection.embedding.as_deref().and_then(&mut *encode),
+        track_id,
     }
 }
 
@@ -165,12 +266,12 @@ impl Describer {
 mod tests {
     use super::*;
     use crate::ingest::{CameraSettings, Cameras};
+    use std::sync::Arc;
 
     #[test]
     fn a_camera_added_again_continues_its_sequence_and_ignores_the_old_ones_results() {
         let metrics = Metrics::new(Cameras::default());
-        let model = pb::ModelRef::default();
-        let mut describer = Describer::new("n".into(), 1, model, None, vec![], pb::EmbeddingCodec::Int8);
+        let mut describer = describer(vec![], false);
         let old = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let new = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let mut out = Vec::new();
@@ -179,6 +280,25 @@ mod tests {
         describer.accept(analysis(&old, 1, true), &metrics, &mut |d| out.push(d.sequence));
         describer.accept(analysis(&new, 1, true), &metrics, &mut |d| out.push(d.sequence));
         assert_eq!(out, vec![0, 1, 2]);
+    }
+
+    fn describer(class_names: Vec<String>, send_detections: bool) -> Describer {
+        let origin = Origin {
+            node_id: "n".into(),
+            node_run_id: 1_780_000_000_000_000_000,
+            detector: pb::ModelRef {
+                id: "d".into(),
+                version: "1".into(),
+            },
+            embedder: None,
+            class_names,
+        };
+        let config = DescribeConfig {
+            send_detections,
+            ..DescribeConfig::default()
+        };
+        let encoder = Encoder::new(codec::CodecKind::Int8, None, None).unwrap();
+        Describer::new(origin, encoder, config)
     }
 
     fn analysis(camera: &Arc<CameraStatus>, ticket: u64, ok: bool) -> Analysis {
@@ -195,6 +315,7 @@ mod tests {
                     score: 0.9,
                     bbox: [10.0, 5.0, 60.0, 55.0],
                     embedding: Some(vec![3.0, 4.0]),
+                    sharpness: 0.0,
                 }])
             } else {
                 Err(crate::error::Error::Inference {
@@ -210,11 +331,7 @@ mod tests {
         let camera = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let metrics = Metrics::new(Cameras::default());
         let classes = vec!["person".into(), "bicycle".into(), "car".into()];
-        let model = pb::ModelRef {
-            id: "d".into(),
-            version: "1".into(),
-        };
-        let mut describer = Describer::new("n".into(), 1, model, None, classes, pb::EmbeddingCodec::Int8);
+        let mut describer = describer(classes, true);
         let mut out = Vec::new();
         for (ticket, ok) in [(1, true), (0, true), (3, true), (2, false)] {
             describer.accept(analysis(&camera, ticket, ok), &metrics, &mut |d| out.push(d));

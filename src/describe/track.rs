@@ -814,6 +814,7 @@ mod tests {
             score,
             bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
             embedding: None,
+            sharpness: 0.0,
         }
     }
 
@@ -1200,12 +1201,14 @@ mod tests {
                 score: 1.0,
                 bbox: [-f32::MAX, -f32::MAX, f32::MAX, f32::MAX],
                 embedding: Some(vec![1.0; 1 + f as usize]),
+                sharpness: 0.0,
             };
             let tiny = Detection {
                 class_id: 0,
                 score: 1.0,
                 bbox: [1.0, 1.0, 1.0 + f32::EPSILON, 1.0 + f32::EPSILON],
                 embedding: None,
+                sharpness: 0.0,
             };
             let u = tracker.update(at(f), &[huge, tiny]);
             assert_eq!(u.invalid_detections, 0);

@@ -10,7 +10,7 @@ use ort::value::TensorRef;
 use super::decode::{NanodetGfl, RawDetection};
 use super::manifest::{DecoderSpec, Layout};
 use super::model::{ModelFile, SessionOptions};
-use super::preprocess::{Rect, fill_input, item_len};
+use super::preprocess::{Rect, crop_sharpness, fill_input, item_len};
 use crate::error::{Error, Result};
 
 /// An object found in a frame.
@@ -22,6 +22,8 @@ pub struct Detection {
     pub bbox: [f32; 4],
     /// The embedder's raw output for the object's crop (not normalised).
     pub embedding: Option<Vec<f32>>,
+    /// How much fine detail the crop has ([`crop_sharpness`]); 0 for crops that were not embedded.
+    pub sharpness: f32,
 }
 
 /// Where one frame's analysis spent its time.
@@ -161,6 +163,8 @@ impl Analyzer {
                 let vectors = embedder.embed(image, &crops)?;
                 for (&i, vector) in chunk.iter().zip(vectors) {
                     detections[i].embedding = Some(vector);
+                    // Only embedded crops are ever described, so only they need to be judged.
+                    detections[i].sharpness = crop_sharpness(image, detections[i].bbox);
                 }
             }
             timings.embedder = started.elapsed();
@@ -258,6 +262,7 @@ impl Detector {
                     score: d.score,
                     bbox,
                     embedding: None,
+                    sharpness: 0.0,
                 })
             })
             .collect())

@@ -14,6 +14,9 @@ pub struct Manifest {
     pub model: ModelSection,
     pub input: InputSpec,
     pub decoder: DecoderSpec,
+    /// Embedders: the projection the compact codecs (pca-int8, binary) use.
+    #[serde(default)]
+    pub projection: Option<ProjectionSpec>,
     /// The manifest file itself, for error messages and relative paths.
     #[serde(skip)]
     pub path: PathBuf,
@@ -31,6 +34,18 @@ pub struct ModelSection {
     pub description: String,
     #[serde(default)]
     pub license: String,
+}
+
+/// A projection of the embedding learned offline (see `scripts/learn-projection.sh`), shipped as a
+/// safetensors file beside the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSpec {
+    /// Named in every projected embedding (`Embedding.projection_id`): change it whenever the file
+    /// changes, since codes of different projections cannot be compared.
+    pub id: String,
+    /// Relative to the manifest.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +164,11 @@ impl Manifest {
     pub fn model_path(&self) -> PathBuf {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         dir.join(&self.model.file)
+    }
+
+    pub fn projection_path(&self) -> Option<PathBuf> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self.projection.as_ref().map(|p| dir.join(&p.file))
     }
 
     /// Checks that can be made without opening the model.

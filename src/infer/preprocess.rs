@@ -121,6 +121,54 @@ pub fn fill_input(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mu
     }
 }
 
+/// Sample points per side of a crop for [`crop_sharpness`]: enough to see texture, few enough to
+/// cost nothing next to the embedder.
+const SHARPNESS_GRID: u32 = 64;
+
+/// Fine detail in the crop `bbox` (frame pixels) of `image`: the variance of the Laplacian of the
+/// luma (Pech-Pacheco et al., 2000), on a grid of at most 64 x 64 points spread over the box with
+/// the Laplacian taken at the grid's own step. Measuring at the box's scale rather than the
+/// frame's makes a near and a far view of one object comparable: blur and compression smear
+/// detail at every size. Returns 0 for a box too small to measure.
+pub fn crop_sharpness(image: &image::RgbImage, bbox: [f32; 4]) -> f32 {
+    let (iw, ih) = image.dimensions();
+    let clamp = |v: f32, max: u32| (v.max(0.0) as u32).min(max);
+    let (x0, y0) = (clamp(bbox[0], iw), clamp(bbox[1], ih));
+    let (x1, y1) = (clamp(bbox[2], iw), clamp(bbox[3], ih));
+    let step_x = ((x1.saturating_sub(x0)) / SHARPNESS_GRID).max(1);
+    let step_y = ((y1.saturating_sub(y0)) / SHARPNESS_GRID).max(1);
+    if x1 < x0 + 2 * step_x + 1 || y1 < y0 + 2 * step_y + 1 {
+        return 0.0;
+    }
+    let luma = |x: u32, y: u32| {
+        let p = image.get_pixel(x, y).0;
+        0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])
+    };
+    let (mut n, mut sum, mut sum_sq) = (0f64, 0f64, 0f64);
+    let mut y = y0 + step_y;
+    while y + step_y < y1 {
+        let mut x = x0 + step_x;
+        while x + step_x < x1 {
+            let laplacian = 4.0 * luma(x, y)
+                - luma(x - step_x, y)
+                - luma(x + step_x, y)
+                - luma(x, y - step_y)
+                - luma(x, y + step_y);
+            let laplacian = f64::from(laplacian);
+            n += 1.0;
+            sum += laplacian;
+            sum_sq += laplacian * laplacian;
+            x += step_x;
+        }
+        y += step_y;
+    }
+    if n == 0.0 {
+        return 0.0;
+    }
+    let mean = sum / n;
+    (sum_sq / n - mean * mean).max(0.0) as f32
+}
+
 fn clamp_roi(roi: Rect, image: &image::RgbImage) -> Rect {
     let (w, h) = (image.width() as f32, image.height() as f32);
     let x = roi.x.clamp(0.0, w - 1.0);
@@ -249,5 +297,31 @@ mod tests {
         ] {
             fill_input(&image, roi, &s, &mut dst);
         }
+    }
+
+    #[test]
+    fn sharpness_is_higher_for_detail_and_zero_for_flat_or_tiny_crops() {
+        let checker = image::RgbImage::from_fn(200, 200, |x, y| {
+            if (x / 3 + y / 3) % 2 == 0 {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        let blurred = image::imageops::blur(&checker, 3.0);
+        let flat = image::RgbImage::from_pixel(200, 200, image::Rgb([90, 90, 90]));
+        let whole = [0.0, 0.0, 200.0, 200.0];
+        let sharp = crop_sharpness(&checker, whole);
+        assert!(sharp > 4.0 * crop_sharpness(&blurred, whole), "{sharp}");
+        assert_eq!(crop_sharpness(&flat, whole), 0.0);
+        assert_eq!(crop_sharpness(&checker, [10.0, 10.0, 11.0, 11.0]), 0.0);
+        // Boxes partly or wholly outside the frame, or inside out, measure what lies inside or nothing.
+        assert!(crop_sharpness(&checker, [-50.0, -50.0, 100.0, 100.0]) > 0.0);
+        assert_eq!(crop_sharpness(&checker, [300.0, 300.0, 400.0, 400.0]), 0.0);
+        assert_eq!(crop_sharpness(&checker, [100.0, 100.0, 50.0, 50.0]), 0.0);
+        assert_eq!(
+            crop_sharpness(&checker, [f32::NAN, 0.0, f32::INFINITY, 100.0]),
+            crop_sharpness(&checker, [0.0, 0.0, 200.0, 100.0])
+        );
     }
 }
