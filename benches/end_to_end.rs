@@ -103,8 +103,9 @@ async fn run_node(config: Config) -> NodeRun {
     let (node, mut client) = common::start_node(config).await;
     let ready = started.elapsed();
     let descriptors = common::collect_until_end(&mut client).await;
-    let frames = descriptors.len();
-    let objects = descriptors.iter().map(|d| d.objects.len()).sum();
+    // The last descriptor only ends the tracks still open when the node stops: not a frame.
+    let frames = descriptors.len().saturating_sub(1);
+    let objects = descriptors.iter().map(|d| d.tracks.len()).sum();
     node.wait().await.unwrap();
     // From the moment the node was ready (models loaded) to the last descriptor received.
     let busy = started.elapsed() - ready;
@@ -197,7 +198,7 @@ fn main() {
         inputs.len()
     );
     println!(
-        "objects              {} ({:.1} per frame), {} embedded crops",
+        "tracked objects      {} ({:.1} per frame), {} embedded crops",
         node.objects,
         node.objects as f64 / node.frames.max(1) as f64,
         crops

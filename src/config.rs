@@ -107,7 +107,8 @@ pub struct DeliverConfig {
 pub struct DescribeConfig {
     /// Wire encoding of appearance embeddings: "f32", "f16", "int8", "pca-int8" or "binary".
     pub codec: CodecKind,
-    /// pca-int8: dimensions kept; binary: bits. Must be offered by the embedder's projection.
+    /// pca-int8: dimensions kept (default 64); binary: bits (default 128). Must be offered by the
+    /// embedder's projection. Not used by the other codecs.
     pub codec_dimension: Option<usize>,
     /// Also send every detection of every frame with its embedding (`FrameDescriptor.objects`):
     /// for evaluation and debugging, at many times the bandwidth.
@@ -120,7 +121,7 @@ impl Default for DescribeConfig {
     fn default() -> Self {
         DescribeConfig {
             codec: CodecKind::PcaInt8,
-            codec_dimension: Some(DEFAULT_CODEC_DIMENSION),
+            codec_dimension: None,
             send_detections: false,
             tracker: TrackerConfig::default(),
             emission: EmissionConfig::default(),
@@ -128,8 +129,17 @@ impl Default for DescribeConfig {
     }
 }
 
-/// Dimensions of the default pca-int8 codec; chosen from `make eval-descriptors` (README).
-pub const DEFAULT_CODEC_DIMENSION: usize = 64;
+impl DescribeConfig {
+    /// `codec_dimension`, or the default of the codec: the sizes chosen from the measurements of
+    /// `make eval-descriptors` (README, "Descriptors").
+    pub fn codec_dimension(&self) -> Option<usize> {
+        match self.codec {
+            CodecKind::PcaInt8 => Some(self.codec_dimension.unwrap_or(64)),
+            CodecKind::Binary => Some(self.codec_dimension.unwrap_or(128)),
+            _ => self.codec_dimension,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -383,12 +393,6 @@ impl Config {
             .emission
             .validate()
             .map_err(|e| format!("describe.emission: {e}"))?;
-        if describe.codec.is_projected() && describe.codec_dimension.is_none() {
-            return Err(format!(
-                "describe.codec = {:?} needs describe.codec_dimension",
-                describe.codec.name()
-            ));
-        }
         if self.deliver.subscriber_buffer_frames == 0 {
             return Err("deliver.subscriber_buffer_frames must be at least 1".into());
         }

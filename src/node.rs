@@ -91,7 +91,7 @@ impl Models {
                 ),
             });
         }
-        Encoder::new(describe.codec, describe.codec_dimension, self.projection.clone()).map_err(|e| Error::Config {
+        Encoder::new(describe.codec, describe.codec_dimension(), self.projection.clone()).map_err(|e| Error::Config {
             path: config.origin.clone(),
             message: format!("describe: {e}"),
         })

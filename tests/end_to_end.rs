@@ -36,9 +36,13 @@ fn iou(a: &pb::BoundingBox, b: &pb::BoundingBox) -> f32 {
     inter / (area(a) + area(b) - inter).max(1e-9)
 }
 
+/// Every detection with its embedding, as int8 at full dimension: what the appearance checks need.
+const SEND_DETECTIONS: &str = "[describe]\nsend_detections = true\ncodec = \"int8\"\n";
+
 /// Runs the node over the clip once, as fast as inference allows, and collects every descriptor.
-async fn one_pass_over_the_clip() -> Vec<pb::FrameDescriptor> {
-    let toml = common::config_toml(&clip_camera("realtime = false"), "exit_when_cameras_end = true");
+async fn one_pass_over_the_clip(describe: &str) -> Vec<pb::FrameDescriptor> {
+    let cameras = format!("{}\n{describe}", clip_camera("realtime = false"));
+    let toml = common::config_toml(&cameras, "exit_when_cameras_end = true");
     let (node, mut client) = common::start_node(common::parse_config(&toml)).await;
     let descriptors = common::collect_until_end(&mut client).await;
     tokio::time::timeout(Duration::from_secs(30), node.wait())
@@ -50,12 +54,24 @@ async fn one_pass_over_the_clip() -> Vec<pb::FrameDescriptor> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_clip_gives_what_a_person_sees() {
-    let descriptors = one_pass_over_the_clip().await;
-
-    // 10 s at 25 fps analysed at 5 fps: 50 frames, numbered without gaps, 0.2 s apart.
-    assert!((48..=51).contains(&descriptors.len()), "{} frames", descriptors.len());
+    let mut descriptors = one_pass_over_the_clip(SEND_DETECTIONS).await;
     for (i, d) in descriptors.iter().enumerate() {
         assert_eq!(d.sequence, i as u64, "sequence numbers are contiguous");
+    }
+    // When the node stops, a last descriptor without a frame ends the tracks still open.
+    let closing = descriptors.pop().unwrap();
+    assert!(closing.objects.is_empty() && closing.tracks.is_empty() && !closing.track_events.is_empty());
+    assert!(
+        closing
+            .track_events
+            .iter()
+            .all(|e| e.kind() == pb::TrackEventKind::Ended)
+    );
+    assert_eq!(closing.capture_time, descriptors.last().unwrap().capture_time);
+
+    // 10 s at 25 fps analysed at 5 fps: 50 frames, 0.2 s apart.
+    assert!((48..=51).contains(&descriptors.len()), "{} frames", descriptors.len());
+    for d in &descriptors {
         assert_eq!((d.node_id.as_str(), d.camera_id.as_str()), ("test-node", "bikes"));
         assert_eq!(d.time_source(), pb::TimeSource::FilePosition);
         assert_eq!((d.frame_width, d.frame_height), (640, 272));
@@ -154,6 +170,130 @@ async fn sample_clip_gives_what_a_person_sees() {
         "{same_closer}/{comparisons}"
     );
     assert!(same_mean > other_mean + 0.05);
+
+    // Tracking: the same object in consecutive frames keeps its track id, and the detections'
+    // track ids are the tracks reported in the frame.
+    let (mut kept, mut pairs) = (0, 0);
+    for pair in descriptors.windows(2) {
+        for a in pair[0].objects.iter().filter(|o| o.track_id != 0) {
+            let next = pair[1].objects.iter().find(|b| {
+                b.track_id != 0 && b.class_name == a.class_name && iou(&a.r#box.unwrap(), &b.r#box.unwrap()) > 0.5
+            });
+            if let Some(b) = next {
+                pairs += 1;
+                kept += usize::from(a.track_id == b.track_id);
+            }
+        }
+    }
+    eprintln!("track ids kept across consecutive frames: {kept}/{pairs}");
+    assert!(pairs >= 10 && kept as f32 >= 0.9 * pairs as f32, "{kept}/{pairs}");
+    for d in &descriptors {
+        let mut from_objects: Vec<u64> = d.objects.iter().map(|o| o.track_id).filter(|&id| id != 0).collect();
+        let mut from_tracks: Vec<u64> = d.tracks.iter().map(|t| t.track_id).collect();
+        from_objects.sort_unstable();
+        from_tracks.sort_unstable();
+        assert_eq!(from_objects, from_tracks);
+    }
+}
+
+/// What a central system receives with the default policy and codec: tracks, few appearance
+/// descriptors, context once, well under the video's bitrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
+    let toml = common::config_toml(&clip_camera("realtime = false"), "exit_when_cameras_end = true");
+    let (node, mut client) = common::start_node(common::parse_config(&toml)).await;
+    let request = pb::SubscribeRequest {
+        start: pb::StartPosition::EarliestBuffered as i32,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let mut descriptors = Vec::new();
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
+        .await
+        .expect("a descriptor within 2 minutes")
+        .expect("stream ends cleanly")
+    {
+        descriptors.push(d);
+    }
+    tokio::time::timeout(Duration::from_secs(30), node.wait())
+        .await
+        .expect("node stops")
+        .unwrap();
+
+    let bytes: usize = descriptors.iter().map(prost::Message::encoded_len).sum();
+    let video_bytes = std::fs::metadata(common::sample_clip()).unwrap().len();
+    eprintln!(
+        "{} descriptors, {bytes} bytes = {:.2} % of the clip's {video_bytes} bytes",
+        descriptors.len(),
+        100.0 * bytes as f64 / video_bytes as f64
+    );
+    // The budget: at most 2 % of the video's bitrate (the clip is analysed whole).
+    assert!(bytes as f64 <= 0.02 * video_bytes as f64, "{bytes} bytes");
+
+    // Context once, at the start of the stream.
+    assert_eq!(descriptors[0].node_id, "test-node");
+    assert!(descriptors[0].detector.is_some() && descriptors[0].camera_position.is_some());
+    assert!(
+        descriptors[1..]
+            .iter()
+            .all(|d| d.node_id.is_empty() && d.detector.is_none())
+    );
+
+    let run_epoch = descriptors[0].node_run_id / 1_000_000_000;
+    let mut confirmed = HashMap::new();
+    let mut ended = HashMap::new();
+    for d in &descriptors {
+        assert!(d.objects.is_empty(), "detections are not sent by default");
+        for e in &d.track_events {
+            assert_eq!(
+                e.track_id >> 24,
+                run_epoch,
+                "track ids start from the node's start second"
+            );
+            match e.kind() {
+                pb::TrackEventKind::Confirmed => {
+                    assert!(confirmed.insert(e.track_id, e.class_id).is_none(), "confirmed once");
+                    assert!(!ended.contains_key(&e.track_id));
+                }
+                pb::TrackEventKind::Ended => {
+                    assert!(confirmed.contains_key(&e.track_id), "ended after confirmed");
+                    assert!(ended.insert(e.track_id, d.sequence).is_none(), "ended once");
+                    let summary = e.summary.as_ref().unwrap();
+                    assert!(summary.frames_seen >= 2);
+                    assert!(!summary.trajectory_points.is_empty());
+                    let (first, last) = (summary.first_seen.unwrap(), summary.last_seen.unwrap());
+                    assert!((last.seconds, last.nanos) >= (first.seconds, first.nanos));
+                }
+                _ => assert!(confirmed.contains_key(&e.track_id) && !ended.contains_key(&e.track_id)),
+            }
+            if let Some(appearance) = e.view.as_ref().and_then(|v| v.appearance.as_ref()) {
+                assert_eq!(
+                    (appearance.codec(), appearance.dimension, appearance.data.len()),
+                    (pb::EmbeddingCodec::PcaInt8, 64, 64)
+                );
+                assert!(!appearance.projection_id.is_empty());
+                let v = codec::decode(appearance).unwrap();
+                let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 0.02, "{norm}");
+            }
+        }
+        for t in &d.tracks {
+            assert!(confirmed.contains_key(&t.track_id), "records only of confirmed tracks");
+            assert!(!ended.contains_key(&t.track_id), "no records after the end");
+            assert_eq!(confirmed[&t.track_id], t.class_id, "a track keeps its class");
+        }
+    }
+    assert_eq!(
+        confirmed.len(),
+        ended.len(),
+        "every track ends, at the latest when the node stops"
+    );
+    let classes: BTreeSet<u32> = confirmed.values().copied().collect();
+    // person and car: the cyclists, pedestrians and traffic of the clip (bicycles are detected too
+    // rarely at 5 fps to make a track).
+    eprintln!("{} tracks of classes {classes:?}", confirmed.len());
+    assert!(classes.is_superset(&[0, 2].into()), "{classes:?}");
+    assert!(confirmed.len() < 60, "{} tracks: fragmenting", confirmed.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,9 +320,13 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
             .unwrap()
             .unwrap()
             .unwrap();
-        assert!(!d.objects.is_empty(), "frames without a matching object are not sent");
-        assert!(d.objects.iter().all(|o| o.class_name == "car" && o.score >= 0.5));
-        cars += 1;
+        assert!(
+            !d.tracks.is_empty() || !d.track_events.is_empty(),
+            "frames without a matching track are not sent"
+        );
+        assert!(d.tracks.iter().all(|t| t.class_id == 2 && t.score_q8 >= 128));
+        assert!(d.track_events.iter().all(|e| e.class_id == 2));
+        cars += d.tracks.len();
     }
     drop(stream);
 

@@ -174,6 +174,7 @@ pub async fn collect_until_end(client: &mut Client) -> Vec<pb::FrameDescriptor> 
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
         start: pb::StartPosition::EarliestBuffered as i32,
+        full_context: true,
         ..Default::default()
     };
     let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
