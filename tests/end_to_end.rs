@@ -269,7 +269,7 @@ async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
             if let Some(appearance) = e.view.as_ref().and_then(|v| v.appearance.as_ref()) {
                 assert_eq!(
                     (appearance.codec(), appearance.dimension, appearance.data.len()),
-                    (pb::EmbeddingCodec::PcaInt8, 64, 64)
+                    (pb::EmbeddingCodec::PcaInt8, 128, 128)
                 );
                 assert!(!appearance.projection_id.is_empty());
                 let v = codec::decode(appearance).unwrap();
