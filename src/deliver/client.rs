@@ -241,7 +241,7 @@ impl Summary {
         for (camera, (first, last, gaps)) in &self.sequences {
             let span = self.capture_span_seconds.get(camera).copied().unwrap_or(0.0);
             s += &format!(
-                "  camera {camera:<12} sequences {first}..={last}, {gaps} missing, {span:.1} s of capture time\n"
+                "  camera {camera:<12} sequences {first}..={last}, {gaps} not received (filtered or dropped), {span:.1} s of capture time\n"
             );
         }
         let tracks: u64 = self.tracks_per_class.values().sum();
