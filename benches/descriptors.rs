@@ -28,7 +28,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use retina_edge::describe::codec::{self, CodecKind, Encoder};
 use retina_edge::describe::projection::Projection;
@@ -316,22 +316,10 @@ fn event_name(kind: i32) -> &'static str {
 /// frames; from the earliest buffered descriptor so that nothing produced before the call is lost.
 async fn subscribe_until_end(client: &mut common::Client) -> Vec<pb::FrameDescriptor> {
     let request = pb::SubscribeRequest {
-        start: pb::StartPosition::EarliestBuffered as i32,
-        full_context: false,
-        include_empty_frames: false,
         subscriber_name: "eval-descriptors".into(),
         ..Default::default()
     };
-    let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
-    let mut descriptors = Vec::new();
-    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
-        .await
-        .expect("a descriptor within 2 minutes")
-        .expect("stream ends cleanly")
-    {
-        descriptors.push(d);
-    }
-    descriptors
+    common::subscribe_until_end(client, request).await
 }
 
 fn stream_run(runtime: &tokio::runtime::Runtime, manifest: &Path, clip: &ClipData, codec: &Codec) -> StreamStats {

@@ -202,19 +202,8 @@ async fn sample_clip_gives_what_a_person_sees() {
 async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
     let toml = common::config_toml(&clip_camera("realtime = false"), "exit_when_cameras_end = true");
     let (node, mut client) = common::start_node(common::parse_config(&toml)).await;
-    let request = pb::SubscribeRequest {
-        start: pb::StartPosition::EarliestBuffered as i32,
-        ..Default::default()
-    };
-    let mut stream = client.subscribe(request).await.unwrap().into_inner();
-    let mut descriptors = Vec::new();
-    while let Some(d) = tokio::time::timeout(Duration::from_secs(120), stream.message())
-        .await
-        .expect("a descriptor within 2 minutes")
-        .expect("stream ends cleanly")
-    {
-        descriptors.push(d);
-    }
+    // As a central system subscribes: default filters, context only when it changes.
+    let descriptors = common::subscribe_until_end(&mut client, pb::SubscribeRequest::default()).await;
     tokio::time::timeout(Duration::from_secs(30), node.wait())
         .await
         .expect("node stops")

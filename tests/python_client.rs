@@ -168,21 +168,7 @@ async fn python_decodes_what_rust_decodes(describe: &str, codec_name: &str) {
 
     // The Rust side asks for the full context in every descriptor; the Python side does not, and
     // so has to carry the context forward itself.
-    let request = pb::SubscribeRequest {
-        include_empty_frames: true,
-        start: pb::StartPosition::EarliestBuffered as i32,
-        full_context: true,
-        ..Default::default()
-    };
-    let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
-    let mut descriptors = Vec::new();
-    while let Some(d) = tokio::time::timeout(Duration::from_secs(60), stream.message())
-        .await
-        .expect("a descriptor within a minute")
-        .expect("stream ends cleanly")
-    {
-        descriptors.push(d);
-    }
+    let descriptors = common::collect_until_end(&mut client).await;
     tokio::time::timeout(Duration::from_secs(30), node.wait())
         .await
         .expect("node stops")

@@ -82,16 +82,7 @@ impl Decoder {
     /// Fills in the context fields the node left out because they had not changed.
     pub fn restore_context(&mut self, d: &mut pb::FrameDescriptor) {
         if d.detector.is_some() {
-            let context = pb::FrameDescriptor {
-                node_id: d.node_id.clone(),
-                node_run_id: d.node_run_id,
-                frame_width: d.frame_width,
-                frame_height: d.frame_height,
-                detector: d.detector.clone(),
-                embedder: d.embedder.clone(),
-                camera_position: d.camera_position.clone(),
-                ..pb::FrameDescriptor::default()
-            };
+            let context = super::context_of(d);
             self.context.insert(d.camera_id.clone(), context);
         } else if let Some(c) = self.context.get(&d.camera_id) {
             d.node_id.clone_from(&c.node_id);

@@ -134,16 +134,6 @@ struct SentContext {
 
 impl SentContext {
     fn elide(&mut self, descriptor: &mut pb::FrameDescriptor) {
-        let context = |d: &pb::FrameDescriptor| pb::FrameDescriptor {
-            node_id: d.node_id.clone(),
-            node_run_id: d.node_run_id,
-            frame_width: d.frame_width,
-            frame_height: d.frame_height,
-            detector: d.detector.clone(),
-            embedder: d.embedder.clone(),
-            camera_position: d.camera_position.clone(),
-            ..pb::FrameDescriptor::default()
-        };
         let unchanged = self.per_camera.get(&descriptor.camera_id).is_some_and(|sent| {
             sent.node_id == descriptor.node_id
                 && sent.node_run_id == descriptor.node_run_id
@@ -163,7 +153,7 @@ impl SentContext {
             descriptor.camera_position = None;
         } else {
             self.per_camera
-                .insert(descriptor.camera_id.clone(), context(descriptor));
+                .insert(descriptor.camera_id.clone(), super::context_of(descriptor));
         }
     }
 }

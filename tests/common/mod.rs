@@ -169,13 +169,21 @@ pub async fn wait_for_camera(
 }
 
 /// Every descriptor the node produces until it stops (frames analysed before the call are
-/// replayed from the node's buffer, so none is missed).
+/// replayed from the node's buffer, so none is missed), each with its full context.
 pub async fn collect_until_end(client: &mut Client) -> Vec<pb::FrameDescriptor> {
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
-        start: pb::StartPosition::EarliestBuffered as i32,
         full_context: true,
         ..Default::default()
+    };
+    subscribe_until_end(client, request).await
+}
+
+/// What `request` streams from the earliest buffered descriptor until the node stops.
+pub async fn subscribe_until_end(client: &mut Client, request: pb::SubscribeRequest) -> Vec<pb::FrameDescriptor> {
+    let request = pb::SubscribeRequest {
+        start: pb::StartPosition::EarliestBuffered as i32,
+        ..request
     };
     let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
     let mut descriptors = Vec::new();
