@@ -32,12 +32,15 @@ pub struct Metrics {
     descriptors_published: Counter,
     descriptor_bytes: Counter,
     frames_failed: Counter,
+    track_events: Family<TrackEventLabels, Counter>,
+    appearance_bytes: Counter,
     pub subscribers: Gauge,
     subscriber_sent: Family<SubscriberLabels, Counter>,
     subscriber_dropped: Family<SubscriberLabels, Counter>,
 }
 
 type SubscriberLabels = [(&'static str, String); 1];
+type TrackEventLabels = [(&'static str, &'static str); 1];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +71,8 @@ impl Metrics {
             descriptors_published: Counter::default(),
             descriptor_bytes: Counter::default(),
             frames_failed: Counter::default(),
+            track_events: Family::default(),
+            appearance_bytes: Counter::default(),
             subscribers: Gauge::default(),
             subscriber_sent: Family::default(),
             subscriber_dropped: Family::default(),
@@ -84,6 +89,16 @@ impl Metrics {
             "retina_descriptor_bytes",
             "Encoded size of published descriptors",
             metrics.descriptor_bytes.clone(),
+        );
+        r.register(
+            "retina_track_events",
+            "Track events published, by kind (confirmed, better_view, appearance_changed, ended)",
+            metrics.track_events.clone(),
+        );
+        r.register(
+            "retina_appearance_bytes",
+            "Encoded size of the appearance vectors in published descriptors",
+            metrics.appearance_bytes.clone(),
         );
         r.register(
             "retina_frames_failed",
@@ -124,9 +139,28 @@ impl Metrics {
         }
     }
 
-    pub fn published(&self, bytes: usize) {
+    pub fn published(&self, descriptor: &crate::pb::FrameDescriptor) {
+        use crate::pb::TrackEventKind;
         self.descriptors_published.inc();
-        self.descriptor_bytes.inc_by(bytes as u64);
+        self.descriptor_bytes
+            .inc_by(prost::Message::encoded_len(descriptor) as u64);
+        for event in &descriptor.track_events {
+            let kind = match event.kind() {
+                TrackEventKind::Confirmed => "confirmed",
+                TrackEventKind::BetterView => "better_view",
+                TrackEventKind::AppearanceChanged => "appearance_changed",
+                TrackEventKind::Ended => "ended",
+                TrackEventKind::Unspecified => "unspecified",
+            };
+            self.track_events.get_or_create(&[("kind", kind)]).inc();
+        }
+        let appearances = descriptor
+            .track_events
+            .iter()
+            .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
+            .chain(descriptor.objects.iter().filter_map(|o| o.embedding.as_ref()));
+        self.appearance_bytes
+            .inc_by(appearances.map(|a| prost::Message::encoded_len(a) as u64).sum());
     }
 
     pub fn subscriber_sent(&self, subscriber: &str) {

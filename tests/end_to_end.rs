@@ -429,6 +429,8 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
         "retina_subscriber_sent_total{subscriber=\"anonymous\"}",
         "retina_camera_frames_dropped_total{camera=\"bikes\",reason=\"analysis_rate\"}",
         "retina_camera_last_frame_age_seconds{camera=\"bikes\"}",
+        "retina_track_events_total{kind=\"confirmed\"}",
+        "retina_appearance_bytes_total",
     ] {
         assert!(body.contains(name), "metrics lack {name}:\n{body}");
     }

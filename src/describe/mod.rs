@@ -135,7 +135,7 @@ impl Describer {
 }
 
 fn publish_one(descriptor: pb::FrameDescriptor, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
-    metrics.published(prost::Message::encoded_len(&descriptor));
+    metrics.published(&descriptor);
     publish(descriptor);
 }
 
