@@ -91,9 +91,13 @@ impl Models {
                 ),
             });
         }
-        Encoder::new(describe.codec, describe.codec_dimension(), self.projection.clone()).map_err(|e| Error::Config {
+        let dimension = describe.codec_dimension();
+        Encoder::new(describe.codec, dimension, self.projection.clone()).map_err(|e| Error::Config {
             path: config.origin.clone(),
-            message: format!("describe: {e}"),
+            message: format!(
+                "describe.codec = {:?} with codec_dimension = {dimension:?}: {e}",
+                describe.codec.name()
+            ),
         })
     }
 

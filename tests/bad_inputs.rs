@@ -42,7 +42,10 @@ fn the_shipped_configs_are_valid() {
         let (failed, text) = check(path.to_str().unwrap());
         assert!(!failed, "{config}: {text}");
         assert!(
-            text.contains("model nanodet-g-416@1.0.0") && text.contains("is valid"),
+            text.contains("model nanodet-g-416@1.0.0")
+                && text.contains("embedding codec: pca-int8")
+                && text.contains("projection mnv2-1280-pca-v1")
+                && text.contains("is valid"),
             "{text}"
         );
     }
@@ -115,6 +118,11 @@ fn malformed_config_names_file_line_and_field() {
 
 /// Checks a config whose embedder manifest is the bundled one with `edits` applied.
 fn check_with_edited_embedder(dir: &Path, name: &str, edits: &[(&str, &str)]) -> (bool, String) {
+    check_with_edited_embedder_and(dir, name, edits, "")
+}
+
+/// The same, with more TOML (e.g. a `[describe]` table) after the cameras.
+fn check_with_edited_embedder_and(dir: &Path, name: &str, edits: &[(&str, &str)], more: &str) -> (bool, String) {
     let repo = common::repo().display().to_string();
     let bundled = format!("{repo}/models/mobilenetv2-1280.toml");
     let mut manifest = std::fs::read_to_string(&bundled).unwrap();
@@ -124,7 +132,8 @@ fn check_with_edited_embedder(dir: &Path, name: &str, edits: &[(&str, &str)]) ->
     }
     let manifest = write(dir, &format!("{name}.toml"), &manifest);
     let clip = common::sample_clip();
-    let config = common::config_toml(&camera(clip.to_str().unwrap()), "").replace(&bundled, &manifest);
+    let cameras = format!("{}\n{more}", camera(clip.to_str().unwrap()));
+    let config = common::config_toml(&cameras, "").replace(&bundled, &manifest);
     check(&write(dir, &format!("{name}-config.toml"), &config))
 }
 
@@ -169,6 +178,68 @@ fn models_that_are_wrong_or_garbage_are_refused_by_check() {
         failed && text.contains("decoder.toml") && text.contains("yolo-v8"),
         "{text}"
     );
+}
+
+#[test]
+fn codecs_and_projections_that_cannot_work_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = common::repo().join("models").display().to_string();
+    let bundled_model = "file = \"mobilenetv2-1280.onnx\"";
+    let absolute_model = format!("file = \"{models}/mobilenetv2-1280.onnx\"");
+    let bundled_projection = "file = \"mobilenetv2-1280.projection.safetensors\"";
+    let absolute_projection = format!("file = \"{models}/mobilenetv2-1280.projection.safetensors\"");
+    let moved = [
+        (bundled_model, absolute_model.as_str()),
+        (bundled_projection, absolute_projection.as_str()),
+    ];
+
+    // A code size the projection has no rotation for: the sizes it has are listed.
+    let (failed, text) = check_with_edited_embedder_and(
+        dir.path(),
+        "bits",
+        &moved,
+        "[describe]\ncodec = \"binary\"\ncodec_dimension = 48\n",
+    );
+    assert!(failed && text.contains("48") && text.contains("32, 64, 128"), "{text}");
+
+    // A projected codec with an embedder that has no projection.
+    let (failed, text) = check_with_edited_embedder_and(
+        dir.path(),
+        "none",
+        &[
+            (bundled_model, &absolute_model),
+            (
+                "[projection]\nid = \"mnv2-1280-pca-v1\"\nfile = \"mobilenetv2-1280.projection.safetensors\"\n",
+                "",
+            ),
+        ],
+        "",
+    );
+    assert!(failed && text.contains("needs a projection"), "{text}");
+
+    // Garbage where the projection should be: the file is named.
+    std::fs::write(dir.path().join("noise.safetensors"), b"not tensors at all").unwrap();
+    let (failed, text) = check_with_edited_embedder_and(
+        dir.path(),
+        "noise",
+        &[
+            (bundled_model, &absolute_model),
+            (bundled_projection, "file = \"noise.safetensors\""),
+        ],
+        "",
+    );
+    assert!(failed && text.contains("noise.safetensors"), "{text}");
+
+    // The float codecs need no projection and take no dimension.
+    let (failed, text) = check_with_edited_embedder_and(dir.path(), "int8", &moved, "[describe]\ncodec = \"int8\"\n");
+    assert!(!failed && text.contains("embedding codec: int8"), "{text}");
+    let (failed, text) = check_with_edited_embedder_and(
+        dir.path(),
+        "int8dim",
+        &moved,
+        "[describe]\ncodec = \"int8\"\ncodec_dimension = 64\n",
+    );
+    assert!(failed && text.contains("codec_dimension"), "{text}");
 }
 
 #[test]
