@@ -97,7 +97,7 @@ struct TrackState {
     best_described_quality: f32,
     /// Unit length.
     last_described: Option<Vec<f32>>,
-    /// Moving average of the embeddings since the last descriptor, unit length.
+    /// Moving average of the embeddings, restarted at each descriptor, unit length.
     recent: Option<Vec<f32>>,
     best_view: Option<View>,
 }
@@ -146,43 +146,49 @@ impl Emitter {
             }
         }
         for tracked in &update.tracks {
-            let Some(detection) = detections.get(tracked.detection) else {
-                continue;
-            };
             out.tracks.push(pb::TrackedObject {
                 track_id: tracked.track_id,
                 class_id: tracked.class_id,
                 score_q8: score_q8(tracked.score),
                 box_q16: box_q16(tracked.bbox, frame),
             });
-            let view = View {
-                time_ns: capture_time_ns,
-                score: tracked.score,
-                bbox: tracked.bbox,
-                quality: view_quality(tracked.score, tracked.bbox, detection.sharpness),
-                embedding: detection.embedding.as_ref().and_then(|e| unit(e)),
-            };
+            let sharpness = detections.get(tracked.detection).map_or(0.0, |d| d.sharpness);
+            let quality = view_quality(tracked.score, tracked.bbox, sharpness);
+            let embedding = tracked.embedding.as_deref();
             let state = self.tracks.entry(tracked.track_id).or_default();
+            if let Some(embedding) = embedding {
+                state.fold_recent(embedding);
+            }
             let kind = if confirmed_now.contains(&tracked.track_id) {
                 Some(pb::TrackEventKind::Confirmed)
             } else {
-                state.worth_describing(&view, &self.config)
+                state.worth_describing(capture_time_ns, quality, embedding.is_some(), &self.config)
+            };
+            // Views are copied only when kept: described, or the best of the track so far.
+            let view = || View {
+                time_ns: capture_time_ns,
+                score: tracked.score,
+                bbox: tracked.bbox,
+                quality,
+                embedding: tracked.embedding.clone(),
             };
             if let Some(kind) = kind {
-                let appearance = view.embedding.as_deref().and_then(&mut *encode);
+                let appearance = embedding.and_then(&mut *encode);
                 out.events.push(pb::TrackEvent {
                     track_id: tracked.track_id,
                     class_id: tracked.class_id,
                     kind: kind as i32,
-                    view: Some(view.to_pb(frame, appearance)),
+                    view: Some(view().to_pb(frame, appearance)),
                     summary: None,
                 });
-                state.described(&view);
-            } else if view.embedding.is_some() {
-                state.recent = state.recent_with(&view);
+                state.described(capture_time_ns, quality, embedding);
             }
-            if state.best_view.as_ref().is_none_or(|best| view.quality > best.quality) {
-                state.best_view = Some(view);
+            let best_so_far = state.best_view.as_ref().is_none_or(|best| {
+                // A view with an appearance beats any without: the summary should carry one.
+                (embedding.is_some(), quality) > (best.embedding.is_some(), best.quality)
+            });
+            if best_so_far {
+                state.best_view = Some(view());
             }
         }
         out
@@ -234,46 +240,52 @@ impl Emitter {
 }
 
 impl TrackState {
-    fn worth_describing(&self, view: &View, config: &EmissionConfig) -> Option<pb::TrackEventKind> {
-        view.embedding.as_ref()?;
-        let Some(last) = &self.last_described else {
+    fn worth_describing(
+        &self,
+        time_ns: i64,
+        quality: f32,
+        has_embedding: bool,
+        config: &EmissionConfig,
+    ) -> Option<pb::TrackEventKind> {
+        if !has_embedding {
+            return None;
+        }
+        let (Some(last), Some(recent)) = (&self.last_described, &self.recent) else {
             // Confirmed without an appearance (rare): the first view that has one is news.
             return Some(pb::TrackEventKind::BetterView);
         };
         let budget_left = config.max_descriptors_per_track == 0 || self.described < config.max_descriptors_per_track;
-        let seconds_since = (view.time_ns.saturating_sub(self.last_described_ns)) as f64 / 1e9;
+        let seconds_since = (time_ns.saturating_sub(self.last_described_ns)) as f64 / 1e9;
         if !budget_left || seconds_since < config.min_descriptor_interval_seconds {
             return None;
         }
-        if view.quality >= config.better_view_gain * self.best_described_quality && view.quality > 0.0 {
+        if quality >= config.better_view_gain * self.best_described_quality && quality > 0.0 {
             return Some(pb::TrackEventKind::BetterView);
         }
-        let recent = self.recent_with(view)?;
-        (dot(&recent, last) < config.appearance_change_similarity).then_some(pb::TrackEventKind::AppearanceChanged)
+        (dot(recent, last) < config.appearance_change_similarity).then_some(pb::TrackEventKind::AppearanceChanged)
     }
 
-    /// The recent appearance including `view`, without committing it.
-    fn recent_with(&self, view: &View) -> Option<Vec<f32>> {
-        let embedding = view.embedding.as_ref()?;
-        let mut recent = match &self.recent {
-            Some(recent) if recent.len() == embedding.len() => recent
-                .iter()
-                .zip(embedding)
-                .map(|(r, e)| RECENT_APPEARANCE_MOMENTUM * r + (1.0 - RECENT_APPEARANCE_MOMENTUM) * e)
-                .collect(),
-            _ => embedding.clone(),
-        };
-        l2_normalize(&mut recent);
-        Some(recent)
+    /// Folds a unit-length embedding into the recent appearance, in place.
+    fn fold_recent(&mut self, embedding: &[f32]) {
+        match &mut self.recent {
+            Some(recent) if recent.len() == embedding.len() => {
+                for (r, e) in recent.iter_mut().zip(embedding) {
+                    *r = RECENT_APPEARANCE_MOMENTUM * *r + (1.0 - RECENT_APPEARANCE_MOMENTUM) * e;
+                }
+                l2_normalize(recent);
+            }
+            _ => self.recent = Some(embedding.to_vec()),
+        }
     }
 
-    fn described(&mut self, view: &View) {
+    fn described(&mut self, time_ns: i64, quality: f32, embedding: Option<&[f32]>) {
         self.described += 1;
-        self.last_described_ns = view.time_ns;
-        self.best_described_quality = self.best_described_quality.max(view.quality);
-        if view.embedding.is_some() {
-            self.last_described = view.embedding.clone();
-            self.recent = view.embedding.clone();
+        self.last_described_ns = time_ns;
+        self.best_described_quality = self.best_described_quality.max(quality);
+        if let Some(embedding) = embedding {
+            // Drift is measured from what the centre now has.
+            self.last_described = Some(embedding.to_vec());
+            self.recent = Some(embedding.to_vec());
         }
     }
 }
@@ -294,12 +306,6 @@ fn view_quality(score: f32, bbox: [f32; 4], sharpness: f32) -> f32 {
     let area = ((bbox[2] - bbox[0]).max(0.0) * (bbox[3] - bbox[1]).max(0.0)).sqrt();
     let quality = score * area * sharpness.max(1.0).sqrt();
     if quality.is_finite() { quality } else { 0.0 }
-}
-
-fn unit(v: &[f32]) -> Option<Vec<f32>> {
-    let mut v = v.to_vec();
-    l2_normalize(&mut v);
-    (v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0)).then_some(v)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

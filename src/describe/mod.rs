@@ -171,17 +171,16 @@ impl CameraState {
             self.emitter
                 .frame(analysis.capture_time, frame, &update, detections, &mut encode);
         let objects = if config.send_detections {
-            let track_of = |i: usize| {
-                update
-                    .tracks
-                    .iter()
-                    .find(|t| t.detection == i)
-                    .map_or(0, |t| t.track_id)
-            };
+            let mut track_of = vec![0; detections.len()];
+            for tracked in &update.tracks {
+                if let Some(slot) = track_of.get_mut(tracked.detection) {
+                    *slot = tracked.track_id;
+                }
+            }
             detections
                 .iter()
-                .enumerate()
-                .map(|(i, d)| detected_object(d, frame, track_of(i), &origin.class_names, &mut encode))
+                .zip(track_of)
+                .map(|(d, track_id)| detected_object(d, frame, track_id, &origin.class_names, &mut encode))
                 .collect()
         } else {
             Vec::new()

@@ -191,6 +191,9 @@ pub struct TrackedObject {
     pub bbox: [f32; 4],
     /// Index of the matched detection in the slice given to [`Tracker::update`].
     pub detection: usize,
+    /// The matched detection's embedding at unit length, if it was confident and had a usable one
+    /// (the tracker normalises it anyway, so its users need not again).
+    pub embedding: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -588,6 +591,7 @@ fn reported(track: &Track, candidate: &Candidate, detections: &[Detection]) -> T
         score: candidate.score,
         bbox: detections[candidate.index].bbox,
         detection: candidate.index,
+        embedding: candidate.embedding.clone(),
     }
 }
 
