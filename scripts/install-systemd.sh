@@ -2,6 +2,7 @@
 # Installs a built retina-edge as a systemd service (run as root after `make build`):
 #   /opt/retina-edge/{bin,lib,models}   binary, ONNX Runtime library, models + manifests
 #   /etc/retina-edge/retina-edge.toml   config (kept if it exists)
+#   /var/lib/retina-edge/cameras.toml   cameras changed over gRPC (systemd's StateDirectory)
 #   user and group retina-edge          the service's own, unprivileged
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,13 +18,15 @@ id -u retina-edge >/dev/null 2>&1 ||
 install -d "$prefix/bin" "$prefix/lib" "$prefix/models" "$etc"
 install -m 0755 "$repo/target/release/retina-edge" "$prefix/bin/"
 install -m 0644 "$repo"/.deps/onnxruntime/libonnxruntime.so.* "$prefix/lib/"
-install -m 0644 "$repo"/models/*.onnx "$repo"/models/*.toml "$prefix/models/"
+# Everything a manifest names: ONNX files and the embedder's projection.
+install -m 0644 "$repo"/models/*.onnx "$repo"/models/*.toml "$repo"/models/*.safetensors "$prefix/models/"
 install -m 0644 "$repo/README.md" "$prefix/"
 
 if [ ! -f "$etc/retina-edge.toml" ]; then
   lib=$(basename "$repo"/.deps/onnxruntime/libonnxruntime.so.*)
   sed -e "s#^onnxruntime_library = .*#onnxruntime_library = \"$prefix/lib/$lib\"#" \
       -e "s#\.\./models/#$prefix/models/#g" \
+      -e "s#^\[node\]#[node]\ncamera_state_file = \"/var/lib/retina-edge/cameras.toml\"#" \
       "$repo/config/retina-edge.toml" > "$etc/retina-edge.toml"
   echo "wrote $etc/retina-edge.toml: set node.id and your cameras, then start the service"
 fi
