@@ -53,7 +53,8 @@ learn-projection: build
 soak: deps
 	$(CARGO) test $(PROFILE) --locked --test soak -- --ignored --nocapture
 
-lint:
+## Formatting and clippy; needs the GStreamer development packages, hence deps.
+lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy $(PROFILE) --locked --all-targets -- -D warnings
 

@@ -23,7 +23,7 @@ venv="$deps/python"
 requirements="$repo/scripts/central/requirements.txt"
 
 apt_packages=(
-  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+  build-essential pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip python3-venv
 )

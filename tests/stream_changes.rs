@@ -38,7 +38,9 @@ async fn a_resolution_change_mid_stream_needs_no_restart() {
     std::fs::write(&path, stream).unwrap();
 
     let camera = format!(
-        "[[cameras]]\nid = \"cam\"\nuri = \"{}\"\nanalysis_fps = 0\nrealtime = false\n",
+        // Detections too, so that their boxes can be checked against each frame's size.
+        "[[cameras]]\nid = \"cam\"\nuri = \"{}\"\nanalysis_fps = 0\nrealtime = false\n\
+         [describe]\nsend_detections = true\n",
         path.display()
     );
     let config = common::config_toml(&camera, "exit_when_cameras_end = true");
@@ -46,6 +48,7 @@ async fn a_resolution_change_mid_stream_needs_no_restart() {
     let cameras = node.cameras.clone();
     let descriptors = common::collect_until_end(&mut client).await;
     let mut sizes = Vec::new();
+    let mut objects_after_change = 0;
     for d in &descriptors {
         assert_eq!(
             d.sequence as usize,
@@ -55,6 +58,9 @@ async fn a_resolution_change_mid_stream_needs_no_restart() {
         for o in &d.objects {
             let b = o.r#box.unwrap();
             assert!(0.0 <= b.x_min && b.x_max <= 1.0 && 0.0 <= b.y_min && b.y_max <= 1.0);
+        }
+        if d.frame_width == 320 {
+            objects_after_change += d.objects.len();
         }
         sizes.push((d.frame_width, d.frame_height));
     }
@@ -71,6 +77,7 @@ async fn a_resolution_change_mid_stream_needs_no_restart() {
     assert!(sizes[..first_small].iter().all(|&s| s == (640, 272)));
     assert!(sizes[first_small..].iter().all(|&s| s == (320, 136)));
     assert!(sizes.len() >= 95, "both parts analysed: {} frames", sizes.len());
+    assert!(objects_after_change > 0, "objects found at the new size too");
     let restarts = cameras.read().unwrap()[0].restarts.load(Ordering::Relaxed);
     assert_eq!(restarts, 0, "no pipeline rebuild");
 }
