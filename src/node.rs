@@ -108,8 +108,19 @@ impl Models {
             self.embedder.as_ref(),
             &config.inference.embed_classes,
             config.inference.score_threshold,
+            embed_min_score(config),
             self.options,
         )
+    }
+}
+
+/// Only confident detections' embeddings are used by the tracker and the emission policy; every
+/// detection's is sent when the node sends detections.
+fn embed_min_score(config: &Config) -> f32 {
+    if config.describe.send_detections {
+        0.0
+    } else {
+        config.describe.tracker.high_threshold
     }
 }
 

@@ -20,8 +20,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::codec::l2_normalize;
-use super::track::{EndReason, EndedTrack, TrackEvent, TrackUpdate};
+use super::track::{EndReason, EndedTrack, TrackEvent, TrackUpdate, blend};
 use crate::clock::to_timestamp;
 use crate::infer::Detection;
 use crate::pb;
@@ -265,17 +264,12 @@ impl TrackState {
         (dot(recent, last) < config.appearance_change_similarity).then_some(pb::TrackEventKind::AppearanceChanged)
     }
 
-    /// Folds a unit-length embedding into the recent appearance, in place.
+    /// Folds a unit-length embedding into the recent appearance, as the tracker does its own.
     fn fold_recent(&mut self, embedding: &[f32]) {
-        match &mut self.recent {
-            Some(recent) if recent.len() == embedding.len() => {
-                for (r, e) in recent.iter_mut().zip(embedding) {
-                    *r = RECENT_APPEARANCE_MOMENTUM * *r + (1.0 - RECENT_APPEARANCE_MOMENTUM) * e;
-                }
-                l2_normalize(recent);
-            }
-            _ => self.recent = Some(embedding.to_vec()),
-        }
+        self.recent = Some(match self.recent.take() {
+            Some(recent) if recent.len() == embedding.len() => blend(recent, embedding, RECENT_APPEARANCE_MOMENTUM),
+            _ => embedding.to_vec(),
+        });
     }
 
     fn described(&mut self, time_ns: i64, quality: f32, embedding: Option<&[f32]>) {

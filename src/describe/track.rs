@@ -323,7 +323,7 @@ impl Tracker {
             track.motion.predict(dt);
         }
 
-        let candidates = self.candidates(detections, &mut out.invalid_detections);
+        let mut candidates = self.candidates(detections, &mut out.invalid_detections);
         let mut track_taken = vec![false; self.tracks.len()];
         let mut candidate_taken = vec![false; candidates.len()];
         let mut matches = Vec::new();
@@ -388,7 +388,7 @@ impl Tracker {
         matches.extend(assign(pairs, &mut track_taken, &mut candidate_taken));
 
         for (t, c) in matches {
-            let candidate = &candidates[c];
+            let candidate = &mut candidates[c];
             let track = &mut self.tracks[t];
             track.observe(candidate, now, &self.config);
             if !track.confirmed && track.hits >= self.config.min_hits {
@@ -411,7 +411,7 @@ impl Tracker {
             keep
         });
 
-        for (c, candidate) in candidates.iter().enumerate() {
+        for (c, candidate) in candidates.iter_mut().enumerate() {
             if candidate_taken[c] || !candidate.high {
                 continue;
             }
@@ -584,14 +584,15 @@ impl Track {
     }
 }
 
-fn reported(track: &Track, candidate: &Candidate, detections: &[Detection]) -> TrackedObject {
+/// Hands the candidate's embedding on: it has been observed, and each candidate matches once.
+fn reported(track: &Track, candidate: &mut Candidate, detections: &[Detection]) -> TrackedObject {
     TrackedObject {
         track_id: track.id,
         class_id: track.class_id,
         score: candidate.score,
         bbox: detections[candidate.index].bbox,
         detection: candidate.index,
-        embedding: candidate.embedding.clone(),
+        embedding: candidate.embedding.take(),
     }
 }
 
@@ -617,7 +618,7 @@ fn assign(mut pairs: Vec<Pair>, track_taken: &mut [bool], candidate_taken: &mut 
 }
 
 /// `momentum * old + (1 - momentum) * new`, renormalised; both inputs unit length.
-fn blend(mut old: Vec<f32>, new: &[f32], momentum: f32) -> Vec<f32> {
+pub(super) fn blend(mut old: Vec<f32>, new: &[f32], momentum: f32) -> Vec<f32> {
     for (a, b) in old.iter_mut().zip(new) {
         *a = momentum * *a + (1.0 - momentum) * b;
     }

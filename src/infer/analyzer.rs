@@ -37,8 +37,21 @@ pub struct Timings {
 pub struct Analyzer {
     detector: Detector,
     embedder: Option<Embedder>,
-    /// Per detector class: does it get an embedding?
-    embed_class: Vec<bool>,
+    embed: EmbedFilter,
+}
+
+/// Which detections get an embedding.
+struct EmbedFilter {
+    /// Per detector class.
+    classes: Vec<bool>,
+    /// Detections scoring below this are not embedded: nothing downstream would use the vector.
+    min_score: f32,
+}
+
+impl EmbedFilter {
+    fn wants(&self, detection: &Detection) -> bool {
+        detection.score >= self.min_score && self.classes.get(detection.class_id as usize).copied().unwrap_or(false)
+    }
 }
 
 struct Detector {
@@ -67,6 +80,7 @@ impl Analyzer {
         embedder: Option<&ModelFile>,
         embed_classes: &[String],
         score_threshold: Option<f32>,
+        embed_min_score: f32,
         options: SessionOptions,
     ) -> Result<Analyzer> {
         let mut gfl = NanodetGfl::from_manifest(&detector.manifest).ok_or_else(|| Error::Manifest {
@@ -120,7 +134,10 @@ impl Analyzer {
         Ok(Analyzer {
             detector: detector_stage,
             embedder: embedder_stage,
-            embed_class,
+            embed: EmbedFilter {
+                classes: embed_class,
+                min_score: embed_min_score,
+            },
         })
     }
 
@@ -151,12 +168,7 @@ impl Analyzer {
         if let Some(embedder) = &mut self.embedder {
             let started = Instant::now();
             let wanted: Vec<usize> = (0..detections.len())
-                .filter(|&i| {
-                    self.embed_class
-                        .get(detections[i].class_id as usize)
-                        .copied()
-                        .unwrap_or(false)
-                })
+                .filter(|&i| self.embed.wants(&detections[i]))
                 .collect();
             for chunk in wanted.chunks(embedder.spec.max_batch) {
                 let crops: Vec<[f32; 4]> = chunk.iter().map(|&i| detections[i].bbox).collect();
@@ -194,7 +206,7 @@ impl Analyzer {
         if let Some(embedder) = &mut self.embedder {
             let boxes: Vec<[f32; 4]> = detections
                 .iter()
-                .filter(|d| self.embed_class.get(d.class_id as usize).copied().unwrap_or(false))
+                .filter(|d| self.embed.wants(d))
                 .map(|d| d.bbox)
                 .collect();
             for chunk in boxes.chunks(embedder.spec.max_batch) {
