@@ -40,6 +40,12 @@ pub struct Metrics {
 }
 
 type SubscriberLabels = [(&'static str, String); 1];
+
+/// Descriptors sent to one subscriber, and lost because it read too slowly.
+pub struct SubscriberCounters {
+    pub sent: Counter,
+    pub dropped: Counter,
+}
 type TrackEventLabels = [(&'static str, &'static str); 1];
 
 impl std::fmt::Debug for Metrics {
@@ -163,16 +169,13 @@ impl Metrics {
             .inc_by(appearances.map(|a| prost::Message::encoded_len(a) as u64).sum());
     }
 
-    pub fn subscriber_sent(&self, subscriber: &str) {
-        self.subscriber_sent
-            .get_or_create(&[("subscriber", subscriber.to_string())])
-            .inc();
-    }
-
-    pub fn subscriber_dropped(&self, subscriber: &str, lost: u64) {
-        self.subscriber_dropped
-            .get_or_create(&[("subscriber", subscriber.to_string())])
-            .inc_by(lost);
+    /// One subscriber's counters, resolved once per stream rather than per descriptor.
+    pub fn subscriber_counters(&self, subscriber: &str) -> SubscriberCounters {
+        let labels = [("subscriber", subscriber.to_string())];
+        SubscriberCounters {
+            sent: self.subscriber_sent.get_or_create(&labels).clone(),
+            dropped: self.subscriber_dropped.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn frame_failed(&self) {

@@ -50,7 +50,6 @@ pub struct RetinaService {
 /// A subscriber's filters, validated.
 struct Filter {
     cameras: HashSet<String>,
-    classes: HashSet<String>,
     class_ids: HashSet<u32>,
     min_score: f32,
     include_empty_frames: bool,
@@ -92,7 +91,6 @@ impl Filter {
         }
         Ok(Filter {
             cameras: request.camera_ids.iter().cloned().collect(),
-            classes: request.class_names.iter().cloned().collect(),
             class_ids,
             min_score: request.min_score,
             include_empty_frames: request.include_empty_frames,
@@ -107,21 +105,39 @@ impl Filter {
             return None;
         }
         let min_score_q8 = score_q8(self.min_score);
-        let keep_object = |o: &pb::DetectedObject| {
-            o.score >= self.min_score && (self.classes.is_empty() || self.classes.contains(&o.class_name))
-        };
         let keep_class = |class_id: u32| self.class_ids.is_empty() || self.class_ids.contains(&class_id);
+        let keep_object = |o: &pb::DetectedObject| o.score >= self.min_score && keep_class(o.class_id);
         let keep_track = |t: &pb::TrackedObject| t.score_q8 >= min_score_q8 && keep_class(t.class_id);
         let keep_event = |e: &pb::TrackEvent| keep_class(e.class_id);
-        let mut kept = descriptor.clone();
-        kept.objects.retain(keep_object);
-        kept.tracks.retain(keep_track);
-        kept.track_events.retain(keep_event);
-        let empty = kept.objects.is_empty() && kept.tracks.is_empty() && kept.track_events.is_empty();
-        if empty && !self.include_empty_frames {
+        // Only what is kept is copied: with filters, most of a descriptor may be left behind.
+        let objects: Vec<_> = descriptor.objects.iter().filter(|o| keep_object(o)).cloned().collect();
+        let tracks: Vec<_> = descriptor.tracks.iter().filter(|t| keep_track(t)).cloned().collect();
+        let track_events: Vec<_> = descriptor
+            .track_events
+            .iter()
+            .filter(|e| keep_event(e))
+            .cloned()
+            .collect();
+        if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames {
             return None;
         }
-        Some(kept)
+        let d = descriptor;
+        Some(pb::FrameDescriptor {
+            node_id: d.node_id.clone(),
+            camera_id: d.camera_id.clone(),
+            sequence: d.sequence,
+            capture_time: d.capture_time,
+            time_source: d.time_source,
+            frame_width: d.frame_width,
+            frame_height: d.frame_height,
+            detector: d.detector.clone(),
+            embedder: d.embedder.clone(),
+            objects,
+            node_run_id: d.node_run_id,
+            camera_position: d.camera_position.clone(),
+            tracks,
+            track_events,
+        })
     }
 }
 
@@ -325,12 +341,13 @@ async fn forward(
         }
         Some(message)
     };
+    let counters = metrics.subscriber_counters(name);
     for descriptor in replay {
         if let Some(message) = prepare(&descriptor) {
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
-            metrics.subscriber_sent(name);
+            counters.sent.inc();
         }
     }
     let Some(mut live) = live else { return };
@@ -346,11 +363,11 @@ async fn forward(
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    metrics.subscriber_sent(name);
+                    counters.sent.inc();
                 }
             }
             Err(broadcast::error::RecvError::Lagged(lost)) => {
-                metrics.subscriber_dropped(name, lost);
+                counters.dropped.inc_by(lost);
                 tracing::warn!(subscriber = %name, lost, "slow subscriber lost its oldest descriptors");
             }
             Err(broadcast::error::RecvError::Closed) => return,
