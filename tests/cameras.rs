@@ -124,6 +124,15 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("gopher://"), "{}", status.message());
+    // A file that is not there is a bad argument too; NOT_FOUND would say the camera is unknown.
+    let status = client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(spec("west", "/no/such/clip.mp4")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("/no/such/clip.mp4"), "{}", status.message());
     let status = client
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("bad id!", &clip)),

@@ -74,9 +74,12 @@ impl SourceUri {
 }
 
 fn file_uri(path: &Path) -> Result<String> {
-    let path = path
-        .canonicalize()
-        .map_err(|e| Error::io(format!("video file {}", path.display()), e))?;
+    // A source that cannot be opened is a bad argument of the request (INVALID_ARGUMENT), not a
+    // missing resource of the node: NOT_FOUND means "no such camera" to gRPC clients.
+    let path = path.canonicalize().map_err(|e| Error::UnsupportedUri {
+        uri: path.display().to_string(),
+        reason: format!("video file: {e}"),
+    })?;
     if !path.is_file() {
         return Err(Error::UnsupportedUri {
             uri: path.display().to_string(),
