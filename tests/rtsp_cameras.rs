@@ -138,3 +138,32 @@ async fn rtsp_capture_times_are_monotonic_and_say_their_clock() {
     );
     stop(node).await;
 }
+
+/// A camera analysed more rarely than its stall timeout is alive as long as it decodes frames:
+/// the stall clock follows decoded frames, not analysed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
+    let clip = common::sample_clip();
+    let cam = TestCamera::start(&clip);
+    let camera_toml = format!(
+        "[[cameras]]\nid = \"slow\"\nuri = \"{}\"\nanalysis_fps = 0.25\nstall_timeout_seconds = 2.0\n",
+        cam.uri()
+    );
+    let (node, mut client) = start_camera_node(&camera_toml).await;
+    wait_for(&mut client, "slow", Duration::from_secs(20), "a first frame", |c| {
+        c.frames_analysed >= 1
+    })
+    .await;
+    // Analysed frames are 4 s apart, twice the stall timeout.
+    wait_for(&mut client, "slow", Duration::from_secs(15), "a second frame", |c| {
+        c.frames_analysed >= 2
+    })
+    .await;
+    let info = camera(&mut client, "slow").await;
+    assert_eq!(
+        (info.state(), info.restarts),
+        (pb::CameraState::Streaming, 0),
+        "{info:?}"
+    );
+    stop(node).await;
+}

@@ -190,7 +190,7 @@ impl Supervisor {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
         let decoded_status = self.status.clone();
         let pipeline = pipeline::build(&self.spec, self.frame_handler(clock.clone()), move || {
-            CameraStatus::count(&decoded_status.frames_decoded)
+            decoded_status.frame_decoded()
         })?;
         let bus = pipeline
             .pipeline
@@ -210,9 +210,11 @@ impl Supervisor {
                 return Ok(RunEnd::Finished);
             }
             if self.kind == SourceKind::Live {
-                // Silent since the last frame of this run, or since the run began.
+                // Silent since the last decoded frame of this run, or since the run began. Decoded,
+                // not analysed: at a low analysis rate, analysed frames may come further apart
+                // than the stall timeout from a healthy camera.
                 let run_age = started.elapsed();
-                let silent_for = self.status.last_frame_age().map_or(run_age, |age| age.min(run_age));
+                let silent_for = self.status.last_decoded_age().map_or(run_age, |age| age.min(run_age));
                 if silent_for > self.stall_timeout {
                     return Ok(RunEnd::Stalled(format!(
                         "no frame for {:.1} s",

@@ -53,6 +53,9 @@ pub struct CameraStatus {
     pub reconnect_attempts: AtomicU32,
     /// When the last frame arrived (nanoseconds on the process's monotonic clock, 0 = never).
     last_frame_nanos: AtomicU64,
+    /// When the decoder last produced a frame, analysed or not: what says a source is alive, even
+    /// one analysed only every few seconds (same clock, 0 = never).
+    last_decoded_nanos: AtomicU64,
     /// `pb::TimeSource` of the last frame's capture time.
     time_source: AtomicI32,
     state: Mutex<CameraCondition>,
@@ -94,6 +97,7 @@ impl CameraStatus {
             restarts: AtomicU64::new(0),
             reconnect_attempts: AtomicU32::new(0),
             last_frame_nanos: AtomicU64::new(0),
+            last_decoded_nanos: AtomicU64::new(0),
             time_source: AtomicI32::new(pb::TimeSource::Unspecified as i32),
             state: Mutex::new(CameraCondition {
                 state: pb::CameraState::Starting,
@@ -143,10 +147,20 @@ impl CameraStatus {
         self.time_source.store(source as i32, Ordering::Relaxed);
     }
 
+    /// The decoder produced a frame (before the analysis-rate filter).
+    pub fn frame_decoded(&self) {
+        Self::count(&self.frames_decoded);
+        self.last_decoded_nanos.store(monotonic_nanos(), Ordering::Relaxed);
+    }
+
     /// Time since the last frame, if one ever arrived.
     pub fn last_frame_age(&self) -> Option<Duration> {
-        let at = self.last_frame_nanos.load(Ordering::Relaxed);
-        (at > 0).then(|| Duration::from_nanos(monotonic_nanos().saturating_sub(at)))
+        age(&self.last_frame_nanos)
+    }
+
+    /// Time since the decoder last produced a frame, if it ever did.
+    pub fn last_decoded_age(&self) -> Option<Duration> {
+        age(&self.last_decoded_nanos)
     }
 
     pub fn time_source(&self) -> pb::TimeSource {
@@ -156,6 +170,11 @@ impl CameraStatus {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+fn age(at_nanos: &AtomicU64) -> Option<Duration> {
+    let at = at_nanos.load(Ordering::Relaxed);
+    (at > 0).then(|| Duration::from_nanos(monotonic_nanos().saturating_sub(at)))
 }
 
 /// The node's cameras, shared with metrics and the gRPC service.
