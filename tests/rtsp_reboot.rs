@@ -80,8 +80,10 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
     .await;
 
     eprintln!("south: {south_rate_before:.1} fps before, {south_rate_during:.1} fps during north's outage");
+    // A camera held up by the other's outage would fall to nothing; the margin is for a loaded
+    // 2-core machine, where 3 s at 5 fps is only 15 frames.
     assert!(
-        south_rate_during >= south_rate_before * 0.8,
+        south_rate_during >= south_rate_before * 0.6,
         "the other camera kept its rate"
     );
     assert_eq!(camera(&mut client, "south").await.restarts, 0);
