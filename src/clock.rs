@@ -31,13 +31,23 @@ pub fn to_timestamp(nanos: UnixNanos) -> prost_types::Timestamp {
     }
 }
 
+/// A shifted source is brought back to its own times by 1/SLEW_DIVISOR of each frame interval.
+const SLEW_DIVISOR: i64 = 10;
+
 /// Per-camera capture clock. Kept across pipeline runs so times stay monotonic.
 #[derive(Debug)]
 pub struct CaptureClock {
     source: TimeSource,
     /// (wall clock, running time) of the first frame of the current pipeline run.
     anchor: Option<(UnixNanos, Duration)>,
+    /// The last capture time handed out.
     last: Option<UnixNanos>,
+    /// The source's own time (before `shift`) of the last frame of this run.
+    last_source: Option<UnixNanos>,
+    /// How far the source's times are pushed forward to stay after `last`: non-zero after the
+    /// source's clock fell behind the times already handed out (a wall-clock step, a camera
+    /// whose NTP clock is behind the host's arrival stamps), then slewed back to zero.
+    shift: i64,
 }
 
 impl CaptureClock {
@@ -46,6 +56,8 @@ impl CaptureClock {
             source,
             anchor: None,
             last: None,
+            last_source: None,
+            shift: 0,
         }
     }
 
@@ -57,6 +69,7 @@ impl CaptureClock {
     /// its first frame.
     pub fn restart(&mut self) {
         self.anchor = None;
+        self.last_source = None;
     }
 
     /// Capture time of a frame with the given running time; `wall_now` is read only for the
@@ -73,11 +86,22 @@ impl CaptureClock {
         self.monotonic(t)
     }
 
-    fn monotonic(&mut self, t: UnixNanos) -> UnixNanos {
-        let t = match self.last {
-            Some(last) if t <= last => last + 1,
-            _ => t,
-        };
+    /// Keeps times increasing without losing the source's spacing. Clamping each late frame to
+    /// `last + 1` would pack every frame 1 ns apart until the source caught up, for as long as
+    /// its clock is behind; instead the source is shifted forward once, and the shift is slewed
+    /// back by a tenth of each frame interval (as NTP slews rather than steps), so spacing stays
+    /// within 10 % and the times converge on the source's own.
+    fn monotonic(&mut self, source_time: UnixNanos) -> UnixNanos {
+        if let Some(previous) = self.last_source {
+            let slew = source_time.saturating_sub(previous).max(0) / SLEW_DIVISOR;
+            self.shift = self.shift.saturating_sub(slew).max(0);
+        }
+        self.last_source = Some(source_time);
+        let mut t = source_time.saturating_add(self.shift);
+        if let Some(last) = self.last.filter(|&last| t <= last) {
+            self.shift = self.shift.saturating_add(last - t + 1);
+            t = last + 1;
+        }
         self.last = Some(t);
         t
     }
@@ -107,6 +131,24 @@ mod tests {
         // A new run whose wall anchor is behind the last stamp (clock step) still moves forward.
         let t1 = clock.stamp(Duration::ZERO, || 4_000_000_000);
         assert!(t1 > t0);
+    }
+
+    #[test]
+    fn a_source_clock_behind_keeps_its_spacing_and_is_slewed_back() {
+        let mut clock = CaptureClock::new(TimeSource::HostArrival);
+        // Host-stamped frames first (no sender report yet), then the camera's NTP times, which
+        // lie 2 s behind them.
+        let host = clock.stamp(Duration::ZERO, || 10_000_000_000);
+        let frame = 40_000_000;
+        let ntp_start = host - 2_000_000_000;
+        let stamped: Vec<UnixNanos> = (1..=1000).map(|n| clock.stamp_exact(ntp_start + n * frame)).collect();
+        assert!(stamped[0] > host);
+        for pair in stamped.windows(2) {
+            let spacing = pair[1] - pair[0];
+            assert!(spacing >= frame * 9 / 10 && spacing <= frame, "spacing {spacing} ns");
+        }
+        // 2 s absorbed at 4 ms a frame: exact camera times again after about 500 frames.
+        assert_eq!(stamped[999], ntp_start + 1000 * frame);
     }
 
     #[test]
