@@ -50,6 +50,9 @@ pub enum Error {
     #[error("no camera {0:?} on this node")]
     NoSuchCamera(String),
 
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
     #[error("unsupported source URI {uri:?}: {reason}")]
     UnsupportedUri { uri: String, reason: String },
 
@@ -83,7 +86,7 @@ impl Error {
             Error::ModelLoad { .. } => Kind::InvalidArgument,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
             Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => Kind::Unavailable,
-            Error::Camera { .. } => Kind::Unavailable,
+            Error::Camera { .. } | Error::ShuttingDown => Kind::Unavailable,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }
     }

@@ -23,12 +23,20 @@ pub struct CameraChange {
 }
 
 pub struct CameraManager {
-    entries: Mutex<Vec<Entry>>,
+    entries: Mutex<Entries>,
     /// Shared with metrics and the gRPC service, kept in step with `entries`.
     registry: Cameras,
     queue: Arc<FrameQueue>,
     base_dir: PathBuf,
     state_path: PathBuf,
+}
+
+#[derive(Default)]
+struct Entries {
+    list: Vec<Entry>,
+    /// Set by [`CameraManager::stop_all`] under the same lock: a change that arrives during
+    /// shutdown would otherwise start a camera nobody joins.
+    stopped: bool,
 }
 
 struct Entry {
@@ -41,7 +49,7 @@ struct Entry {
 impl CameraManager {
     pub fn new(queue: Arc<FrameQueue>, base_dir: PathBuf, state_path: PathBuf, registry: Cameras) -> CameraManager {
         CameraManager {
-            entries: Mutex::new(Vec::new()),
+            entries: Mutex::new(Entries::default()),
             registry,
             queue,
             base_dir,
@@ -51,16 +59,26 @@ impl CameraManager {
 
     /// Starts the configured cameras (URIs resolved by the caller); nothing is persisted.
     pub fn start_configured(&self, cameras: Vec<(CameraConfig, SourceUri)>) -> Result<()> {
-        let mut entries = self.lock();
+        let mut entries = self.lock_for_change()?;
         for (config, source) in cameras {
-            entries.push(self.launch(config, source, None)?);
+            let entry = self.launch(config, source, None)?;
+            entries.list.push(entry);
         }
-        self.publish(&entries);
+        self.publish(&entries.list);
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cameras, for a change; refused once the node is stopping.
+    fn lock_for_change(&self) -> Result<MutexGuard<'_, Entries>> {
+        let entries = self.lock();
+        if entries.stopped {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(entries)
     }
 
     /// Starts the camera if enabled; `status` continues an existing camera's counters.
@@ -103,21 +121,22 @@ impl CameraManager {
     pub fn add(&self, config: CameraConfig) -> Result<Arc<CameraStatus>> {
         config.validate().map_err(invalid)?;
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
-        let mut entries = self.lock();
-        if entries.iter().any(|e| e.config.id == config.id) {
+        let mut entries = self.lock_for_change()?;
+        if entries.list.iter().any(|e| e.config.id == config.id) {
             return Err(Error::CameraExists(config.id));
         }
-        self.persist(entries.iter().map(|e| e.config.clone()).chain([config.clone()]))?;
+        self.persist(entries.list.iter().map(|e| e.config.clone()).chain([config.clone()]))?;
         let entry = self.launch(config, source, None)?;
         let status = entry.status.clone();
-        entries.push(entry);
-        self.publish(&entries);
+        entries.list.push(entry);
+        self.publish(&entries.list);
         tracing::info!(camera = %status.id, "camera added");
         Ok(status)
     }
 
     pub fn update(&self, id: &str, change: CameraChange) -> Result<Arc<CameraStatus>> {
-        let mut entries = self.lock();
+        let mut entries = self.lock_for_change()?;
+        let entries = &mut entries.list;
         let index = entries
             .iter()
             .position(|e| e.config.id == id)
@@ -151,13 +170,14 @@ impl CameraManager {
         let entry = self.launch(config, source, Some(old.status))?;
         let status = entry.status.clone();
         entries.insert(index, entry);
-        self.publish(&entries);
+        self.publish(entries);
         tracing::info!(camera = %status.id, "camera updated");
         Ok(status)
     }
 
     pub fn remove(&self, id: &str) -> Result<()> {
-        let mut entries = self.lock();
+        let mut entries = self.lock_for_change()?;
+        let entries = &mut entries.list;
         let index = entries
             .iter()
             .position(|e| e.config.id == id)
@@ -171,7 +191,7 @@ impl CameraManager {
         // Frames it left waiting would otherwise be analysed for a camera that is gone.
         self.queue.remove_lane(id);
         old.status.set_state(pb::CameraState::Stopped, None);
-        self.publish(&entries);
+        self.publish(entries);
         tracing::info!(camera = %id, "camera removed");
         Ok(())
     }
@@ -179,6 +199,7 @@ impl CameraManager {
     /// True when no camera runs any more (files ended, all disabled).
     pub fn all_ended(&self) -> bool {
         self.lock()
+            .list
             .iter()
             .all(|e| e.runner.as_ref().is_none_or(CameraRunner::is_finished))
     }
@@ -186,7 +207,8 @@ impl CameraManager {
     /// Stops every camera and waits for their threads.
     pub fn stop_all(&self) {
         let mut entries = self.lock();
-        let runners: Vec<CameraRunner> = entries.iter_mut().filter_map(|e| e.runner.take()).collect();
+        entries.stopped = true;
+        let runners: Vec<CameraRunner> = entries.list.iter_mut().filter_map(|e| e.runner.take()).collect();
         for runner in &runners {
             runner.stop();
         }
@@ -206,5 +228,43 @@ pub fn position_message(p: &CameraPositionConfig) -> pb::CameraPosition {
         longitude: p.longitude,
         heading_degrees: p.heading_degrees,
         description: p.description.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_change_is_taken_once_the_cameras_are_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("clip.mp4");
+        std::fs::write(&clip, b"not started: the camera is disabled").unwrap();
+        let state_path = dir.path().join("cameras.toml");
+        let manager = CameraManager::new(
+            FrameQueue::new(2),
+            dir.path().into(),
+            state_path.clone(),
+            Cameras::default(),
+        );
+        let mut camera = CameraConfig::new("north", clip.display().to_string());
+        camera.enabled = false;
+        manager.add(camera.clone()).unwrap();
+        let saved = std::fs::read_to_string(&state_path).unwrap();
+
+        manager.stop_all();
+        camera.id = "south".into();
+        assert!(matches!(manager.add(camera), Err(Error::ShuttingDown)));
+        let change = CameraChange {
+            enabled: Some(true),
+            ..Default::default()
+        };
+        assert!(matches!(manager.update("north", change), Err(Error::ShuttingDown)));
+        assert!(matches!(manager.remove("north"), Err(Error::ShuttingDown)));
+        assert_eq!(
+            std::fs::read_to_string(&state_path).unwrap(),
+            saved,
+            "nothing persisted"
+        );
     }
 }
