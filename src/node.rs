@@ -159,11 +159,27 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         problems.push(Error::from(e));
         return Err(problems);
     }
+    // The cameras `run` would start: those changed over gRPC replace the config file's.
+    let mut config = config.clone();
+    let state_path = config.camera_state_path();
+    let mut saved_in = String::new();
+    match config.apply_camera_state() {
+        Ok(()) if state_path.exists() => {
+            saved_in = format!(" (saved in {})", state_path.display());
+            facts.push(format!(
+                "cameras from {}: changed at run time, they replace the config's [[cameras]]",
+                state_path.display()
+            ));
+        }
+        Ok(()) => {}
+        Err(e) => problems.push(e),
+    }
+    let config = &config;
     for camera in &config.cameras {
         match SourceUri::resolve(&camera.uri, &config.base_dir) {
             Ok(source) => facts.push(format!("camera {}: {} ({:?})", camera.id, source.redacted, source.kind)),
             Err(e) => problems.push(Error::Camera {
-                camera: camera.id.clone(),
+                camera: format!("{}{saved_in}", camera.id),
                 message: e.to_string(),
             }),
         }

@@ -77,6 +77,29 @@ fn missing_video_file_and_unsupported_uri_are_named() {
         "{text}"
     );
 
+    // The camera state file (cameras changed over gRPC) replaces the config's cameras, for
+    // `check` as for `run`: a good config with a bad saved camera is reported.
+    let clip = common::sample_clip();
+    let good = write(
+        dir.path(),
+        "c.toml",
+        &common::config_toml(&camera(clip.to_str().unwrap()), ""),
+    );
+    assert!(!check(&good).0);
+    write(
+        dir.path(),
+        "c.cameras.toml",
+        "[[cameras]]\nid = \"saved\"\nuri = \"/no/such/saved.mp4\"\n",
+    );
+    let (failed, text) = check(&good);
+    assert!(
+        failed
+            && text.contains("c.cameras.toml")
+            && text.contains("camera saved")
+            && text.contains("/no/such/saved.mp4"),
+        "{text}"
+    );
+
     // `run` refuses too, at once, instead of running without the camera.
     let out = retina_edge(&["run", "--config", &config]);
     assert!(!out.status.success());
