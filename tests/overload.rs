@@ -11,9 +11,7 @@ use retina_edge::pb::{self, retina_client::RetinaClient};
 const CAMERAS: usize = 4;
 
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::rss_kib(std::process::id())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

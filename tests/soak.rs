@@ -16,16 +16,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn node_info(client: &mut RetinaClient<tonic::transport::Channel>) -> pb::NodeInfo {
     client
         .get_node_info(pb::GetNodeInfoRequest {})
@@ -64,12 +54,14 @@ async fn soak() {
     );
     let config_path = dir.path().join("soak.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_retina-edge"))
-        .args(["run", "--config", config_path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = common::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config", config_path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = node.id();
     let mut client = loop {
         match RetinaClient::connect(format!("http://127.0.0.1:{port}")).await {
@@ -87,7 +79,7 @@ async fn soak() {
     let mut event = 0usize;
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let rss = rss_kib(pid);
+        let rss = common::rss_kib(pid);
         if started.elapsed() >= warm_up {
             rss_after_warm_up.get_or_insert(rss);
             rss_peak_after_warm_up = rss_peak_after_warm_up.max(rss);
@@ -129,7 +121,7 @@ async fn soak() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let rss_end = rss_kib(pid);
+    let rss_end = common::rss_kib(pid);
     let elapsed = started.elapsed().as_secs_f64();
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let exit = node.wait().unwrap();

@@ -20,13 +20,15 @@ fn ready_then_stopping_then_clean_exit_on_sigterm() {
     );
     let config = dir.path().join("node.toml");
     std::fs::write(&config, common::config_toml(&camera, "")).unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_retina-edge"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = common::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).expect("READY=1 within 60 s");
@@ -47,6 +49,5 @@ fn ready_then_stopping_then_clean_exit_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = node.kill();
     panic!("node did not stop within 30 s of SIGTERM");
 }
