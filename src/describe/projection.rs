@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, ArrayView1};
 use safetensors::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::infer::sha256_hex;
 
 /// Rows of `components` and of each rotation must be orthonormal to this much. Generous: a fit
 /// done in f64 and stored as f32 is off by ~1e-7; what this catches is a wrong or whitened matrix,
@@ -54,7 +54,7 @@ impl Projection {
     /// `ModelInfo.projection_id`.
     pub fn load(path: &Path, id: String) -> Result<Projection> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading projection {}", path.display()), e))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = sha256_hex(&bytes);
         let invalid = |message: String| Error::Manifest {
             path: path.to_path_buf(),
             message: format!("projection file: {message}"),

@@ -46,7 +46,7 @@
 use serde::Deserialize;
 
 use super::codec::l2_normalize;
-use crate::infer::Detection;
+use crate::infer::{Detection, decode};
 
 // Noise of the motion model as fractions of the box side, since a larger (nearer) box moves and
 // jitters more in pixels. ByteTrack's per-frame values at its 30 fps, restated per second so that
@@ -636,12 +636,9 @@ fn seconds_between(a: i64, b: i64) -> f64 {
     (i128::from(b) - i128::from(a)) as f64 / 1e9
 }
 
+/// The detector's IoU, on the tracker's f64 boxes: f32 is ample for an overlap ratio.
 fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+    f64::from(decode::iou(&a.map(|v| v as f32), &b.map(|v| v as f32)))
 }
 
 /// The Kalman filter of a box: centre x, centre y, width, height, each with its velocity.

@@ -6,6 +6,7 @@ mod analyzer;
 pub mod decode;
 pub mod manifest;
 mod model;
+pub(crate) use model::sha256_hex;
 pub mod preprocess;
 
 use std::sync::Arc;

@@ -65,12 +65,17 @@ pub struct ModelFile {
     bytes: Vec<u8>,
 }
 
+/// The hex sha256 by which model files (and projections beside them) are reported.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl ModelFile {
     /// Reads the manifest's ONNX file, opens it once to check it against the manifest.
     pub fn load(manifest: Manifest, env: &ort::environment::Environment, options: SessionOptions) -> Result<ModelFile> {
         let path = manifest.model_path();
         let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = sha256_hex(&bytes);
         let input = &manifest.input;
         let (channel_dim, h, w) = (3, i64::from(input.height), i64::from(input.width));
         let input_shape = match input.layout {

@@ -39,6 +39,15 @@ struct Entries {
     stopped: bool,
 }
 
+impl Entries {
+    fn index_of(&self, id: &str) -> Result<usize> {
+        self.list
+            .iter()
+            .position(|e| e.config.id == id)
+            .ok_or_else(|| Error::NoSuchCamera(id.to_string()))
+    }
+}
+
 struct Entry {
     config: CameraConfig,
     status: Arc<CameraStatus>,
@@ -136,11 +145,8 @@ impl CameraManager {
 
     pub fn update(&self, id: &str, change: CameraChange) -> Result<Arc<CameraStatus>> {
         let mut entries = self.lock_for_change()?;
+        let index = entries.index_of(id)?;
         let entries = &mut entries.list;
-        let index = entries
-            .iter()
-            .position(|e| e.config.id == id)
-            .ok_or_else(|| Error::NoSuchCamera(id.to_string()))?;
         let mut config = entries[index].config.clone();
         if let Some(uri) = change.uri {
             config.uri = uri;
@@ -177,11 +183,8 @@ impl CameraManager {
 
     pub fn remove(&self, id: &str) -> Result<()> {
         let mut entries = self.lock_for_change()?;
+        let index = entries.index_of(id)?;
         let entries = &mut entries.list;
-        let index = entries
-            .iter()
-            .position(|e| e.config.id == id)
-            .ok_or_else(|| Error::NoSuchCamera(id.to_string()))?;
         self.persist(entries.iter().filter(|e| e.config.id != id).map(|e| e.config.clone()))?;
         let old = entries.remove(index);
         if let Some(runner) = old.runner {
