@@ -167,3 +167,59 @@ async fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
     );
     stop(node).await;
 }
+
+/// A camera that dies ends its tracks while the node runs on: the centre gets the summaries of
+/// what it saw last now, not when the camera comes back, perhaps hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_dies_ends_its_tracks_without_waiting_for_it() {
+    let clip = common::sample_clip();
+    let mut cam = TestCamera::start(&clip);
+    let (node, mut client) = start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
+    let request = pb::SubscribeRequest {
+        include_empty_frames: true,
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(15), stream.message())
+            .await
+            .expect("a descriptor within 15 s")
+            .unwrap()
+            .expect("the stream goes on while the node runs")
+    };
+
+    // Run until a confirmed track is in view, then take the camera away.
+    let mut open = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = next().await;
+        for e in &d.track_events {
+            match e.kind() {
+                pb::TrackEventKind::Confirmed => open.insert(e.track_id),
+                pb::TrackEventKind::Ended => open.remove(&e.track_id),
+                _ => false,
+            };
+        }
+        if d.tracks.iter().any(|t| open.contains(&t.track_id)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a confirmed track within 60 s");
+    }
+    cam.stop();
+    let died = Instant::now();
+
+    let mut stopped = 0;
+    while !open.is_empty() {
+        let d = next().await;
+        for e in d.track_events.iter().filter(|e| e.kind() == pb::TrackEventKind::Ended) {
+            open.remove(&e.track_id);
+            let reason = e.summary.as_ref().map(|s| s.end_reason());
+            stopped += usize::from(reason == Some(pb::TrackEndReason::Stopped));
+        }
+    }
+    eprintln!("tracks ended {:?} after the camera died", died.elapsed());
+    assert!(stopped >= 1, "the tracks in view end as STOPPED");
+    let gate = camera(&mut client, "gate").await;
+    assert_ne!(gate.state(), pb::CameraState::Streaming, "{gate:?}");
+    stop(node).await;
+}

@@ -10,6 +10,7 @@ pub mod track;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use self::codec::Encoder;
 use self::emit::{Emission, Emitter};
@@ -24,6 +25,9 @@ use crate::pb;
 /// Results further ahead than this of a missing one mean it will never come (a worker died):
 /// stop waiting for it rather than stall the camera.
 const MAX_REORDER: usize = 64;
+
+/// How often cameras are checked for having gone silent with tracks still open.
+const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What every descriptor of the node says about where it comes from.
 pub struct Origin {
@@ -51,6 +55,8 @@ struct CameraState {
     emitter: Emitter,
     /// The last frame described, for the descriptor that ends the camera's tracks.
     last_frame: Option<Analysis>,
+    /// When the last result of this camera came in.
+    last_result_at: Instant,
 }
 
 impl Describer {
@@ -71,10 +77,41 @@ impl Describer {
         metrics: &Metrics,
         mut publish: impl FnMut(pb::FrameDescriptor),
     ) {
-        for analysis in results {
-            self.accept(analysis, metrics, &mut publish);
+        let mut last_check = Instant::now();
+        loop {
+            match results.recv_timeout(SILENCE_CHECK_INTERVAL) {
+                Ok(analysis) => self.accept(analysis, metrics, &mut publish),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_check.elapsed() >= SILENCE_CHECK_INTERVAL {
+                last_check = Instant::now();
+                self.end_tracks_of_stopped_cameras(metrics, &mut publish);
+            }
         }
         self.finish(metrics, &mut publish);
+    }
+
+    /// Ends the tracks of cameras that stopped delivering frames (dead, reconnecting, removed, a
+    /// file that ended), so the centre gets their summaries now rather than when the camera comes
+    /// back, hours later perhaps. A camera that streams but is analysed rarely is left alone: its
+    /// next frame decides, as the tracker's `max_age_seconds` says.
+    fn end_tracks_of_stopped_cameras(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+        let max_silence = Duration::from_secs_f64(self.config.tracker.max_age_seconds);
+        for state in self.cameras.values_mut() {
+            let Some(camera) = state.last_frame.as_ref().map(|f| &f.camera) else {
+                continue;
+            };
+            let streaming = matches!(camera.condition().state, pb::CameraState::Streaming);
+            if streaming || state.last_result_at.elapsed() <= max_silence {
+                continue;
+            }
+            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+                tracing::info!(camera = %last.camera_id, tracks = last.track_events.len(),
+                    "camera stopped delivering frames: its tracks are ended");
+                publish_one(last, metrics, publish);
+            }
+        }
     }
 
     pub fn accept(&mut self, analysis: Analysis, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
@@ -92,7 +129,9 @@ impl Describer {
                 tracker: Tracker::new(self.config.tracker.clone(), epoch),
                 emitter: Emitter::new(self.config.emission.clone()),
                 last_frame: None,
+                last_result_at: Instant::now(),
             });
+        state.last_result_at = Instant::now();
         if instance != state.instance {
             if instance < state.instance {
                 return; // a late result of a camera removed since: nobody asks for it any more
