@@ -164,6 +164,7 @@ async fn python_decodes_what_rust_decodes(describe: &str, codec_name: &str) {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
+    .map(common::KillOnDrop::new)
     .expect("the Python client starts");
 
     // The Rust side asks for the full context in every descriptor; the Python side does not, and

@@ -54,7 +54,7 @@ async fn soak() {
     );
     let config_path = dir.path().join("soak.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut node = common::KillOnDrop(
+    let mut node = common::KillOnDrop::new(
         Command::new(env!("CARGO_BIN_EXE_retina-edge"))
             .args(["run", "--config", config_path.to_str().unwrap()])
             .env("RUST_LOG", "warn")

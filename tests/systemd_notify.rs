@@ -20,7 +20,7 @@ fn ready_then_stopping_then_clean_exit_on_sigterm() {
     );
     let config = dir.path().join("node.toml");
     std::fs::write(&config, common::config_toml(&camera, "")).unwrap();
-    let mut node = common::KillOnDrop(
+    let mut node = common::KillOnDrop::new(
         Command::new(env!("CARGO_BIN_EXE_retina-edge"))
             .args(["run", "--config", config.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &socket_path)

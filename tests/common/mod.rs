@@ -210,27 +210,41 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// A child process that is killed if the test fails before it ended, so that a failed test
-/// leaves no node running, holding ports and cores, under the tests after it.
-pub struct KillOnDrop(pub std::process::Child);
+/// leaves no node or client running, holding ports and cores, under the tests after it.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn new(child: std::process::Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    /// Waits for the process to end by itself, collecting its piped output.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        let child = self.0.take().expect("the child is there until waited for");
+        child.wait_with_output()
+    }
+}
 
 impl std::ops::Deref for KillOnDrop {
     type Target = std::process::Child;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        self.0.as_ref().expect("the child is there until waited for")
     }
 }
 
 impl std::ops::DerefMut for KillOnDrop {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+        self.0.as_mut().expect("the child is there until waited for")
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Some(child) = &mut self.0
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
