@@ -10,13 +10,14 @@
 //! streams end cleanly), and only then do the servers stop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
 
 use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
-use crate::config::Config;
+use crate::config::{CameraConfig, Config};
 use crate::deliver::{Hub, NodeFacts};
 use crate::describe::codec::Encoder;
 use crate::describe::projection::Projection;
@@ -151,6 +152,42 @@ fn load_projection(manifest: &Manifest) -> Result<Option<Arc<Projection>>> {
     Ok(Some(Arc::new(projection)))
 }
 
+/// The cameras a node starts with, each with its source or the reason it has none.
+struct StartingCameras {
+    /// The camera state file, when its cameras (changed over gRPC) replaced the config's.
+    from_state_file: Option<PathBuf>,
+    resolved: Vec<Result<(CameraConfig, SourceUri)>>,
+}
+
+/// Applies the camera state file to `config` and resolves every camera's URI. A camera that
+/// cannot start is named, with the state file when it came from there: an operator who never
+/// edited the config would otherwise look for it in the wrong file.
+fn starting_cameras(config: &mut Config) -> Result<StartingCameras> {
+    config.apply_camera_state()?;
+    let state_path = config.camera_state_path();
+    let from_state_file = state_path.exists().then_some(state_path);
+    let saved_in = from_state_file
+        .as_ref()
+        .map(|path| format!(" (saved in {})", path.display()))
+        .unwrap_or_default();
+    let resolved = config
+        .cameras
+        .iter()
+        .map(|c| {
+            SourceUri::resolve(&c.uri, &config.base_dir)
+                .map(|source| (c.clone(), source))
+                .map_err(|e| Error::Camera {
+                    camera: format!("{}{saved_in}", c.id),
+                    message: e.to_string(),
+                })
+        })
+        .collect();
+    Ok(StartingCameras {
+        from_state_file,
+        resolved,
+    })
+}
+
 /// Everything `retina-edge check` verifies, all of it, so that one run lists every problem.
 pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
     let mut facts = Vec::new();
@@ -159,31 +196,27 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         problems.push(Error::from(e));
         return Err(problems);
     }
-    // The cameras `run` would start: those changed over gRPC replace the config file's.
     let mut config = config.clone();
-    let state_path = config.camera_state_path();
-    let mut saved_in = String::new();
-    match config.apply_camera_state() {
-        Ok(()) if state_path.exists() => {
-            saved_in = format!(" (saved in {})", state_path.display());
-            facts.push(format!(
-                "cameras from {}: changed at run time, they replace the config's [[cameras]]",
-                state_path.display()
-            ));
+    match starting_cameras(&mut config) {
+        Ok(cameras) => {
+            if let Some(path) = cameras.from_state_file {
+                facts.push(format!(
+                    "cameras from {}: changed at run time, they replace the config's [[cameras]]",
+                    path.display()
+                ));
+            }
+            for camera in cameras.resolved {
+                match camera {
+                    Ok((camera, source)) => {
+                        facts.push(format!("camera {}: {} ({:?})", camera.id, source.redacted, source.kind))
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
         }
-        Ok(()) => {}
         Err(e) => problems.push(e),
     }
     let config = &config;
-    for camera in &config.cameras {
-        match SourceUri::resolve(&camera.uri, &config.base_dir) {
-            Ok(source) => facts.push(format!("camera {}: {} ({:?})", camera.id, source.redacted, source.kind)),
-            Err(e) => problems.push(Error::Camera {
-                camera: format!("{}{saved_in}", camera.id),
-                message: e.to_string(),
-            }),
-        }
-    }
     match Models::load(config) {
         Ok(models) => {
             for model in std::iter::once(&models.detector).chain(models.embedder.as_ref()) {
@@ -226,18 +259,9 @@ impl Node {
     /// multi-threaded tokio runtime.
     pub async fn start(mut config: Config) -> Result<Node> {
         gst::init()?;
-        config.apply_camera_state()?;
-        let sources = config
-            .cameras
-            .iter()
-            .map(|c| {
-                SourceUri::resolve(&c.uri, &config.base_dir)
-                    .map(|source| (c.clone(), source))
-                    .map_err(|e| Error::Camera {
-                        camera: c.id.clone(),
-                        message: e.to_string(),
-                    })
-            })
+        let sources = starting_cameras(&mut config)?
+            .resolved
+            .into_iter()
             .collect::<Result<Vec<_>>>()?;
 
         // Bind before any thread starts: a taken port then fails the start with nothing to undo.

@@ -99,6 +99,12 @@ fn missing_video_file_and_unsupported_uri_are_named() {
             && text.contains("/no/such/saved.mp4"),
         "{text}"
     );
+    let out = retina_edge(&["run", "--config", &good]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("camera saved (saved in ") && stderr.contains("c.cameras.toml"),
+        "{stderr}"
+    );
 
     // `run` refuses too, at once, instead of running without the camera.
     let out = retina_edge(&["run", "--config", &config]);
