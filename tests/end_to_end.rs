@@ -458,3 +458,53 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     );
     response
 }
+
+/// The re-descriptions of the emission policy happen on real footage too, when its limits allow
+/// them. With the defaults none happens on this clip: its tracks last at most about 2 s, no
+/// longer than the default interval, and within that no view is 1.5 times better than the first
+/// (the best gain measured is 1.2). A lower interval and gain let the real qualities (score,
+/// size and sharpness of real crops) decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn better_views_are_sent_on_real_footage_within_the_limits() {
+    let describe = "[describe.emission]\nmin_descriptor_interval_seconds = 0.2\nmax_descriptors_per_track = 3\nbetter_view_gain = 1.1\n";
+    let descriptors = one_pass_over_the_clip(describe).await;
+    let mut described: HashMap<u64, Vec<(pb::TrackEventKind, i64)>> = HashMap::new();
+    for d in &descriptors {
+        let t = d.capture_time.unwrap();
+        let at = t.seconds * 1_000_000_000 + i64::from(t.nanos);
+        for e in &d.track_events {
+            let kind = e.kind();
+            let history = described.entry(e.track_id).or_default();
+            match kind {
+                pb::TrackEventKind::Confirmed => assert!(history.is_empty(), "confirmed first"),
+                pb::TrackEventKind::BetterView | pb::TrackEventKind::AppearanceChanged => {
+                    let (previous_kind, previous_at) = *history.last().expect("after the confirmation");
+                    assert_ne!(previous_kind, pb::TrackEventKind::Ended);
+                    assert!(
+                        at - previous_at >= 200_000_000,
+                        "at least 0.2 s after the last description"
+                    );
+                    let view = e.view.as_ref().expect("a re-description has a view");
+                    assert!(view.appearance.is_some(), "and an appearance");
+                }
+                _ => {}
+            }
+            history.push((kind, at));
+        }
+    }
+    let count = |kind| described.values().flatten().filter(|(k, _)| *k == kind).count();
+    let better = count(pb::TrackEventKind::BetterView);
+    let changed = count(pb::TrackEventKind::AppearanceChanged);
+    eprintln!(
+        "{} tracks: {better} better views, {changed} appearance changes",
+        described.len()
+    );
+    assert!(better > 0, "a clearly better view of some object in 10 s of street");
+    for (track, history) in &described {
+        let descriptions = history.iter().filter(|(k, _)| *k != pb::TrackEventKind::Ended).count();
+        assert!(
+            descriptions <= 3,
+            "track {track}: {descriptions} descriptions, at most 3"
+        );
+    }
+}
