@@ -367,22 +367,24 @@ impl Config {
             return Err("node.id must not be empty".into());
         }
         let inference = &self.inference;
-        if inference.workers == 0 || inference.workers > 64 {
-            return Err(format!("inference.workers = {} (expected 1..=64)", inference.workers));
-        }
-        if inference.intra_op_threads == 0 || inference.intra_op_threads > 64 {
-            return Err(format!(
-                "inference.intra_op_threads = {} (expected 1..=64)",
-                inference.intra_op_threads
-            ));
-        }
+        let threads_ok = |n: usize| (1..=64).contains(&n);
+        check_field(
+            threads_ok(inference.workers),
+            "inference.workers",
+            inference.workers,
+            "1..=64",
+        )?;
+        check_field(
+            threads_ok(inference.intra_op_threads),
+            "inference.intra_op_threads",
+            inference.intra_op_threads,
+            "1..=64",
+        )?;
         if inference.queue_frames_per_camera == 0 {
             return Err("inference.queue_frames_per_camera must be at least 1".into());
         }
-        if let Some(t) = inference.score_threshold
-            && !(0.0..=1.0).contains(&t)
-        {
-            return Err(format!("inference.score_threshold = {t} (expected 0..=1)"));
+        if let Some(t) = inference.score_threshold {
+            check_field((0.0..=1.0).contains(&t), "inference.score_threshold", t, "0..=1")?;
         }
         let describe = &self.describe;
         describe
@@ -487,6 +489,21 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `Ok` when `ok`; otherwise the message every range check gives: the field, its value and what
+/// was expected.
+pub(crate) fn check_field(
+    ok: bool,
+    field: &str,
+    value: impl std::fmt::Display,
+    expected: &str,
+) -> std::result::Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{field} = {value} (expected {expected})"))
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::track::{EndReason, EndedTrack, TrackEvent, TrackUpdate, blend};
 use crate::clock::to_timestamp;
+use crate::config::check_field;
 use crate::infer::Detection;
 use crate::pb;
 
@@ -54,25 +55,25 @@ impl Default for EmissionConfig {
 
 impl EmissionConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.better_view_gain >= 1.0 && self.better_view_gain.is_finite()) {
-            return Err(format!(
-                "better_view_gain = {} (expected at least 1)",
-                self.better_view_gain
-            ));
-        }
-        if !(-1.0..=1.0).contains(&self.appearance_change_similarity) {
-            return Err(format!(
-                "appearance_change_similarity = {} (expected -1..=1)",
-                self.appearance_change_similarity
-            ));
-        }
-        if !(self.min_descriptor_interval_seconds >= 0.0 && self.min_descriptor_interval_seconds.is_finite()) {
-            return Err(format!(
-                "min_descriptor_interval_seconds = {} (expected a finite value >= 0)",
-                self.min_descriptor_interval_seconds
-            ));
-        }
-        Ok(())
+        check_field(
+            self.better_view_gain >= 1.0 && self.better_view_gain.is_finite(),
+            "better_view_gain",
+            self.better_view_gain,
+            "at least 1",
+        )?;
+        check_field(
+            (-1.0..=1.0).contains(&self.appearance_change_similarity),
+            "appearance_change_similarity",
+            self.appearance_change_similarity,
+            "-1..=1",
+        )?;
+        let interval = self.min_descriptor_interval_seconds;
+        check_field(
+            interval >= 0.0 && interval.is_finite(),
+            "min_descriptor_interval_seconds",
+            interval,
+            "a finite value >= 0",
+        )
     }
 }
 

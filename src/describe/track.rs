@@ -46,6 +46,7 @@
 use serde::Deserialize;
 
 use super::codec::l2_normalize;
+use crate::config::check_field;
 use crate::infer::{Detection, decode};
 
 // Noise of the motion model as fractions of the box side, since a larger (nearer) box moves and
@@ -126,39 +127,40 @@ impl TrackerConfig {
         if !(0.0 <= self.low_threshold && self.low_threshold <= self.high_threshold && self.high_threshold <= 1.0) {
             return Err("need 0 <= low_threshold <= high_threshold <= 1".into());
         }
-        if !(self.high_min_iou > 0.0 && self.high_min_iou <= 1.0) {
-            return Err(format!(
-                "high_min_iou = {} (expected above 0, at most 1)",
-                self.high_min_iou
-            ));
-        }
-        if !(self.low_min_iou > 0.0 && self.low_min_iou <= 1.0) {
-            return Err(format!(
-                "low_min_iou = {} (expected above 0, at most 1)",
-                self.low_min_iou
-            ));
-        }
-        if !(-1.0..=1.0).contains(&self.appearance_min_similarity) {
-            return Err(format!(
-                "appearance_min_similarity = {} (expected -1..=1)",
-                self.appearance_min_similarity
-            ));
-        }
-        if !(0.0..1.0).contains(&self.appearance_momentum) {
-            return Err(format!(
-                "appearance_momentum = {} (expected 0..1)",
-                self.appearance_momentum
-            ));
-        }
+        let iou_ok = |iou: f32| iou > 0.0 && iou <= 1.0;
+        check_field(
+            iou_ok(self.high_min_iou),
+            "high_min_iou",
+            self.high_min_iou,
+            "above 0, at most 1",
+        )?;
+        check_field(
+            iou_ok(self.low_min_iou),
+            "low_min_iou",
+            self.low_min_iou,
+            "above 0, at most 1",
+        )?;
+        check_field(
+            (-1.0..=1.0).contains(&self.appearance_min_similarity),
+            "appearance_min_similarity",
+            self.appearance_min_similarity,
+            "-1..=1",
+        )?;
+        check_field(
+            (0.0..1.0).contains(&self.appearance_momentum),
+            "appearance_momentum",
+            self.appearance_momentum,
+            "0..1",
+        )?;
         if self.min_hits == 0 {
             return Err("min_hits must be at least 1".into());
         }
-        if !(self.max_age_seconds > 0.0 && self.max_age_seconds <= 3600.0) {
-            return Err(format!(
-                "max_age_seconds = {} (expected above 0, at most 3600)",
-                self.max_age_seconds
-            ));
-        }
+        check_field(
+            self.max_age_seconds > 0.0 && self.max_age_seconds <= 3600.0,
+            "max_age_seconds",
+            self.max_age_seconds,
+            "above 0, at most 3600",
+        )?;
         if self.max_trajectory_points < 2 {
             return Err("max_trajectory_points must be at least 2".into());
         }
