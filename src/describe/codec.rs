@@ -190,7 +190,9 @@ impl Encoder {
             });
         }
         // The proto scales y to unit norm; x == m (or a projection that cancels x) leaves nothing.
-        let y = unit(&y).ok_or(EncodeError::NotFinite)?;
+        if !l2_normalize(&mut y) {
+            return Err(EncodeError::NotFinite);
+        }
         let (scale, data) = match self.kind {
             CodecKind::Binary => {
                 let mut z = Vec::with_capacity(d);
@@ -226,14 +228,10 @@ impl fmt::Display for Encoder {
     }
 }
 
-/// A unit-norm copy of `v`, or None if it has no direction (zero, or a non-finite value). The norm
-/// is summed in f64 so that large but finite outputs do not overflow to infinity.
+/// A unit-norm copy of `v`, or None if it has no direction (zero, or a non-finite value).
 fn unit(v: &[f32]) -> Option<Vec<f32>> {
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-    if !(norm > 0.0 && norm.is_finite()) {
-        return None;
-    }
-    Some(v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
+    let mut v = v.to_vec();
+    l2_normalize(&mut v).then_some(v)
 }
 
 fn quantise_int8(v: &[f32]) -> (f32, Vec<u8>) {
@@ -288,18 +286,21 @@ fn encode_float(v: &[f32], codec: EmbeddingCodec) -> pb::Embedding {
     }
 }
 
-/// Scales `v` to unit L2 norm in place; a zero vector stays zero.
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 && norm.is_finite() {
-        v.iter_mut().for_each(|x| *x /= norm);
+/// Scales `v` to unit L2 norm in place; false, leaving it as it was, if it has no direction (zero,
+/// or a non-finite value). The norm is summed in f64 so that large but finite outputs do not
+/// overflow to infinity, nor tiny ones underflow to zero.
+pub fn l2_normalize(v: &mut [f32]) -> bool {
+    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    if !(norm > 0.0 && norm.is_finite()) {
+        return false;
     }
+    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    true
 }
 
-/// Encodes an already L2-normalised vector with a float codec (F32, F16, INT8; anything else gives
-/// F32). Kept for callers that predate [`Encoder`], which also normalises and projects.
-pub fn encode(v: &[f32], codec: EmbeddingCodec) -> pb::Embedding {
-    encode_float(v, codec)
+/// The dot product; the cosine similarity of unit vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -412,7 +413,7 @@ pub fn similarity(a: &pb::Embedding, b: &pb::Embedding) -> Result<f32, DecodeErr
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let dot = dot(a, b);
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 0.0 }
@@ -522,7 +523,7 @@ mod tests {
     #[test]
     fn int8_round_trip_is_within_half_a_step_and_a_quarter_of_the_size() {
         let v = unit_vector(1280, 7);
-        let e = encode(&v, EmbeddingCodec::Int8);
+        let e = encode_float(&v, EmbeddingCodec::Int8);
         assert_eq!(e.data.len(), 1280);
         let back = decode(&e).unwrap();
         let max_err = v.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -535,7 +536,7 @@ mod tests {
     #[test]
     fn f32_round_trip_is_exact() {
         let v = unit_vector(16, 3);
-        assert_eq!(decode(&encode(&v, EmbeddingCodec::F32)).unwrap(), v);
+        assert_eq!(decode(&encode_float(&v, EmbeddingCodec::F32)).unwrap(), v);
     }
 
     #[test]
@@ -649,8 +650,8 @@ mod tests {
     fn zero_vector_and_bad_messages() {
         let mut zero = vec![0.0; 8];
         l2_normalize(&mut zero);
-        assert_eq!(decode(&encode(&zero, EmbeddingCodec::Int8)).unwrap(), zero);
-        let mut e = encode(&unit_vector(8, 1), EmbeddingCodec::Int8);
+        assert_eq!(decode(&encode_float(&zero, EmbeddingCodec::Int8)).unwrap(), zero);
+        let mut e = encode_float(&unit_vector(8, 1), EmbeddingCodec::Int8);
         e.data.pop();
         assert!(matches!(
             decode(&e),
@@ -807,7 +808,7 @@ mod tests {
         assert_eq!(similarity(&bin16, &bin16), Ok(1.0));
         let mut other_projection = pca8.clone();
         other_projection.projection_id = "other".into();
-        let short_f32 = encode(&unit_vector(32, 1), EmbeddingCodec::F32);
+        let short_f32 = encode_float(&unit_vector(32, 1), EmbeddingCodec::F32);
         for (a, b) in [
             (&f32e, &pca16),
             (&pca16, &bin16),

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::codec::dot;
 use super::track::{EndReason, EndedTrack, TrackEvent, TrackUpdate, blend};
 use crate::clock::to_timestamp;
 use crate::config::check_field;
@@ -301,10 +302,6 @@ fn view_quality(score: f32, bbox: [f32; 4], sharpness: f32) -> f32 {
     let area = ((bbox[2] - bbox[0]).max(0.0) * (bbox[3] - bbox[1]).max(0.0)).sqrt();
     let quality = score * area * sharpness.max(1.0).sqrt();
     if quality.is_finite() { quality } else { 0.0 }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `round(score × 255)`, the wire form of a score.

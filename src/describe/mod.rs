@@ -97,7 +97,8 @@ impl Describer {
     /// back, hours later perhaps. A camera that streams but is analysed rarely is left alone: its
     /// next frame decides, as the tracker's `max_age_seconds` says.
     fn end_tracks_of_stopped_cameras(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
-        let max_silence = Duration::from_secs_f64(self.config.tracker.max_age_seconds);
+        // Validated as (0, 3600] by the config; anything else must not panic here.
+        let max_silence = Duration::try_from_secs_f64(self.config.tracker.max_age_seconds).unwrap_or(Duration::MAX);
         for state in self.cameras.values_mut() {
             let Some(camera) = state.last_frame.as_ref().map(|f| &f.camera) else {
                 continue;

@@ -155,13 +155,8 @@ impl Projection {
         if x.len() != self.input_dimension() || d == 0 || d > self.max_dimension() {
             return false;
         }
-        out.extend(self.components.rows().into_iter().take(d).map(|p| {
-            p.iter()
-                .zip(x)
-                .zip(self.mean.iter())
-                .map(|((p, x), m)| p * (x - m))
-                .sum::<f32>()
-        }));
+        let centred: Vec<f32> = x.iter().zip(self.mean.iter()).map(|(x, m)| x - m).collect();
+        out.extend(self.components.rows().into_iter().take(d).map(|p| dot(p, &centred)));
         true
     }
 

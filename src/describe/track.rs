@@ -45,9 +45,9 @@
 
 use serde::Deserialize;
 
-use super::codec::l2_normalize;
+use super::codec::{dot, l2_normalize};
 use crate::config::check_field;
-use crate::infer::{Detection, decode};
+use crate::infer::Detection;
 
 // Noise of the motion model as fractions of the box side, since a larger (nearer) box moves and
 // jitters more in pixels. ByteTrack's per-frame values at its 30 fps, restated per second so that
@@ -346,7 +346,7 @@ impl Tracker {
                 }
                 let similarity = match (&track.appearance, &candidate.embedding) {
                     (Some(a), Some(b)) if a.len() == b.len() => {
-                        let s: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                        let s = dot(a, b);
                         let alike = s >= self.config.appearance_min_similarity;
                         if !alike {
                             continue;
@@ -638,9 +638,15 @@ fn seconds_between(a: i64, b: i64) -> f64 {
     (i128::from(b) - i128::from(a)) as f64 / 1e9
 }
 
-/// The detector's IoU, on the tracker's f64 boxes: f32 is ample for an overlap ratio.
+/// IoU in f64, the tracker's precision: the detector's f32 version (`decode::iou`) would need two
+/// conversions per pair and overflow on boxes that f64 still measures.
 fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    f64::from(decode::iou(&a.map(|v| v as f32), &b.map(|v| v as f32)))
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: &[f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// The Kalman filter of a box: centre x, centre y, width, height, each with its velocity.
