@@ -31,6 +31,10 @@ pub fn to_timestamp(nanos: UnixNanos) -> prost_types::Timestamp {
     }
 }
 
+/// How far a sender's (camera NTP) time may be from the host's arrival time and still be used:
+/// beyond jitter-buffer latency and ordinary clock error, it is a camera clock that is not set.
+const MAX_SENDER_CLOCK_ERROR_NS: u64 = 10_000_000_000;
+
 /// A shifted source is brought back to its own times by 1/SLEW_DIVISOR of each frame interval.
 const SLEW_DIVISOR: i64 = 10;
 
@@ -70,6 +74,9 @@ impl CaptureClock {
     pub fn restart(&mut self) {
         self.anchor = None;
         self.last_source = None;
+        // The new run's anchor is the wall clock now; an offset carried over would be added on
+        // top of a correct time. `monotonic` shifts again if the new times are behind.
+        self.shift = 0;
     }
 
     /// Capture time of a frame with the given running time; `wall_now` is read only for the
@@ -84,6 +91,13 @@ impl CaptureClock {
     /// A capture time given by the sender (camera NTP), kept monotonic with the others.
     pub fn stamp_exact(&mut self, t: UnixNanos) -> UnixNanos {
         self.monotonic(t)
+    }
+
+    /// Whether a sender's time is believable next to the host's clock when the frame arrived. A
+    /// camera whose NTP is unset or wrong would otherwise shift the camera's times for as long as
+    /// the error takes to slew away (an hour's error: hours).
+    pub fn plausible_sender_time(sender: UnixNanos, arrival: UnixNanos) -> bool {
+        sender.abs_diff(arrival) <= MAX_SENDER_CLOCK_ERROR_NS
     }
 
     /// Keeps times increasing without losing the source's spacing. Clamping each late frame to
@@ -149,6 +163,26 @@ mod tests {
         }
         // 2 s absorbed at 4 ms a frame: exact camera times again after about 500 frames.
         assert_eq!(stamped[999], ntp_start + 1000 * frame);
+    }
+
+    #[test]
+    fn a_restart_drops_the_shift_of_the_previous_run() {
+        let mut clock = CaptureClock::new(TimeSource::HostArrival);
+        clock.stamp(Duration::ZERO, || 10_000_000_000);
+        // A sender time 5 s behind: shifted to just after the last stamp.
+        let shifted = clock.stamp_exact(5_000_000_000);
+        assert_eq!(shifted, 10_000_000_001);
+        clock.restart();
+        // A new run anchored on a correct wall clock gets that clock's time, not + 5 s.
+        assert_eq!(clock.stamp(Duration::ZERO, || 12_000_000_000), 12_000_000_000);
+    }
+
+    #[test]
+    fn a_sender_time_far_from_the_host_clock_is_not_believed() {
+        let now = 1_700_000_000_000_000_000;
+        assert!(CaptureClock::plausible_sender_time(now - 300_000_000, now));
+        assert!(!CaptureClock::plausible_sender_time(now - 3_600_000_000_000, now));
+        assert!(!CaptureClock::plausible_sender_time(0, now));
     }
 
     #[test]

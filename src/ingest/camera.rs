@@ -270,7 +270,11 @@ impl Supervisor {
                     clock.restart();
                 }
                 last_running_time = Some(raw.running_time);
-                match raw.ntp_nanos.map(ntp_to_unix) {
+                let camera_time = raw
+                    .ntp_nanos
+                    .map(ntp_to_unix)
+                    .filter(|&t| CaptureClock::plausible_sender_time(t, now_unix_nanos()));
+                match camera_time {
                     Some(camera_time) => (clock.stamp_exact(camera_time), TimeSource::CameraNtp),
                     None => (clock.stamp(raw.running_time, now_unix_nanos), clock.source()),
                 }
