@@ -19,7 +19,7 @@ use gstreamer as gst;
 use crate::clock::now_unix_nanos;
 use crate::config::{CameraConfig, Config};
 use crate::deliver::{Hub, NodeFacts};
-use crate::describe::codec::Encoder;
+use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
@@ -82,6 +82,11 @@ impl Models {
     /// The embedding encoder the config asks for, checked against the models.
     pub fn encoder(&self, config: &Config) -> Result<Encoder> {
         let describe = &config.describe;
+        if self.embedder.is_none() {
+            // Boxes and tracks only: no vector is ever encoded, so the codec (by default one that
+            // needs the embedder's projection) does not apply.
+            return Encoder::new(CodecKind::F32, None, None).map_err(|e| Error::Internal(e.to_string()));
+        }
         if describe.codec.is_projected() && self.projection.is_none() {
             let embedder = self.embedder.as_ref().map_or("none".into(), |e| e.card.id.clone());
             return Err(Error::Config {

@@ -52,6 +52,22 @@ fn the_shipped_configs_are_valid() {
 }
 
 #[test]
+fn a_node_without_an_embedder_needs_no_projection() {
+    // Boxes and tracks only: the default codec (pca-int8) has nothing to encode.
+    let dir = tempfile::tempdir().unwrap();
+    let clip = common::sample_clip();
+    let text = common::config_toml(&camera(clip.to_str().unwrap()), "");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("embedder_manifest"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(without, text, "the test config names an embedder");
+    let (failed, out) = check(&write(dir.path(), "boxes-only.toml", &without));
+    assert!(!failed && out.contains("is valid"), "{out}");
+}
+
+#[test]
 fn missing_video_file_and_unsupported_uri_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
