@@ -125,27 +125,22 @@ class Context:
 def merge_context(previous: Optional[Context], d) -> Context:
     """The context in force for descriptor `d`, given the one in force before on its camera.
 
-    Unless the subscriber asked for `full_context`, the node sets these fields only when they
-    change; an unset field (empty, 0, or an absent message) means "as last sent for this camera".
+    Unless the subscriber asked for `full_context`, the node sends the context fields all together,
+    with `detector` always set, when any of them changes, and none of them otherwise.
     """
-    p = previous or Context()
-
-    def ref(name, old):
-        if not d.HasField(name):
-            return old
-        m = getattr(d, name)
-        return (m.id, m.version)
-
-    position = p.camera_position
+    if not d.HasField("detector"):
+        return previous or Context()
+    position = None
     if d.HasField("camera_position"):
         c = d.camera_position
         position = (c.latitude, c.longitude, c.heading_degrees, c.description)
+    embedder = (d.embedder.id, d.embedder.version) if d.HasField("embedder") else None
     return Context(
-        node_id=d.node_id or p.node_id,
-        node_run_id=d.node_run_id or p.node_run_id,
-        frame_width=d.frame_width or p.frame_width,
-        frame_height=d.frame_height or p.frame_height,
-        detector=ref("detector", p.detector),
-        embedder=ref("embedder", p.embedder),
+        node_id=d.node_id,
+        node_run_id=d.node_run_id,
+        frame_width=d.frame_width,
+        frame_height=d.frame_height,
+        detector=(d.detector.id, d.detector.version),
+        embedder=embedder,
         camera_position=position,
     )

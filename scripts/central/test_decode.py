@@ -115,10 +115,15 @@ class ContextFields(unittest.TestCase):
         c2 = rd.merge_context(c1, pb.FrameDescriptor(sequence=1))
         self.assertEqual(c2, c1)
         self.assertEqual(c2.embedder, ("emb", "2"))
-        # A change is sent alone; the rest carries on.
-        c3 = rd.merge_context(c2, pb.FrameDescriptor(frame_width=320, frame_height=136))
+        # A change resends the whole context, as the node does; a position no longer there is gone.
+        changed = pb.FrameDescriptor(sequence=2)
+        changed.CopyFrom(first)
+        changed.frame_width, changed.frame_height = 320, 136
+        changed.ClearField("camera_position")
+        c3 = rd.merge_context(c2, changed)
         self.assertEqual((c3.frame_width, c3.frame_height, c3.node_id), (320, 136, "n1"))
-        self.assertEqual(c3.camera_position, (1.5, 2.5, 0.0, "pole"))
+        self.assertEqual(c3.embedder, ("emb", "2"))
+        self.assertIsNone(c3.camera_position)
 
 
 if __name__ == "__main__":
