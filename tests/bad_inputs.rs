@@ -245,7 +245,10 @@ fn codecs_and_projections_that_cannot_work_are_refused_by_check() {
         &moved,
         "[describe]\ncodec = \"binary\"\ncodec_dimension = 48\n",
     );
-    assert!(failed && text.contains("48") && text.contains("32, 64, 128"), "{text}");
+    assert!(
+        failed && text.contains("cannot produce dimension 48") && text.contains("32, 64, 128"),
+        "{text}"
+    );
 
     // A projected codec with an embedder that has no projection.
     let (failed, text) = check_with_edited_embedder_and(

@@ -134,7 +134,12 @@ fn count_events(descriptors: &[pb::FrameDescriptor], kind: pb::TrackEventKind) -
 
 /// Runs the node on the clip with `describe` as its `[describe]` section, the Python client and a
 /// Rust client side by side, and compares what they decoded.
+/// The three codec tests run one at a time: each plays the clip in real time with its own node
+/// and Python client, and three at once on two cores could make a node drop frames.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn python_decodes_what_rust_decodes(describe: &str, codec_name: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // Real time: the clip lasts 10 s, ample for the Python client to start and subscribe; both
     // clients start from the earliest buffered descriptor, so neither misses one.
     let cameras = format!(

@@ -6,12 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::rtsp::TestCamera;
-use common::{Client, camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
+use common::{camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
 use retina_edge::pb;
-
-async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
-    common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
@@ -19,7 +15,7 @@ async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
     let cam = TestCamera::start(&clip);
     // TCP: a hang then keeps the connection open with no error at all, the hardest case.
     let (node, mut client) =
-        start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
+        common::start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
     wait_for(&mut client, "gate", Duration::from_secs(20), "streams", |c| {
         c.frames_analysed >= 5
     })
@@ -69,7 +65,7 @@ async fn credentials_from_the_config_work_and_never_show() {
         &cam.uri(),
         "username = \"operator\"\npassword = \"nope\"",
     );
-    let (node, mut client) = start_camera_node(&format!("{with_config}{in_uri}{wrong}")).await;
+    let (node, mut client) = common::start_camera_node(&format!("{with_config}{in_uri}{wrong}")).await;
     for id in ["config-creds", "uri-creds"] {
         wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
             c.frames_analysed >= 3
@@ -99,7 +95,7 @@ async fn credentials_from_the_config_work_and_never_show() {
 async fn rtsp_capture_times_are_monotonic_and_say_their_clock() {
     let clip = common::sample_clip();
     let cam = TestCamera::start(&clip);
-    let (node, mut client) = start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
+    let (node, mut client) = common::start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
         start: pb::StartPosition::EarliestBuffered as i32,
@@ -149,7 +145,7 @@ async fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
         "[[cameras]]\nid = \"slow\"\nuri = \"{}\"\nanalysis_fps = 0.25\nstall_timeout_seconds = 2.0\n",
         cam.uri()
     );
-    let (node, mut client) = start_camera_node(&camera_toml).await;
+    let (node, mut client) = common::start_camera_node(&camera_toml).await;
     wait_for(&mut client, "slow", Duration::from_secs(20), "a first frame", |c| {
         c.frames_analysed >= 1
     })
@@ -174,7 +170,7 @@ async fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
 async fn a_camera_that_dies_ends_its_tracks_without_waiting_for_it() {
     let clip = common::sample_clip();
     let mut cam = TestCamera::start(&clip);
-    let (node, mut client) = start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
+    let (node, mut client) = common::start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "")).await;
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
         ..Default::default()

@@ -10,10 +10,6 @@ use common::rtsp::TestCamera;
 use common::{Client, camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
 use retina_edge::pb;
 
-async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
-    common::start_node(common::parse_config(&common::config_toml(cameras, ""))).await
-}
-
 /// Analysed frames per second of a camera over `window`.
 async fn rate(client: &mut Client, id: &str, window: Duration) -> f64 {
     let before = camera(client, id).await.frames_analysed;
@@ -35,7 +31,7 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
         common::rtsp_camera("north", &north.uri(), ""),
         common::rtsp_camera("south", &south.uri(), "")
     );
-    let (node, mut client) = start_camera_node(&cameras).await;
+    let (node, mut client) = common::start_camera_node(&cameras).await;
     for id in ["north", "south"] {
         wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
             c.frames_analysed >= 5

@@ -16,14 +16,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn node_info(client: &mut RetinaClient<tonic::transport::Channel>) -> pb::NodeInfo {
-    client
-        .get_node_info(pb::GetNodeInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running soak: make soak"]
 async fn soak() {
@@ -114,7 +106,7 @@ async fn soak() {
     // Every outage must be over: all cameras streaming again.
     let deadline = Instant::now() + Duration::from_secs(60);
     let info = loop {
-        let info = node_info(&mut client).await;
+        let info = common::node_info(&mut client).await;
         let all_streaming = info.cameras.iter().all(|c| c.state() == pb::CameraState::Streaming);
         if all_streaming || Instant::now() > deadline {
             break info;

@@ -72,6 +72,11 @@ pub fn rtsp_camera(id: &str, uri: &str, extra: &str) -> String {
     )
 }
 
+/// A node with these cameras and the test defaults for everything else.
+pub async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Client) {
+    start_node(parse_config(&config_toml(cameras, ""))).await
+}
+
 pub fn parse_config(text: &str) -> retina_edge::config::Config {
     retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf()).expect("test config parses")
 }
