@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use retina_edge::describe::codec::{self, CodecKind, Encoder};
+use retina_edge::describe::emit::event_kind_label;
 use retina_edge::describe::projection::Projection;
 use retina_edge::infer::manifest::Manifest;
 use retina_edge::pb::{self, EmbeddingCodec, TrackEventKind};
@@ -303,13 +304,7 @@ struct StreamStats {
 }
 
 fn event_name(kind: i32) -> &'static str {
-    match TrackEventKind::try_from(kind) {
-        Ok(TrackEventKind::Confirmed) => "confirmed",
-        Ok(TrackEventKind::BetterView) => "better_view",
-        Ok(TrackEventKind::AppearanceChanged) => "appearance_changed",
-        Ok(TrackEventKind::Ended) => "ended",
-        _ => "unspecified",
-    }
+    event_kind_label(TrackEventKind::try_from(kind).unwrap_or_default())
 }
 
 /// Subscribes like a central system: default filters, context only when it changes, no empty

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::describe::emit::{appearances, event_kind_label};
 use crate::error::{Error, Result};
 use crate::infer::Timings;
 use crate::ingest::{CameraStatus, Cameras};
@@ -33,6 +34,8 @@ pub struct Metrics {
     descriptor_bytes: Counter,
     frames_failed: Counter,
     track_events: Family<TrackEventLabels, Counter>,
+    /// `track_events` by `TrackEventKind` value, resolved once rather than per event.
+    track_event_counters: [Counter; TRACK_EVENT_KINDS.len()],
     appearance_bytes: Counter,
     pub subscribers: Gauge,
     subscriber_sent: Family<SubscriberLabels, Counter>,
@@ -47,6 +50,15 @@ pub struct SubscriberCounters {
     pub dropped: Counter,
 }
 type TrackEventLabels = [(&'static str, &'static str); 1];
+
+/// Every `TrackEventKind`, in the order of its values.
+const TRACK_EVENT_KINDS: [pb::TrackEventKind; 5] = [
+    pb::TrackEventKind::Unspecified,
+    pb::TrackEventKind::Confirmed,
+    pb::TrackEventKind::BetterView,
+    pb::TrackEventKind::AppearanceChanged,
+    pb::TrackEventKind::Ended,
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,13 +83,17 @@ impl Metrics {
             "Objects embedded per analysed frame",
             embedder_batch_crops.clone(),
         );
+        let track_events = Family::<TrackEventLabels, Counter>::default();
+        let track_event_counters =
+            TRACK_EVENT_KINDS.map(|kind| track_events.get_or_create(&[("kind", event_kind_label(kind))]).clone());
         let metrics = Metrics {
             inference_seconds,
             embedder_batch_crops,
             descriptors_published: Counter::default(),
             descriptor_bytes: Counter::default(),
             frames_failed: Counter::default(),
-            track_events: Family::default(),
+            track_events,
+            track_event_counters,
             appearance_bytes: Counter::default(),
             subscribers: Gauge::default(),
             subscriber_sent: Family::default(),
@@ -145,28 +161,19 @@ impl Metrics {
         }
     }
 
-    pub fn published(&self, descriptor: &crate::pb::FrameDescriptor) {
-        use crate::pb::TrackEventKind;
+    pub fn published(&self, descriptor: &pb::FrameDescriptor) {
         self.descriptors_published.inc();
         self.descriptor_bytes
             .inc_by(prost::Message::encoded_len(descriptor) as u64);
         for event in &descriptor.track_events {
-            let kind = match event.kind() {
-                TrackEventKind::Confirmed => "confirmed",
-                TrackEventKind::BetterView => "better_view",
-                TrackEventKind::AppearanceChanged => "appearance_changed",
-                TrackEventKind::Ended => "ended",
-                TrackEventKind::Unspecified => "unspecified",
-            };
-            self.track_events.get_or_create(&[("kind", kind)]).inc();
+            // An unknown value counts as unspecified.
+            self.track_event_counters[event.kind() as usize].inc();
         }
-        let appearances = descriptor
-            .track_events
-            .iter()
-            .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
-            .chain(descriptor.objects.iter().filter_map(|o| o.embedding.as_ref()));
-        self.appearance_bytes
-            .inc_by(appearances.map(|a| prost::Message::encoded_len(a) as u64).sum());
+        self.appearance_bytes.inc_by(
+            appearances(descriptor)
+                .map(|a| prost::Message::encoded_len(a) as u64)
+                .sum(),
+        );
     }
 
     /// One subscriber's counters, resolved once per stream rather than per descriptor.

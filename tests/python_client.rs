@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use retina_edge::describe::codec;
+use retina_edge::describe::emit::event_kind_label;
 use retina_edge::pb;
 
 /// Writes one JSON object per saved vector of a `retina_client.py --save` file, then one with the
@@ -84,16 +85,6 @@ struct RustVector {
     embedding: pb::Embedding,
 }
 
-fn kind_name(kind: pb::TrackEventKind) -> &'static str {
-    match kind {
-        pb::TrackEventKind::Confirmed => "confirmed",
-        pb::TrackEventKind::BetterView => "better_view",
-        pb::TrackEventKind::AppearanceChanged => "appearance_changed",
-        pb::TrackEventKind::Ended => "ended",
-        pb::TrackEventKind::Unspecified => "unspecified",
-    }
-}
-
 /// Every embedding of the descriptors, where the Python client keys it.
 fn rust_vectors(descriptors: &[pb::FrameDescriptor]) -> BTreeMap<Key, RustVector> {
     let mut vectors = BTreeMap::new();
@@ -112,7 +103,7 @@ fn rust_vectors(descriptors: &[pb::FrameDescriptor]) -> BTreeMap<Key, RustVector
         for (i, event) in d.track_events.iter().enumerate() {
             if let Some(e) = event.view.as_ref().and_then(|v| v.appearance.as_ref()) {
                 let v = RustVector {
-                    kind: kind_name(event.kind()),
+                    kind: event_kind_label(event.kind()),
                     track_id: event.track_id,
                     class_id: event.class_id,
                     embedding: e.clone(),

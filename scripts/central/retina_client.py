@@ -6,7 +6,7 @@
                      [--name NAME] [--frames] [--save out.npz] [--max-frames N] [--timeout S]
     retina_client.py info [--addr ...]
 
-`subscribe` prints one line per track event (confirmed, better view, appearance changed, ended),
+`subscribe` prints one line per track event (confirmed, better_view, appearance_changed, ended),
 or one block per frame with --frames, then a summary. --save writes every decoded vector with
 its metadata to a .npz file (see `save`). `info` prints GetNodeInfo.
 
@@ -27,9 +27,6 @@ import retina_decode as rd  # noqa: E402
 import retina_proto  # noqa: E402
 
 pb, pb_grpc = retina_proto.load()
-
-# TrackEventKind names as saved in the .npz `kind` array (detections are "detection").
-KIND_KEYS = {1: "confirmed", 2: "better_view", 3: "appearance_changed", 4: "ended"}
 
 
 def parse_args(argv):
@@ -175,7 +172,7 @@ class Subscriber:
                 box = rd.decode_box_q16(view.box_q16)
                 score = rd.decode_score_q8(view.score_q8)
                 view_ns = rd.timestamp_ns(view.capture_time)
-            if ev.kind == 4 and ev.HasField("summary"):  # ENDED
+            if ev.kind == rd.ENDED and ev.HasField("summary"):
                 s = ev.summary
                 seconds = (rd.timestamp_ns(s.last_seen) - rd.timestamp_ns(s.first_seen)) / 1e9
                 reason = rd.END_REASONS.get(s.end_reason, "unknown reason")
@@ -187,7 +184,7 @@ class Subscriber:
                 line += f": score {score:.2f} {box_text(box)}"
             if view is not None and view.HasField("appearance"):
                 line += f", appearance {embedding_text(view.appearance)}"
-                self.keep(base, "track_events", j, KIND_KEYS.get(ev.kind, f"kind-{ev.kind}"), ev.track_id,
+                self.keep(base, "track_events", j, rd.EVENT_KINDS.get(ev.kind, f"kind-{ev.kind}"), ev.track_id,
                           ev.class_id, score, box, view_ns, view.appearance)
             print(("    " if self.args.frames else "") + line)
 

@@ -13,11 +13,9 @@ import numpy as np
 # EmbeddingCodec values, as numbered in the proto.
 F32, INT8, F16, PCA_INT8, BINARY = 1, 2, 3, 4, 5
 CODEC_NAMES = {F32: "f32", INT8: "int8", F16: "f16", PCA_INT8: "pca-int8", BINARY: "binary"}
-# Vectors are only comparable within a family (and with the same dimension and projection_id).
-CODEC_FAMILIES = {F32: "float", INT8: "float", F16: "float", PCA_INT8: "pca-int8", BINARY: "binary"}
-
-# TrackEventKind values and the words a person reads.
-EVENT_KINDS = {1: "confirmed", 2: "better view", 3: "appearance changed", 4: "ended"}
+# TrackEventKind values and their names, as `retina-edge subscribe` and the node's metrics say them.
+CONFIRMED, BETTER_VIEW, APPEARANCE_CHANGED, ENDED = 1, 2, 3, 4
+EVENT_KINDS = {CONFIRMED: "confirmed", BETTER_VIEW: "better_view", APPEARANCE_CHANGED: "appearance_changed", ENDED: "ended"}
 END_REASONS = {1: "lost", 2: "clock step", 3: "stopped"}
 
 

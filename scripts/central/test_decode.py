@@ -100,6 +100,17 @@ class Geometry(unittest.TestCase):
         self.assertEqual(rd.track_number((1_763_950_000 << 24) | 17), 17)
 
 
+class ProtoNumbers(unittest.TestCase):
+    def test_the_decoder_numbers_what_the_proto_numbers(self):
+        codecs = {rd.F32: "F32", rd.INT8: "INT8", rd.F16: "F16", rd.PCA_INT8: "PCA_INT8", rd.BINARY: "BINARY"}
+        for value, name in codecs.items():
+            self.assertEqual(pb.EmbeddingCodec.Value(f"EMBEDDING_CODEC_{name}"), value)
+        for value, name in rd.EVENT_KINDS.items():
+            self.assertEqual(pb.TrackEventKind.Value(f"TRACK_EVENT_KIND_{name.upper()}"), value)
+        for value, name in rd.END_REASONS.items():
+            self.assertEqual(pb.TrackEndReason.Value(f"TRACK_END_REASON_{name.upper().replace(' ', '_')}"), value)
+
+
 class ContextFields(unittest.TestCase):
     def test_unset_fields_carry_the_last_sent_value(self):
         first = pb.FrameDescriptor(

@@ -12,7 +12,7 @@ use prost::Message;
 use serde_json::json;
 
 use crate::describe::codec;
-use crate::describe::emit::{decode_box_q16, decode_point_q16};
+use crate::describe::emit::{appearances, decode_box_q16, decode_point_q16, event_kind_label};
 use crate::pb::{self, retina_client::RetinaClient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,14 +161,9 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<RetinaClient<t
     }
 }
 
+/// An unknown kind prints as "unspecified".
 fn event_kind_name(kind: i32) -> &'static str {
-    match pb::TrackEventKind::try_from(kind) {
-        Ok(pb::TrackEventKind::Confirmed) => "confirmed",
-        Ok(pb::TrackEventKind::BetterView) => "better view",
-        Ok(pb::TrackEventKind::AppearanceChanged) => "appearance changed",
-        Ok(pb::TrackEventKind::Ended) => "ended",
-        _ => "unknown event",
-    }
+    event_kind_label(pb::TrackEventKind::try_from(kind).unwrap_or_default())
 }
 
 fn end_reason_name(reason: i32) -> &'static str {
@@ -186,12 +181,7 @@ impl Summary {
         self.descriptor_bytes += d.encoded_len() as u64;
         self.track_records += d.tracks.len() as u64;
         self.objects += d.objects.len() as u64;
-        let appearances = d
-            .track_events
-            .iter()
-            .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
-            .chain(d.objects.iter().filter_map(|o| o.embedding.as_ref()));
-        for e in appearances {
+        for e in appearances(d) {
             self.appearances += 1;
             self.appearance_bytes += e.encoded_len() as u64;
             if codec::decode(e).is_err() {

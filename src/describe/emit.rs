@@ -304,6 +304,26 @@ fn view_quality(score: f32, bbox: [f32; 4], sharpness: f32) -> f32 {
     if quality.is_finite() { quality } else { 0.0 }
 }
 
+/// The name of an event kind, as metrics label it and the CLI prints it.
+pub fn event_kind_label(kind: pb::TrackEventKind) -> &'static str {
+    match kind {
+        pb::TrackEventKind::Confirmed => "confirmed",
+        pb::TrackEventKind::BetterView => "better_view",
+        pb::TrackEventKind::AppearanceChanged => "appearance_changed",
+        pb::TrackEventKind::Ended => "ended",
+        pb::TrackEventKind::Unspecified => "unspecified",
+    }
+}
+
+/// Every appearance vector a descriptor carries: in track events' views and, when detections
+/// are sent, in the detections.
+pub fn appearances(d: &pb::FrameDescriptor) -> impl Iterator<Item = &pb::Embedding> {
+    d.track_events
+        .iter()
+        .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
+        .chain(d.objects.iter().filter_map(|o| o.embedding.as_ref()))
+}
+
 /// `round(score × 255)`, the wire form of a score.
 pub fn score_q8(score: f32) -> u32 {
     (score.clamp(0.0, 1.0) * 255.0).round() as u32
