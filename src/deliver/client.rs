@@ -85,13 +85,7 @@ impl Decoder {
             let context = super::context_of(d);
             self.context.insert(d.camera_id.clone(), context);
         } else if let Some(c) = self.context.get(&d.camera_id) {
-            d.node_id.clone_from(&c.node_id);
-            d.node_run_id = c.node_run_id;
-            d.frame_width = c.frame_width;
-            d.frame_height = c.frame_height;
-            d.detector.clone_from(&c.detector);
-            d.embedder.clone_from(&c.embedder);
-            d.camera_position.clone_from(&c.camera_position);
+            super::copy_context(c, d);
         }
     }
 

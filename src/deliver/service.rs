@@ -52,6 +52,8 @@ struct Filter {
     cameras: HashSet<String>,
     class_ids: HashSet<u32>,
     min_score: f32,
+    /// `min_score` as tracks carry scores.
+    min_score_q8: u32,
     include_empty_frames: bool,
     full_context: bool,
 }
@@ -93,18 +95,20 @@ impl Filter {
             cameras: request.camera_ids.iter().cloned().collect(),
             class_ids,
             min_score: request.min_score,
+            min_score_q8: score_q8(request.min_score),
             include_empty_frames: request.include_empty_frames,
             full_context: request.full_context,
         })
     }
 
     /// The descriptor as this subscriber should see it, or `None` to skip it. Scores filter what
-    /// is seen in the frame (objects, tracks); classes filter that and the track events.
-    fn apply(&self, descriptor: &pb::FrameDescriptor) -> Option<pb::FrameDescriptor> {
+    /// is seen in the frame (objects, tracks); classes filter that and the track events. The
+    /// context fields are copied only when `sent` says the subscriber needs them.
+    fn apply(&self, descriptor: &pb::FrameDescriptor, sent: &mut SentContext) -> Option<pb::FrameDescriptor> {
         if !self.cameras.is_empty() && !self.cameras.contains(&descriptor.camera_id) {
             return None;
         }
-        let min_score_q8 = score_q8(self.min_score);
+        let min_score_q8 = self.min_score_q8;
         let keep_class = |class_id: u32| self.class_ids.is_empty() || self.class_ids.contains(&class_id);
         let keep_object = |o: &pb::DetectedObject| o.score >= self.min_score && keep_class(o.class_id);
         let keep_track = |t: &pb::TrackedObject| t.score_q8 >= min_score_q8 && keep_class(t.class_id);
@@ -122,22 +126,20 @@ impl Filter {
             return None;
         }
         let d = descriptor;
-        Some(pb::FrameDescriptor {
-            node_id: d.node_id.clone(),
+        let mut message = pb::FrameDescriptor {
             camera_id: d.camera_id.clone(),
             sequence: d.sequence,
             capture_time: d.capture_time,
             time_source: d.time_source,
-            frame_width: d.frame_width,
-            frame_height: d.frame_height,
-            detector: d.detector.clone(),
-            embedder: d.embedder.clone(),
             objects,
-            node_run_id: d.node_run_id,
-            camera_position: d.camera_position.clone(),
             tracks,
             track_events,
-        })
+            ..Default::default()
+        };
+        if self.full_context || sent.changed(d) {
+            super::copy_context(d, &mut message);
+        }
+        Some(message)
     }
 }
 
@@ -149,28 +151,18 @@ struct SentContext {
 }
 
 impl SentContext {
-    fn elide(&mut self, descriptor: &mut pb::FrameDescriptor) {
-        let unchanged = self.per_camera.get(&descriptor.camera_id).is_some_and(|sent| {
-            sent.node_id == descriptor.node_id
-                && sent.node_run_id == descriptor.node_run_id
-                && sent.frame_width == descriptor.frame_width
-                && sent.frame_height == descriptor.frame_height
-                && sent.detector == descriptor.detector
-                && sent.embedder == descriptor.embedder
-                && sent.camera_position == descriptor.camera_position
-        });
-        if unchanged {
-            descriptor.node_id.clear();
-            descriptor.node_run_id = 0;
-            descriptor.frame_width = 0;
-            descriptor.frame_height = 0;
-            descriptor.detector = None;
-            descriptor.embedder = None;
-            descriptor.camera_position = None;
-        } else {
+    /// Whether the context of `descriptor` differs from what this subscriber was last sent for its
+    /// camera; if so, it counts as sent from now on.
+    fn changed(&mut self, descriptor: &pb::FrameDescriptor) -> bool {
+        let unchanged = self
+            .per_camera
+            .get(&descriptor.camera_id)
+            .is_some_and(|sent| super::same_context(sent, descriptor));
+        if !unchanged {
             self.per_camera
                 .insert(descriptor.camera_id.clone(), super::context_of(descriptor));
         }
+        !unchanged
     }
 }
 
@@ -333,14 +325,8 @@ async fn forward(
     tx: &mpsc::Sender<Result<pb::FrameDescriptor, Status>>,
     metrics: &Metrics,
 ) {
-    let mut context = SentContext::default();
-    let mut prepare = |descriptor: &pb::FrameDescriptor| {
-        let mut message = filter.apply(descriptor)?;
-        if !filter.full_context {
-            context.elide(&mut message);
-        }
-        Some(message)
-    };
+    let mut sent = SentContext::default();
+    let mut prepare = |descriptor: &pb::FrameDescriptor| filter.apply(descriptor, &mut sent);
     let counters = metrics.subscriber_counters(name);
     for descriptor in replay {
         if let Some(message) = prepare(&descriptor) {
