@@ -103,7 +103,7 @@ struct TrackState {
     best_view: Option<View>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct View {
     time_ns: i64,
     score: f32,
@@ -165,21 +165,19 @@ impl Emitter {
             } else {
                 state.worth_describing(capture_time_ns, quality, embedding.is_some(), &self.config)
             };
-            // Views are copied only when kept: described, or the best of the track so far.
-            let view = || View {
-                time_ns: capture_time_ns,
-                score: tracked.score,
-                bbox: tracked.bbox,
-                quality,
-                embedding: tracked.embedding.clone(),
-            };
             if let Some(kind) = kind {
                 let appearance = embedding.and_then(&mut *encode);
                 out.events.push(pb::TrackEvent {
                     track_id: tracked.track_id,
                     class_id: tracked.class_id,
                     kind: kind as i32,
-                    view: Some(view().to_pb(frame, appearance)),
+                    view: Some(track_view(
+                        capture_time_ns,
+                        tracked.score,
+                        tracked.bbox,
+                        frame,
+                        appearance,
+                    )),
                     summary: None,
                 });
                 state.described(capture_time_ns, quality, embedding);
@@ -189,7 +187,14 @@ impl Emitter {
                 (embedding.is_some(), quality) > (best.embedding.is_some(), best.quality)
             });
             if best_so_far {
-                state.best_view = Some(view());
+                // In place: an approaching object is the best view nearly every frame, and its
+                // embedding buffer is reused rather than allocated again each time.
+                let best = state.best_view.get_or_insert_with(View::default);
+                best.time_ns = capture_time_ns;
+                best.score = tracked.score;
+                best.bbox = tracked.bbox;
+                best.quality = quality;
+                best.embedding.clone_from(&tracked.embedding);
             }
         }
         out
@@ -280,20 +285,41 @@ impl TrackState {
         self.best_described_quality = self.best_described_quality.max(quality);
         if let Some(embedding) = embedding {
             // Drift is measured from what the centre now has.
-            self.last_described = Some(embedding.to_vec());
-            self.recent = Some(embedding.to_vec());
+            copy_into(&mut self.last_described, embedding);
+            copy_into(&mut self.recent, embedding);
         }
     }
 }
 
 impl View {
     fn to_pb(&self, frame: (u32, u32), appearance: Option<pb::Embedding>) -> pb::TrackView {
-        pb::TrackView {
-            capture_time: Some(to_timestamp(self.time_ns)),
-            score_q8: score_q8(self.score),
-            box_q16: box_q16(self.bbox, frame),
-            appearance,
+        track_view(self.time_ns, self.score, self.bbox, frame, appearance)
+    }
+}
+
+fn track_view(
+    time_ns: i64,
+    score: f32,
+    bbox: [f32; 4],
+    frame: (u32, u32),
+    appearance: Option<pb::Embedding>,
+) -> pb::TrackView {
+    pb::TrackView {
+        capture_time: Some(to_timestamp(time_ns)),
+        score_q8: score_q8(score),
+        box_q16: box_q16(bbox, frame),
+        appearance,
+    }
+}
+
+/// `v` into `slot`, reusing its buffer.
+fn copy_into(slot: &mut Option<Vec<f32>>, v: &[f32]) {
+    match slot {
+        Some(buffer) => {
+            buffer.clear();
+            buffer.extend_from_slice(v);
         }
+        None => *slot = Some(v.to_vec()),
     }
 }
 
