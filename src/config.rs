@@ -415,8 +415,8 @@ impl Config {
         }
     }
 
-    /// Replaces the cameras with those of the state file, if there is one.
-    pub fn apply_camera_state(&mut self) -> Result<()> {
+    /// Replaces the cameras with those of the state file, if there is one; returns its path then.
+    pub fn apply_camera_state(&mut self) -> Result<Option<PathBuf>> {
         let path = self.camera_state_path();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -424,11 +424,14 @@ impl Config {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-                validate_cameras(&state.cameras).map_err(|message| Error::Config { path, message })?;
+                validate_cameras(&state.cameras).map_err(|message| Error::Config {
+                    path: path.clone(),
+                    message,
+                })?;
                 self.cameras = state.cameras;
-                Ok(())
+                Ok(Some(path))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading camera state {}", path.display()), e)),
         }
     }

@@ -168,9 +168,7 @@ struct StartingCameras {
 /// cannot start is named, with the state file when it came from there: an operator who never
 /// edited the config would otherwise look for it in the wrong file.
 fn starting_cameras(config: &mut Config) -> Result<StartingCameras> {
-    config.apply_camera_state()?;
-    let state_path = config.camera_state_path();
-    let from_state_file = state_path.exists().then_some(state_path);
+    let from_state_file = config.apply_camera_state()?;
     let saved_in = from_state_file
         .as_ref()
         .map(|path| format!(" (saved in {})", path.display()))

@@ -355,10 +355,15 @@ pub fn score_q8(score: f32) -> u32 {
     (score.clamp(0.0, 1.0) * 255.0).round() as u32
 }
 
+/// A pixel coordinate as a fraction of the frame's `size`, in 0..=1; a malformed (NaN)
+/// coordinate becomes the frame's edge, 0.
+pub fn normalised(v: f32, size: u32) -> f32 {
+    let fraction = (v / size.max(1) as f32).clamp(0.0, 1.0);
+    if fraction.is_nan() { 0.0 } else { fraction }
+}
+
 fn q16(v: f32, size: u32) -> u64 {
-    let normalised = v / size.max(1) as f32;
-    // NaN clamps to NaN and casts to 0: a malformed coordinate becomes the frame's edge.
-    (normalised.clamp(0.0, 1.0) * 65535.0).round() as u64
+    (normalised(v, size) * 65535.0).round() as u64
 }
 
 /// A box in frame pixels, normalised and packed 16 bits per coordinate (see `TrackedObject`).

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use self::codec::Encoder;
-use self::emit::{Emission, Emitter};
+use self::emit::{Emission, Emitter, normalised};
 use self::track::Tracker;
 use crate::clock::to_timestamp;
 use crate::config::DescribeConfig;
@@ -281,7 +281,6 @@ fn detected_object(
     class_names: &[String],
     encode: &mut impl FnMut(&[f32]) -> Option<pb::Embedding>,
 ) -> pb::DetectedObject {
-    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
     let bbox = detection.bbox;
     pb::DetectedObject {
         class_id: detection.class_id,
@@ -291,10 +290,10 @@ fn detected_object(
             .unwrap_or_default(),
         score: detection.score,
         r#box: Some(pb::BoundingBox {
-            x_min: (bbox[0] / w).clamp(0.0, 1.0),
-            y_min: (bbox[1] / h).clamp(0.0, 1.0),
-            x_max: (bbox[2] / w).clamp(0.0, 1.0),
-            y_max: (bbox[3] / h).clamp(0.0, 1.0),
+            x_min: normalised(bbox[0], width),
+            y_min: normalised(bbox[1], height),
+            x_max: normalised(bbox[2], width),
+            y_max: normalised(bbox[3], height),
         }),
         embedding: detection.embedding.as_deref().and_then(&mut *encode),
         track_id,
