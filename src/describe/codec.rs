@@ -82,10 +82,9 @@ pub enum EncodeError {
 #[derive(Debug, Clone)]
 pub struct Encoder {
     kind: CodecKind,
-    /// Projected kinds only: d, the projected dimension (pca-int8) or number of bits (binary).
-    dimension: Option<usize>,
-    /// Projected kinds only.
-    projection: Option<Arc<Projection>>,
+    /// Projected kinds, and only they: the projection and d, the projected dimension (pca-int8)
+    /// or number of bits (binary).
+    projected: Option<(Arc<Projection>, usize)>,
 }
 
 impl Encoder {
@@ -100,11 +99,7 @@ impl Encoder {
             }
             // An embedder may ship a projection while the node sends float codes: not an error,
             // just unused.
-            return Ok(Encoder {
-                kind,
-                dimension: None,
-                projection: None,
-            });
+            return Ok(Encoder { kind, projected: None });
         }
         let Some(projection) = projection else {
             return Err(EncoderError::NeedsProjection { codec: kind });
@@ -131,10 +126,9 @@ impl Encoder {
                 dimension: d,
                 available,
             }),
-            Some(_) => Ok(Encoder {
+            Some(d) => Ok(Encoder {
                 kind,
-                dimension,
-                projection: Some(projection),
+                projected: Some((projection, d)),
             }),
         }
     }
@@ -145,44 +139,35 @@ impl Encoder {
 
     /// Projected kinds: d. Float kinds: None (the embedder's dimension).
     pub fn dimension(&self) -> Option<usize> {
-        self.dimension
+        self.projected.as_ref().map(|(_, d)| *d)
     }
 
     pub fn projection(&self) -> Option<&Arc<Projection>> {
-        self.projection.as_ref()
+        self.projected.as_ref().map(|(p, _)| p)
     }
 
     /// Size of `Embedding.data` for an embedder output of `input_dimension` values.
     pub fn bytes_per_vector(&self, input_dimension: usize) -> usize {
-        match (self.kind, self.dimension) {
-            (CodecKind::F32, _) => 4 * input_dimension,
-            (CodecKind::F16, _) => 2 * input_dimension,
-            (CodecKind::Int8, _) => input_dimension,
-            (CodecKind::PcaInt8, Some(d)) => d,
-            (CodecKind::Binary, Some(d)) => d / 8,
-            // Projected kinds always have a dimension (see `new`).
-            (CodecKind::PcaInt8 | CodecKind::Binary, None) => 0,
+        let d = self.dimension().unwrap_or(0);
+        match self.kind {
+            CodecKind::F32 => 4 * input_dimension,
+            CodecKind::F16 => 2 * input_dimension,
+            CodecKind::Int8 => input_dimension,
+            CodecKind::PcaInt8 => d,
+            CodecKind::Binary => d / 8,
         }
     }
 
     /// Encodes a raw embedder output (not necessarily normalised).
     pub fn encode(&self, x: &[f32]) -> Result<pb::Embedding, EncodeError> {
-        let projected = match (&self.projection, self.dimension) {
-            (Some(projection), Some(d)) if self.kind.is_projected() => Some((projection, d)),
-            _ => None,
-        };
-        let Some((projection, d)) = projected else {
+        let Some((projection, d)) = &self.projected else {
             let x = unit(x).ok_or(EncodeError::NotFinite)?;
             return Ok(encode_float(&x, self.kind.codec()));
         };
-        if x.len() != projection.input_dimension() {
-            return Err(EncodeError::Dimension {
-                expected: projection.input_dimension(),
-                actual: x.len(),
-            });
-        }
+        let d = *d;
         let x = unit(x).ok_or(EncodeError::NotFinite)?;
         let mut y = Vec::with_capacity(d);
+        // False only for a vector of the wrong length: `new` checked d against the projection.
         if !projection.project(&x, d, &mut y) {
             return Err(EncodeError::Dimension {
                 expected: projection.input_dimension(),
@@ -220,10 +205,10 @@ impl Encoder {
 impl fmt::Display for Encoder {
     /// For logs: "int8", "pca-int8 x128 (projection p)", "binary 256 bits (projection p)".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.kind, self.dimension, &self.projection) {
-            (CodecKind::PcaInt8, Some(d), Some(p)) => write!(f, "pca-int8 x{d} (projection {})", p.id()),
-            (CodecKind::Binary, Some(d), Some(p)) => write!(f, "binary {d} bits (projection {})", p.id()),
-            (kind, ..) => f.write_str(kind.name()),
+        match (self.kind, &self.projected) {
+            (CodecKind::PcaInt8, Some((p, d))) => write!(f, "pca-int8 x{d} (projection {})", p.id()),
+            (CodecKind::Binary, Some((p, d))) => write!(f, "binary {d} bits (projection {})", p.id()),
+            (kind, _) => f.write_str(kind.name()),
         }
     }
 }
