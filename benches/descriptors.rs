@@ -153,7 +153,7 @@ fn load_projection() -> (PathBuf, Arc<Projection>) {
         .unwrap_or_else(|| repo().join(DEFAULT_EMBEDDER_MANIFEST));
     let manifest =
         Manifest::load(&manifest_path).unwrap_or_else(|e| panic!("embedder manifest {}: {e}", manifest_path.display()));
-    let (Some(spec), Some(path)) = (&manifest.projection, manifest.projection_path()) else {
+    let Some((spec, path)) = manifest.projection() else {
         panic!(
             "{} has no [projection] section: the pca-int8 and binary codecs cannot be evaluated. Learn one with \
              scripts/learn-projection.sh and name it in the manifest (`[projection] id = \"...\" file = \"...\"`).",

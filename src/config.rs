@@ -132,11 +132,11 @@ impl Default for DescribeConfig {
 impl DescribeConfig {
     /// `codec_dimension`, or the default of the codec: the sizes chosen from the measurements of
     /// `make eval-descriptors` (README, "Descriptors").
-    pub fn codec_dimension(&self) -> Option<usize> {
-        match self.codec {
-            CodecKind::PcaInt8 => Some(self.codec_dimension.unwrap_or(128)),
-            CodecKind::Binary => Some(self.codec_dimension.unwrap_or(128)),
-            _ => self.codec_dimension,
+    pub fn effective_codec_dimension(&self) -> Option<usize> {
+        if self.codec.is_projected() {
+            Some(self.codec_dimension.unwrap_or(128))
+        } else {
+            self.codec_dimension
         }
     }
 }

@@ -97,7 +97,7 @@ impl Models {
                 ),
             });
         }
-        let dimension = describe.codec_dimension();
+        let dimension = describe.effective_codec_dimension();
         Encoder::new(describe.codec, dimension, self.projection.clone()).map_err(|e| Error::Config {
             path: config.origin.clone(),
             message: format!(
@@ -131,7 +131,7 @@ fn embed_min_score(config: &Config) -> f32 {
 }
 
 fn load_projection(manifest: &Manifest) -> Result<Option<Arc<Projection>>> {
-    let (Some(spec), Some(path)) = (&manifest.projection, manifest.projection_path()) else {
+    let Some((spec, path)) = manifest.projection() else {
         return Ok(None);
     };
     let projection = Projection::load(&path, spec.id.clone())?;

@@ -162,13 +162,17 @@ impl Manifest {
 
     /// The ONNX file the manifest describes.
     pub fn model_path(&self) -> PathBuf {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        dir.join(&self.model.file)
+        self.beside(&self.model.file)
     }
 
-    pub fn projection_path(&self) -> Option<PathBuf> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        self.projection.as_ref().map(|p| dir.join(&p.file))
+    /// The projection the manifest names, with the path of its file.
+    pub fn projection(&self) -> Option<(&ProjectionSpec, PathBuf)> {
+        self.projection.as_ref().map(|spec| (spec, self.beside(&spec.file)))
+    }
+
+    /// A file named by the manifest: relative to the manifest's directory.
+    fn beside(&self, file: &Path) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(file)
     }
 
     /// Checks that can be made without opening the model.
