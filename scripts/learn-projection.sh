@@ -35,9 +35,14 @@ runs=("640 0.25" "480 0.25" "320 0.25")
 
 python="$repo/.deps/python/bin/python"
 work="$repo/.deps/learn-projection"
+# A node left running by an interrupted or failed run would hold its port and both cores.
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 log() { printf '[learn-projection] %s\n' "$*"; }
 
 bash "$repo/scripts/setup-deps.sh"
+# The ONNX Runtime that scripts/setup-deps.sh installed, whatever its version.
+ort_library=$(ls "$repo"/.deps/onnxruntime/libonnxruntime.so.* | head -n 1)
 if [ -z "$node" ]; then
   (cd "$repo" && cargo build --release --locked)
   node="$repo/target/release/retina-edge"
@@ -57,7 +62,7 @@ grpc_listen = "127.0.0.1:$port"
 exit_when_cameras_end = true
 
 [inference]
-onnxruntime_library = "$repo/.deps/onnxruntime/libonnxruntime.so.1.32.0"
+onnxruntime_library = "$ort_library"
 detector_manifest = "$repo/models/nanodet-g-416.toml"
 embedder_manifest = "$repo/models/mobilenetv2-1280.toml"
 score_threshold = $threshold
@@ -85,6 +90,7 @@ EOF
     exit 1
   fi
   wait "$pid" || { log "the node failed; see $work/$name.log"; exit 1; }
+  pid=""
   tail -n 6 "$work/$name.out" | sed 's/^/    /'
   npz+=("$work/$name.npz")
 done
