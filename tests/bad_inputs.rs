@@ -3,14 +3,29 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+/// Runs the CLI to its end. A command that should refuse at once but runs on instead (a node that
+/// accepted a bad config) fails the test rather than hanging it.
 fn retina_edge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+    let child = Command::new(env!("CARGO_BIN_EXE_retina-edge"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
-        .expect("retina-edge runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("retina-edge starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.expect("retina-edge runs"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("retina-edge {args:?} did not end within 120 s");
+        }
+    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
