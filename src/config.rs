@@ -4,6 +4,7 @@
 //! can sit beside its models and media and be started from anywhere.
 
 use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,10 @@ pub struct Config {
     /// The config file itself, for error messages.
     #[serde(skip)]
     pub origin: PathBuf,
+    /// Cameras of the state file that were on probation when it was last written (see
+    /// [`CameraState::probation`]).
+    #[serde(skip)]
+    pub camera_probation: BTreeMap<String, Probation>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,7 +176,8 @@ pub struct CameraConfig {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<CameraPositionConfig>,
-    /// Live sources: rebuild the pipeline when no frame arrived for this long.
+    /// Live sources: rebuild the pipeline when no frame arrived for this long. Files: when the
+    /// first frame of a run did not arrive within this long.
     #[serde(default = "default_stall_timeout_seconds")]
     pub stall_timeout_seconds: f64,
     /// Wait before the first retry after a failure; doubles per failed attempt (with +-20%
@@ -180,6 +186,11 @@ pub struct CameraConfig {
     pub reconnect_initial_seconds: f64,
     #[serde(default = "default_reconnect_max_seconds")]
     pub reconnect_max_seconds: f64,
+    /// A source that can never work as configured (no video in it, not media, a codec nobody
+    /// decodes, not found, access denied) is tried again only this often; updating the camera
+    /// tries it at once.
+    #[serde(default = "default_failed_retry_seconds")]
+    pub failed_retry_seconds: f64,
     /// RTSP: "auto" (UDP, falling back to TCP when no data arrives), "tcp" or "udp".
     #[serde(default)]
     pub rtsp_transport: RtspTransport,
@@ -258,6 +269,9 @@ fn default_reconnect_initial_seconds() -> f64 {
 fn default_reconnect_max_seconds() -> f64 {
     30.0
 }
+fn default_failed_retry_seconds() -> f64 {
+    300.0
+}
 fn default_rtsp_latency_ms() -> u32 {
     200
 }
@@ -278,6 +292,7 @@ impl CameraConfig {
             stall_timeout_seconds: default_stall_timeout_seconds(),
             reconnect_initial_seconds: default_reconnect_initial_seconds(),
             reconnect_max_seconds: default_reconnect_max_seconds(),
+            failed_retry_seconds: default_failed_retry_seconds(),
             rtsp_transport: RtspTransport::default(),
             rtsp_latency_ms: default_rtsp_latency_ms(),
             username: None,
@@ -317,6 +332,9 @@ impl CameraConfig {
             return Err(format!(
                 "{at}: need 0.01 <= reconnect_initial_seconds <= reconnect_max_seconds <= 3600"
             ));
+        }
+        if !(self.failed_retry_seconds >= 1.0 && self.failed_retry_seconds <= 86_400.0) {
+            return Err(format!("{at}: failed_retry_seconds must lie in 1..=86400"));
         }
         if let Some(p) = &self.position
             && (!(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude))
@@ -429,6 +447,7 @@ impl Config {
                     message,
                 })?;
                 self.cameras = state.cameras;
+                self.camera_probation = state.probation;
                 Ok(Some(path))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -452,6 +471,22 @@ impl Config {
 pub struct CameraState {
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    /// Cameras added or changed at run time that have not yet streamed or failed cleanly, by id.
+    /// A camera still listed here when the node starts is one the node stopped (or crashed)
+    /// while starting: it is not started again until it is changed, so that nothing a client
+    /// configures can keep the node from coming up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probation: BTreeMap<String, Probation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probation {
+    /// When the change was made (RFC 3339), for the operator who reads the file.
+    pub since: String,
+    /// Set once the node has started again without this camera: why it is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 pub fn validate_cameras(cameras: &[CameraConfig]) -> std::result::Result<(), String> {
@@ -561,6 +596,7 @@ mod tests {
         camera.analysis_fps = 2.0;
         let state = CameraState {
             cameras: vec![camera.clone()],
+            ..Default::default()
         };
         write_atomically(&config.camera_state_path(), &toml::to_string(&state).unwrap()).unwrap();
         config.apply_camera_state().unwrap();

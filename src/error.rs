@@ -53,6 +53,9 @@ pub enum Error {
     #[error("the node is shutting down")]
     ShuttingDown,
 
+    #[error("camera {0:?} is being changed by another request; try again")]
+    CameraBusy(String),
+
     #[error("unsupported source URI {uri:?}: {reason}")]
     UnsupportedUri { uri: String, reason: String },
 
@@ -86,7 +89,7 @@ impl Error {
             Error::ModelLoad { .. } => Kind::InvalidArgument,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
             Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => Kind::Unavailable,
-            Error::Camera { .. } | Error::ShuttingDown => Kind::Unavailable,
+            Error::Camera { .. } | Error::ShuttingDown | Error::CameraBusy(_) => Kind::Unavailable,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }
     }

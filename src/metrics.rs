@@ -286,6 +286,19 @@ impl Collector for CameraCollector {
         }
 
         let mut family = encoder.encode_descriptor(
+            "retina_camera_failures",
+            "Pipeline failures by kind (CameraInfo.failure); only kinds that happened are listed",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for camera in &cameras {
+            for (kind, n) in camera.failure_counts().filter(|&(_, n)| n > 0) {
+                let labels = [("camera", camera.id.as_str()), ("kind", kind.label())];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
             "retina_camera_reconnect_attempts",
             "Failed attempts since the camera last delivered a frame",
             None,

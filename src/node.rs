@@ -17,14 +17,14 @@ use std::time::Duration;
 use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
-use crate::config::{CameraConfig, Config};
+use crate::config::Config;
 use crate::deliver::{Hub, NodeFacts};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
-use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri};
+use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
 use crate::metrics::{self, Metrics};
 use crate::pb;
 use crate::shutdown::Shutdown;
@@ -161,28 +161,40 @@ fn load_projection(manifest: &Manifest) -> Result<Option<Arc<Projection>>> {
 struct StartingCameras {
     /// The camera state file, when its cameras (changed over gRPC) replaced the config's.
     from_state_file: Option<PathBuf>,
-    resolved: Vec<Result<(CameraConfig, SourceUri)>>,
+    resolved: Vec<StartingCamera>,
 }
 
-/// Applies the camera state file to `config` and resolves every camera's URI. A camera that
-/// cannot start is named, with the state file when it came from there: an operator who never
-/// edited the config would otherwise look for it in the wrong file.
+impl StartingCameras {
+    /// The cameras that cannot start, each named with the state file when it came from there:
+    /// an operator who never edited the config would otherwise look for it in the wrong file.
+    fn problems(&self) -> Vec<Error> {
+        let saved_in = self
+            .from_state_file
+            .as_ref()
+            .map(|path| format!(" (saved in {})", path.display()))
+            .unwrap_or_default();
+        self.resolved
+            .iter()
+            .filter_map(|c| {
+                let err = c.source.as_ref().err()?;
+                Some(Error::Camera {
+                    camera: format!("{}{saved_in}", c.config.id),
+                    message: err.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Applies the camera state file to `config` and resolves every camera's URI.
 fn starting_cameras(config: &mut Config) -> Result<StartingCameras> {
     let from_state_file = config.apply_camera_state()?;
-    let saved_in = from_state_file
-        .as_ref()
-        .map(|path| format!(" (saved in {})", path.display()))
-        .unwrap_or_default();
     let resolved = config
         .cameras
         .iter()
-        .map(|c| {
-            SourceUri::resolve(&c.uri, &config.base_dir)
-                .map(|source| (c.clone(), source))
-                .map_err(|e| Error::Camera {
-                    camera: format!("{}{saved_in}", c.id),
-                    message: e.to_string(),
-                })
+        .map(|c| StartingCamera {
+            config: c.clone(),
+            source: SourceUri::resolve(&c.uri, &config.base_dir),
         })
         .collect();
     Ok(StartingCameras {
@@ -202,18 +214,28 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
     let mut config = config.clone();
     match starting_cameras(&mut config) {
         Ok(cameras) => {
-            if let Some(path) = cameras.from_state_file {
+            if let Some(path) = &cameras.from_state_file {
                 facts.push(format!(
                     "cameras from {}: changed at run time, they replace the config's [[cameras]]",
                     path.display()
                 ));
             }
-            for camera in cameras.resolved {
-                match camera {
-                    Ok((camera, source)) => {
-                        facts.push(format!("camera {}: {} ({:?})", camera.id, source.redacted, source.kind))
-                    }
-                    Err(e) => problems.push(e),
+            problems.extend(cameras.problems());
+            for camera in &cameras.resolved {
+                if let Ok(source) = &camera.source {
+                    facts.push(format!("camera {}: {} ({:?})", camera.config.id, source.redacted, source.kind));
+                }
+                if let Some(probation) = config.camera_probation.get(&camera.config.id) {
+                    problems.push(Error::Camera {
+                        camera: camera.config.id.clone(),
+                        message: probation.failed.clone().unwrap_or_else(|| {
+                            format!(
+                                "on probation since {}: the node stopped while it was starting, so it will \
+                                 not be started",
+                                probation.since
+                            )
+                        }),
+                    });
                 }
             }
         }
@@ -262,10 +284,17 @@ impl Node {
     /// multi-threaded tokio runtime.
     pub async fn start(mut config: Config) -> Result<Node> {
         gst::init()?;
-        let sources = starting_cameras(&mut config)?
-            .resolved
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        crate::ingest::gst_log::install();
+        let starting = starting_cameras(&mut config)?;
+        // The config file is the operator's: a camera there that cannot start refuses the start,
+        // at once. Cameras saved over gRPC must never keep the node from coming up: they start
+        // as FAILED, with the reason.
+        if starting.from_state_file.is_none()
+            && let Some(problem) = starting.problems().into_iter().next()
+        {
+            return Err(problem);
+        }
+        let probation = std::mem::take(&mut config.camera_probation);
 
         // Bind before any thread starts: a taken port then fails the start with nothing to undo.
         let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
@@ -367,7 +396,7 @@ impl Node {
             None => (None, None),
         };
 
-        manager.start_configured(sources)?;
+        manager.start_configured(starting.resolved, probation)?;
         tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = config.cameras.len(),
             workers = config.inference.workers, "node started");
 

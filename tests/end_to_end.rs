@@ -421,7 +421,7 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
 
     // Prometheus metrics.
     let metrics_addr = node.metrics_addr.unwrap();
-    let body = http_get(metrics_addr, "/metrics").await;
+    let body = common::http_get(metrics_addr, "/metrics").await;
     for name in [
         "retina_camera_frames_analysed_total{camera=\"bikes\"}",
         "retina_camera_state{camera=\"bikes\",state=\"streaming\"} 1",
@@ -440,23 +440,6 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
         .await
         .expect("node stops")
         .unwrap();
-}
-
-/// A minimal HTTP/1.0 GET, so the test needs no HTTP client crate.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response:.200}"
-    );
-    response
 }
 
 /// The re-descriptions of the emission policy happen on real footage too, when its limits allow

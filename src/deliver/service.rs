@@ -306,6 +306,7 @@ fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
         frames_analysed: camera.frames_analysed.load(Ordering::Relaxed),
         frames_dropped: camera.frames_dropped.load(Ordering::Relaxed),
         last_error: condition.last_error.unwrap_or_default(),
+        failure: condition.failure.map(|f| f.label().to_string()).unwrap_or_default(),
         position: settings.position,
         analysis_fps: settings.analysis_fps,
         reconnect_attempts: camera.reconnect_attempts.load(Ordering::Relaxed),

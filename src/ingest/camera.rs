@@ -3,7 +3,13 @@
 //!
 //! A failure is an error on the bus, the end of a live stream, or no frame for the stall timeout
 //! (an RTSP server that hangs without closing the socket sends no error at all). Every rebuild
-//! starts from a new pipeline in NULL state: nothing of a broken run is reused.
+//! starts from a new pipeline in NULL state: nothing of a broken run is reused. A failure that
+//! retrying cannot mend (`failure.rs`: no video, not media, not found, ...) puts the camera in
+//! `FAILED` and is retried only every `failed_retry_seconds`.
+//!
+//! A still image (a JPEG or PNG, from a file or a camera's snapshot URL) is one frame per run:
+//! a snapshot URL, or an image file with `loop_file`, is fetched again once per analysis
+//! interval; an image file without `loop_file` is analysed once, like a clip that ends.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,6 +18,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use super::failure::{self, Failure, FailureKind};
 use super::pipeline::{self, PipelineSpec, RtspOptions};
 use super::{CameraStatus, Frame, FrameQueue, Overflow, PushOutcome, SourceKind, SourceUri};
 use crate::clock::{CaptureClock, UnixNanos, now_unix_nanos};
@@ -23,6 +30,8 @@ use crate::shutdown::Shutdown;
 /// A run that streamed this long counts as healthy: the next failure starts the backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const BUS_POLL: Duration = Duration::from_millis(100);
+/// How often a snapshot source is fetched when every frame is to be analysed (`analysis_fps` 0).
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
 const NTP_UNIX_OFFSET_SECONDS: i64 = 2_208_988_800;
 
@@ -50,11 +59,30 @@ impl CameraRunner {
     }
 }
 
+/// Called once, when a camera has proven it does not endanger the node: its first frame, or the
+/// end of its first run (a failure the node survived).
+#[derive(Clone, Default)]
+pub struct Settled(Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+
+impl Settled {
+    pub fn new(hook: impl FnOnce() + Send + 'static) -> Settled {
+        Settled(Arc::new(Mutex::new(Some(Box::new(hook)))))
+    }
+
+    fn fire(&self) {
+        let hook = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
 pub fn start_camera(
     config: &CameraConfig,
     source: SourceUri,
     status: Arc<CameraStatus>,
     queue: Arc<FrameQueue>,
+    settled: Settled,
 ) -> Result<CameraRunner> {
     let stop = Shutdown::new();
     let spec = PipelineSpec {
@@ -84,9 +112,16 @@ pub fn start_camera(
             Duration::from_secs_f64(config.reconnect_initial_seconds),
             Duration::from_secs_f64(config.reconnect_max_seconds),
         ),
+        failed_retry: Duration::from_secs_f64(config.failed_retry_seconds),
+        snapshot_interval: if config.analysis_fps > 0.0 {
+            Duration::from_secs_f64(1.0 / config.analysis_fps)
+        } else {
+            DEFAULT_SNAPSHOT_INTERVAL
+        },
         status: status.clone(),
         queue,
         stop: stop.clone(),
+        settled,
     };
     let thread = std::thread::Builder::new()
         .name(format!("camera-{}", config.id))
@@ -134,19 +169,24 @@ struct Supervisor {
     overflow: Overflow,
     stall_timeout: Duration,
     backoff: Backoff,
+    /// Wait before trying a source again that failed permanently.
+    failed_retry: Duration,
+    /// Wait between two fetches of a still image.
+    snapshot_interval: Duration,
     status: Arc<CameraStatus>,
     queue: Arc<FrameQueue>,
     stop: Shutdown,
+    settled: Settled,
 }
 
 /// How one pipeline run ended.
 enum RunEnd {
     /// Stopped from outside, or a file that does not loop reached its end.
     Finished,
-    /// No frame for the stall timeout.
-    Stalled(String),
-    /// Anything else: rebuild after a backoff.
-    Failed(String),
+    /// A still image delivered its frame: fetch it again after the snapshot interval.
+    Snapshot,
+    /// Rebuild after a backoff, or after `failed_retry` for a permanent failure.
+    Failed(Failure),
 }
 
 impl Supervisor {
@@ -156,28 +196,48 @@ impl Supervisor {
             SourceKind::Live => TimeSource::HostArrival,
         };
         let clock = Arc::new(Mutex::new(CaptureClock::new(default_source)));
+        let mut polling = false;
         loop {
-            self.status.set_state(CameraState::Starting, None);
+            if !polling {
+                self.status.set_state(CameraState::Starting, None);
+            }
             let started = Instant::now();
             let end = self
                 .run_once(&clock)
-                .unwrap_or_else(|err| RunEnd::Failed(err.to_string()));
-            let error = match end {
+                .unwrap_or_else(|err| RunEnd::Failed(Failure::new(FailureKind::StreamError, err.to_string())));
+            self.settled.fire();
+            let failure = match end {
                 RunEnd::Finished => break,
                 _ if self.stop.is_triggered() => break,
-                RunEnd::Stalled(error) => {
-                    self.status.set_state(CameraState::Stalled, Some(error.clone()));
-                    error
+                RunEnd::Snapshot => {
+                    polling = true;
+                    if self.stop.sleep(self.snapshot_interval.saturating_sub(started.elapsed())) {
+                        break;
+                    }
+                    continue;
                 }
-                RunEnd::Failed(error) => error,
+                RunEnd::Failed(failure) => failure,
             };
+            polling = false;
             if started.elapsed() >= HEALTHY_RUN {
                 self.backoff.reset();
             }
             CameraStatus::count(&self.status.restarts);
             self.status.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-            let delay = self.backoff.next_delay();
-            self.status.set_state(CameraState::Reconnecting, Some(error));
+            let delay = if failure.kind.is_permanent() {
+                self.status.fail(CameraState::Failed, &failure);
+                self.failed_retry
+            } else {
+                let state = match failure.kind {
+                    FailureKind::Stalled => CameraState::Stalled,
+                    _ => CameraState::Reconnecting,
+                };
+                self.status.fail(state, &failure);
+                if state == CameraState::Stalled {
+                    self.status.set_state(CameraState::Reconnecting, None);
+                }
+                self.backoff.next_delay()
+            };
             tracing::debug!(camera = %self.status.id, retry_in = ?delay, "camera will be rebuilt");
             if self.stop.sleep(delay) {
                 break;
@@ -209,24 +269,33 @@ impl Supervisor {
             if self.stop.is_triggered() {
                 return Ok(RunEnd::Finished);
             }
-            if self.kind == SourceKind::Live {
-                // Silent since the last decoded frame of this run, or since the run began. Decoded,
-                // not analysed: at a low analysis rate, analysed frames may come further apart
-                // than the stall timeout from a healthy camera.
-                let run_age = started.elapsed();
-                let silent_for = self.status.last_decoded_age().map_or(run_age, |age| age.min(run_age));
-                if silent_for > self.stall_timeout {
-                    return Ok(RunEnd::Stalled(format!(
-                        "no frame for {:.1} s",
-                        silent_for.as_secs_f64()
-                    )));
-                }
+            // Silent since the last decoded frame of this run, or since the run began. Decoded,
+            // not analysed: at a low analysis rate, analysed frames may come further apart than
+            // the stall timeout from a healthy camera. A file is watched only until its first
+            // frame (it may then wait on a busy inference queue), since a start that neither
+            // delivers nor fails happens to files too: under load GStreamer sometimes posts no
+            // error for a damaged file.
+            let run_age = started.elapsed();
+            let silent_for = self.status.last_decoded_age().map_or(run_age, |age| age.min(run_age));
+            let watched = self.kind == SourceKind::Live || silent_for >= run_age;
+            if watched && silent_for > self.stall_timeout {
+                return Ok(RunEnd::Failed(Failure::new(
+                    FailureKind::Stalled,
+                    format!("no frame for {:.1} s", silent_for.as_secs_f64()),
+                )));
+            }
+            if let Some(failure) = failure::no_video(&pipeline.facts) {
+                return Ok(RunEnd::Failed(failure));
             }
             let timeout = gst::ClockTime::from_nseconds(BUS_POLL.as_nanos() as u64);
             let Some(msg) = bus.timed_pop_filtered(timeout, &[gst::MessageType::Eos, gst::MessageType::Error]) else {
                 continue;
             };
             match msg.view() {
+                gst::MessageView::Eos(_) if pipeline.facts.is_still_image() => {
+                    let once = self.kind == SourceKind::File && !self.loop_file;
+                    return Ok(if once { RunEnd::Finished } else { RunEnd::Snapshot });
+                }
                 gst::MessageView::Eos(_) => match self.kind {
                     SourceKind::File if self.loop_file => {
                         let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
@@ -242,11 +311,16 @@ impl Supervisor {
                         tracing::info!(camera = %self.status.id, "end of file");
                         return Ok(RunEnd::Finished);
                     }
-                    SourceKind::Live => return Ok(RunEnd::Failed("stream ended".into())),
+                    SourceKind::Live => {
+                        return Ok(RunEnd::Failed(Failure::new(FailureKind::Ended, "the stream ended")));
+                    }
                 },
                 gst::MessageView::Error(err) => {
-                    let origin = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-                    return Ok(RunEnd::Failed(format!("{} ({origin})", err.error())));
+                    let details = err.debug();
+                    let failure = failure::classify(&err.error(), details.as_deref(), &pipeline.facts, self.kind);
+                    let origin = err.src().map(|s| s.name().to_string()).unwrap_or_default();
+                    tracing::debug!(camera = %self.status.id, %origin, error = %err.error(), ?details, "pipeline error");
+                    return Ok(RunEnd::Failed(failure));
                 }
                 _ => {}
             }
@@ -260,6 +334,7 @@ impl Supervisor {
         clock: Arc<Mutex<CaptureClock>>,
     ) -> impl FnMut(pipeline::RawFrame) -> std::result::Result<(), gst::FlowError> + Send + 'static {
         let (status, queue, overflow) = (self.status.clone(), self.queue.clone(), self.overflow);
+        let settled = self.settled.clone();
         let mut last_running_time = None;
         let mut first_frame_of_run = true;
         move |raw| {
@@ -284,6 +359,7 @@ impl Supervisor {
                 first_frame_of_run = false;
                 status.reconnect_attempts.store(0, Ordering::Relaxed);
                 status.set_state(CameraState::Streaming, None);
+                settled.fire();
             }
             let frame = Frame {
                 camera: status.clone(),

@@ -4,12 +4,30 @@
 //! Every change is written to the camera state file *before* it takes effect: if the write
 //! fails (full disk, read-only file system), the change is refused and nothing is lost or
 //! half-applied.
+//!
+//! **Probation.** A camera added or changed at run time is written to the state file on
+//! probation, and taken off once it has streamed a frame or failed cleanly (the node survived
+//! it). If the node dies while a camera is on probation, the next start does not start that
+//! camera: it is `FAILED` ("the node stopped while this camera was starting") until it is
+//! changed or removed, and everything else starts. Without this, a source that crashed the
+//! node would crash it again at every restart: under systemd's `Restart=`, a loop that only
+//! editing the state file by hand could end.
+//!
+//! **Locks.** `entries` is never held while a camera's thread is joined: a change marks the
+//! camera busy, lets go of the lock, stops and joins the old pipeline, then takes the lock
+//! again and checks what changed meanwhile (gst-plugins-rs' rule). A camera thread takes the
+//! lock itself, once, to leave probation.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::{CameraRunner, CameraSettings, CameraStatus, Cameras, FrameQueue, SourceUri, start_camera};
-use crate::config::{CameraConfig, CameraPositionConfig, CameraState, write_atomically};
+use super::{
+    CameraRunner, CameraSettings, CameraStatus, Cameras, Failure, FailureKind, FrameQueue, Settled, SourceUri,
+    start_camera,
+};
+use crate::config::{CameraConfig, CameraPositionConfig, CameraState, Probation, write_atomically};
 use crate::error::{Error, Result};
 use crate::pb;
 
@@ -22,6 +40,12 @@ pub struct CameraChange {
     pub position: Option<CameraPositionConfig>,
 }
 
+/// A camera the node starts with: its source, or why it has none.
+pub struct StartingCamera {
+    pub config: CameraConfig,
+    pub source: Result<SourceUri>,
+}
+
 pub struct CameraManager {
     entries: Mutex<Entries>,
     /// Shared with metrics and the gRPC service, kept in step with `entries`.
@@ -29,6 +53,9 @@ pub struct CameraManager {
     queue: Arc<FrameQueue>,
     base_dir: PathBuf,
     state_path: PathBuf,
+    /// Tells one probation from the next of the same camera, so that a late "settled" of a
+    /// replaced pipeline cannot end the probation of its successor.
+    probations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -46,13 +73,56 @@ impl Entries {
             .position(|e| e.config.id == id)
             .ok_or_else(|| Error::NoSuchCamera(id.to_string()))
     }
+
+    /// The camera, unless another request is changing it.
+    fn idle_index_of(&self, id: &str) -> Result<usize> {
+        let index = self.index_of(id)?;
+        if self.list[index].busy {
+            return Err(Error::CameraBusy(id.to_string()));
+        }
+        Ok(index)
+    }
+
+    fn probation(&self) -> BTreeMap<String, Probation> {
+        self.list
+            .iter()
+            .filter_map(|e| Some((e.config.id.clone(), e.probation.record()?)))
+            .collect()
+    }
 }
 
 struct Entry {
     config: CameraConfig,
     status: Arc<CameraStatus>,
-    /// `None` while disabled.
+    /// `None` while disabled or failed for good.
     runner: Option<CameraRunner>,
+    probation: ProbationState,
+    /// A request is stopping this camera's pipeline, with the lock released.
+    busy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ProbationState {
+    Clear,
+    Starting { probation: u64, since: String },
+    /// The node stopped while it was starting; not started until changed.
+    Failed { since: String, reason: String },
+}
+
+impl ProbationState {
+    fn record(&self) -> Option<Probation> {
+        match self {
+            ProbationState::Clear => None,
+            ProbationState::Starting { since, .. } => Some(Probation {
+                since: since.clone(),
+                failed: None,
+            }),
+            ProbationState::Failed { since, reason } => Some(Probation {
+                since: since.clone(),
+                failed: Some(reason.clone()),
+            }),
+        }
+    }
 }
 
 impl CameraManager {
@@ -63,15 +133,78 @@ impl CameraManager {
             queue,
             base_dir,
             state_path,
+            probations: AtomicU64::new(0),
         }
     }
 
-    /// Starts the configured cameras (URIs resolved by the caller); nothing is persisted.
-    pub fn start_configured(&self, cameras: Vec<(CameraConfig, SourceUri)>) -> Result<()> {
+    /// Starts the cameras the node was configured with. A camera left on probation by the
+    /// previous run, or whose source cannot be resolved any more, is listed as `FAILED`, and
+    /// the rest start.
+    pub fn start_configured(
+        self: &Arc<Self>,
+        cameras: Vec<StartingCamera>,
+        mut probation: BTreeMap<String, Probation>,
+    ) -> Result<()> {
         let mut entries = self.lock_for_change()?;
-        for (config, source) in cameras {
-            let entry = self.launch(config, source, None)?;
+        let mut quarantined = false;
+        for StartingCamera { config, source } in cameras {
+            let status = Arc::new(CameraStatus::new(config.id.clone(), settings(&config, &source)));
+            let mut entry = Entry {
+                config,
+                status,
+                runner: None,
+                probation: ProbationState::Clear,
+                busy: false,
+            };
+            if let Some(record) = probation.remove(&entry.config.id) {
+                let reason = record.failed.unwrap_or_else(|| {
+                    quarantined = true;
+                    format!(
+                        "the node stopped while this camera was starting (changed at {}); it is not started \
+                         until it is updated or removed",
+                        record.since
+                    )
+                });
+                tracing::error!(camera = %entry.config.id, %reason, "camera not started: it was on probation");
+                entry
+                    .status
+                    .fail(pb::CameraState::Failed, &Failure::new(FailureKind::CrashedOnProbation, reason.clone()));
+                entry.probation = ProbationState::Failed {
+                    since: record.since,
+                    reason,
+                };
+            } else {
+                match source {
+                    Ok(source) if entry.config.enabled => {
+                        entry.runner = Some(start_camera(
+                            &entry.config,
+                            source,
+                            entry.status.clone(),
+                            self.queue.clone(),
+                            Settled::default(),
+                        )?);
+                    }
+                    Ok(_) => entry.status.set_state(pb::CameraState::Stopped, None),
+                    Err(err) => {
+                        let kind = match &err {
+                            Error::UnsupportedUri { reason, .. } if reason.contains("No such file") => {
+                                FailureKind::NotFound
+                            }
+                            _ => FailureKind::NotMedia,
+                        };
+                        let message = format!("{err}; update the camera to try again");
+                        entry.status.fail(pb::CameraState::Failed, &Failure::new(kind, message));
+                    }
+                }
+            }
             entries.list.push(entry);
+        }
+        if quarantined {
+            // The reason is kept, so that the next start says the same and does not start it.
+            let configs = entries.list.iter().map(|e| e.config.clone()).collect();
+            if let Err(err) = self.persist(configs, entries.probation()) {
+                tracing::warn!(%err, "could not save which cameras failed on probation");
+            }
         }
         self.publish(&entries.list);
         Ok(())
@@ -90,64 +223,85 @@ impl CameraManager {
         Ok(entries)
     }
 
-    /// Starts the camera if enabled; `status` continues an existing camera's counters.
-    fn launch(&self, config: CameraConfig, source: SourceUri, status: Option<Arc<CameraStatus>>) -> Result<Entry> {
-        let settings = CameraSettings {
-            uri_redacted: source.redacted.clone(),
-            analysis_fps: config.analysis_fps,
-            position: config.position.as_ref().map(position_message),
-            enabled: config.enabled,
-        };
-        let status = match status {
-            Some(status) => {
-                status.set_settings(settings);
-                status
+    /// A fresh probation for a camera that is about to start after a change.
+    fn new_probation(&self) -> ProbationState {
+        ProbationState::Starting {
+            probation: self.probations.fetch_add(1, Ordering::Relaxed),
+            since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    /// Starts the camera if enabled; ends its probation when it has settled.
+    fn launch(self: &Arc<Self>, entry: &mut Entry, source: SourceUri) -> Result<()> {
+        entry.status.set_settings(settings(&entry.config, &Ok(source.clone())));
+        if !entry.config.enabled {
+            entry.status.set_state(pb::CameraState::Stopped, None);
+            return Ok(());
+        }
+        let settled = match &entry.probation {
+            ProbationState::Starting { probation, .. } => {
+                let (manager, id, probation) = (Arc::downgrade(self), entry.config.id.clone(), *probation);
+                Settled::new(move || settle(&manager, &id, probation))
             }
-            None => Arc::new(CameraStatus::new(config.id.clone(), settings)),
+            _ => Settled::default(),
         };
-        let runner = if config.enabled {
-            Some(start_camera(&config, source, status.clone(), self.queue.clone())?)
-        } else {
-            status.set_state(pb::CameraState::Stopped, None);
-            None
-        };
-        Ok(Entry { config, status, runner })
+        entry.runner = Some(start_camera(
+            &entry.config,
+            source,
+            entry.status.clone(),
+            self.queue.clone(),
+            settled,
+        )?);
+        Ok(())
     }
 
     fn publish(&self, entries: &[Entry]) {
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = entries.iter().map(|e| e.status.clone()).collect();
     }
 
-    fn persist(&self, configs: impl Iterator<Item = CameraConfig>) -> Result<()> {
-        let state = CameraState {
-            cameras: configs.collect(),
-        };
+    fn persist(&self, cameras: Vec<CameraConfig>, probation: BTreeMap<String, Probation>) -> Result<()> {
+        let state = CameraState { cameras, probation };
         let text = toml::to_string(&state).map_err(|e| Error::Internal(format!("encoding camera state: {e}")))?;
         let header = "# Cameras as changed at run time over gRPC; replaces the config file's [[cameras]].\n";
         write_atomically(&self.state_path, &format!("{header}{text}"))
     }
 
-    pub fn add(&self, config: CameraConfig) -> Result<Arc<CameraStatus>> {
+    pub fn add(self: &Arc<Self>, config: CameraConfig) -> Result<Arc<CameraStatus>> {
         config.validate().map_err(invalid)?;
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
         let mut entries = self.lock_for_change()?;
         if entries.list.iter().any(|e| e.config.id == config.id) {
             return Err(Error::CameraExists(config.id));
         }
-        self.persist(entries.list.iter().map(|e| e.config.clone()).chain([config.clone()]))?;
-        let entry = self.launch(config, source, None)?;
-        let status = entry.status.clone();
+        let probation = if config.enabled {
+            self.new_probation()
+        } else {
+            ProbationState::Clear
+        };
+        let mut records = entries.probation();
+        records.extend(probation.record().map(|r| (config.id.clone(), r)));
+        let configs = entries.list.iter().map(|e| e.config.clone()).chain([config.clone()]).collect();
+        self.persist(configs, records)?;
+        let status = Arc::new(CameraStatus::new(config.id.clone(), settings(&config, &Ok(source.clone()))));
+        let mut entry = Entry {
+            config,
+            status: status.clone(),
+            runner: None,
+            probation,
+            busy: false,
+        };
+        let launched = self.launch(&mut entry, source);
         entries.list.push(entry);
         self.publish(&entries.list);
+        launched?;
         tracing::info!(camera = %status.id, "camera added");
         Ok(status)
     }
 
-    pub fn update(&self, id: &str, change: CameraChange) -> Result<Arc<CameraStatus>> {
+    pub fn update(self: &Arc<Self>, id: &str, change: CameraChange) -> Result<Arc<CameraStatus>> {
         let mut entries = self.lock_for_change()?;
-        let index = entries.index_of(id)?;
-        let entries = &mut entries.list;
-        let mut config = entries[index].config.clone();
+        let index = entries.idle_index_of(id)?;
+        let mut config = entries.list[index].config.clone();
         if let Some(uri) = change.uri {
             config.uri = uri;
         }
@@ -162,39 +316,72 @@ impl CameraManager {
         }
         config.validate().map_err(invalid)?;
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
-        let others = entries
+        let probation = if config.enabled {
+            self.new_probation()
+        } else {
+            ProbationState::Clear
+        };
+        let mut records = entries.probation();
+        records.remove(id);
+        records.extend(probation.record().map(|r| (id.to_string(), r)));
+        let configs = entries
+            .list
             .iter()
             .enumerate()
-            .map(|(i, e)| if i == index { config.clone() } else { e.config.clone() });
-        self.persist(others)?;
+            .map(|(i, e)| if i == index { config.clone() } else { e.config.clone() })
+            .collect();
+        self.persist(configs, records)?;
 
-        let old = entries.remove(index);
-        if let Some(runner) = old.runner {
-            runner.stop();
-            runner.join();
+        let entry = &mut entries.list[index];
+        entry.config = config;
+        entry.probation = probation;
+        entry.busy = true;
+        let old = entry.runner.take();
+        drop(entries);
+        if let Some(old) = old {
+            old.stop();
+            old.join();
         }
-        let entry = self.launch(config, source, Some(old.status))?;
+
+        let mut entries = self.lock();
+        let index = entries.index_of(id)?;
+        let stopped = entries.stopped;
+        let entry = &mut entries.list[index];
+        entry.busy = false;
+        if stopped {
+            return Err(Error::ShuttingDown);
+        }
+        self.launch(entry, source)?;
         let status = entry.status.clone();
-        entries.insert(index, entry);
-        self.publish(entries);
+        self.publish(&entries.list);
         tracing::info!(camera = %status.id, "camera updated");
         Ok(status)
     }
 
     pub fn remove(&self, id: &str) -> Result<()> {
         let mut entries = self.lock_for_change()?;
-        let index = entries.index_of(id)?;
-        let entries = &mut entries.list;
-        self.persist(entries.iter().filter(|e| e.config.id != id).map(|e| e.config.clone()))?;
-        let old = entries.remove(index);
-        if let Some(runner) = old.runner {
-            runner.stop();
-            runner.join();
+        let index = entries.idle_index_of(id)?;
+        let configs = entries.list.iter().filter(|e| e.config.id != id).map(|e| e.config.clone()).collect();
+        let mut records = entries.probation();
+        records.remove(id);
+        self.persist(configs, records)?;
+        // The entry stays, busy, until its pipeline has stopped: a camera added under the same id
+        // meanwhile would otherwise share its queue lane with the old one's last frames.
+        let entry = &mut entries.list[index];
+        entry.busy = true;
+        let old = entry.runner.take();
+        drop(entries);
+        if let Some(old) = old {
+            old.stop();
+            old.join();
         }
         // Frames it left waiting would otherwise be analysed for a camera that is gone.
         self.queue.remove_lane(id);
+        let mut entries = self.lock();
+        let index = entries.index_of(id)?;
+        let old = entries.list.remove(index);
         old.status.set_state(pb::CameraState::Stopped, None);
-        self.publish(entries);
+        self.publish(&entries.list);
         tracing::info!(camera = %id, "camera removed");
         Ok(())
     }
@@ -204,7 +391,7 @@ impl CameraManager {
         self.lock()
             .list
             .iter()
-            .all(|e| e.runner.as_ref().is_none_or(CameraRunner::is_finished))
+            .all(|e| !e.busy && e.runner.as_ref().is_none_or(CameraRunner::is_finished))
     }
 
     /// Stops every camera and waits for their threads.
@@ -212,12 +399,47 @@ impl CameraManager {
         let mut entries = self.lock();
         entries.stopped = true;
         let runners: Vec<CameraRunner> = entries.list.iter_mut().filter_map(|e| e.runner.take()).collect();
+        drop(entries);
         for runner in &runners {
             runner.stop();
         }
         for runner in runners {
             runner.join();
         }
+    }
+}
+
+/// Ends a camera's probation: it streamed or failed cleanly. Runs on the camera's thread.
+fn settle(manager: &Weak<CameraManager>, id: &str, probation: u64) {
+    let Some(manager) = manager.upgrade() else {
+        return;
+    };
+    let mut entries = manager.lock();
+    let Some(entry) = entries.list.iter_mut().find(|e| e.config.id == id) else {
+        return;
+    };
+    if !matches!(entry.probation, ProbationState::Starting { probation: p, .. } if p == probation) {
+        return;
+    }
+    entry.probation = ProbationState::Clear;
+    let configs = entries.list.iter().map(|e| e.config.clone()).collect();
+    // A failed write leaves the camera on probation on disk: after a crash it would not be
+    // started, which is the safe side.
+    match manager.persist(configs, entries.probation()) {
+        Ok(()) => tracing::debug!(camera = %id, "camera off probation"),
+        Err(err) => tracing::warn!(camera = %id, %err, "could not save that the camera left probation"),
+    }
+}
+
+fn settings(config: &CameraConfig, source: &Result<SourceUri>) -> CameraSettings {
+    CameraSettings {
+        uri_redacted: match source {
+            Ok(source) => source.redacted.clone(),
+            Err(_) => super::redact_uri(&config.uri),
+        },
+        analysis_fps: config.analysis_fps,
+        position: config.position.as_ref().map(position_message),
+        enabled: config.enabled,
     }
 }
 
@@ -244,12 +466,12 @@ mod tests {
         let clip = dir.path().join("clip.mp4");
         std::fs::write(&clip, b"not started: the camera is disabled").unwrap();
         let state_path = dir.path().join("cameras.toml");
-        let manager = CameraManager::new(
+        let manager = Arc::new(CameraManager::new(
             FrameQueue::new(2),
             dir.path().into(),
             state_path.clone(),
             Cameras::default(),
-        );
+        ));
         let mut camera = CameraConfig::new("north", clip.display().to_string());
         camera.enabled = false;
         manager.add(camera.clone()).unwrap();

@@ -2,6 +2,8 @@
 //! the inference stage through a bounded, fair [`FrameQueue`].
 
 mod camera;
+mod failure;
+pub mod gst_log;
 mod manager;
 mod pipeline;
 pub mod pool;
@@ -12,8 +14,9 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-pub use camera::{CameraRunner, start_camera};
-pub use manager::{CameraChange, CameraManager};
+pub use camera::{CameraRunner, Settled, start_camera};
+pub use failure::{Failure, FailureKind};
+pub use manager::{CameraChange, CameraManager, StartingCamera};
 pub use queue::{FrameQueue, Overflow, PushOutcome};
 pub use source::{SourceKind, SourceUri, redact_uri};
 
@@ -58,6 +61,8 @@ pub struct CameraStatus {
     last_decoded_nanos: AtomicU64,
     /// `pb::TimeSource` of the last frame's capture time.
     time_source: AtomicI32,
+    /// Failures by kind ([`FailureKind::index`]) since the node started.
+    failures: [AtomicU64; FailureKind::ALL.len()],
     state: Mutex<CameraCondition>,
 }
 
@@ -75,6 +80,8 @@ pub struct CameraSettings {
 pub struct CameraCondition {
     pub state: pb::CameraState,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` describes.
+    pub failure: Option<FailureKind>,
 }
 
 fn monotonic_nanos() -> u64 {
@@ -99,9 +106,11 @@ impl CameraStatus {
             last_frame_nanos: AtomicU64::new(0),
             last_decoded_nanos: AtomicU64::new(0),
             time_source: AtomicI32::new(pb::TimeSource::Unspecified as i32),
+            failures: Default::default(),
             state: Mutex::new(CameraCondition {
                 state: pb::CameraState::Starting,
                 last_error: None,
+                failure: None,
             }),
         }
     }
@@ -124,17 +133,39 @@ impl CameraStatus {
 
     /// Records a state change; logs only real transitions, so a steady state never floods logs.
     pub fn set_state(&self, state: pb::CameraState, error: Option<String>) {
+        self.change_state(state, error, None);
+    }
+
+    /// Records a failure: counted by kind, and the camera's state with its reason.
+    pub fn fail(&self, state: pb::CameraState, failure: &Failure) {
+        Self::count(&self.failures[failure.kind.index()]);
+        self.change_state(state, Some(failure.message.clone()), Some(failure.kind));
+    }
+
+    /// Failures of each kind since the node started.
+    pub fn failure_counts(&self) -> impl Iterator<Item = (FailureKind, u64)> + '_ {
+        FailureKind::ALL
+            .into_iter()
+            .map(|kind| (kind, self.failures[kind.index()].load(Ordering::Relaxed)))
+    }
+
+    fn change_state(&self, state: pb::CameraState, error: Option<String>, failure: Option<FailureKind>) {
         let mut current = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let changed = current.state != state;
         current.state = state;
         if error.is_some() {
             current.last_error = error.clone();
+            current.failure = failure;
         }
         drop(current);
         if changed {
             let state = state.as_str_name().trim_start_matches("CAMERA_STATE_");
             let attempt = self.reconnect_attempts.load(Ordering::Relaxed);
             match error {
+                Some(error) if state == "FAILED" => {
+                    let kind = failure.map_or("", FailureKind::label);
+                    tracing::error!(camera = %self.id, state, kind, %error, "camera state")
+                }
                 Some(error) => tracing::warn!(camera = %self.id, state, attempt, %error, "camera state"),
                 None => tracing::info!(camera = %self.id, state, "camera state"),
             }

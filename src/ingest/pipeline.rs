@@ -1,12 +1,24 @@
 //! One camera's GStreamer pipeline:
 //!
 //! ```text
-//! uridecodebin ─▶ videorate (drop only) ─▶ videoscale ─▶ videoconvert ─▶ caps RGB ≤ max size ─▶ appsink
+//! uridecodebin ─▶ [rate gate] videoscale ─▶ videoconvert ─▶ caps RGB ≤ max size ─▶ appsink
 //! ```
 //!
-//! Frames above the analysis rate are dropped by `videorate` before they cost a scale or a colour
-//! conversion; scaling happens before conversion because converting fewer pixels is cheaper.
+//! Frames above the analysis rate are dropped by the rate gate, a probe on `videoscale`'s sink
+//! pad, before they cost a scale or a colour conversion; scaling happens before conversion
+//! because converting fewer pixels is cheaper.
+//!
+//! No element here asserts on what a source sends. `videorate` did: a still image (a JPEG or
+//! PNG, one buffer without a duration) made it abort the whole process
+//! (`GST_BUFFER_DURATION_IS_VALID (outbuf)`). The gate needs nothing but timestamps, and falls
+//! back to arrival time for buffers without one.
+//!
+//! While it runs, the pipeline records what it learns about its source ([`SourceFacts`]: the
+//! type GStreamer found, the streams it exposed), so that a failure can be explained in an
+//! operator's words (see `failure.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -61,6 +73,100 @@ pub struct RawFrame {
 
 pub struct Pipeline {
     pub pipeline: gst::Pipeline,
+    pub facts: Arc<SourceFacts>,
+}
+
+/// What a run of the pipeline found out about its source.
+#[derive(Debug, Default)]
+pub struct SourceFacts {
+    /// The source's type as GStreamer's typefinder named it (`video/quicktime`, `image/jpeg`,
+    /// `text/html`): unset for sources whose type is known without looking (RTSP).
+    container: Mutex<Option<String>>,
+    /// Media types of the decoded streams that were not video (`audio/x-raw`, ...).
+    other_streams: Mutex<Vec<String>>,
+    video_linked: AtomicBool,
+    /// The source has exposed all its streams: if none was video, none will be.
+    all_streams_known: AtomicBool,
+}
+
+impl SourceFacts {
+    pub fn container(&self) -> Option<String> {
+        self.container.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A single picture (JPEG, PNG, ...), not a stream of them: it ends after one frame.
+    pub fn is_still_image(&self) -> bool {
+        self.container().is_some_and(|c| c.starts_with("image/"))
+    }
+
+    pub fn has_video(&self) -> bool {
+        self.video_linked.load(Ordering::Relaxed)
+    }
+
+    /// Media types of the streams that were not video, so far.
+    pub fn other_streams(&self) -> Vec<String> {
+        self.other_streams.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The non-video streams, when the source has exposed all of its streams and none was video.
+    pub fn only_other_streams(&self) -> Option<Vec<String>> {
+        let done = self.all_streams_known.load(Ordering::Relaxed) && !self.has_video();
+        done.then(|| self.other_streams())
+    }
+
+    fn set_container(&self, caps: &gst::CapsRef) {
+        let mut container = self.container.lock().unwrap_or_else(|p| p.into_inner());
+        // The first typefinder looks at the source itself; later ones at streams inside it.
+        if container.is_none() {
+            *container = caps.structure(0).map(|s| s.name().to_string());
+        }
+    }
+}
+
+/// Keeps at most one frame per slot of `1 / analysis_fps` seconds of stream time, slots counted
+/// from the first frame (what `videorate drop-only` did): a source slightly faster than the
+/// analysis rate loses one frame in many, not every other one. Time going backwards (a file
+/// that loops, a camera whose timestamps restart) starts the slots again.
+#[derive(Debug)]
+pub struct RateGate {
+    interval: Option<Duration>,
+    /// First frame's time and the slot of the last frame kept.
+    anchor: Option<(Duration, u64)>,
+    last_kept: Duration,
+}
+
+impl RateGate {
+    /// `analysis_fps` 0 keeps every frame.
+    pub fn new(analysis_fps: f64) -> RateGate {
+        let interval = (analysis_fps > 0.0).then(|| Duration::from_secs_f64(1.0 / analysis_fps));
+        RateGate {
+            interval,
+            anchor: None,
+            last_kept: Duration::ZERO,
+        }
+    }
+
+    pub fn admit(&mut self, time: Duration) -> bool {
+        let Some(interval) = self.interval else {
+            return true;
+        };
+        let slot_of = |anchor: Duration| ((time - anchor).as_nanos() / interval.as_nanos().max(1)) as u64;
+        let keep = match self.anchor {
+            Some((anchor, last_slot)) if time >= self.last_kept && time >= anchor => {
+                let slot = slot_of(anchor);
+                (slot > last_slot).then_some((anchor, slot))
+            }
+            _ => Some((time, 0)),
+        };
+        match keep {
+            Some(anchor) => {
+                self.anchor = Some(anchor);
+                self.last_kept = time;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Drop for Pipeline {
@@ -96,22 +202,30 @@ pub fn build(
         None
     });
 
-    let rate = make("videorate")?;
-    rate.set_property("drop-only", true);
+    let facts = Arc::new(SourceFacts::default());
+    let typefind_facts = facts.clone();
+    decode.connect("deep-element-added", false, move |args| {
+        let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+        if element.factory().is_some_and(|f| f.name() == "typefind") {
+            let facts = typefind_facts.clone();
+            element.connect("have-type", false, move |args| {
+                if let Some(caps) = args.get(2).and_then(|v| v.get::<gst::Caps>().ok()) {
+                    facts.set_container(&caps);
+                }
+                None
+            });
+        }
+        None
+    });
+
     let scale = make("videoscale")?;
     let convert = make("videoconvert")?;
-    let mut caps = gst::Caps::builder("video/x-raw")
+    let caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGB")
         .field("width", gst::IntRange::new(16, spec.max_width as i32))
         .field("height", gst::IntRange::new(16, spec.max_height as i32))
         // Square pixels make videoscale keep the picture's shape instead of changing the PAR.
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
-    if spec.analysis_fps > 0.0 {
-        let max_rate = gst::Fraction::approximate_f64(spec.analysis_fps)
-            .ok_or_else(|| Error::Gstreamer(format!("analysis_fps {} is not a usable rate", spec.analysis_fps)))?;
-        // A range, not a fixed rate: a source slower than the analysis rate passes unchanged.
-        caps = caps.field("framerate", gst::FractionRange::new(gst::Fraction::new(0, 1), max_rate));
-    }
     let sink = gst_app::AppSink::builder()
         .caps(&caps.build())
         .sync(spec.sync)
@@ -119,45 +233,57 @@ pub fn build(
         .drop(false)
         .build();
 
-    pipeline.add_many([&decode, &rate, &scale, &convert, sink.upcast_ref()])?;
-    gst::Element::link_many([&rate, &scale, &convert, sink.upcast_ref()])?;
+    pipeline.add_many([&decode, &scale, &convert, sink.upcast_ref()])?;
+    gst::Element::link_many([&scale, &convert, sink.upcast_ref()])?;
 
-    let rate_sink = rate
+    let scale_sink = scale
         .static_pad("sink")
-        .ok_or_else(|| Error::Gstreamer("videorate has no sink pad".into()))?;
-    rate_sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        .ok_or_else(|| Error::Gstreamer("videoscale has no sink pad".into()))?;
+    let gate = Mutex::new(RateGate::new(spec.analysis_fps));
+    scale_sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         on_decoded();
-        gst::PadProbeReturn::Ok
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        match stream_time(pad, buffer) {
+            Some(time) if !gate.lock().unwrap_or_else(|p| p.into_inner()).admit(time) => gst::PadProbeReturn::Drop,
+            _ => gst::PadProbeReturn::Ok,
+        }
     });
-    let rate_weak = rate.downgrade();
+    let scale_weak = scale.downgrade();
+    let pad_facts = facts.clone();
     decode.connect_pad_added(move |_, pad| {
         // Audio and data streams stay unlinked: the demuxer carries on with the video.
-        let is_video = pad
-            .current_caps()
-            .and_then(|caps| caps.structure(0).map(|s| s.name().starts_with("video/")))
-            .unwrap_or(false);
-        if !is_video {
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let media_type = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        if !media_type.starts_with("video/") {
+            pad_facts
+                .other_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(media_type);
             return;
         }
-        let Some(rate) = rate_weak.upgrade() else {
-            return;
-        };
-        let Some(sink_pad) = rate.static_pad("sink") else {
+        let Some(sink_pad) = scale_weak.upgrade().and_then(|scale| scale.static_pad("sink")) else {
             return;
         };
         if sink_pad.is_linked() {
             return; // a second video stream: the first one is the camera's main view
         }
-        if let Err(err) = pad.link(&sink_pad) {
-            tracing::warn!(?err, "could not link decoded video pad");
+        match pad.link(&sink_pad) {
+            Ok(_) => pad_facts.video_linked.store(true, Ordering::Relaxed),
+            Err(err) => tracing::warn!(?err, "could not link decoded video pad"),
         }
     });
+    let pads_facts = facts.clone();
+    decode.connect_no_more_pads(move |_| pads_facts.all_streams_known.store(true, Ordering::Relaxed));
 
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let raw = raw_frame(&sample).map_err(|err| {
+                let arrival = sink.current_running_time().map(|t| Duration::from_nanos(t.nseconds()));
+                let raw = raw_frame(&sample, arrival).map_err(|err| {
                     tracing::warn!(%err, "unreadable frame");
                     gst::FlowError::Error
                 })?;
@@ -166,7 +292,19 @@ pub fn build(
             })
             .build(),
     );
-    Ok(Pipeline { pipeline })
+    Ok(Pipeline { pipeline, facts })
+}
+
+/// The buffer's running time, or the time it arrived for a buffer without a timestamp (raw
+/// elementary streams, some HTTP sources).
+fn stream_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<Duration> {
+    let from_pts = buffer.pts().and_then(|pts| {
+        pad.sticky_event::<gst::event::Segment>(0)
+            .and_then(|event| event.segment().downcast_ref::<gst::format::Time>()?.to_running_time(pts))
+    });
+    from_pts
+        .or_else(|| pad.parent_element()?.current_running_time())
+        .map(|t| Duration::from_nanos(t.nseconds()))
 }
 
 /// Source-specific settings, applied when uridecodebin has created its source element.
@@ -205,7 +343,7 @@ fn ntp_reference(buffer: &gst::BufferRef) -> Option<u64> {
 }
 
 /// Copies the frame out of GStreamer's buffer, honouring the row stride.
-fn raw_frame(sample: &gst::Sample) -> Result<RawFrame> {
+fn raw_frame(sample: &gst::Sample, arrival: Option<Duration>) -> Result<RawFrame> {
     let buffer = sample
         .buffer()
         .ok_or_else(|| Error::Gstreamer("sample without buffer".into()))?;
@@ -234,10 +372,49 @@ fn raw_frame(sample: &gst::Sample) -> Result<RawFrame> {
         .and_then(|segment| segment.downcast_ref::<gst::format::Time>())
         .and_then(|segment| segment.to_running_time(buffer.pts()))
         .map(|t| Duration::from_nanos(t.nseconds()))
+        .or(arrival)
         .unwrap_or_default();
     Ok(RawFrame {
         image,
         running_time,
         ntp_nanos: ntp_reference(buffer),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(gate: &mut RateGate, times_ms: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        times_ms
+            .into_iter()
+            .filter(|&t| gate.admit(Duration::from_millis(t)))
+            .collect()
+    }
+
+    #[test]
+    fn the_gate_keeps_one_frame_per_slot_of_the_analysis_interval() {
+        // 25 fps analysed at 2 fps: the first frame of every half second.
+        let mut gate = RateGate::new(2.0);
+        let frames = (0..100).map(|i| i * 40);
+        assert_eq!(kept(&mut gate, frames), [0, 520, 1000, 1520, 2000, 2520, 3000, 3520]);
+    }
+
+    #[test]
+    fn a_source_barely_faster_than_the_analysis_rate_loses_few_frames() {
+        // 2.1 fps analysed at 2 fps: keeping a frame only once a full interval has passed since
+        // the last one would halve the rate; slots lose one frame in about twenty.
+        let mut gate = RateGate::new(2.0);
+        let frames: Vec<u64> = (0..210).map(|i| i * 10_000 / 21).collect();
+        let kept = kept(&mut gate, frames.iter().copied()).len();
+        assert!((190..=201).contains(&kept), "{kept} of {}", frames.len());
+    }
+
+    #[test]
+    fn time_going_back_starts_the_slots_again_and_zero_keeps_everything() {
+        let mut gate = RateGate::new(1.0);
+        assert_eq!(kept(&mut gate, [0, 400, 1000, 1400, 0, 400, 1000]), [0, 1000, 0, 1000]);
+        let mut every = RateGate::new(0.0);
+        assert_eq!(kept(&mut every, [5, 5, 0, 7]), [5, 5, 0, 7]);
+    }
 }

@@ -98,6 +98,7 @@ pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<
         .collect()
 }
 pub mod rtsp;
+pub mod sources;
 
 // Node helpers shared by the integration tests and the benchmarks.
 
@@ -252,4 +253,21 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+/// The body of a plain HTTP GET (metrics), which must answer 200.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response:.200}"
+    );
+    response
 }

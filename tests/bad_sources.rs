@@ -1,0 +1,455 @@
+//! One bad camera never takes the node down. Every entry of the bad-media corpus
+//! (scripts/make-bad-media.sh), HTTP sources that answer as misconfigured cameras do, and RTSP
+//! servers that refuse, close or speak garbage, all run as cameras in one node beside a good
+//! camera: the good camera keeps its rate, the node never exits, and each bad camera ends in the
+//! state its kind of failure calls for, with a reason an operator can act on.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::rtsp::TestCamera;
+use common::sources::{self, HttpServer, Route};
+use common::{Client, KillOnDrop, node_info};
+use retina_edge::pb::{self, CameraState};
+
+/// What a camera should come to.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Streams and is analysed: unusual, but video.
+    Streams,
+    /// `FAILED` for good: the failure label, and words the reason must contain.
+    Fails(&'static str, &'static str),
+    /// Retried with backoff: the failure label.
+    Retries(&'static str),
+}
+
+struct Case {
+    id: String,
+    uri: String,
+    outcome: Outcome,
+}
+
+const GOOD_FPS: f64 = 4.0;
+
+fn camera_toml(case: &Case) -> String {
+    // The unusual-but-valid sources are analysed slowly, so that inference has room for the
+    // good camera whatever the others do; failures are retried every 2 s so that the test sees
+    // several retries fail the same way.
+    format!(
+        "[[cameras]]\nid = \"{}\"\nuri = \"{}\"\nanalysis_fps = 0.5\nloop_file = true\nfailed_retry_seconds = 2.0\n\
+         stall_timeout_seconds = 3.0\nreconnect_initial_seconds = 0.5\nreconnect_max_seconds = 2.0\n\
+         rtsp_transport = \"tcp\"\n",
+        case.id, case.uri
+    )
+}
+
+fn good_camera() -> String {
+    format!(
+        "[[cameras]]\nid = \"good\"\nuri = \"{}\"\nanalysis_fps = {GOOD_FPS}\nloop_file = true\n",
+        common::sample_clip().display()
+    )
+}
+
+fn corpus_cases(corpus: &Path) -> Vec<Case> {
+    use Outcome::*;
+    let damaged = Fails("not_media", "damaged or truncated");
+    let files = [
+        ("still-640x480.jpg", Streams),
+        ("still-4000x3000.jpg", Streams),
+        ("still-24x16.png", Streams),
+        ("still-320x240.png", Streams),
+        ("still-gray.png", Streams),
+        ("still-frame.jpg", Streams),
+        ("still.bmp", damaged),
+        ("audio-only.mp3", Fails("no_video", "no video stream (only audio")),
+        ("audio-only.m4a", Fails("no_video", "no video stream (only audio")),
+        ("audio-only.ogg", Fails("no_video", "no video stream (only audio")),
+        ("empty.mp4", Fails("not_media", "empty")),
+        ("truncated.mp4", damaged),
+        ("truncated-tail.mp4", damaged),
+        ("truncated-faststart.mp4", Streams),
+        ("garbage.mp4", Fails("not_media", "not video that GStreamer recognises")),
+        ("garbage.ts", Fails("not_media", "no video that can be played")),
+        ("page.html", Fails("not_media", "a web page (text/html)")),
+        ("huge-7680x4320.mkv", Streams),
+        ("tiny-8x8.mkv", Streams),
+        ("gray.mkv", Streams),
+        ("yuv444.mkv", Streams),
+        ("mjpeg.avi", Streams),
+        ("h265.mkv", Streams),
+        ("vfr.mkv", Streams),
+        ("caps-change.ts", Streams),
+        ("no-timestamps.h264", Streams),
+    ];
+    files
+        .into_iter()
+        .map(|(name, outcome)| Case {
+            id: format!("file-{}", name.replace('.', "_")),
+            uri: corpus.join(name).display().to_string(),
+            outcome,
+        })
+        .collect()
+}
+
+fn http_routes(corpus: &Path) -> Vec<Route> {
+    let read = |name: &str| std::fs::read(corpus.join(name)).expect("corpus file");
+    vec![
+        Route {
+            path: "/snapshot.jpg",
+            status: 200,
+            content_type: "image/jpeg",
+            body: read("still-frame.jpg"),
+        },
+        Route {
+            path: "/login",
+            status: 200,
+            content_type: "text/html",
+            body: read("page.html"),
+        },
+        Route {
+            path: "/private.jpg",
+            status: 401,
+            content_type: "text/html",
+            body: b"<html>login required</html>".to_vec(),
+        },
+        Route {
+            path: "/forbidden.mjpg",
+            status: 403,
+            content_type: "text/html",
+            body: b"<html>forbidden</html>".to_vec(),
+        },
+        Route {
+            path: "/stream.bin",
+            status: 200,
+            content_type: "application/octet-stream",
+            body: read("garbage.mp4"),
+        },
+    ]
+}
+
+/// Samples the good camera's analysed-frame counter for at least `at_least`, and until every
+/// camera has come to its outcome; returns the counter's samples.
+async fn watch(client: &mut Client, cases: &[Case], at_least: Duration, within: Duration) -> Vec<(Instant, u64)> {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut samples = Vec::new();
+    loop {
+        let info = node_info(client).await;
+        let good = info.cameras.iter().find(|c| c.camera_id == "good").expect("good camera listed");
+        samples.push((Instant::now(), good.frames_analysed));
+        let pending: Vec<String> = cases
+            .iter()
+            .filter(|case| {
+                let camera = info.cameras.iter().find(|c| c.camera_id == case.id);
+                !camera.is_some_and(|c| has_come_to(c, case.outcome))
+            })
+            .map(|case| {
+                let camera = info.cameras.iter().find(|c| c.camera_id == case.id);
+                format!("{} ({:?}): {camera:?}", case.id, case.outcome)
+            })
+            .collect();
+        if pending.is_empty() && started.elapsed() >= at_least {
+            return samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within {within:?}, not every camera came to its outcome:\n{}",
+            pending.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn has_come_to(camera: &pb::CameraInfo, outcome: Outcome) -> bool {
+    let state = camera.state();
+    match outcome {
+        Outcome::Streams => state == CameraState::Streaming && camera.frames_analysed >= 2,
+        // FAILED at least twice: the retry after failed_retry_seconds failed the same way.
+        Outcome::Fails(label, words) => {
+            state == CameraState::Failed
+                && camera.failure == label
+                && camera.last_error.contains(words)
+                && camera.restarts >= 2
+                && camera.frames_analysed == 0
+        }
+        Outcome::Retries(label) => {
+            state != CameraState::Streaming
+                && state != CameraState::Failed
+                && camera.failure == label
+                && camera.restarts >= 2
+        }
+    }
+}
+
+/// The good camera was analysed at its rate, with no gap, over the samples.
+fn assert_kept_its_rate(samples: &[(Instant, u64)]) {
+    let (first, last) = (samples.first().unwrap(), samples.last().unwrap());
+    let seconds = last.0.duration_since(first.0).as_secs_f64();
+    let rate = (last.1 - first.1) as f64 / seconds;
+    assert!(
+        rate >= 0.75 * GOOD_FPS,
+        "the good camera was analysed at {rate:.2} frames/s over {seconds:.1} s, asked for {GOOD_FPS}"
+    );
+    let mut last_progress = first.0;
+    let mut longest_gap = Duration::ZERO;
+    for pair in samples.windows(2) {
+        if pair[1].1 > pair[0].1 {
+            longest_gap = longest_gap.max(pair[1].0.duration_since(last_progress));
+            last_progress = pair[1].0;
+        }
+    }
+    assert!(
+        longest_gap < Duration::from_secs(3),
+        "the good camera went {longest_gap:?} without an analysed frame"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_source_fails_alone_while_a_good_camera_keeps_its_rate() {
+    let corpus = sources::bad_media();
+    let http = HttpServer::start(http_routes(&corpus));
+    let clip = common::sample_clip();
+    let locked = TestCamera::start_with_credentials(&clip, "admin", "s3cret");
+    let mut closing = TestCamera::start(&clip);
+    let garbage_port = sources::garbage_rtsp_server();
+
+    let mut cases = corpus_cases(&corpus);
+    let live = [
+        ("http-snapshot", http.url("/snapshot.jpg"), Outcome::Streams),
+        ("http-login-page", http.url("/login"), Outcome::Fails("not_media", "a web page")),
+        ("http-404", http.url("/missing.mp4"), Outcome::Fails("not_found", "not found")),
+        ("http-401", http.url("/private.jpg"), Outcome::Fails("unauthorized", "user name and password")),
+        ("http-403", http.url("/forbidden.mjpg"), Outcome::Fails("unauthorized", "access denied")),
+        ("http-garbage", http.url("/stream.bin"), Outcome::Fails("not_media", "not video")),
+        (
+            "rtsp-401",
+            locked.uri_with("admin", "wrong"),
+            Outcome::Fails("unauthorized", "user name and password"),
+        ),
+        (
+            "rtsp-404",
+            closing.uri().replace("/cam", "/no-such-stream"),
+            Outcome::Fails("not_found", "not found"),
+        ),
+        (
+            "rtsp-garbage",
+            format!("rtsp://127.0.0.1:{garbage_port}/cam"),
+            Outcome::Retries("unreachable"),
+        ),
+        ("rtsp-closes", closing.uri(), Outcome::Streams),
+    ];
+    cases.extend(live.into_iter().map(|(id, uri, outcome)| Case {
+        id: id.into(),
+        uri,
+        outcome,
+    }));
+    let cameras: String = std::iter::once(good_camera())
+        .chain(cases.iter().map(camera_toml))
+        .collect();
+    let config = common::parse_config(&common::config_toml(&cameras, "metrics_listen = \"127.0.0.1:0\""));
+    let (node, mut client) = common::start_node(config).await;
+
+    common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
+        c.state() == CameraState::Streaming && c.frames_analysed > 0
+    })
+    .await;
+    // Long enough for every failing camera to be retried several times.
+    let mut samples = watch(&mut client, &cases, Duration::from_secs(20), Duration::from_secs(90)).await;
+
+    // An RTSP server that closes mid-stream and refuses reconnections: retried with backoff,
+    // never FAILED (it may come back).
+    closing.stop();
+    let closed = cases.iter_mut().find(|c| c.id == "rtsp-closes").unwrap();
+    closed.outcome = Outcome::Retries("unreachable");
+    let mut more = watch(&mut client, std::slice::from_ref(closed), Duration::ZERO, Duration::from_secs(30)).await;
+    samples.append(&mut more);
+
+    assert_kept_its_rate(&samples);
+    let good = common::camera_info(&mut client, "good").await;
+    assert_eq!(good.restarts, 0, "the good camera never restarted: {good:?}");
+
+    // The same reasons, counted by kind, in the metrics; and the state of each camera.
+    let metrics = common::http_get(node.metrics_addr.unwrap(), "/metrics").await;
+    for case in &cases {
+        let (label, state, at_least) = match case.outcome {
+            Outcome::Fails(label, _) => (label, "failed", 2.0),
+            Outcome::Retries(label) => (label, "reconnecting", 1.0),
+            Outcome::Streams => continue,
+        };
+        let counter = format!("retina_camera_failures_total{{camera=\"{}\",kind=\"{label}\"}}", case.id);
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&counter))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{counter} in the metrics"));
+        assert!(count >= at_least, "{counter} {count}");
+        if state == "failed" {
+            let gauge = format!("retina_camera_state{{camera=\"{}\",state=\"failed\"}} 1", case.id);
+            assert!(metrics.contains(&gauge), "{gauge}");
+        }
+    }
+    assert!(
+        !metrics.contains("retina_camera_failures_total{camera=\"good\""),
+        "the good camera has no failures"
+    );
+    common::stop_node(node).await;
+}
+
+/// A still image as a camera used to abort the whole process (videorate's assertion on a buffer
+/// without duration), through one AddCamera. Now an image file is analysed once, and a
+/// snapshot URL is fetched again at the analysis rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
+    let corpus = sources::bad_media();
+    let http = HttpServer::start(http_routes(&corpus));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::parse_config(&common::config_toml(&good_camera(), ""));
+    config.node.camera_state_file = Some(dir.path().join("cameras.toml"));
+    let (node, mut client) = common::start_node(config).await;
+    common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
+        c.frames_analysed > 0
+    })
+    .await;
+    let before = common::camera_info(&mut client, "good").await.frames_analysed;
+    let started = Instant::now();
+
+    let add = |id: &str, uri: String, fps: f64| pb::AddCameraRequest {
+        camera: Some(pb::CameraSpec {
+            camera_id: id.into(),
+            uri,
+            analysis_fps: Some(fps),
+            ..Default::default()
+        }),
+    };
+    let image = corpus.join("still-frame.jpg").display().to_string();
+    client.add_camera(add("picture", image, 2.0)).await.expect("AddCamera with a JPEG file");
+    client
+        .add_camera(add("snapshot", http.url("/snapshot.jpg"), 2.0))
+        .await
+        .expect("AddCamera with a snapshot URL");
+
+    // The file: one frame, then it ends like a clip. The URL: fetched every half second.
+    common::wait_for_camera(&mut client, "picture", Duration::from_secs(20), "analysed once", |c| {
+        c.state() == CameraState::Stopped && c.frames_analysed == 1
+    })
+    .await;
+    common::wait_for_camera(&mut client, "snapshot", Duration::from_secs(20), "polled", |c| {
+        c.state() == CameraState::Streaming && c.frames_analysed >= 8
+    })
+    .await;
+    let snapshot = common::camera_info(&mut client, "snapshot").await;
+    assert_eq!(snapshot.restarts, 0, "polls are not failures: {snapshot:?}");
+    let polled_for = started.elapsed().as_secs_f64();
+    assert!(
+        snapshot.frames_analysed as f64 <= 2.0 * polled_for + 2.0,
+        "fetched at most at the analysis rate: {} frames in {polled_for:.1} s",
+        snapshot.frames_analysed
+    );
+
+    let good = common::camera_info(&mut client, "good").await;
+    let rate = (good.frames_analysed - before) as f64 / started.elapsed().as_secs_f64();
+    assert!(rate >= 0.75 * GOOD_FPS, "the good camera kept {rate:.2} frames/s of {GOOD_FPS}");
+    common::stop_node(node).await;
+}
+
+async fn connect(addr: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = pb::retina_client::RetinaClient::connect(format!("http://{addr}")).await {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "the node at {addr} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_node(config: &Path) -> KillOnDrop {
+    KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("retina-edge starts"),
+    )
+}
+
+/// The crash-loop guard: a node killed (-9) while a camera added at run time is still starting
+/// comes back with that camera FAILED, not started, and every other camera streaming; updating
+/// the camera starts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let text = common::config_toml(&good_camera(), "").replace("127.0.0.1:0", &addr);
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let state_path = dir.path().join("node.cameras.toml");
+
+    let mut node = spawn_node(&config_path);
+    let mut client = connect(&addr).await;
+    common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
+        c.frames_analysed > 0
+    })
+    .await;
+
+    // A camera whose server accepts the connection and never answers: it is still starting
+    // when the node dies.
+    let (_silent, port) = sources::silent_server();
+    client
+        .add_camera(pb::AddCameraRequest {
+            camera: Some(pb::CameraSpec {
+                camera_id: "hanging".into(),
+                uri: format!("rtsp://127.0.0.1:{port}/cam"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("AddCamera");
+    let saved = std::fs::read_to_string(&state_path).unwrap();
+    assert!(saved.contains("[probation.hanging]"), "{saved}");
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    let mut node = spawn_node(&config_path);
+    let mut client = connect(&addr).await;
+    common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams again", |c| {
+        c.state() == CameraState::Streaming && c.frames_analysed > 0
+    })
+    .await;
+    let hanging = common::camera_info(&mut client, "hanging").await;
+    assert_eq!(hanging.state(), CameraState::Failed, "{hanging:?}");
+    assert_eq!(hanging.failure, "crashed_on_probation");
+    assert!(
+        hanging.last_error.contains("the node stopped while this camera was starting"),
+        "{hanging:?}"
+    );
+    assert_eq!((hanging.restarts, hanging.frames_analysed), (0, 0), "never started: {hanging:?}");
+    let saved = std::fs::read_to_string(&state_path).unwrap();
+    assert!(saved.contains("failed = \"the node stopped while this camera was starting"), "{saved}");
+
+    // Once changed, it is tried again, and leaves probation with its first frame.
+    client
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "hanging".into(),
+            uri: Some(common::sample_clip().display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateCamera");
+    common::wait_for_camera(&mut client, "hanging", Duration::from_secs(30), "streams", |c| {
+        c.state() == CameraState::Streaming && c.frames_analysed > 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&state_path).unwrap().contains("probation") {
+        assert!(Instant::now() < deadline, "probation never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.kill().unwrap();
+    let _ = node.wait();
+}
