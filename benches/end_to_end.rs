@@ -122,7 +122,7 @@ fn prepare_inputs(config: &Config, models: &Models) -> Vec<Prepared> {
     let source = SourceUri::resolve(&camera.uri, &config.base_dir).unwrap();
     let status = Arc::new(CameraStatus::new(camera.id.clone(), CameraSettings::default()));
     let queue = FrameQueue::new(4);
-    let runner = ingest::start_camera(camera, source, status, queue.clone()).unwrap();
+    let runner = ingest::start_camera(camera, source, status, queue.clone(), ingest::Settled::default()).unwrap();
     let mut analyzer = models.analyzer(config).unwrap();
     let closer = {
         let queue = queue.clone();

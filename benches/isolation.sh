@@ -35,7 +35,7 @@ export WORK=$work DECODE="uridecodebin uri=file://$clip ! videorate drop-only=tr
 ! video/x-raw,format=RGB,width=[16,1280],height=[16,720],pixel-aspect-ratio=1/1,framerate=[0/1,2/1]"
 
 cat >"$work/node.py" <<'PY'
-import os, sys, time, struct, fcntl, threading, subprocess, statistics as st, gi
+import os, sys, glob, time, signal, struct, fcntl, threading, subprocess, statistics as st, gi
 gi.require_version('Gst', '1.0'); gi.require_version('GstApp', '1.0')
 from gi.repository import Gst, GstApp
 Gst.init(None)
@@ -51,6 +51,12 @@ def child(cmd):  # fork+exec, stdout is the hand-over pipe; stderr stays visible
 
 def gst_child(sink):
     return child(['gst-launch-1.0', '-q'] + f'{DECODE} ! {sink}'.split())
+
+def stop(p):  # SIGINT lets gst-launch go to NULL, so shmsink unlinks its /dev/shm area
+    p.send_signal(signal.SIGINT)
+    try: p.wait(5)
+    except subprocess.TimeoutExpired: p.kill(); p.wait()
+    for f in glob.glob(f'/dev/shm/shmpipe.{p.pid}.*'): os.unlink(f)
 
 def read_frame(f, buf):  # a pipe carries bytes: the parent reassembles fixed-size frames
     view, got = memoryview(buf), 0
@@ -106,7 +112,7 @@ def run_once(mode, n, warmup, window):
             fcntl.fcntl(p.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             target, arg = count_frames, p.stdout
         else:
-            sock = f'{WORK}/cam{i}.sock'
+            sock = f'{WORK}/cam{os.getpid()}-{i}.sock'  # a dead child leaves its socket behind
             procs.append(gst_child(f'shmsink socket-path={sock} {SHM} sync=true'))
             pl, sink = shm_source(sock); pipelines.append(pl); target, arg = count_samples, sink
         threading.Thread(target=target, args=(i, arg), daemon=True).start()
@@ -117,7 +123,7 @@ def run_once(mode, n, warmup, window):
     c1, k1, b1, t1 = sum(counts), ticks(pids), box_busy(), time.monotonic()
     mem = [mem_kb(p) for p in pids]
     for pl in pipelines: pl.set_state(Gst.State.NULL)
-    for p in procs: p.kill(); p.wait()
+    for p in procs: stop(p)
     dt = t1 - t0
     return [mode, n, (k1 - k0) / HZ / dt, sum(m[1] for m in mem) / 1024, sum(m[0] for m in mem) / 1024,
             mem[0][1] / 1024, (c1 - c0) / dt, (b1 - b0 - (k1 - k0)) / HZ / dt]

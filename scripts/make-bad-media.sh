@@ -36,6 +36,8 @@
 # | yuv444.mkv             | H.264 High 4:4:4 (Y444), bikes, 4 s                | profile that hardware decoders / some pipelines reject       |
 # | mjpeg.avi              | MJPEG in AVI, bikes, 25 fps, 4 s                   | old IP-camera format: intra-only, AVI demuxer                |
 # | h265.mkv               | H.265/HEVC (x265enc, I420), bikes, 4 s             | other codec: needs an HEVC decoder                           |
+# | unknown-codec.mkv      | h265.mkv with its Matroska codec id changed to an  | a codec no installed decoder handles: GStreamer says "missing|
+# |                        | unknown one (V_QQQQQ/ISO/QQQQ, same length)        | plug-in"; the node must say which codec                      |
 # | vfr.mkv                | H.264, 25 fps source with ~30% of frames dropped,  | variable frame rate: caps framerate=0/1, irregular pts gaps  |
 # |                        | caps framerate=0/1                                 |                                                              |
 # | caps-change.ts         | two MPEG-TS H.264 segments, 320x240 then 640x480,  | resolution changes at 2 s, PTS restart (tsdemux smooths it): |
@@ -60,7 +62,7 @@ files=(
   audio-only.mp3 audio-only.m4a audio-only.ogg
   empty.mp4 truncated.mp4 truncated-tail.mp4 truncated-faststart.mp4 garbage.mp4 garbage.ts
   page.html
-  huge-7680x4320.mkv tiny-8x8.mkv gray.mkv yuv444.mkv mjpeg.avi h265.mkv vfr.mkv caps-change.ts
+  huge-7680x4320.mkv tiny-8x8.mkv gray.mkv yuv444.mkv mjpeg.avi h265.mkv unknown-codec.mkv vfr.mkv caps-change.ts
   no-timestamps.h264
 )
 
@@ -266,6 +268,12 @@ gst $bikes ! identity eos-after=100 ! videoconvert ! video/x-raw,format=I420 \
   ! filesink location=no-timestamps.h264
 rm -f gst.log
 normalize audio-only.m4a audio-only.ogg ./*.mkv
+"$python" -c '
+import sys
+data = open("h265.mkv", "rb").read()
+assert data.count(b"V_MPEGH/ISO/HEVC") == 1
+open("unknown-codec.mkv", "wb").write(data.replace(b"V_MPEGH/ISO/HEVC", b"V_QQQQQ/ISO/QQQQ"))
+'
 
 for f in "${files[@]}"; do
   [ -e "$f" ] || { echo "not built: $f" >&2; exit 1; }

@@ -3,8 +3,8 @@
 //! Relative paths in the file are resolved against the directory of the file itself, so a config
 //! can sit beside its models and media and be started from anywhere.
 
-use std::net::SocketAddr;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -223,7 +223,10 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
             problems.extend(cameras.problems());
             for camera in &cameras.resolved {
                 if let Ok(source) = &camera.source {
-                    facts.push(format!("camera {}: {} ({:?})", camera.config.id, source.redacted, source.kind));
+                    facts.push(format!(
+                        "camera {}: {} ({:?})",
+                        camera.config.id, source.redacted, source.kind
+                    ));
                 }
                 if let Some(probation) = config.camera_probation.get(&camera.config.id) {
                     problems.push(Error::Camera {

@@ -79,6 +79,7 @@ fn corpus_cases(corpus: &Path) -> Vec<Case> {
         ("yuv444.mkv", Streams),
         ("mjpeg.avi", Streams),
         ("h265.mkv", Streams),
+        ("unknown-codec.mkv", Fails("unsupported_codec", "video/x-unknown")),
         ("vfr.mkv", Streams),
         ("caps-change.ts", Streams),
         ("no-timestamps.h264", Streams),
@@ -137,7 +138,11 @@ async fn watch(client: &mut Client, cases: &[Case], at_least: Duration, within: 
     let mut samples = Vec::new();
     loop {
         let info = node_info(client).await;
-        let good = info.cameras.iter().find(|c| c.camera_id == "good").expect("good camera listed");
+        let good = info
+            .cameras
+            .iter()
+            .find(|c| c.camera_id == "good")
+            .expect("good camera listed");
         samples.push((Instant::now(), good.frames_analysed));
         let pending: Vec<String> = cases
             .iter()
@@ -218,11 +223,31 @@ async fn every_bad_source_fails_alone_while_a_good_camera_keeps_its_rate() {
     let mut cases = corpus_cases(&corpus);
     let live = [
         ("http-snapshot", http.url("/snapshot.jpg"), Outcome::Streams),
-        ("http-login-page", http.url("/login"), Outcome::Fails("not_media", "a web page")),
-        ("http-404", http.url("/missing.mp4"), Outcome::Fails("not_found", "not found")),
-        ("http-401", http.url("/private.jpg"), Outcome::Fails("unauthorized", "user name and password")),
-        ("http-403", http.url("/forbidden.mjpg"), Outcome::Fails("unauthorized", "access denied")),
-        ("http-garbage", http.url("/stream.bin"), Outcome::Fails("not_media", "not video")),
+        (
+            "http-login-page",
+            http.url("/login"),
+            Outcome::Fails("not_media", "a web page"),
+        ),
+        (
+            "http-404",
+            http.url("/missing.mp4"),
+            Outcome::Fails("not_found", "not found"),
+        ),
+        (
+            "http-401",
+            http.url("/private.jpg"),
+            Outcome::Fails("unauthorized", "user name and password"),
+        ),
+        (
+            "http-403",
+            http.url("/forbidden.mjpg"),
+            Outcome::Fails("unauthorized", "access denied"),
+        ),
+        (
+            "http-garbage",
+            http.url("/stream.bin"),
+            Outcome::Fails("not_media", "not video"),
+        ),
         (
             "rtsp-401",
             locked.uri_with("admin", "wrong"),
@@ -263,7 +288,13 @@ async fn every_bad_source_fails_alone_while_a_good_camera_keeps_its_rate() {
     closing.stop();
     let closed = cases.iter_mut().find(|c| c.id == "rtsp-closes").unwrap();
     closed.outcome = Outcome::Retries("unreachable");
-    let mut more = watch(&mut client, std::slice::from_ref(closed), Duration::ZERO, Duration::from_secs(30)).await;
+    let mut more = watch(
+        &mut client,
+        std::slice::from_ref(closed),
+        Duration::ZERO,
+        Duration::from_secs(30),
+    )
+    .await;
     samples.append(&mut more);
 
     assert_kept_its_rate(&samples);
@@ -278,7 +309,10 @@ async fn every_bad_source_fails_alone_while_a_good_camera_keeps_its_rate() {
             Outcome::Retries(label) => (label, "reconnecting", 1.0),
             Outcome::Streams => continue,
         };
-        let counter = format!("retina_camera_failures_total{{camera=\"{}\",kind=\"{label}\"}}", case.id);
+        let counter = format!(
+            "retina_camera_failures_total{{camera=\"{}\",kind=\"{label}\"}}",
+            case.id
+        );
         let count: f64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix(&counter))
@@ -324,7 +358,10 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
         }),
     };
     let image = corpus.join("still-frame.jpg").display().to_string();
-    client.add_camera(add("picture", image, 2.0)).await.expect("AddCamera with a JPEG file");
+    client
+        .add_camera(add("picture", image, 2.0))
+        .await
+        .expect("AddCamera with a JPEG file");
     client
         .add_camera(add("snapshot", http.url("/snapshot.jpg"), 2.0))
         .await
@@ -350,7 +387,10 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
 
     let good = common::camera_info(&mut client, "good").await;
     let rate = (good.frames_analysed - before) as f64 / started.elapsed().as_secs_f64();
-    assert!(rate >= 0.75 * GOOD_FPS, "the good camera kept {rate:.2} frames/s of {GOOD_FPS}");
+    assert!(
+        rate >= 0.75 * GOOD_FPS,
+        "the good camera kept {rate:.2} frames/s of {GOOD_FPS}"
+    );
     common::stop_node(node).await;
 }
 
@@ -425,12 +465,21 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     assert_eq!(hanging.state(), CameraState::Failed, "{hanging:?}");
     assert_eq!(hanging.failure, "crashed_on_probation");
     assert!(
-        hanging.last_error.contains("the node stopped while this camera was starting"),
+        hanging
+            .last_error
+            .contains("the node stopped while this camera was starting"),
         "{hanging:?}"
     );
-    assert_eq!((hanging.restarts, hanging.frames_analysed), (0, 0), "never started: {hanging:?}");
+    assert_eq!(
+        (hanging.restarts, hanging.frames_analysed),
+        (0, 0),
+        "never started: {hanging:?}"
+    );
     let saved = std::fs::read_to_string(&state_path).unwrap();
-    assert!(saved.contains("failed = \"the node stopped while this camera was starting"), "{saved}");
+    assert!(
+        saved.contains("failed = \"the node stopped while this camera was starting"),
+        "{saved}"
+    );
 
     // Once changed, it is tried again, and leaves probation with its first frame.
     client

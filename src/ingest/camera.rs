@@ -62,7 +62,9 @@ impl CameraRunner {
 /// Called once, when a camera has proven it does not endanger the node: its first frame, or the
 /// end of its first run (a failure the node survived).
 #[derive(Clone, Default)]
-pub struct Settled(Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+pub struct Settled(Arc<Mutex<Option<SettledHook>>>);
+
+type SettledHook = Box<dyn FnOnce() + Send>;
 
 impl Settled {
     pub fn new(hook: impl FnOnce() + Send + 'static) -> Settled {
@@ -205,19 +207,27 @@ impl Supervisor {
             let end = self
                 .run_once(&clock)
                 .unwrap_or_else(|err| RunEnd::Failed(Failure::new(FailureKind::StreamError, err.to_string())));
-            self.settled.fire();
             let failure = match end {
-                RunEnd::Finished => break,
+                RunEnd::Finished if self.stop.is_triggered() => break,
+                RunEnd::Finished => {
+                    self.settled.fire();
+                    break;
+                }
                 _ if self.stop.is_triggered() => break,
                 RunEnd::Snapshot => {
                     polling = true;
-                    if self.stop.sleep(self.snapshot_interval.saturating_sub(started.elapsed())) {
+                    if self
+                        .stop
+                        .sleep(self.snapshot_interval.saturating_sub(started.elapsed()))
+                    {
                         break;
                     }
                     continue;
                 }
                 RunEnd::Failed(failure) => failure,
             };
+            // The node survived this source's failure: it may leave probation.
+            self.settled.fire();
             polling = false;
             if started.elapsed() >= HEALTHY_RUN {
                 self.backoff.reset();

@@ -142,12 +142,11 @@ fn no_video_failure(others: &[String]) -> Failure {
 /// Explains an error message of the pipeline.
 pub fn classify(error: &gst::glib::Error, debug: Option<&str>, facts: &SourceFacts, kind: SourceKind) -> Failure {
     let said = quote(error.message());
-    if let Some(container) = facts.container().filter(|c| c.starts_with("text/") || c.contains("xml")) {
-        let what = if container == "text/html" {
-            "a web page"
-        } else {
-            "text"
-        };
+    if let Some(container) = facts
+        .container()
+        .filter(|c| c.starts_with("text/") || c.contains("xml"))
+    {
+        let what = if container == "text/html" { "a web page" } else { "text" };
         return Failure::new(
             FailureKind::NotMedia,
             format!("the source is {what} ({container}), not video: is the URI the camera's stream address?"),
@@ -165,7 +164,9 @@ pub fn classify(error: &gst::glib::Error, debug: Option<&str>, facts: &SourceFac
     }
     if let Some(code) = error.kind::<gst::ResourceError>() {
         return match code {
-            gst::ResourceError::NotFound => Failure::new(FailureKind::NotFound, format!("the source was not found ({said})")),
+            gst::ResourceError::NotFound => {
+                Failure::new(FailureKind::NotFound, format!("the source was not found ({said})"))
+            }
             gst::ResourceError::NotAuthorized => Failure::new(
                 FailureKind::Unauthorized,
                 format!("access denied: check the camera's user name and password ({said})"),
@@ -173,7 +174,10 @@ pub fn classify(error: &gst::glib::Error, debug: Option<&str>, facts: &SourceFac
             _ => {
                 // GStreamer's message is generic ("Could not read from resource."); the last line
                 // of its details says what happened ("Could not receive message. (Parse error)").
-                let detail = debug.and_then(|d| d.lines().last()).map(quote).filter(|d| !d.is_empty());
+                let detail = debug
+                    .and_then(|d| d.lines().last())
+                    .map(quote)
+                    .filter(|d| !d.is_empty());
                 let said = detail.map_or(said.clone(), |detail| format!("{said} {detail}"));
                 Failure::new(FailureKind::Unreachable, format!("cannot reach the source ({said})"))
             }
@@ -250,16 +254,40 @@ mod tests {
         let facts = SourceFacts::default();
         let error = |e: gst::glib::Error| classify(&e, None, &facts, SourceKind::Live).kind;
         use gst::glib::Error as E;
-        assert_eq!(error(E::new(gst::ResourceError::NotFound, "Not Found")), FailureKind::NotFound);
-        assert_eq!(error(E::new(gst::ResourceError::NotAuthorized, "401")), FailureKind::Unauthorized);
-        assert_eq!(error(E::new(gst::ResourceError::OpenRead, "refused")), FailureKind::Unreachable);
-        assert_eq!(error(E::new(gst::StreamError::TypeNotFound, "x")), FailureKind::NotMedia);
-        assert_eq!(error(E::new(gst::CoreError::MissingPlugin, "x")), FailureKind::UnsupportedCodec);
+        assert_eq!(
+            error(E::new(gst::ResourceError::NotFound, "Not Found")),
+            FailureKind::NotFound
+        );
+        assert_eq!(
+            error(E::new(gst::ResourceError::NotAuthorized, "401")),
+            FailureKind::Unauthorized
+        );
+        assert_eq!(
+            error(E::new(gst::ResourceError::OpenRead, "refused")),
+            FailureKind::Unreachable
+        );
+        assert_eq!(
+            error(E::new(gst::StreamError::TypeNotFound, "x")),
+            FailureKind::NotMedia
+        );
+        assert_eq!(
+            error(E::new(gst::CoreError::MissingPlugin, "x")),
+            FailureKind::UnsupportedCodec
+        );
         assert_eq!(error(E::new(gst::StreamError::Failed, "x")), FailureKind::StreamError);
-        for kind in [FailureKind::NotFound, FailureKind::NoVideo, FailureKind::CrashedOnProbation] {
+        for kind in [
+            FailureKind::NotFound,
+            FailureKind::NoVideo,
+            FailureKind::CrashedOnProbation,
+        ] {
             assert!(kind.is_permanent());
         }
-        for kind in [FailureKind::Unreachable, FailureKind::Stalled, FailureKind::Ended, FailureKind::StreamError] {
+        for kind in [
+            FailureKind::Unreachable,
+            FailureKind::Stalled,
+            FailureKind::Ended,
+            FailureKind::StreamError,
+        ] {
             assert!(!kind.is_permanent());
         }
     }

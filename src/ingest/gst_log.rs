@@ -36,7 +36,10 @@ pub fn install() {
                 return;
             }
             let site = format!("{}:{file}:{line}", category.name());
-            let verdict = limit.lock().unwrap_or_else(|p| p.into_inner()).check(&site, Instant::now());
+            let verdict = limit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(&site, Instant::now());
             let Verdict::Log { held_back } = verdict else {
                 return;
             };
@@ -53,7 +56,10 @@ pub fn install() {
         glib::log_set_default_handler(move |domain, level, message| {
             let domain = domain.unwrap_or("");
             let site = format!("{domain}:{message}");
-            let verdict = glib_limit.lock().unwrap_or_else(|p| p.into_inner()).check(&site, Instant::now());
+            let verdict = glib_limit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(&site, Instant::now());
             let Verdict::Log { held_back } = verdict else {
                 return;
             };
@@ -71,7 +77,9 @@ pub fn install() {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// Log it; `held_back` messages of this site were not logged before it.
-    Log { held_back: u64 },
+    Log {
+        held_back: u64,
+    },
     Suppress,
 }
 

@@ -84,10 +84,18 @@ impl Entries {
     }
 
     fn probation(&self) -> BTreeMap<String, Probation> {
-        self.list
-            .iter()
+        self.saved()
             .filter_map(|e| Some((e.config.id.clone(), e.probation.record()?)))
             .collect()
+    }
+
+    /// The cameras the state file lists: all but those being removed.
+    fn saved(&self) -> impl Iterator<Item = &Entry> {
+        self.list.iter().filter(|e| !e.removing)
+    }
+
+    fn saved_configs(&self) -> Vec<CameraConfig> {
+        self.saved().map(|e| e.config.clone()).collect()
     }
 }
 
@@ -99,14 +107,22 @@ struct Entry {
     probation: ProbationState,
     /// A request is stopping this camera's pipeline, with the lock released.
     busy: bool,
+    /// Removed from the state file; listed until its pipeline has stopped.
+    removing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum ProbationState {
     Clear,
-    Starting { probation: u64, since: String },
+    Starting {
+        probation: u64,
+        since: String,
+    },
     /// The node stopped while it was starting; not started until changed.
-    Failed { since: String, reason: String },
+    Failed {
+        since: String,
+        reason: String,
+    },
 }
 
 impl ProbationState {
@@ -155,6 +171,7 @@ impl CameraManager {
                 runner: None,
                 probation: ProbationState::Clear,
                 busy: false,
+                removing: false,
             };
             if let Some(record) = probation.remove(&entry.config.id) {
                 let reason = record.failed.unwrap_or_else(|| {
@@ -166,9 +183,10 @@ impl CameraManager {
                     )
                 });
                 tracing::error!(camera = %entry.config.id, %reason, "camera not started: it was on probation");
-                entry
-                    .status
-                    .fail(pb::CameraState::Failed, &Failure::new(FailureKind::CrashedOnProbation, reason.clone()));
+                entry.status.fail(
+                    pb::CameraState::Failed,
+                    &Failure::new(FailureKind::CrashedOnProbation, reason.clone()),
+                );
                 entry.probation = ProbationState::Failed {
                     since: record.since,
                     reason,
@@ -201,8 +219,7 @@ impl CameraManager {
         }
         if quarantined {
             // The reason is kept, so that the next start says the same and does not start it.
-            let configs = entries.list.iter().map(|e| e.config.clone()).collect();
-            if let Err(err) = self.persist(configs, entries.probation()) {
+            if let Err(err) = self.persist(entries.saved_configs(), entries.probation()) {
                 tracing::warn!(%err, "could not save which cameras failed on probation");
             }
         }
@@ -280,15 +297,20 @@ impl CameraManager {
         };
         let mut records = entries.probation();
         records.extend(probation.record().map(|r| (config.id.clone(), r)));
-        let configs = entries.list.iter().map(|e| e.config.clone()).chain([config.clone()]).collect();
+        let mut configs = entries.saved_configs();
+        configs.push(config.clone());
         self.persist(configs, records)?;
-        let status = Arc::new(CameraStatus::new(config.id.clone(), settings(&config, &Ok(source.clone()))));
+        let status = Arc::new(CameraStatus::new(
+            config.id.clone(),
+            settings(&config, &Ok(source.clone())),
+        ));
         let mut entry = Entry {
             config,
             status: status.clone(),
             runner: None,
             probation,
             busy: false,
+            removing: false,
         };
         let launched = self.launch(&mut entry, source);
         entries.list.push(entry);
@@ -325,10 +347,14 @@ impl CameraManager {
         records.remove(id);
         records.extend(probation.record().map(|r| (id.to_string(), r)));
         let configs = entries
-            .list
-            .iter()
-            .enumerate()
-            .map(|(i, e)| if i == index { config.clone() } else { e.config.clone() })
+            .saved()
+            .map(|e| {
+                if e.config.id == id {
+                    config.clone()
+                } else {
+                    e.config.clone()
+                }
+            })
             .collect();
         self.persist(configs, records)?;
 
@@ -361,7 +387,11 @@ impl CameraManager {
     pub fn remove(&self, id: &str) -> Result<()> {
         let mut entries = self.lock_for_change()?;
         let index = entries.idle_index_of(id)?;
-        let configs = entries.list.iter().filter(|e| e.config.id != id).map(|e| e.config.clone()).collect();
+        let configs = entries
+            .saved()
+            .filter(|e| e.config.id != id)
+            .map(|e| e.config.clone())
+            .collect();
         let mut records = entries.probation();
         records.remove(id);
         self.persist(configs, records)?;
@@ -369,6 +399,7 @@ impl CameraManager {
         // meanwhile would otherwise share its queue lane with the old one's last frames.
         let entry = &mut entries.list[index];
         entry.busy = true;
+        entry.removing = true;
         let old = entry.runner.take();
         drop(entries);
         if let Some(old) = old {
@@ -415,14 +446,15 @@ fn settle(manager: &Weak<CameraManager>, id: &str, probation: u64) {
         return;
     };
     let mut entries = manager.lock();
-    let Some(entry) = entries.list.iter_mut().find(|e| e.config.id == id) else {
+    // A camera being changed or removed is not settled by its old pipeline's end.
+    let Some(entry) = entries.list.iter_mut().find(|e| e.config.id == id && !e.busy) else {
         return;
     };
     if !matches!(entry.probation, ProbationState::Starting { probation: p, .. } if p == probation) {
         return;
     }
     entry.probation = ProbationState::Clear;
-    let configs = entries.list.iter().map(|e| e.config.clone()).collect();
+    let configs = entries.saved_configs();
     // A failed write leaves the camera on probation on disk: after a crash it would not be
     // started, which is the safe side.
     match manager.persist(configs, entries.probation()) {

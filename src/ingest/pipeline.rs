@@ -299,8 +299,12 @@ pub fn build(
 /// elementary streams, some HTTP sources).
 fn stream_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<Duration> {
     let from_pts = buffer.pts().and_then(|pts| {
-        pad.sticky_event::<gst::event::Segment>(0)
-            .and_then(|event| event.segment().downcast_ref::<gst::format::Time>()?.to_running_time(pts))
+        pad.sticky_event::<gst::event::Segment>(0).and_then(|event| {
+            event
+                .segment()
+                .downcast_ref::<gst::format::Time>()?
+                .to_running_time(pts)
+        })
     });
     from_pts
         .or_else(|| pad.parent_element()?.current_running_time())
