@@ -35,7 +35,7 @@ export WORK=$work DECODE="uridecodebin uri=file://$clip ! videorate drop-only=tr
 ! video/x-raw,format=RGB,width=[16,1280],height=[16,720],pixel-aspect-ratio=1/1,framerate=[0/1,2/1]"
 
 cat >"$work/node.py" <<'PY'
-import os, sys, glob, time, signal, struct, fcntl, threading, subprocess, statistics as st, gi
+import os, sys, glob, time, struct, fcntl, threading, subprocess, statistics as st, gi
 gi.require_version('Gst', '1.0'); gi.require_version('GstApp', '1.0')
 from gi.repository import Gst, GstApp
 Gst.init(None)
@@ -52,11 +52,10 @@ def child(cmd):  # fork+exec, stdout is the hand-over pipe; stderr stays visible
 def gst_child(sink):
     return child(['gst-launch-1.0', '-q'] + f'{DECODE} ! {sink}'.split())
 
-def stop(p):  # SIGINT lets gst-launch go to NULL, so shmsink unlinks its /dev/shm area
-    p.send_signal(signal.SIGINT)
-    try: p.wait(5)
-    except subprocess.TimeoutExpired: p.kill(); p.wait()
-    for f in glob.glob(f'/dev/shm/shmpipe.{p.pid}.*'): os.unlink(f)
+def stop(p):  # SIGINT makes shmsink log a spurious poll error: kill, then unlink the shm area it leaves
+    p.kill(); p.wait()
+    for f in glob.glob('/dev/shm/shmpipe.*'):  # named 'shmpipe.%5d.%5d' % (pid, n)
+        if int(f.split('.')[1]) == p.pid: os.unlink(f)
 
 def read_frame(f, buf):  # a pipe carries bytes: the parent reassembles fixed-size frames
     view, got = memoryview(buf), 0

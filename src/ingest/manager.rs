@@ -361,13 +361,7 @@ impl CameraManager {
         let entry = &mut entries.list[index];
         entry.config = config;
         entry.probation = probation;
-        entry.busy = true;
-        let old = entry.runner.take();
-        drop(entries);
-        if let Some(old) = old {
-            old.stop();
-            old.join();
-        }
+        stop_unlocked(entries, index);
 
         let mut entries = self.lock();
         let index = entries.index_of(id)?;
@@ -397,15 +391,8 @@ impl CameraManager {
         self.persist(configs, records)?;
         // The entry stays, busy, until its pipeline has stopped: a camera added under the same id
         // meanwhile would otherwise share its queue lane with the old one's last frames.
-        let entry = &mut entries.list[index];
-        entry.busy = true;
-        entry.removing = true;
-        let old = entry.runner.take();
-        drop(entries);
-        if let Some(old) = old {
-            old.stop();
-            old.join();
-        }
+        entries.list[index].removing = true;
+        stop_unlocked(entries, index);
         // Frames it left waiting would otherwise be analysed for a camera that is gone.
         self.queue.remove_lane(id);
         let mut entries = self.lock();
@@ -437,6 +424,19 @@ impl CameraManager {
         for runner in runners {
             runner.join();
         }
+    }
+}
+
+/// Marks the camera busy, lets go of the lock, and stops and joins its pipeline: a camera
+/// thread may need the lock on its way out (to leave probation).
+fn stop_unlocked(mut entries: MutexGuard<'_, Entries>, index: usize) {
+    let entry = &mut entries.list[index];
+    entry.busy = true;
+    let old = entry.runner.take();
+    drop(entries);
+    if let Some(old) = old {
+        old.stop();
+        old.join();
     }
 }
 

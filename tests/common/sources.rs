@@ -6,18 +6,25 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// The bad-media corpus, built once (the script skips the work when its stamp is current).
+/// The bad-media corpus, built once per test process (tests run in parallel threads) and once
+/// per machine (the script skips the work when its stamp is current).
 pub fn bad_media() -> PathBuf {
-    let dir = super::repo().join(".deps/bad-media");
-    super::sample_clip();
-    let status = Command::new("bash")
-        .arg(super::repo().join("scripts/make-bad-media.sh"))
-        .arg(&dir)
-        .status()
-        .expect("make-bad-media.sh runs");
-    assert!(status.success(), "scripts/make-bad-media.sh failed");
-    dir
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = super::repo().join(".deps/bad-media");
+            super::sample_clip();
+            let status = Command::new("bash")
+                .arg(super::repo().join("scripts/make-bad-media.sh"))
+                .arg(&dir)
+                .status()
+                .expect("make-bad-media.sh runs");
+            assert!(status.success(), "scripts/make-bad-media.sh failed");
+            dir
+        })
+        .clone()
 }
 
 /// One answer of the HTTP server.
