@@ -502,3 +502,37 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     node.kill().unwrap();
     let _ = node.wait();
 }
+
+/// GStreamer's own warnings reach the node's log (they used to go nowhere unless GST_DEBUG was
+/// set), and a healthy run logs no GLib critical: dropping frames with `PadProbeReturn::Drop`
+/// logged one per dropped frame, which the bridge revealed.
+#[test]
+fn gstreamer_warnings_are_in_the_log_and_a_clean_run_has_no_critical() {
+    let dir = tempfile::tempdir().unwrap();
+    let camera = format!(
+        "[[cameras]]\nid = \"half\"\nuri = \"{}\"\nanalysis_fps = 5.0\nrealtime = false\n",
+        sources::bad_media().join("truncated-faststart.mp4").display()
+    );
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, common::config_toml(&camera, "exit_when_cameras_end = true")).unwrap();
+    let node = KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("GST_DEBUG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("retina-edge starts"),
+    );
+    let out = node.wait_with_output().expect("the node ends with its file");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN gstreamer:") && l.contains("category=\"qtdemux\"")),
+        "qtdemux's warning about the cut file is in the log:\n{log}"
+    );
+    assert!(!log.contains(" glib:"), "no GLib critical or warning:\n{log}");
+}

@@ -283,16 +283,20 @@ impl Supervisor {
             // not analysed: at a low analysis rate, analysed frames may come further apart than
             // the stall timeout from a healthy camera. A file is watched only until its first
             // frame (it may then wait on a busy inference queue), since a start that neither
-            // delivers nor fails happens to files too: under load GStreamer sometimes posts no
-            // error for a damaged file.
+            // delivers nor fails happens to files too: with many pipelines starting at once,
+            // decodebin swallowed qtdemux's and tsdemux's errors about damaged files in about a
+            // quarter of the attempts here, and the camera sat in STARTING for ever.
             let run_age = started.elapsed();
             let silent_for = self.status.last_decoded_age().map_or(run_age, |age| age.min(run_age));
             let watched = self.kind == SourceKind::Live || silent_for >= run_age;
             if watched && silent_for > self.stall_timeout {
-                return Ok(RunEnd::Failed(Failure::new(
-                    FailureKind::Stalled,
-                    format!("no frame for {:.1} s", silent_for.as_secs_f64()),
-                )));
+                let seconds = silent_for.as_secs_f64();
+                let message = if silent_for >= run_age {
+                    format!("no frame within {seconds:.1} s of starting, and no error")
+                } else {
+                    format!("no frame for {seconds:.1} s")
+                };
+                return Ok(RunEnd::Failed(Failure::new(FailureKind::Stalled, message)));
             }
             if let Some(failure) = failure::no_video(&pipeline.facts) {
                 return Ok(RunEnd::Failed(failure));

@@ -246,7 +246,10 @@ pub fn build(
             return gst::PadProbeReturn::Ok;
         };
         match stream_time(pad, buffer) {
-            Some(time) if !gate.lock().unwrap_or_else(|p| p.into_inner()).admit(time) => gst::PadProbeReturn::Drop,
+            // `Handled`, not `Drop`: gstreamer-rs takes the buffer out of the probe info, so on
+            // `Drop` GStreamer 1.22 unrefs a NULL pointer, a GLib critical per dropped frame (seen
+            // through the log bridge). `Handled` says the probe consumed it; Rust unrefs it.
+            Some(time) if !gate.lock().unwrap_or_else(|p| p.into_inner()).admit(time) => gst::PadProbeReturn::Handled,
             _ => gst::PadProbeReturn::Ok,
         }
     });
