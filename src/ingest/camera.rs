@@ -283,9 +283,10 @@ impl Supervisor {
             // not analysed: at a low analysis rate, analysed frames may come further apart than
             // the stall timeout from a healthy camera. A file is watched only until its first
             // frame (it may then wait on a busy inference queue), since a start that neither
-            // delivers nor fails happens to files too: with many pipelines starting at once,
-            // decodebin swallowed qtdemux's and tsdemux's errors about damaged files in about a
-            // quarter of the attempts here, and the camera sat in STARTING for ever.
+            // delivers nor fails happens to files too: with many pipelines starting at once, a
+            // damaged MP4 or MPEG-TS file left the pipeline in READY (pending PLAYING) with
+            // nothing on its bus in about a quarter of the attempts here, and the camera sat in
+            // STARTING for ever.
             let run_age = started.elapsed();
             let silent_for = self.status.last_decoded_age().map_or(run_age, |age| age.min(run_age));
             let watched = self.kind == SourceKind::Live || silent_for >= run_age;
