@@ -524,4 +524,66 @@ mod tests {
             "nothing persisted"
         );
     }
+
+    fn manager_in(dir: &std::path::Path) -> Arc<CameraManager> {
+        Arc::new(CameraManager::new(
+            FrameQueue::new(2),
+            dir.into(),
+            dir.join("cameras.toml"),
+            Cameras::default(),
+        ))
+    }
+
+    #[test]
+    fn a_camera_being_changed_refuses_other_changes_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("clip.mp4");
+        std::fs::write(&clip, b"not started: the camera is disabled").unwrap();
+        let manager = manager_in(dir.path());
+        let mut camera = CameraConfig::new("north", clip.display().to_string());
+        camera.enabled = false;
+        manager.add(camera).unwrap();
+        manager.lock().list[0].busy = true;
+        let change = CameraChange {
+            analysis_fps: Some(1.0),
+            ..Default::default()
+        };
+        assert!(matches!(
+            manager.update("north", change.clone()),
+            Err(Error::CameraBusy(_))
+        ));
+        assert!(matches!(manager.remove("north"), Err(Error::CameraBusy(_))));
+        manager.lock().list[0].busy = false;
+        manager.update("north", change).unwrap();
+        manager.remove("north").unwrap();
+    }
+
+    #[test]
+    fn a_camera_leaves_probation_once_it_has_failed_cleanly() {
+        gstreamer::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.mp4");
+        std::fs::write(&garbage, vec![0x5a_u8; 64 * 1024]).unwrap();
+        let manager = manager_in(dir.path());
+        let state_path = dir.path().join("cameras.toml");
+        manager
+            .add(CameraConfig::new("odd", garbage.display().to_string()))
+            .unwrap();
+        let saved = std::fs::read_to_string(&state_path).unwrap();
+        assert!(saved.contains("[probation.odd]"), "{saved}");
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_to_string(&state_path).unwrap().contains("probation") {
+            assert!(std::time::Instant::now() < deadline, "still on probation");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let condition = manager.lock().list[0].status.condition();
+        assert_eq!(condition.failure, Some(FailureKind::NotMedia), "{condition:?}");
+        manager.stop_all();
+        let saved = std::fs::read_to_string(&state_path).unwrap();
+        assert!(
+            saved.contains("id = \"odd\"") && !saved.contains("probation"),
+            "{saved}"
+        );
+    }
 }
