@@ -17,10 +17,6 @@ async fn rate(client: &mut Client, id: &str, window: Duration) -> f64 {
     (camera(client, id).await.frames_analysed - before) as f64 / window.as_secs_f64()
 }
 
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebooting_camera_recovers_alone_without_leaks() {
     let clip = common::sample_clip();
@@ -40,7 +36,7 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
     }
     // Steady state: threads and file descriptors of the whole process (node and servers).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (threads_before, fds_before) = (count_entries("/proc/self/task"), count_entries("/proc/self/fd"));
+    let (threads_before, fds_before) = common::threads_and_fds();
     let south_rate_before = rate(&mut client, "south", Duration::from_secs(3)).await;
 
     // Reboot: the server goes away entirely, then comes back at the same address.
@@ -85,7 +81,7 @@ async fn a_rebooting_camera_recovers_alone_without_leaks() {
     assert_eq!(camera(&mut client, "south").await.restarts, 0);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (threads_after, fds_after) = (count_entries("/proc/self/task"), count_entries("/proc/self/fd"));
+    let (threads_after, fds_after) = common::threads_and_fds();
     eprintln!("threads {threads_before} -> {threads_after}, fds {fds_before} -> {fds_after}");
     assert!(
         threads_after <= threads_before + 2,

@@ -204,6 +204,12 @@ pub async fn subscribe_until_end(client: &mut Client, request: pb::SubscribeRequ
     descriptors
 }
 
+/// Threads and open file descriptors of this process: what a leak per pipeline run shows in.
+pub fn threads_and_fds() -> (usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
 /// Resident memory of a process, in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
