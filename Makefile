@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -38,6 +38,11 @@ bench: build
 ## Criterion micro-benchmarks: pre-processing, detector decoding, quantisation.
 bench-components: deps
 	$(CARGO) bench --locked --bench components
+
+## What running each camera's pipeline in a child process would cost (CPU, PSS, hand-over latency,
+## start-up), against in-process pipelines; ~25 min. Writes a Markdown report to stdout.
+bench-isolation: deps
+	@bash benches/isolation.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips; writes
 ## benches/results/descriptors.md and benches/results/descriptor-fidelity.png.
