@@ -506,6 +506,16 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
         saved.contains("failed = \"the node stopped while this camera was starting"),
         "{saved}"
     );
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .expect("retina-edge check runs");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        !check.status.success() && said.contains("camera hanging") && said.contains("the node stopped while"),
+        "check reports the camera left on probation: {said}"
+    );
 
     // Once changed, it is tried again, and leaves probation with its first frame.
     client
