@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Client, node_info as info, stop_node as stop, wait_for};
 use retina_edge::node::Node;
@@ -230,25 +230,40 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_camera_delays_neither_start_up_nor_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    // A loopback port with nothing listening: every connection attempt is refused.
+    // A loopback port with nothing listening: every connection attempt is refused at once.
     let port = common::free_port();
     let dead = format!(
         "[[cameras]]\nid = \"dead\"\nuri = \"rtsp://user:secret@127.0.0.1:{port}/stream\"\n\
          rtsp_transport = \"tcp\"\nreconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n"
     );
-    let started = Instant::now();
-    let (node, mut client) = start(dir.path(), &format!("{dead}\n{}", looping_camera("north"))).await;
-    let start_up = started.elapsed();
-    assert!(start_up < Duration::from_secs(10), "start-up took {start_up:?}");
+    // A server that accepts the connection and never answers: a start-up that waited for its
+    // cameras would wait here until the stall timeout, or for ever.
+    let (_listener, silent_port) = common::sources::silent_server();
+    let silent = format!(
+        "[[cameras]]\nid = \"silent\"\nuri = \"rtsp://127.0.0.1:{silent_port}/stream\"\n\
+         rtsp_transport = \"tcp\"\nstall_timeout_seconds = 3.0\nreconnect_initial_seconds = 0.2\n\
+         reconnect_max_seconds = 1.0\n"
+    );
+    let cameras = format!("{dead}\n{silent}\n{}", looping_camera("north"));
+    let (node, mut client) = start(dir.path(), &cameras).await;
+
+    // The node answers while the silent camera is still on its first attempt.
+    let first = camera(&info(&mut client).await, "silent").cloned().unwrap();
+    assert_eq!(
+        (first.state(), first.restarts),
+        (pb::CameraState::Starting, 0),
+        "start-up finished before the silent camera's first attempt did: {first:?}"
+    );
 
     wait_for(
         &mut client,
-        Duration::from_secs(20),
-        "north streams while dead retries",
+        Duration::from_secs(30),
+        "north streams while dead and silent retry",
         |i| {
             let north = camera(i, "north").is_some_and(|c| c.frames_analysed >= 5);
             let dead = camera(i, "dead").is_some_and(|c| c.reconnect_attempts >= 2);
-            north && dead
+            let silent = camera(i, "silent").is_some_and(|c| c.restarts >= 1);
+            north && dead && silent
         },
     )
     .await;
@@ -258,11 +273,17 @@ async fn an_unreachable_camera_delays_neither_start_up_nor_the_others() {
         matches!(dead.state(), pb::CameraState::Reconnecting | pb::CameraState::Starting),
         "{dead:?}"
     );
-    assert!(!dead.last_error.is_empty());
+    assert_eq!(dead.failure, "unreachable", "{dead:?}");
     assert!(
         !dead.uri.contains("secret") && dead.uri.contains("user:***@"),
         "password redacted: {}",
         dead.uri
     );
+    let silent = camera(&info, "silent").unwrap();
+    assert!(
+        silent.failure == "stalled" && silent.last_error.contains("no frame within"),
+        "{silent:?}"
+    );
+    assert_eq!(camera(&info, "north").unwrap().restarts, 0);
     stop(node).await;
 }
