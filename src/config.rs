@@ -472,9 +472,9 @@ pub struct CameraState {
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Cameras added or changed at run time that have not yet streamed or failed cleanly, by id.
-    /// A camera still listed here when the node starts is one the node stopped (or crashed)
-    /// while starting: it is not started again until it is changed, so that nothing a client
-    /// configures can keep the node from coming up.
+    /// A camera still listed here when the node starts, and not marked `stopped_cleanly`, is
+    /// one the node died (crashed, was killed) while starting: it is not started again until it
+    /// is changed, so that nothing a client configures can keep the node from coming up.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub probation: BTreeMap<String, Probation>,
 }
@@ -487,6 +487,10 @@ pub struct Probation {
     /// Set once the node has started again without this camera: why it is not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// The node stopped cleanly (SIGTERM, a restart) while the camera was on probation: that is
+    /// no crash, so it starts again, still on probation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_cleanly: bool,
 }
 
 pub fn validate_cameras(cameras: &[CameraConfig]) -> std::result::Result<(), String> {

@@ -228,7 +228,9 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
                         camera.config.id, source.redacted, source.kind
                     ));
                 }
-                if let Some(probation) = config.camera_probation.get(&camera.config.id) {
+                let probation = config.camera_probation.get(&camera.config.id);
+                // A camera whose probation a clean stop interrupted simply starts again.
+                if let Some(probation) = probation.filter(|p| !p.stopped_cleanly || p.failed.is_some()) {
                     problems.push(Error::Camera {
                         camera: camera.config.id.clone(),
                         message: probation.failed.clone().unwrap_or_else(|| {

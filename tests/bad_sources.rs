@@ -323,6 +323,9 @@ async fn every_bad_source_fails_alone_while_a_good_camera_keeps_its_rate() {
     // The same reasons, counted by kind, in the metrics; and the state of each camera.
     let metrics_addr = node.metrics_addr.unwrap();
     let metrics = common::http_get(metrics_addr, "/metrics").await;
+    // The server that went away first ended its stream (EOS), then refused reconnections.
+    let ended = "retina_camera_failures_total{camera=\"rtsp-closes\",kind=\"ended\"} ";
+    assert!(metrics.lines().any(|l| l.starts_with(ended)), "{ended} in the metrics");
     for case in &cases {
         let (label, state, at_least) = match case.outcome {
             Outcome::Fails(label, _) => (label, "failed", 2.0),

@@ -30,6 +30,9 @@ use crate::shutdown::Shutdown;
 /// A run that streamed this long counts as healthy: the next failure starts the backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 const BUS_POLL: Duration = Duration::from_millis(100);
+/// A live source's permanent-looking failure must happen this many times in a row before the
+/// camera is `FAILED`.
+const LIVE_PERMANENT_AFTER: u32 = 3;
 /// How often a snapshot source is fetched when every frame is to be analysed (`analysis_fps` 0).
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
@@ -199,6 +202,8 @@ impl Supervisor {
         };
         let clock = Arc::new(Mutex::new(CaptureClock::new(default_source)));
         let mut polling = false;
+        // Permanent-looking failures of a live source in a row, with no frame between them.
+        let mut permanent_streak = 0u32;
         loop {
             if !polling {
                 self.status.set_state(CameraState::Starting, None);
@@ -215,6 +220,9 @@ impl Supervisor {
                 }
                 _ if self.stop.is_triggered() => break,
                 RunEnd::Snapshot => {
+                    // A fetched snapshot is a healthy run, however short.
+                    self.backoff.reset();
+                    permanent_streak = 0;
                     polling = true;
                     if self
                         .stop
@@ -234,7 +242,21 @@ impl Supervisor {
             }
             CameraStatus::count(&self.status.restarts);
             self.status.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
-            let delay = if failure.kind.is_permanent() {
+            let delivered = self
+                .status
+                .last_decoded_age()
+                .is_some_and(|age| age < started.elapsed());
+            if delivered || !failure.kind.is_permanent() {
+                permanent_streak = 0;
+            }
+            // A live source's "permanent" answer may be passing (a relay answers 404 while its
+            // camera reconnects to it; a name that does not resolve for a moment): believed only
+            // when it repeats, with the backoff between. A file says the same at every read.
+            let permanent = failure.kind.is_permanent() && {
+                permanent_streak += 1;
+                self.kind == SourceKind::File || permanent_streak >= LIVE_PERMANENT_AFTER
+            };
+            let delay = if permanent {
                 self.status.fail(CameraState::Failed, &failure);
                 self.failed_retry
             } else {
@@ -266,13 +288,19 @@ impl Supervisor {
             .pipeline
             .bus()
             .ok_or_else(|| Error::Gstreamer("pipeline without bus".into()))?;
-        pipeline
-            .pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| Error::Camera {
+        if pipeline.pipeline.set_state(gst::State::Playing).is_err() {
+            // A source that fails on the spot (a file deleted or unreadable) has said why on the bus.
+            let said = bus.pop_filtered(&[gst::MessageType::Error]);
+            if let Some(gst::MessageView::Error(err)) = said.as_ref().map(|m| m.view()) {
+                let details = err.debug();
+                let failure = failure::classify(&err.error(), details.as_deref(), &pipeline.facts, self.kind);
+                return Ok(RunEnd::Failed(failure));
+            }
+            return Err(Error::Camera {
                 camera: self.status.id.clone(),
                 message: format!("cannot start playing {}", self.status.settings().uri_redacted),
-            })?;
+            });
+        }
 
         let started = Instant::now();
         loop {
@@ -308,6 +336,16 @@ impl Supervisor {
             };
             match msg.view() {
                 gst::MessageView::Eos(_) if pipeline.facts.is_still_image() => {
+                    let decoded = self
+                        .status
+                        .last_decoded_age()
+                        .is_some_and(|age| age < started.elapsed());
+                    if !decoded {
+                        return Ok(RunEnd::Failed(Failure::new(
+                            FailureKind::NotMedia,
+                            "the image holds no picture that can be decoded",
+                        )));
+                    }
                     let once = self.kind == SourceKind::File && !self.loop_file;
                     return Ok(if once { RunEnd::Finished } else { RunEnd::Snapshot });
                 }

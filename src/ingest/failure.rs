@@ -127,7 +127,16 @@ pub fn quote(text: &str) -> String {
 /// A failure when the source has exposed its streams, when it has some and none of them is video.
 pub fn no_video(facts: &SourceFacts) -> Option<Failure> {
     let others = facts.only_other_streams()?;
-    Some(no_video_failure(&others))
+    Some(undecodable(facts).unwrap_or_else(|| no_video_failure(&others)))
+}
+
+/// A source whose video no installed decoder handles (its audio may still have been exposed).
+fn undecodable(facts: &SourceFacts) -> Option<Failure> {
+    let video = facts.undecodable_video()?;
+    Some(Failure::new(
+        FailureKind::UnsupportedCodec,
+        format!("no installed GStreamer decoder handles this source's {}", quote(&video)),
+    ))
 }
 
 fn no_video_failure(others: &[String]) -> Failure {
@@ -142,21 +151,27 @@ fn no_video_failure(others: &[String]) -> Failure {
 /// Explains an error message of the pipeline.
 pub fn classify(error: &gst::glib::Error, debug: Option<&str>, facts: &SourceFacts, kind: SourceKind) -> Failure {
     let said = quote(error.message());
-    if let Some(container) = facts
-        .container()
-        .filter(|c| c.starts_with("text/") || c.contains("xml"))
-    {
+    // Only when no video came out of it: a DASH manifest is XML too.
+    let is_text = |c: &String| c.starts_with("text/") || c.ends_with("/xml");
+    if let Some(container) = facts.container().filter(is_text).filter(|_| !facts.has_video()) {
         let what = if container == "text/html" { "a web page" } else { "text" };
         return Failure::new(
             FailureKind::NotMedia,
             format!("the source is {what} ({container}), not video: is the URI the camera's stream address?"),
         );
     }
+    if !facts.has_video()
+        && let Some(failure) = undecodable(facts)
+    {
+        return failure;
+    }
     if !facts.has_video() {
+        // A flow error with only non-video streams so far means "no video" in a file; a live
+        // stream may still be about to expose its video.
         let others = facts.only_other_streams().or_else(|| {
             let flow_error = error.matches(gst::StreamError::Failed);
             let others = facts.other_streams();
-            (flow_error && !others.is_empty()).then_some(others)
+            (flow_error && kind == SourceKind::File && !others.is_empty()).then_some(others)
         });
         if let Some(others) = others {
             return no_video_failure(&others);

@@ -54,6 +54,11 @@ pub fn install() {
         });
         let glib_limit = Mutex::new(RateLimit::new(WINDOW, BURST));
         glib::log_set_default_handler(move |domain, level, message| {
+            // Every g_debug() arrives here, whatever G_MESSAGES_DEBUG says: drop them first.
+            let wanted = [glib::LogLevel::Error, glib::LogLevel::Critical, glib::LogLevel::Warning];
+            if !wanted.contains(&level) {
+                return;
+            }
             let domain = domain.unwrap_or("");
             let site = format!("{domain}:{message}");
             let verdict = glib_limit
@@ -67,8 +72,7 @@ pub fn install() {
                 glib::LogLevel::Error | glib::LogLevel::Critical => {
                     tracing::error!(target: "glib", domain, held_back, "{message}")
                 }
-                glib::LogLevel::Warning => tracing::warn!(target: "glib", domain, held_back, "{message}"),
-                _ => tracing::debug!(target: "glib", domain, "{message}"),
+                _ => tracing::warn!(target: "glib", domain, held_back, "{message}"),
             }
         });
     });

@@ -117,6 +117,8 @@ enum ProbationState {
     Starting {
         probation: u64,
         since: String,
+        /// The node is stopping cleanly: not a crash, start it again next time.
+        stopped_cleanly: bool,
     },
     /// The node stopped while it was starting; not started until changed.
     Failed {
@@ -129,13 +131,17 @@ impl ProbationState {
     fn record(&self) -> Option<Probation> {
         match self {
             ProbationState::Clear => None,
-            ProbationState::Starting { since, .. } => Some(Probation {
+            ProbationState::Starting {
+                since, stopped_cleanly, ..
+            } => Some(Probation {
                 since: since.clone(),
                 failed: None,
+                stopped_cleanly: *stopped_cleanly,
             }),
             ProbationState::Failed { since, reason } => Some(Probation {
                 since: since.clone(),
                 failed: Some(reason.clone()),
+                stopped_cleanly: false,
             }),
         }
     }
@@ -162,7 +168,8 @@ impl CameraManager {
         mut probation: BTreeMap<String, Probation>,
     ) -> Result<()> {
         let mut entries = self.lock_for_change()?;
-        let mut quarantined = false;
+        // Whether probation records changed, so that the file says the same as the node.
+        let mut changed = false;
         for StartingCamera { config, source } in cameras {
             let status = Arc::new(CameraStatus::new(config.id.clone(), settings(&config, &source)));
             let mut entry = Entry {
@@ -173,52 +180,56 @@ impl CameraManager {
                 busy: false,
                 removing: false,
             };
-            if let Some(record) = probation.remove(&entry.config.id) {
-                let reason = record.failed.unwrap_or_else(|| {
-                    quarantined = true;
-                    format!(
-                        "the node stopped while this camera was starting (changed at {}); it is not started \
-                         until it is updated or removed",
-                        record.since
-                    )
-                });
-                tracing::error!(camera = %entry.config.id, %reason, "camera not started: it was on probation");
-                entry.status.fail(
-                    pb::CameraState::Failed,
-                    &Failure::new(FailureKind::CrashedOnProbation, reason.clone()),
-                );
-                entry.probation = ProbationState::Failed {
-                    since: record.since,
-                    reason,
-                };
-            } else {
-                match source {
-                    Ok(source) if entry.config.enabled => {
-                        entry.runner = Some(start_camera(
-                            &entry.config,
-                            source,
-                            entry.status.clone(),
-                            self.queue.clone(),
-                            Settled::default(),
-                        )?);
-                    }
-                    Ok(_) => entry.status.set_state(pb::CameraState::Stopped, None),
-                    Err(err) => {
-                        let kind = match &err {
-                            Error::UnsupportedUri { reason, .. } if reason.contains("No such file") => {
-                                FailureKind::NotFound
-                            }
-                            _ => FailureKind::NotMedia,
-                        };
-                        let message = format!("{err}; update the camera to try again");
-                        entry.status.fail(pb::CameraState::Failed, &Failure::new(kind, message));
-                    }
+            match probation.remove(&entry.config.id) {
+                Some(record) if record.stopped_cleanly && record.failed.is_none() => {
+                    // Interrupted by a clean stop, not a crash: try again, still on probation.
+                    entry.probation = ProbationState::Starting {
+                        probation: self.probations.fetch_add(1, Ordering::Relaxed),
+                        since: record.since,
+                        stopped_cleanly: false,
+                    };
+                    changed = true;
+                }
+                Some(record) => {
+                    let reason = record.failed.unwrap_or_else(|| {
+                        changed = true;
+                        format!(
+                            "the node stopped while this camera was starting (changed at {}); it is not \
+                             started until it is updated or removed",
+                            record.since
+                        )
+                    });
+                    tracing::error!(camera = %entry.config.id, %reason, "camera not started: it was on probation");
+                    entry.status.fail(
+                        pb::CameraState::Failed,
+                        &Failure::new(FailureKind::CrashedOnProbation, reason.clone()),
+                    );
+                    entry.probation = ProbationState::Failed {
+                        since: record.since,
+                        reason,
+                    };
+                    entries.list.push(entry);
+                    continue;
+                }
+                None => {}
+            }
+            match source {
+                Ok(source) => self.launch(&mut entry, source)?,
+                Err(err) => {
+                    let kind = match &err {
+                        Error::UnsupportedUri { reason, .. } if reason.contains("No such file") => {
+                            FailureKind::NotFound
+                        }
+                        _ => FailureKind::NotMedia,
+                    };
+                    let message = format!("{err}; update the camera to try again");
+                    entry.status.fail(pb::CameraState::Failed, &Failure::new(kind, message));
                 }
             }
             entries.list.push(entry);
         }
-        if quarantined {
-            // The reason is kept, so that the next start says the same and does not start it.
+        if changed {
+            // A reason is kept, so that the next start says the same and does not start it.
             if let Err(err) = self.persist(entries.saved_configs(), entries.probation()) {
                 tracing::warn!(%err, "could not save which cameras failed on probation");
             }
@@ -245,6 +256,7 @@ impl CameraManager {
         ProbationState::Starting {
             probation: self.probations.fetch_add(1, Ordering::Relaxed),
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            stopped_cleanly: false,
         }
     }
 
@@ -287,8 +299,10 @@ impl CameraManager {
         config.validate().map_err(invalid)?;
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
         let mut entries = self.lock_for_change()?;
-        if entries.list.iter().any(|e| e.config.id == config.id) {
-            return Err(Error::CameraExists(config.id));
+        match entries.list.iter().find(|e| e.config.id == config.id) {
+            Some(old) if old.removing => return Err(Error::CameraBusy(config.id)),
+            Some(_) => return Err(Error::CameraExists(config.id)),
+            None => {}
         }
         let probation = if config.enabled {
             self.new_probation()
@@ -423,6 +437,18 @@ impl CameraManager {
         }
         for runner in runners {
             runner.join();
+        }
+        // A clean stop is not a crash: cameras still on probation start again next time.
+        let mut entries = self.lock();
+        let mut interrupted = false;
+        for entry in &mut entries.list {
+            if let ProbationState::Starting { stopped_cleanly, .. } = &mut entry.probation {
+                *stopped_cleanly = true;
+                interrupted = true;
+            }
+        }
+        if interrupted && let Err(err) = self.persist(entries.saved_configs(), entries.probation()) {
+            tracing::warn!(%err, "could not save that the node stopped cleanly; cameras on probation will not start");
         }
     }
 }
@@ -585,5 +611,48 @@ mod tests {
             saved.contains("id = \"odd\"") && !saved.contains("probation"),
             "{saved}"
         );
+    }
+
+    #[test]
+    fn a_clean_stop_is_no_crash_for_a_camera_on_probation() {
+        gstreamer::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts the connection and never answers: the camera stays on probation.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("rtsp://127.0.0.1:{}/cam", silent.local_addr().unwrap().port());
+        let camera = CameraConfig::new("slow", uri);
+        let manager = manager_in(dir.path());
+        manager.add(camera.clone()).unwrap();
+        manager.stop_all();
+        let text = std::fs::read_to_string(dir.path().join("cameras.toml")).unwrap();
+        let state: CameraState = toml::from_str(&text).unwrap();
+        assert!(state.probation["slow"].stopped_cleanly, "{text}");
+
+        // The next start starts it, still on probation; a crash now would quarantine it.
+        let manager = manager_in(dir.path());
+        let source = SourceUri::resolve(&camera.uri, dir.path());
+        manager
+            .start_configured(vec![StartingCamera { config: camera, source }], state.probation)
+            .unwrap();
+        let entries = manager.lock();
+        assert!(entries.list[0].runner.is_some(), "started again");
+        assert!(
+            matches!(
+                entries.list[0].probation,
+                ProbationState::Starting {
+                    stopped_cleanly: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            entries.list[0].probation
+        );
+        drop(entries);
+        let text = std::fs::read_to_string(dir.path().join("cameras.toml")).unwrap();
+        assert!(
+            text.contains("[probation.slow]") && !text.contains("stopped_cleanly"),
+            "{text}"
+        );
+        manager.stop_all();
     }
 }

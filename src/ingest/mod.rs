@@ -159,10 +159,11 @@ impl CameraStatus {
         }
         drop(current);
         if changed {
+            let failed = state == pb::CameraState::Failed;
             let state = state.as_str_name().trim_start_matches("CAMERA_STATE_");
             let attempt = self.reconnect_attempts.load(Ordering::Relaxed);
             match error {
-                Some(error) if state == "FAILED" => {
+                Some(error) if failed => {
                     let kind = failure.map_or("", FailureKind::label);
                     tracing::error!(camera = %self.id, state, kind, %error, "camera state")
                 }

@@ -84,6 +84,8 @@ pub struct SourceFacts {
     container: Mutex<Option<String>>,
     /// Media types of the decoded streams that were not video (`audio/x-raw`, ...).
     other_streams: Mutex<Vec<String>>,
+    /// Streams no installed decoder handles (`video/x-h265`, ...).
+    undecodable: Mutex<Vec<String>>,
     video_linked: AtomicBool,
     /// The source has exposed all its streams: if none was video, none will be.
     all_streams_known: AtomicBool,
@@ -100,7 +102,13 @@ impl SourceFacts {
     }
 
     pub fn has_video(&self) -> bool {
-        self.video_linked.load(Ordering::Relaxed)
+        self.video_linked.load(Ordering::Acquire)
+    }
+
+    /// A video stream that no installed decoder handles, if there was one.
+    pub fn undecodable_video(&self) -> Option<String> {
+        let undecodable = self.undecodable.lock().unwrap_or_else(|p| p.into_inner());
+        undecodable.iter().find(|t| t.starts_with("video/")).cloned()
     }
 
     /// Media types of the streams that were not video, so far.
@@ -110,7 +118,9 @@ impl SourceFacts {
 
     /// The non-video streams, when the source has exposed all of its streams and none was video.
     pub fn only_other_streams(&self) -> Option<Vec<String>> {
-        let done = self.all_streams_known.load(Ordering::Relaxed) && !self.has_video();
+        // Acquire pairs with the streaming threads' Release: "all known" then implies every link
+        // made before no-more-pads is seen.
+        let done = self.all_streams_known.load(Ordering::Acquire) && !self.has_video();
         done.then(|| self.other_streams())
     }
 
@@ -274,12 +284,23 @@ pub fn build(
             return; // a second video stream: the first one is the camera's main view
         }
         match pad.link(&sink_pad) {
-            Ok(_) => pad_facts.video_linked.store(true, Ordering::Relaxed),
+            Ok(_) => pad_facts.video_linked.store(true, Ordering::Release),
             Err(err) => tracing::warn!(?err, "could not link decoded video pad"),
         }
     });
+    let unknown_facts = facts.clone();
+    decode.connect("unknown-type", false, move |args| {
+        let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok())?;
+        let media_type = caps.structure(0).map(|s| s.name().to_string())?;
+        unknown_facts
+            .undecodable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(media_type);
+        None
+    });
     let pads_facts = facts.clone();
-    decode.connect_no_more_pads(move |_| pads_facts.all_streams_known.store(true, Ordering::Relaxed));
+    decode.connect_no_more_pads(move |_| pads_facts.all_streams_known.store(true, Ordering::Release));
 
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
