@@ -288,6 +288,9 @@ impl Supervisor {
             .pipeline
             .bus()
             .ok_or_else(|| Error::Gstreamer("pipeline without bus".into()))?;
+        // Before PLAYING: a still image can be decoded before set_state returns, and "decoded in
+        // this run" is judged against this instant.
+        let started = Instant::now();
         if pipeline.pipeline.set_state(gst::State::Playing).is_err() {
             // A source that fails on the spot (a file deleted or unreadable) has said why on the bus.
             let said = bus.pop_filtered(&[gst::MessageType::Error]);
@@ -302,7 +305,6 @@ impl Supervisor {
             });
         }
 
-        let started = Instant::now();
         loop {
             if self.stop.is_triggered() {
                 return Ok(RunEnd::Finished);
