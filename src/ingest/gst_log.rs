@@ -36,11 +36,7 @@ pub fn install() {
                 return;
             }
             let site = format!("{}:{file}:{line}", category.name());
-            let verdict = limit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .check(&site, Instant::now());
-            let Verdict::Log { held_back } = verdict else {
+            let Some(held_back) = admitted(&limit, &site) else {
                 return;
             };
             let text = message.get().map(|m| m.to_string()).unwrap_or_default();
@@ -60,12 +56,7 @@ pub fn install() {
                 return;
             }
             let domain = domain.unwrap_or("");
-            let site = format!("{domain}:{message}");
-            let verdict = glib_limit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .check(&site, Instant::now());
-            let Verdict::Log { held_back } = verdict else {
+            let Some(held_back) = admitted(&glib_limit, &format!("{domain}:{message}")) else {
                 return;
             };
             match level {
@@ -76,6 +67,19 @@ pub fn install() {
             }
         });
     });
+}
+
+/// `Some(held_back)` when a message of `site` may be logged now; the lock is let go before the
+/// caller logs.
+fn admitted(limit: &Mutex<RateLimit>, site: &str) -> Option<u64> {
+    let verdict = limit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(site, Instant::now());
+    match verdict {
+        Verdict::Log { held_back } => Some(held_back),
+        Verdict::Suppress => None,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

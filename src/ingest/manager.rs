@@ -89,6 +89,14 @@ impl Entries {
             .collect()
     }
 
+    /// The probation records to save once camera `id` has `probation`.
+    fn probation_with(&self, id: &str, probation: &ProbationState) -> BTreeMap<String, Probation> {
+        let mut records = self.probation();
+        records.remove(id);
+        records.extend(probation.record().map(|r| (id.to_string(), r)));
+        records
+    }
+
     /// The cameras the state file lists: all but those being removed.
     fn saved(&self) -> impl Iterator<Item = &Entry> {
         self.list.iter().filter(|e| !e.removing)
@@ -251,8 +259,11 @@ impl CameraManager {
         Ok(entries)
     }
 
-    /// A fresh probation for a camera that is about to start after a change.
-    fn new_probation(&self) -> ProbationState {
+    /// A fresh probation for a camera that is about to start after a change (none if disabled).
+    fn new_probation(&self, config: &CameraConfig) -> ProbationState {
+        if !config.enabled {
+            return ProbationState::Clear;
+        }
         ProbationState::Starting {
             probation: self.probations.fetch_add(1, Ordering::Relaxed),
             since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -304,13 +315,8 @@ impl CameraManager {
             Some(_) => return Err(Error::CameraExists(config.id)),
             None => {}
         }
-        let probation = if config.enabled {
-            self.new_probation()
-        } else {
-            ProbationState::Clear
-        };
-        let mut records = entries.probation();
-        records.extend(probation.record().map(|r| (config.id.clone(), r)));
+        let probation = self.new_probation(&config);
+        let records = entries.probation_with(&config.id, &probation);
         let mut configs = entries.saved_configs();
         configs.push(config.clone());
         self.persist(configs, records)?;
@@ -352,14 +358,8 @@ impl CameraManager {
         }
         config.validate().map_err(invalid)?;
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
-        let probation = if config.enabled {
-            self.new_probation()
-        } else {
-            ProbationState::Clear
-        };
-        let mut records = entries.probation();
-        records.remove(id);
-        records.extend(probation.record().map(|r| (id.to_string(), r)));
+        let probation = self.new_probation(&config);
+        let records = entries.probation_with(id, &probation);
         let configs = entries
             .saved()
             .map(|e| {
