@@ -56,16 +56,7 @@ impl Models {
             Some(path) => Some(ModelFile::load(Manifest::load(&config.resolve(path))?, env, options)?),
             None => None,
         };
-        let classes = detector.manifest.decoder.class_names();
-        if let Some(unknown) = inference.embed_classes.iter().find(|c| !classes.contains(c)) {
-            return Err(Error::Config {
-                path: config.origin.clone(),
-                message: format!(
-                    "inference.embed_classes names {unknown:?}, which detector {} does not know",
-                    detector.card.id
-                ),
-            });
-        }
+        check_embed_classes(config, &detector.manifest)?;
         let projection = match &embedder {
             Some(embedder) => load_projection(&embedder.manifest)?,
             None => None,
@@ -117,6 +108,21 @@ impl Models {
             embed_min_score(config),
             self.options,
         )
+    }
+}
+
+/// Every class named in `inference.embed_classes` is one the detector knows.
+fn check_embed_classes(config: &Config, detector: &Manifest) -> Result<()> {
+    let classes = detector.decoder.class_names();
+    match config.inference.embed_classes.iter().find(|c| !classes.contains(c)) {
+        Some(unknown) => Err(Error::Config {
+            path: config.origin.clone(),
+            message: format!(
+                "inference.embed_classes names {unknown:?}, which detector {} does not know",
+                detector.model.id
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -246,34 +252,84 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         }
         Err(e) => problems.push(e),
     }
-    let config = &config;
-    match Models::load(config) {
-        Ok(models) => {
-            for model in std::iter::once(&models.detector).chain(models.embedder.as_ref()) {
-                let card = &model.card;
-                facts.push(format!(
-                    "model {}@{}: decoder {}, input {:?}, sha256 {}",
-                    card.id, card.version, card.decoder, card.input_shape, card.sha256
-                ));
-            }
-            if let Some(p) = &models.projection {
-                facts.push(format!(
-                    "projection {}: {} -> up to {} dimensions, binary codes of {:?} bits, sha256 {}",
-                    p.id(),
-                    p.input_dimension(),
-                    p.max_dimension(),
-                    p.binary_sizes(),
-                    p.sha256()
-                ));
-            }
-            match models.encoder(config) {
-                Ok(encoder) => facts.push(format!("embedding codec: {encoder}")),
-                Err(e) => problems.push(e),
-            }
-        }
+    check_models(&config, &mut facts, &mut problems);
+    if problems.is_empty() { Ok(facts) } else { Err(problems) }
+}
+
+/// The value, or `None` with the error added to `problems`.
+fn ok_or_note<T>(result: Result<T>, problems: &mut Vec<Error>) -> Option<T> {
+    result.map_err(|e| problems.push(e)).ok()
+}
+
+/// The model part of [`check`]. Unlike [`Models::load`], which stops at the first error (a node
+/// cannot start anyway), each check here runs unless it needs what already failed: a missing
+/// ONNX Runtime library must not hide a manifest that does not parse, nor a bad detector the
+/// embedder's problems, or the operator fixes one problem per run.
+fn check_models(config: &Config, facts: &mut Vec<String>, problems: &mut Vec<Error>) {
+    let inference = &config.inference;
+    let env = ok_or_note(
+        infer::environment(&config.resolve(&inference.onnxruntime_library)),
+        problems,
+    );
+    let options = SessionOptions {
+        intra_op_threads: inference.intra_op_threads,
+        allow_spinning: inference.allow_spinning,
+    };
+    let detector = ok_or_note(Manifest::load(&config.resolve(&inference.detector_manifest)), problems);
+    if let Some(detector) = &detector {
+        ok_or_note(check_embed_classes(config, detector), problems);
+    }
+    // Outer `None`: no embedder configured; inner `None`: its manifest is bad.
+    let embedder = inference
+        .embedder_manifest
+        .as_ref()
+        .map(|path| ok_or_note(Manifest::load(&config.resolve(path)), problems));
+    // The projection is a file beside the manifest: it needs no ONNX Runtime.
+    let projection = match &embedder {
+        Some(Some(manifest)) => ok_or_note(load_projection(manifest), problems),
+        _ => Some(None),
+    };
+    if let Some(Some(p)) = &projection {
+        facts.push(format!(
+            "projection {}: {} -> up to {} dimensions, binary codes of {:?} bits, sha256 {}",
+            p.id(),
+            p.input_dimension(),
+            p.max_dimension(),
+            p.binary_sizes(),
+            p.sha256()
+        ));
+    }
+    let Some(env) = env else { return };
+    let mut load = |manifest: Manifest| {
+        let model = ok_or_note(ModelFile::load(manifest, env, options), problems)?;
+        let card = &model.card;
+        facts.push(format!(
+            "model {}@{}: decoder {}, input {:?}, sha256 {}",
+            card.id, card.version, card.decoder, card.input_shape, card.sha256
+        ));
+        Some(model)
+    };
+    let detector = detector.and_then(&mut load);
+    let embedder = embedder.map(|manifest| manifest.and_then(&mut load));
+    // The codec depends on the models and the projection: checked only when all are sound.
+    let embedder = match embedder {
+        None => Some(None), // none configured
+        Some(loaded) => loaded.map(Some),
+    };
+    let (Some(detector), Some(embedder), Some(projection)) = (detector, embedder, projection) else {
+        return;
+    };
+    let models = Models {
+        env,
+        detector,
+        embedder,
+        projection,
+        options,
+    };
+    match models.encoder(config) {
+        Ok(encoder) => facts.push(format!("embedding codec: {encoder}")),
         Err(e) => problems.push(e),
     }
-    if problems.is_empty() { Ok(facts) } else { Err(problems) }
 }
 
 pub struct Node {

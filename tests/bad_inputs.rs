@@ -358,3 +358,115 @@ fn a_taken_grpc_port_fails_the_start_with_the_address() {
         "{stderr}"
     );
 }
+
+/// Copies a bundled manifest into `dir` with `edits`, the files it names (model, projection)
+/// named by absolute path so that the copy still finds them.
+fn edited_manifest(dir: &Path, bundled: &str, edits: &[(&str, &str)]) -> String {
+    let models = common::repo().join("models");
+    let mut manifest = std::fs::read_to_string(models.join(format!("{bundled}.toml"))).unwrap();
+    for file in [format!("{bundled}.onnx"), format!("{bundled}.projection.safetensors")] {
+        let absolute = format!("file = \"{}/{file}\"", models.display());
+        manifest = manifest.replace(&format!("file = \"{file}\""), &absolute);
+    }
+    for (from, to) in edits {
+        assert!(manifest.contains(from), "bundled {bundled} manifest has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
+    write(dir, &format!("{bundled}-edited.toml"), &manifest)
+}
+
+/// The `bad ...` lines of a check's output: one per problem.
+fn problem_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.starts_with("bad ")).collect()
+}
+
+#[test]
+fn check_lists_every_problem_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = common::repo().display().to_string();
+    let bundled_detector = format!("{repo}/models/nanodet-g-416.toml");
+    let bundled_embedder = format!("{repo}/models/mobilenetv2-1280.toml");
+    let cameras = "[[cameras]]\nid = \"gone\"\nuri = \"/no/such/gone.mp4\"\n\n\
+                   [[cameras]]\nid = \"gopher\"\nuri = \"gopher://cam.example/1\"\n";
+
+    // Five independent problems, none of which hides another: two cameras, no ONNX Runtime, a
+    // detector manifest with a decoder the node does not have, no embedder manifest at all.
+    let detector = edited_manifest(
+        dir.path(),
+        "nanodet-g-416",
+        &[("kind = \"nanodet-gfl\"", "kind = \"yolo-v8\"")],
+    );
+    let config = common::config_toml(cameras, "")
+        .replace(
+            common::ort_library().to_str().unwrap(),
+            "/opt/nowhere/libonnxruntime.so.1.32.0",
+        )
+        .replace(&bundled_detector, &detector)
+        .replace(&bundled_embedder, "/no/such/embedder.toml");
+    let (failed, text) = check(&write(dir.path(), "five.toml", &config));
+    let problems = problem_lines(&text);
+    assert!(failed, "{text}");
+    for (what, said) in [
+        ("the missing camera file", "/no/such/gone.mp4"),
+        ("the unsupported URI", "gopher://"),
+        ("the missing ONNX Runtime", "/opt/nowhere/libonnxruntime.so.1.32.0"),
+        (
+            "the detector manifest with an unknown decoder",
+            "nanodet-g-416-edited.toml",
+        ),
+        ("the missing embedder manifest", "/no/such/embedder.toml"),
+    ] {
+        assert!(
+            problems.iter().filter(|l| l.contains(said)).count() == 1,
+            "{what} ({said}) is listed once among the problems:\n{text}"
+        );
+    }
+    assert!(
+        problems.len() == 5 && text.contains("has 5 problem(s)") && text.contains("yolo-v8"),
+        "{text}"
+    );
+
+    // With ONNX Runtime there, both models are verified: each disagrees with its manifest.
+    let detector = edited_manifest(
+        dir.path(),
+        "nanodet-g-416",
+        &[("name = \"input_1:0\"", "name = \"pixels\"")],
+    );
+    let embedder = edited_manifest(
+        dir.path(),
+        "mobilenetv2-1280",
+        &[("name = \"input\"", "name = \"pixels\"")],
+    );
+    let config = common::config_toml(cameras, "")
+        .replace(&bundled_detector, &detector)
+        .replace(&bundled_embedder, &embedder);
+    let (failed, text) = check(&write(dir.path(), "four.toml", &config));
+    let problems = problem_lines(&text);
+    assert!(failed, "{text}");
+    for (what, said) in [
+        ("the missing camera file", "/no/such/gone.mp4"),
+        ("the unsupported URI", "gopher://"),
+        (
+            "the detector that disagrees",
+            "nanodet-g-416.onnx does not match its manifest",
+        ),
+        (
+            "the embedder that disagrees",
+            "mobilenetv2-1280.onnx does not match its manifest",
+        ),
+    ] {
+        assert!(
+            problems.iter().filter(|l| l.contains(said)).count() == 1,
+            "{what} ({said}) is listed once among the problems:\n{text}"
+        );
+    }
+    assert!(
+        problems.len() == 4
+            && text.contains("has 4 problem(s)")
+            && text
+                .matches("input \"pixels\" named in the manifest is not in the model")
+                .count()
+                == 2,
+        "{text}"
+    );
+}
