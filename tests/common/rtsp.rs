@@ -5,13 +5,16 @@
 //! The clip is decoded once per process and re-encoded live by every camera, so a camera behaves
 //! like a real one: H.264 over RTP, timestamps that follow the clock, a keyframe every second,
 //! and no end. Replaying the file itself would run ahead of real time and end after 10 s.
+//!
+//! A camera's clock can be set ahead of the host's (`start_with_clock_ahead`), as a camera whose
+//! NTP is off would be: its RTCP sender reports then carry that clock's time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gstreamer as gst;
 use gstreamer_app as gst_app;
@@ -27,6 +30,9 @@ const MOUNT: &str = "/cam";
 
 /// The role a client gets from valid credentials; the factory lets only it in.
 const ROLE: &str = "viewer";
+
+/// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
+const NTP_UNIX_OFFSET: Duration = Duration::from_secs(2_208_988_800);
 
 /// Raw frames in, RTP out. `x264enc` is tuned as a camera's encoder would be: no B-frames or
 /// lookahead (zerolatency), a keyframe every 25 frames so a client joining or recovering from a
@@ -45,6 +51,9 @@ pub struct TestCamera {
     port: u16,
     /// Kept so `restart` brings back the same access rules.
     credentials: Option<(String, String)>,
+    /// How far the camera's clock (the NTP time of its sender reports) is ahead of the host's;
+    /// `None`: rtpbin's default, the host's wall clock.
+    clock_ahead: Option<Duration>,
     /// Outlives server restarts, so `frames_served` counts over the camera's whole life.
     feed: Arc<Feed>,
     /// `None` while the camera is "off" (between `stop` and `restart`).
@@ -54,25 +63,37 @@ pub struct TestCamera {
 impl TestCamera {
     /// Starts serving `clip` looped at rtsp://127.0.0.1:PORT/cam on a free loopback port.
     pub fn start(clip: &Path) -> TestCamera {
-        Self::launch(clip, 0, None)
+        Self::launch(clip, 0, None, None)
     }
 
     /// Same, on a given port (to bring a camera back "at the same address" in another object).
     pub fn start_on(clip: &Path, port: u16) -> TestCamera {
-        Self::launch(clip, port, None)
+        Self::launch(clip, port, None, None)
     }
 
     /// Same as `start`, but clients must authenticate with digest auth, as most cameras ask.
     pub fn start_with_credentials(clip: &Path, user: &str, pass: &str) -> TestCamera {
-        Self::launch(clip, 0, Some((user.to_owned(), pass.to_owned())))
+        Self::launch(clip, 0, Some((user.to_owned(), pass.to_owned())), None)
     }
 
-    fn launch(clip: &Path, port: u16, credentials: Option<(String, String)>) -> TestCamera {
+    /// Same as `start`, but the camera's clock runs `ahead` of the host's: the NTP time in its
+    /// RTCP sender reports is the host's wall clock plus `ahead`.
+    pub fn start_with_clock_ahead(clip: &Path, ahead: Duration) -> TestCamera {
+        Self::launch(clip, 0, None, Some(ahead))
+    }
+
+    fn launch(
+        clip: &Path,
+        port: u16,
+        credentials: Option<(String, String)>,
+        clock_ahead: Option<Duration>,
+    ) -> TestCamera {
         gst::init().expect("GStreamer initialises");
         let mut camera = TestCamera {
             clip: decoded(clip),
             port,
             credentials,
+            clock_ahead,
             feed: Arc::default(),
             serving: None,
         };
@@ -106,7 +127,13 @@ impl TestCamera {
     /// reboot (stop, then start).
     pub fn restart(&mut self) {
         self.stop();
-        let serving = Serving::power_on(self.port, &self.clip, &self.feed, self.credentials.as_ref());
+        let serving = Serving::power_on(
+            self.port,
+            &self.clip,
+            &self.feed,
+            self.credentials.as_ref(),
+            self.clock_ahead,
+        );
         self.port = serving.port;
         self.serving = Some(serving);
     }
@@ -128,6 +155,11 @@ impl TestCamera {
     pub fn frames_served(&self) -> u64 {
         self.feed.frames_served.load(Ordering::SeqCst)
     }
+
+    /// The RTCP sender reports the camera has sent so far, over all sessions and restarts.
+    pub fn sender_reports(&self) -> Vec<SenderReport> {
+        self.feed.sender_reports.lock().expect("sender report lock").clone()
+    }
 }
 
 impl Drop for TestCamera {
@@ -143,6 +175,43 @@ struct Feed {
     hung: AtomicBool,
     /// Frames pushed, for `frames_served`.
     frames_served: AtomicU64,
+    /// For `sender_reports`.
+    sender_reports: Mutex<Vec<SenderReport>>,
+}
+
+/// An RTCP sender report as it left the camera.
+#[derive(Debug, Clone, Copy)]
+pub struct SenderReport {
+    /// The host's wall clock when it was sent.
+    pub sent: SystemTime,
+    /// The camera's NTP time written in it, moved to the Unix epoch.
+    pub camera_time: SystemTime,
+}
+
+impl SenderReport {
+    /// How far the camera's clock is ahead of the host's, as this report shows it (negative:
+    /// behind), in seconds.
+    pub fn camera_ahead_seconds(&self) -> f64 {
+        match self.camera_time.duration_since(self.sent) {
+            Ok(ahead) => ahead.as_secs_f64(),
+            Err(behind) => -behind.duration().as_secs_f64(),
+        }
+    }
+
+    /// Reads the sender report that starts an outgoing RTCP compound packet (RFC 3550 6.4.1:
+    /// packet type 200 in byte 1, the NTP timestamp in bytes 8-15); `None` for a receiver report.
+    fn parse(rtcp: &[u8], sent: SystemTime) -> Option<SenderReport> {
+        const SR: u8 = 200;
+        if rtcp.get(1) != Some(&SR) {
+            return None;
+        }
+        let word = |at: usize| Some(u32::from_be_bytes(rtcp.get(at..at + 4)?.try_into().ok()?));
+        let (seconds, fraction) = (word(8)?, word(12)?);
+        let since_1900 =
+            Duration::from_secs(seconds.into()) + Duration::from_nanos((u64::from(fraction) * 1_000_000_000) >> 32);
+        let camera_time = UNIX_EPOCH + since_1900.checked_sub(NTP_UNIX_OFFSET)?;
+        Some(SenderReport { sent, camera_time })
+    }
 }
 
 /// One power-on of the camera: the server, its listening socket and the threads it runs.
@@ -172,7 +241,13 @@ struct Feeder {
 }
 
 impl Serving {
-    fn power_on(port: u16, clip: &Arc<Clip>, feed: &Arc<Feed>, credentials: Option<&(String, String)>) -> Serving {
+    fn power_on(
+        port: u16,
+        clip: &Arc<Clip>,
+        feed: &Arc<Feed>,
+        credentials: Option<&(String, String)>,
+        clock_ahead: Option<Duration>,
+    ) -> Serving {
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service(&port.to_string());
@@ -183,10 +258,14 @@ impl Serving {
         factory.set_launch(LAUNCH);
         // One encoder per camera, however many clients: a camera has one sensor.
         factory.set_shared(true);
+        if let Some(ahead) = clock_ahead {
+            factory.set_clock(Some(&camera_clock(ahead)));
+        }
         factory.connect_media_configure({
             let (clip, feed, powered) = (clip.clone(), feed.clone(), powered.clone());
             let feeders = feeders.clone();
             move |_, media| {
+                watch_rtp(media, feed.clone(), clock_ahead.is_some());
                 let feeder = Feeder::start(media, clip.clone(), feed.clone(), powered.clone());
                 let mut feeders = feeders.lock().expect("feeder list lock");
                 feeders.retain(|f| !f.thread.is_finished());
@@ -260,6 +339,55 @@ impl Serving {
         .attach(Some(&self.main_loop.context()));
         self.thread.join().expect("test camera server thread panicked");
     }
+}
+
+/// A wall clock running `ahead` of the host's, on the NTP epoch: with rtpbin's `ntp-time-source`
+/// at `clock-time`, rtpsession puts this clock's time as it is into its sender reports
+/// (gstrtpsession.c, `get_current_times`). The media's running time, and so the stream's
+/// timestamps, are differences of this clock's times, which the offset leaves unchanged.
+fn camera_clock(ahead: Duration) -> gst::Clock {
+    let clock = glib::Object::builder::<gst::SystemClock>()
+        .property("clock-type", gst::ClockType::Realtime)
+        .build()
+        .upcast::<gst::Clock>();
+    let internal = clock.internal_time();
+    let offset = gst::ClockTime::from_nseconds((NTP_UNIX_OFFSET + ahead).as_nanos() as u64);
+    clock.set_calibration(internal, internal + offset, 1, 1);
+    clock
+}
+
+/// Hooks a media's RTP session as the server builds it: records the sender reports it sends, and
+/// with `camera_clock` makes its sender reports take their NTP time from the pipeline's clock
+/// (by default rtpbin reads the host's wall clock, whatever clock the pipeline runs on).
+fn watch_rtp(media: &rtsp_server::RTSPMedia, feed: Arc<Feed>, camera_clock: bool) {
+    // The media's pipeline exists at media-configure; rtpbin and its sessions are added when the
+    // media is prepared, before any stream joins it.
+    let Some(pipeline) = media.element().parent().and_then(|p| p.downcast::<gst::Bin>().ok()) else {
+        panic!("the test camera's media has no pipeline at media-configure");
+    };
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        match element.factory().map(|f| f.name()).as_deref() {
+            Some("rtpbin") if camera_clock => element.set_property_from_str("ntp-time-source", "clock-time"),
+            Some("rtpsession") => {
+                let session = element.property::<glib::Object>("internal-session");
+                let feed = feed.clone();
+                session.connect("on-sending-rtcp", false, move |args| {
+                    let sent = SystemTime::now();
+                    let buffer = args.get(1).and_then(|v| v.get::<gst::Buffer>().ok());
+                    let report = buffer
+                        .as_ref()
+                        .and_then(|b| b.map_readable().ok())
+                        .and_then(|data| SenderReport::parse(&data, sent));
+                    if let Some(report) = report {
+                        feed.sender_reports.lock().expect("sender report lock").push(report);
+                    }
+                    // Not modified: the packet goes out as rtpsession built it.
+                    Some(false.to_value())
+                });
+            }
+            _ => {}
+        }
+    });
 }
 
 /// Lets in only clients presenting `user`/`pass`, with digest auth: what cameras usually default
