@@ -7,7 +7,8 @@
 #   scripts/convert-models.sh --fixtures-only fixtures from the committed models
 #
 # Writes: models/nanodet-g-416.onnx, models/mobilenetv2-1280.onnx,
-#         tests/fixtures/nanodet_dog/*, tests/fixtures/mobilenetv2_formula/*
+#         tests/fixtures/nanodet_dog/*, tests/fixtures/mobilenetv2_formula/*,
+#         tests/fixtures/dog_pipeline/*
 # Needs:  python3.11 (TensorFlow 2.15 has no wheels for newer Pythons), npm,
 #         apt-get (Debian) and ~2 GB of scratch space; all of it in a temp dir.
 #
@@ -104,6 +105,8 @@ make_venv "$WORK/venv-runtime" "${RUNTIME_PKGS[@]}"
 log "checking models on real data and writing fixtures"
 "$WORK/venv-runtime/bin/python" "$CONVERT/make_fixtures.py" \
   "$REPO/models" "$DOG" "$REPO/tests/fixtures"
+"$WORK/venv-runtime/bin/python" "$CONVERT/make_pipeline_fixtures.py" \
+  "$REPO/models" "$DOG" "$REPO/tests/fixtures/dog_pipeline"
 
 log "sha256 (update models/README.md if these changed)"
 (cd "$REPO" && sha256sum models/nanodet-g-416.onnx models/mobilenetv2-1280.onnx)

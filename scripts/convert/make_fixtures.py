@@ -58,8 +58,10 @@ Pre-processing (Python: Pillow 13.0.0, numpy):
   place at the TOP-LEFT (0,0) of a 416x416 NCHW tensor; padding = 0 AFTER
   normalisation (as if the pad pixels were the mean colour).
   A Rust JPEG decoder/resizer will not reproduce these pixels bit-exactly, so unit-test
-  the decode on the .bin files; end-to-end runs should give the same classes and
-  boxes within a few pixels.
+  the decode on the .bin files. The node's resize does not antialias (two taps per axis,
+  like OpenCV INTER_LINEAR) and Pillow's does: on this 768 -> 416 shrink the same objects
+  come out, but the bicycle's bottom edge moves by ~22 px and an extra "truck" box appears
+  on the car. tests/fixtures/dog_pipeline is the end-to-end reference with the node's resize.
 
 Raw outputs: models/nanodet-g-416.onnx run with onnxruntime 1.32.0 (CPU, 1 thread).
   One file per ONNX output, name with ':' -> '_', little-endian float32, row-major,

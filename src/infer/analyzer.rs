@@ -170,19 +170,28 @@ impl Analyzer {
             let wanted: Vec<usize> = (0..detections.len())
                 .filter(|&i| self.embed.wants(&detections[i]))
                 .collect();
-            for chunk in wanted.chunks(embedder.spec.max_batch) {
-                let crops: Vec<[f32; 4]> = chunk.iter().map(|&i| detections[i].bbox).collect();
-                let vectors = embedder.embed(image, &crops)?;
-                for (&i, vector) in chunk.iter().zip(vectors) {
-                    detections[i].embedding = Some(vector);
-                    // Only embedded crops are ever described, so only they need to be judged.
-                    detections[i].sharpness = crop_sharpness(image, detections[i].bbox);
-                }
+            let crops: Vec<[f32; 4]> = wanted.iter().map(|&i| detections[i].bbox).collect();
+            let vectors = embedder.embed_all(image, &crops)?;
+            for (&i, vector) in wanted.iter().zip(vectors) {
+                detections[i].embedding = Some(vector);
+                // Only embedded crops are ever described, so only they need to be judged.
+                detections[i].sharpness = crop_sharpness(image, detections[i].bbox);
             }
             timings.embedder = started.elapsed();
             timings.crops = wanted.len();
         }
         Ok((detections, timings))
+    }
+
+    /// The embedder's raw output for each box (`[x1, y1, x2, y2]`, frame pixels) of `image`,
+    /// through the same crop, resize and normalisation as [`analyze`](Self::analyze); `None`
+    /// without an embedder. For checking the embedder on known crops: `analyze` only embeds
+    /// where its own detector finds objects.
+    pub fn embed(&mut self, image: &image::RgbImage, boxes: &[[f32; 4]]) -> Result<Option<Vec<Vec<f32>>>> {
+        self.embedder
+            .as_mut()
+            .map(|embedder| embedder.embed_all(image, boxes))
+            .transpose()
     }
 
     /// Runs only the sessions on inputs prepared beforehand: the benchmark's physical limit.
@@ -315,6 +324,15 @@ impl Embedder {
                 fill_input(image, roi, &self.spec, dst);
             }
         }
+    }
+
+    /// All `boxes`, in runs of at most `max_batch` crops.
+    fn embed_all(&mut self, image: &image::RgbImage, boxes: &[[f32; 4]]) -> Result<Vec<Vec<f32>>> {
+        let mut vectors = Vec::with_capacity(boxes.len());
+        for chunk in boxes.chunks(self.spec.max_batch) {
+            vectors.extend(self.embed(image, chunk)?);
+        }
+        Ok(vectors)
     }
 
     fn embed(&mut self, image: &image::RgbImage, boxes: &[[f32; 4]]) -> Result<Vec<Vec<f32>>> {
