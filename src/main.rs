@@ -194,32 +194,55 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let node = Node::start(config).await.context("starting the node")?;
+    // Handlers before READY=1: systemd may send SIGTERM the moment it hears READY, and without a
+    // handler that signal would kill the node instead of stopping it gracefully.
+    let mut signals = StopSignals::install();
     // Tell systemd (Type=notify) we are serving; a no-op when not started by systemd.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let stop = node.stop_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("signal received: stopping gracefully (again to stop at once)");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         stop.trigger();
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::warn!("second signal: exiting now");
+        // 130: stopped by the operator, not finished; systemd logs it as a failure, which a stop
+        // that skipped the frames in flight is.
         std::process::exit(130);
     });
     node.wait().await?;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the node can still be stopped by killing it.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened to for the whole run. The same streams serve the first and the
+/// second signal: streams made anew after the first would miss a second that came in between.
+struct StopSignals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            (Err(err), _) | (_, Err(err)) => {
+                // The node can still be stopped by killing it.
+                tracing::warn!(%err, "cannot listen for SIGTERM/SIGINT; only SIGKILL will stop the node");
+                None
+            }
+        };
+        StopSignals { streams }
+    }
+
+    async fn recv(&mut self) {
+        let Some((term, int)) = &mut self.streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -437,6 +437,7 @@ impl Node {
             cameras.clone(),
         ));
         // Servers first, so the node is reachable before the first descriptor exists.
+        let stop = Shutdown::new();
         let servers_stop = Shutdown::new();
         let grpc = tokio::spawn(crate::deliver::serve(
             listener,
@@ -444,6 +445,7 @@ impl Node {
             facts,
             metrics.clone(),
             manager.clone(),
+            stop.clone(),
             servers_stop.clone(),
         ));
         let (metrics_addr, metrics_server) = match metrics_listener {
@@ -461,7 +463,6 @@ impl Node {
         tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = config.cameras.len(),
             workers = config.inference.workers, "node started");
 
-        let stop = Shutdown::new();
         let finished = tokio::spawn(run_until_stopped(Stopping {
             stop: stop.clone(),
             exit_when_cameras_end: config.node.exit_when_cameras_end,
@@ -524,6 +525,9 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
             }
         }
     }
+    // Stopping starts here whatever started it (a signal, or every camera ended): `stop` is
+    // what turns health NOT_SERVING.
+    s.stop.trigger();
     tracing::info!("stopping: cameras, then inference, then subscribers");
     let Stopping {
         manager,

@@ -5,9 +5,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::hub::Hub;
 use crate::clock::{UnixNanos, to_timestamp};
@@ -362,18 +369,76 @@ async fn forward(
     }
 }
 
+/// The standard health service, whose Watch streams end when the server stops. tonic's graceful
+/// stop waits for every open stream, and a health watch never ends by itself: one load balancer
+/// watching the node kept the node from ever exiting.
+struct StoppingHealth {
+    inner: tonic_health::server::HealthService,
+    server_stopping: Shutdown,
+}
+
+#[tonic::async_trait]
+impl Health for StoppingHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = UntilStopped<tonic_health::server::WatchStream>;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let stopping = self.server_stopping.clone();
+        Ok(Response::new(UntilStopped {
+            inner: statuses,
+            stopped: Box::pin(async move { stopping.wait().await }),
+        }))
+    }
+}
+
+/// `inner` until the server stops; what `inner` has ready (the last status) still goes first.
+struct UntilStopped<S> {
+    inner: S,
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<S: Stream + Unpin> Stream for UntilStopped<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        self.stopped.as_mut().poll(cx).map(|()| None)
+    }
+}
+
 /// Serves gRPC on `listener` until `shutdown`; then stops accepting, lets open streams end
-/// (the hub is closed by then) and returns.
+/// (the hub is closed by then, health watches end) and returns. Health reports
+/// `retina.v1.Retina` `NOT_SERVING` from `stopping` on: the node stops taking new work long
+/// before its server goes, and a load balancer must hear it then.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     hub: Arc<Hub>,
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
     manager: Arc<CameraManager>,
+    stopping: Shutdown,
     shutdown: Shutdown,
 ) -> Result<()> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
     health_reporter.set_serving::<RetinaServer<RetinaService>>().await;
+    let health_service = HealthServer::new(StoppingHealth {
+        inner: tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+        server_stopping: shutdown.clone(),
+    });
+    let reporter = health_reporter.clone();
+    let server_stopped = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stopping.wait() => reporter.set_not_serving::<RetinaServer<RetinaService>>().await,
+            () = server_stopped.wait() => {}
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -391,7 +456,6 @@ pub async fn serve(
         metrics,
         manager,
     };
-    let reporter = health_reporter.clone();
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -399,7 +463,6 @@ pub async fn serve(
         .add_service(RetinaServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await;
-            reporter.set_not_serving::<RetinaServer<RetinaService>>().await;
         })
         .await?;
     Ok(())
