@@ -6,9 +6,22 @@
 //! running time)`: spacing between frames is exactly the pipeline's, and times of one camera
 //! never go backwards, even across reconnects and file loops ([`CaptureClock::stamp`] enforces it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::pb::TimeSource;
+
+/// The monotonic clock read by timing decisions (how long a camera's run lasted), so that tests
+/// can set the time instead of sleeping through it. Any `Fn() -> Instant` is one; the node's is
+/// `Instant::now`.
+pub trait Monotonic {
+    fn now(&self) -> Instant;
+}
+
+impl<F: Fn() -> Instant> Monotonic for F {
+    fn now(&self) -> Instant {
+        self()
+    }
+}
 
 /// Wall-clock time in nanoseconds since the Unix epoch.
 pub type UnixNanos = i64;
