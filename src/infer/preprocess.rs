@@ -241,22 +241,109 @@ mod tests {
         assert_eq!(&dst[3..6], &[10.0, 0.0, 7.0]);
     }
 
-    #[test]
-    fn letterbox_keeps_aspect_pads_and_maps_boxes_back() {
-        let image = image::RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
-        let mut s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Letterbox, 100, 100);
-        s.mean = [128.0; 3];
-        let mut dst = vec![f32::NAN; item_len(&s)];
-        let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
-        assert_eq!(placement.scale_x, 0.5);
-        assert_eq!(dst[0], 127.0); // image pixel: 255 - 128
-        assert_eq!(dst[60 * 100], 0.0); // padding below the image: the normalised zero
-        assert_eq!(placement.to_frame([10.0, 10.0, 50.0, 40.0]), [20.0, 20.0, 100.0, 80.0]);
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-3, "at {i}: got {got:?}, want {want:?}");
+        }
     }
 
+    /// Doubling a ramp: output pixel i samples the source at (i + 0.5) / 2 - 0.5, so the weights
+    /// alternate 1/4, 3/4 and the ends repeat the edge pixel. Aligning corners instead would
+    /// give 0, 17.1, 34.3, ...; aligning top-left corners 0, 20, 40, ...
+    #[test]
+    fn enlarging_a_ramp_samples_at_pixel_centres_with_bilinear_weights() {
+        let image = image::RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 40, 0, 0]));
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 8, 1);
+        let mut dst = vec![0.0; item_len(&s)];
+        fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_close(&dst[..8], &[0.0, 10.0, 30.0, 50.0, 70.0, 90.0, 110.0, 120.0]);
+    }
+
+    /// Halving a one-pixel checkerboard: each output centre falls exactly between a black and a
+    /// white pixel, so every value is their mean. Sampling half a pixel off gives all black or
+    /// all white.
+    #[test]
+    fn halving_a_checkerboard_weighs_both_neighbours_equally() {
+        let image = image::RgbImage::from_fn(8, 8, |x, y| {
+            let v = if (x + y) % 2 == 0 { 0 } else { 200 };
+            image::Rgb([v, v, v])
+        });
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 4, 4);
+        let mut dst = vec![0.0; item_len(&s)];
+        fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_close(&dst, &[100.0; 48]);
+    }
+
+    /// One bright pixel in the middle of a 3x3 image, tripled: the output is the bilinear "tent"
+    /// 255 * p(y) * p(x), with p the weight of the middle pixel at each output column's sample
+    /// position. Symmetric about the centre, as it must be; weights are exact thirds.
+    #[test]
+    fn a_single_bright_pixel_spreads_as_the_bilinear_tent() {
+        let image = image::RgbImage::from_fn(3, 3, |x, y| {
+            let v = if (x, y) == (1, 1) { 255 } else { 0 };
+            image::Rgb([v, 0, 0])
+        });
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 9, 9);
+        let mut dst = vec![0.0; item_len(&s)];
+        fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        // Positions (i + 0.5) / 3 - 0.5 = -1/3, 0, 1/3, 2/3, 1, 4/3, 5/3, 2, 7/3.
+        let p = [0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0, 0.0];
+        let want: Vec<f32> = (0..81).map(|i| 255.0 * p[i / 9] * p[i % 9]).collect();
+        assert_close(&dst[..81], &want);
+        assert!(dst[81..].iter().all(|&v| v == 0.0), "green and blue stay dark");
+    }
+
+    /// A crop starting between pixels is sampled there, not at a rounded origin.
+    #[test]
+    fn fractional_crop_origins_are_honoured() {
+        let image = image::RgbImage::from_fn(10, 1, |x, _| image::Rgb([x as u8 * 10, 0, 0]));
+        let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 4, 1);
+        let mut dst = vec![0.0; item_len(&s)];
+        let roi = Rect {
+            x: 2.25,
+            y: 0.0,
+            width: 4.0,
+            height: 1.0,
+        };
+        fill_input(&image, roi, &s, &mut dst);
+        assert_close(&dst[..4], &[22.5, 32.5, 42.5, 52.5]);
+    }
+
+    /// Letterbox of an 8x4 ramp (red = 10 x, green = 10 y) into 4x4 BGR with a mean: half size,
+    /// at the top-left, the rest the normalised zero. Output pixel i samples 2 i + 0.5 (between
+    /// source pixels 2i and 2i+1), and `to_frame` maps input centres to the same frame positions,
+    /// so boxes come back where the pixels came from.
+    #[test]
+    fn letterbox_of_a_ramp_samples_pads_and_maps_boxes_back_consistently() {
+        let image = image::RgbImage::from_fn(8, 4, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 50]));
+        let mut s = spec(Layout::Nchw, ChannelOrder::Bgr, ResizeMode::Letterbox, 4, 4);
+        s.mean = [50.0, 0.0, 100.0]; // B, G, R
+        let mut dst = vec![f32::NAN; item_len(&s)];
+        let placement = fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_eq!((placement.scale_x, placement.scale_y), (0.5, 0.5));
+        let (blue, green, red) = (&dst[..16], &dst[16..32], &dst[32..]);
+        assert_close(blue, &[0.0; 16]);
+        let ramp = [5.0, 25.0, 45.0, 65.0].map(|v| v - 100.0);
+        assert_close(&red[..8], &[ramp, ramp].concat());
+        assert_close(&green[..8], &[5.0, 5.0, 5.0, 5.0, 25.0, 25.0, 25.0, 25.0]);
+        assert_close(&dst[8..16], &[0.0; 8]); // padding rows, every channel
+        assert_close(&green[8..], &[0.0; 8]);
+        assert_close(&red[8..], &[0.0; 8]);
+        for x in 0..4 {
+            // Input centre x + 0.5 comes from frame position to_frame(x + 0.5) - 0.5 (the same
+            // half-pixel convention), where red is 10 times that.
+            let frame_x = placement.to_frame([x as f32 + 0.5, 0.0, 0.0, 0.0])[0] - 0.5;
+            assert!((red[x] + 100.0 - 10.0 * frame_x).abs() < 1e-3, "column {x}");
+        }
+        assert_eq!(placement.to_frame([1.0, 1.0, 3.0, 2.0]), [2.0, 2.0, 6.0, 4.0]);
+    }
+
+    /// A crop of a ramp (red = 2 x, green = 2 y) gives values from inside the crop only, at the
+    /// crop's own sample positions: origin + (i + 0.5) * 30 / 8 - 0.5.
     #[test]
     fn crop_samples_only_its_region() {
-        let image = image::RgbImage::from_fn(100, 100, |x, _| image::Rgb([if x >= 50 { 200 } else { 0 }, 0, 0]));
+        let image = image::RgbImage::from_fn(100, 100, |x, y| image::Rgb([x as u8 * 2, y as u8 * 2, 0]));
         let s = spec(Layout::Nchw, ChannelOrder::Rgb, ResizeMode::Stretch, 8, 8);
         let mut dst = vec![0.0; item_len(&s)];
         let roi = Rect {
@@ -266,7 +353,12 @@ mod tests {
             height: 30.0,
         };
         let placement = fill_input(&image, roi, &s, &mut dst);
-        assert!(dst[..64].iter().all(|&v| v == 200.0));
+        let row: Vec<f32> = (0..8).map(|i| 2.0 * (60.0 + (i as f32 + 0.5) * 3.75 - 0.5)).collect();
+        let column: Vec<f32> = (0..8).map(|j| 2.0 * (10.0 + (j as f32 + 0.5) * 3.75 - 0.5)).collect();
+        for y in 0..8 {
+            assert_close(&dst[y * 8..][..8], &row);
+            assert_close(&dst[64 + y * 8..][..8], &[column[y]; 8]);
+        }
         assert_eq!(placement.to_frame([0.0, 0.0, 8.0, 8.0]), [60.0, 10.0, 90.0, 40.0]);
     }
 
