@@ -31,7 +31,9 @@ test: deps
 	$(CARGO) build $(PROFILE) --locked
 	$(CARGO) test $(PROFILE) --locked --no-fail-fast
 
-## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip.
+## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip, in
+## RETINA_BENCH_ROUNDS (default 5) alternating rounds; the ratio as a median with its range. Writes
+## benches/results/end_to_end.md; 5-8 min on the shared 2-core box (load 6-8).
 bench: build
 	$(CARGO) bench --locked --bench end_to_end
 
@@ -44,8 +46,9 @@ bench-components: deps
 bench-isolation: deps
 	@bash benches/isolation.sh
 
-## Fidelity and bandwidth of every descriptor codec on the real clips; writes
-## benches/results/descriptors.md and benches/results/descriptor-fidelity.png.
+## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
+## agreement, held-out objects, stream bytes counted on the wire); writes
+## benches/results/descriptors.md and benches/results/descriptor-fidelity.png; about 2.5 min.
 eval-descriptors: deps
 	$(CARGO) bench --locked --bench descriptors
 
