@@ -5,9 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::rtsp::TestCamera;
+use common::rtsp::{NEVER, TestCamera};
 use common::{camera_info as camera, stop_node as stop, wait_for_camera as wait_for};
 use retina_edge::pb;
+
+/// `stall_timeout_seconds` of a camera made by `common::rtsp_camera`.
+const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
@@ -16,34 +19,40 @@ async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
     // TCP: a hang then keeps the connection open with no error at all, the hardest case.
     let (node, mut client) =
         common::start_camera_node(&common::rtsp_camera("gate", &cam.uri(), "rtsp_transport = \"tcp\"")).await;
-    wait_for(&mut client, "gate", Duration::from_secs(20), "streams", |c| {
-        c.frames_analysed >= 5
+    // How long a first connection takes on this machine now: the slack for the detection below.
+    let connecting = Instant::now();
+    wait_for(&mut client, "gate", NEVER, "streams", |c| {
+        c.state() == pb::CameraState::Streaming
     })
     .await;
+    let first_connection = connecting.elapsed();
+    wait_for(&mut client, "gate", NEVER, "analyses", |c| c.frames_analysed >= 5).await;
 
     cam.hang();
     let hung = Instant::now();
-    wait_for(&mut client, "gate", Duration::from_secs(10), "stall detected", |c| {
-        c.restarts >= 1
-    })
-    .await;
-    // The stall clock runs from the last frame, which came up to one frame interval (0.2 s at
-    // 5 fps) before the hang began.
+    wait_for(&mut client, "gate", NEVER, "stall detected", |c| c.restarts >= 1).await;
+    // The stall clock runs from the last decoded frame, which came up to one frame interval
+    // (40 ms at 25 fps) before the hang began. The stall is noticed at the supervisor's next
+    // 100 ms look, and seen at this test's next 100 ms poll; on a loaded machine both come late
+    // by about what a connection takes there.
     let detected = hung.elapsed();
+    let latest = STALL_TIMEOUT + first_connection + Duration::from_millis(500);
+    eprintln!("stall detected after {detected:?} (first connection {first_connection:?})");
     assert!(
-        detected >= Duration::from_millis(1750),
+        detected >= STALL_TIMEOUT - Duration::from_millis(250),
         "not before the 2 s stall timeout: {detected:?}"
     );
+    assert!(detected <= latest, "detected after {detected:?}, later than {latest:?}");
     let info = camera(&mut client, "gate").await;
     assert!(info.last_error.contains("no frame for"), "{info:?}");
 
     cam.resume();
-    wait_for(&mut client, "gate", Duration::from_secs(15), "streams again", |c| {
+    wait_for(&mut client, "gate", NEVER, "streams again", |c| {
         c.state() == pb::CameraState::Streaming
     })
     .await;
     let before = camera(&mut client, "gate").await.frames_analysed;
-    wait_for(&mut client, "gate", Duration::from_secs(10), "analysed again", |c| {
+    wait_for(&mut client, "gate", NEVER, "analysed again", |c| {
         c.frames_analysed > before + 3
     })
     .await;
@@ -67,12 +76,9 @@ async fn credentials_from_the_config_work_and_never_show() {
     );
     let (node, mut client) = common::start_camera_node(&format!("{with_config}{in_uri}{wrong}")).await;
     for id in ["config-creds", "uri-creds"] {
-        wait_for(&mut client, id, Duration::from_secs(20), "streams", |c| {
-            c.frames_analysed >= 3
-        })
-        .await;
+        wait_for(&mut client, id, NEVER, "streams", |c| c.frames_analysed >= 3).await;
     }
-    wait_for(&mut client, "wrong-creds", Duration::from_secs(10), "is refused", |c| {
+    wait_for(&mut client, "wrong-creds", NEVER, "is refused", |c| {
         c.last_error.contains("Unauthorized") || c.last_error.contains("unauthorized")
     })
     .await;
@@ -130,9 +136,9 @@ async fn capture_times(client: &mut common::Client, cam: &TestCamera, reports: u
     // The first sender report goes out about a second after the session starts and then every
     // few seconds; each wait is for one descriptor, so a slow machine only makes this longer.
     while since_reports.is_none_or(|n| stamps.len() < n + after) {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        let d = tokio::time::timeout(NEVER, stream.message())
             .await
-            .expect("a descriptor within 20 s")
+            .expect("a descriptor")
             .unwrap()
             .expect("the stream goes on while the node runs");
         let received = SystemTime::now();
@@ -284,15 +290,9 @@ async fn a_camera_analysed_rarely_is_not_taken_for_stalled() {
         cam.uri()
     );
     let (node, mut client) = common::start_camera_node(&camera_toml).await;
-    wait_for(&mut client, "slow", Duration::from_secs(20), "a first frame", |c| {
-        c.frames_analysed >= 1
-    })
-    .await;
+    wait_for(&mut client, "slow", NEVER, "a first frame", |c| c.frames_analysed >= 1).await;
     // Analysed frames are 4 s apart, twice the stall timeout.
-    wait_for(&mut client, "slow", Duration::from_secs(15), "a second frame", |c| {
-        c.frames_analysed >= 2
-    })
-    .await;
+    wait_for(&mut client, "slow", NEVER, "a second frame", |c| c.frames_analysed >= 2).await;
     let info = camera(&mut client, "slow").await;
     assert_eq!(
         (info.state(), info.restarts),
@@ -315,16 +315,16 @@ async fn a_camera_that_dies_ends_its_tracks_without_waiting_for_it() {
     };
     let mut stream = client.subscribe(request).await.unwrap().into_inner();
     let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(15), stream.message())
+        tokio::time::timeout(NEVER, stream.message())
             .await
-            .expect("a descriptor within 15 s")
+            .expect("a descriptor")
             .unwrap()
             .expect("the stream goes on while the node runs")
     };
 
     // Run until a confirmed track is in view, then take the camera away.
     let mut open = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + NEVER;
     loop {
         let d = next().await;
         for e in &d.track_events {
@@ -337,7 +337,7 @@ async fn a_camera_that_dies_ends_its_tracks_without_waiting_for_it() {
         if d.tracks.iter().any(|t| open.contains(&t.track_id)) {
             break;
         }
-        assert!(Instant::now() < deadline, "a confirmed track within 60 s");
+        assert!(Instant::now() < deadline, "a confirmed track within {NEVER:?}");
     }
     cam.stop();
     let died = Instant::now();

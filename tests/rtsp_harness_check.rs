@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::rtsp::TestCamera;
+use common::rtsp::{NEVER, TestCamera};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
@@ -48,14 +48,20 @@ impl Client {
     /// Waits until `n` more frames have been decoded; false on timeout.
     fn wait_frames(&self, n: u64, timeout: Duration) -> bool {
         let target = self.frames() + n;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.frames() >= target {
-                return true;
+        wait_until(timeout, || self.frames() >= target)
+    }
+
+    /// Waits until no frame has come for `quiet`: what was on its way has been delivered. A
+    /// loaded machine only makes this take longer.
+    fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> bool {
+        let mut last = (self.frames(), Instant::now());
+        wait_until(timeout, || {
+            let frames = self.frames();
+            if frames != last.0 {
+                last = (frames, Instant::now());
             }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
+            last.1.elapsed() >= quiet
+        })
     }
 
     /// The first error or EOS on the bus within `timeout`, as text.
@@ -78,11 +84,38 @@ impl Drop for Client {
     }
 }
 
-/// Frames decoded per second by `client` over `window`.
-fn measured_fps(client: &Client, window: Duration) -> f64 {
-    let before = client.frames();
-    thread::sleep(window);
-    (client.frames() - before) as f64 / window.as_secs_f64()
+/// Polls `done` until it holds; false after `timeout`.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Frames per second decoded by each client and served by its camera, over one window that
+/// ends when every client has decoded `n` more frames (an event, not a sleep), divided by the
+/// time the window really lasted.
+fn rates(pairs: &[(&Client, &TestCamera)], n: u64) -> Vec<(f64, f64)> {
+    let start = Instant::now();
+    let before: Vec<(u64, u64)> = pairs.iter().map(|(c, cam)| (c.frames(), cam.frames_served())).collect();
+    let all_done = wait_until(NEVER, || {
+        pairs.iter().zip(&before).all(|((c, _), (f, _))| c.frames() >= f + n)
+    });
+    assert!(all_done, "every client decodes {n} more frames");
+    let seconds = start.elapsed().as_secs_f64();
+    pairs
+        .iter()
+        .zip(&before)
+        .map(|((c, cam), (f, s))| {
+            let decoded = (c.frames() - f) as f64 / seconds;
+            let served = (cam.frames_served() - s) as f64 / seconds;
+            (decoded, served)
+        })
+        .collect()
 }
 
 fn assert_refused(port: u16) {
@@ -94,28 +127,37 @@ fn assert_refused(port: u16) {
 fn serves_the_clip_live_at_its_frame_rate() {
     let camera = TestCamera::start(&common::sample_clip());
     let client = Client::open(&camera.uri());
-    assert!(
-        client.wait_frames(1, Duration::from_secs(10)),
-        "first frame within 10 s"
-    );
+    assert!(client.wait_frames(1, NEVER), "a first frame");
 
-    let (served, start) = (camera.frames_served(), Instant::now());
-    let fps = measured_fps(&client, Duration::from_secs(4));
-    let served_fps = (camera.frames_served() - served) as f64 / start.elapsed().as_secs_f64();
+    // 100 frames: 4 s at the clip's 25 fps.
+    let [(fps, served_fps)] = rates(&[(&client, &camera)], 100)[..] else {
+        unreachable!("one client, one rate")
+    };
     println!("client {fps:.1} fps, camera {served_fps:.1} fps served");
-    // Paced, not dumped: an unpaced file source serves hundreds of frames a second. The band is
-    // wide because a loaded 2-core CI machine delays the client's reads by whole frames.
-    assert!((12.0..=35.0).contains(&fps), "client gets ~25 fps, got {fps:.1}");
+    // Paced, not dumped: an unpaced file source serves hundreds of frames a second, and load
+    // can only slow a paced one. The lower bound is for a feeder thread starved of half its
+    // turns by a loaded 2-core machine (it skips frames rather than burst).
     assert!(
         (12.0..=35.0).contains(&served_fps),
         "camera serves ~25 fps, got {served_fps:.1}"
     );
-    // Live means paced: in 10+ s the clip must have looped, never ended.
+    // The client gets what is served, as it is served.
     assert!(
-        client.ended(Duration::from_secs(7)).is_none(),
+        fps <= 35.0 && fps >= 0.8 * served_fps,
+        "client gets the {served_fps:.1} fps served, got {fps:.1}"
+    );
+    // Live means looped: more frames than the clip has, and neither an end nor an error.
+    let more_than_the_clip = camera.clip_frames() + 25;
+    assert!(
+        client.wait_frames(more_than_the_clip.saturating_sub(client.frames()), NEVER),
+        "the clip loops (got {} frames of {})",
+        client.frames(),
+        camera.clip_frames()
+    );
+    assert!(
+        client.ended(Duration::ZERO).is_none(),
         "a looped live camera never ends"
     );
-    assert!(client.frames() > 250, "the clip loops (got {} frames)", client.frames());
 }
 
 #[test]
@@ -124,14 +166,20 @@ fn two_cameras_run_at_once() {
     let (a, b) = (TestCamera::start(&clip), TestCamera::start(&clip));
     assert_ne!(a.port(), b.port());
     let (client_a, client_b) = (Client::open(&a.uri()), Client::open(&b.uri()));
-    assert!(client_a.wait_frames(25, Duration::from_secs(10)), "camera a serves");
-    assert!(client_b.wait_frames(25, Duration::from_secs(10)), "camera b serves");
-    let (fa, fb) = (client_a.frames(), client_b.frames());
-    thread::sleep(Duration::from_secs(4));
-    let fps_a = (client_a.frames() - fa) as f64 / 4.0;
-    let fps_b = (client_b.frames() - fb) as f64 / 4.0;
-    println!("two cameras: {fps_a:.1} and {fps_b:.1} fps");
-    assert!(fps_a > 12.0 && fps_b > 12.0, "both live: {fps_a:.1}, {fps_b:.1} fps");
+    assert!(client_a.wait_frames(25, NEVER), "camera a serves");
+    assert!(client_b.wait_frames(25, NEVER), "camera b serves");
+    // One window for both, until each client has 75 more frames (3 s at 25 fps).
+    let rates = rates(&[(&client_a, &a), (&client_b, &b)], 75);
+    println!("two cameras, (decoded, served) fps: {rates:.1?}");
+    // Both live at once: in the same window each camera serves at a live rate (as in
+    // `serves_the_clip_live_at_its_frame_rate`) and its client gets what it serves.
+    for (fps, served_fps) in rates {
+        assert!(served_fps >= 12.0, "both serve: {served_fps:.1} fps");
+        assert!(
+            fps >= 0.8 * served_fps,
+            "both clients get it: {fps:.1} of {served_fps:.1} fps"
+        );
+    }
 }
 
 #[test]
@@ -148,40 +196,28 @@ fn stop_drops_clients_and_refuses_connections_until_restart() {
     let mut camera = TestCamera::start(&common::sample_clip());
     let port = camera.port();
     let client = Client::open(&camera.uri());
-    assert!(
-        client.wait_frames(10, Duration::from_secs(10)),
-        "frames before the reboot"
-    );
+    assert!(client.wait_frames(10, NEVER), "frames before the reboot");
 
     let stopped = Instant::now();
     camera.stop();
     println!("stop() took {:?}", stopped.elapsed());
     assert_refused(port);
-    let ended = client.ended(Duration::from_secs(15));
+    let ended = client.ended(NEVER);
     println!("client after stop: {ended:?} after {:?}", stopped.elapsed());
     assert!(ended.is_some(), "the client sees an error or EOS after stop");
     let served = camera.frames_served();
-    thread::sleep(Duration::from_millis(500));
+    assert!(Client::open(&camera.uri()).ended(NEVER).is_some(), "reconnect refused");
+    // Over the whole refused attempt.
     assert_eq!(camera.frames_served(), served, "nothing is served while stopped");
-    assert!(
-        Client::open(&camera.uri()).ended(Duration::from_secs(10)).is_some(),
-        "reconnect refused"
-    );
 
     camera.restart();
     assert_eq!(camera.port(), port, "same address after the reboot");
     let client = Client::open(&camera.uri());
-    assert!(
-        client.wait_frames(25, Duration::from_secs(10)),
-        "frames after the reboot"
-    );
+    assert!(client.wait_frames(25, NEVER), "frames after the reboot");
     // And a second reboot cycle works the same.
     camera.restart();
     let client = Client::open(&camera.uri());
-    assert!(
-        client.wait_frames(25, Duration::from_secs(10)),
-        "frames after a second reboot"
-    );
+    assert!(client.wait_frames(25, NEVER), "frames after a second reboot");
     drop(camera);
     assert_refused(port);
 }
@@ -190,14 +226,15 @@ fn stop_drops_clients_and_refuses_connections_until_restart() {
 fn hang_keeps_the_session_but_stops_the_media() {
     let camera = TestCamera::start(&common::sample_clip());
     let client = Client::open(&camera.uri());
-    assert!(
-        client.wait_frames(10, Duration::from_secs(10)),
-        "frames before the hang"
-    );
+    assert!(client.wait_frames(10, NEVER), "frames before the hang");
 
     camera.hang();
-    // Let frames already in the encoder, network and jitter buffer drain.
-    thread::sleep(Duration::from_millis(500));
+    // Frames already in the encoder, network and jitter buffer drain: then nothing for a second,
+    // 40 frame intervals (on loopback the jitter buffer passes frames on as they come in order).
+    assert!(
+        client.wait_quiet(Duration::from_secs(1), NEVER),
+        "the client's frames stop after the hang"
+    );
     let (frames, served) = (client.frames(), camera.frames_served());
     assert!(client.ended(Duration::from_secs(3)).is_none(), "a hang is not an error");
     assert_eq!(client.frames(), frames, "no frames reach the client while hung");
@@ -205,10 +242,7 @@ fn hang_keeps_the_session_but_stops_the_media() {
     TcpStream::connect(("127.0.0.1", camera.port())).expect("a hung camera still accepts TCP");
 
     camera.resume();
-    assert!(
-        client.wait_frames(25, Duration::from_secs(5)),
-        "frames again after resume"
-    );
+    assert!(client.wait_frames(25, NEVER), "frames again after resume");
     assert!(client.ended(Duration::ZERO).is_none(), "the session survived the hang");
 }
 
@@ -217,15 +251,15 @@ fn credentials_are_required() {
     let camera = TestCamera::start_with_credentials(&common::sample_clip(), "admin", "s3cret");
 
     let anonymous = Client::open(&camera.uri());
-    let ended = anonymous.ended(Duration::from_secs(10));
+    let ended = anonymous.ended(NEVER);
     println!("no credentials: {ended:?}");
     assert!(ended.is_some() && anonymous.frames() == 0, "no credentials, no frames");
 
     let wrong = Client::open(&camera.uri_with("admin", "guess"));
-    let ended = wrong.ended(Duration::from_secs(10));
+    let ended = wrong.ended(NEVER);
     println!("wrong password: {ended:?}");
     assert!(ended.is_some() && wrong.frames() == 0, "wrong password, no frames");
 
     let right = Client::open(&camera.uri_with("admin", "s3cret"));
-    assert!(right.wait_frames(25, Duration::from_secs(10)), "right password, frames");
+    assert!(right.wait_frames(25, NEVER), "right password, frames");
 }

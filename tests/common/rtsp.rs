@@ -31,6 +31,15 @@ const MOUNT: &str = "/cam";
 /// The role a client gets from valid credentials; the factory lets only it in.
 const ROLE: &str = "viewer";
 
+/// How long a test waits for something that should happen before it gives up: it only stops a
+/// test that would otherwise hang, on a machine however loaded. Claims about how fast something
+/// happens are checked apart, against what the same run measured.
+pub const NEVER: Duration = Duration::from_secs(90);
+
+/// The longest reconnect delay of a camera made by `common::rtsp_camera`: its
+/// `reconnect_max_seconds` (2 s) plus the backoff's 20 % jitter.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(2400);
+
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
 const NTP_UNIX_OFFSET: Duration = Duration::from_secs(2_208_988_800);
 
@@ -113,6 +122,11 @@ impl TestCamera {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Frames in one pass of the clip: a client that decoded more has seen it loop.
+    pub fn clip_frames(&self) -> u64 {
+        self.clip.frames.len() as u64
     }
 
     /// Camera reboot: closes every client session and stops listening, so clients see errors /
