@@ -330,11 +330,11 @@ mod tests {
         assert_close(&dst[8..16], &[0.0; 8]); // padding rows, every channel
         assert_close(&green[8..], &[0.0; 8]);
         assert_close(&red[8..], &[0.0; 8]);
-        for x in 0..4 {
+        for (x, value) in red[..4].iter().enumerate() {
             // Input centre x + 0.5 comes from frame position to_frame(x + 0.5) - 0.5 (the same
             // half-pixel convention), where red is 10 times that.
             let frame_x = placement.to_frame([x as f32 + 0.5, 0.0, 0.0, 0.0])[0] - 0.5;
-            assert!((red[x] + 100.0 - 10.0 * frame_x).abs() < 1e-3, "column {x}");
+            assert!((value + 100.0 - 10.0 * frame_x).abs() < 1e-3, "column {x}");
         }
         assert_eq!(placement.to_frame([1.0, 1.0, 3.0, 2.0]), [2.0, 2.0, 6.0, 4.0]);
     }
