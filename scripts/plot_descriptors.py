@@ -3,7 +3,7 @@
 
     plot_descriptors.py target/eval/descriptors.json benches/results/descriptor-fidelity.png
 
-Left: nearest-neighbour agreement with f32 against bytes per descriptor (log scale); right:
+Left: strict nearest-neighbour agreement with f32 (a tie is not agreement) against bytes per descriptor (log scale); right:
 identity rank-1 against bytes. One line per codec family (float: f32/f16/int8, pca-int8, binary)
 and subset; each point is labelled with its size. Subsets with too few identity queries (or a
 single track) are left out of the right panel rather than drawn from a handful of queries.
@@ -79,7 +79,7 @@ def main():
     lines = series(rows)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
-    draw(left, lines, subsets, lambda r: r["nn_agreement"], "nearest neighbour same as f32 (%)")
+    draw(left, lines, subsets, lambda r: r["nn_agreement"], "nearest neighbour same as f32, ties not agreement (%)")
     left.set_title("Fidelity to the f32 embedding")
     draw(right, lines, subsets,
          lambda r: r["identity"]["rank1"] if r["identity"]["reportable"] else None,
