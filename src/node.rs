@@ -336,6 +336,8 @@ pub struct Node {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub cameras: Cameras,
+    /// What `/metrics` serves; it outlives the endpoint, so a caller can read the final counts.
+    pub metrics: Arc<Metrics>,
     stop: Shutdown,
     finished: tokio::task::JoinHandle<Result<()>>,
 }
@@ -479,6 +481,7 @@ impl Node {
             grpc_addr,
             metrics_addr,
             cameras,
+            metrics,
             stop,
             finished,
         })

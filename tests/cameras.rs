@@ -64,13 +64,17 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         ..Default::default()
     };
     let mut stream = client.subscribe(request).await.unwrap().into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("a descriptor within 20 s")
+            .unwrap()
+            .expect("the stream goes on")
+    };
+    let first = next().await;
     assert_eq!(first.camera_id, "south");
-    drop(stream);
+    // A subscriber that did not ask for full context gets it in its first descriptor of a camera.
+    assert!(first.detector.is_some() && first.camera_position.is_none(), "{first:?}");
 
     // Update: a new rate and position, applied to that camera only.
     let position = pb::CameraPosition {
@@ -92,6 +96,38 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     assert_eq!(
         (updated.analysis_fps, updated.position.as_ref()),
         (2.0, Some(&position))
+    );
+    // The context is sent again, once, when the position changes, and not in between.
+    let mut unchanged = 0;
+    let changed = loop {
+        let d = next().await;
+        if d.detector.is_some() {
+            break d;
+        }
+        assert!(d.camera_position.is_none() && d.node_id.is_empty(), "{d:?}");
+        unchanged += 1;
+        assert!(unchanged < 100, "the new position was never sent");
+    };
+    assert_eq!(changed.camera_position.as_ref(), Some(&position));
+    assert_eq!((changed.frame_width, changed.node_id.as_str()), (640, "test-node"));
+    // The new rate is what the camera is then analysed at: 2 frames/s, read from the frames'
+    // own capture times (file position), so a busy machine cannot blur it.
+    let mut times = vec![changed.capture_time.unwrap()];
+    for _ in 0..8 {
+        let d = next().await;
+        assert!(d.detector.is_none(), "context only when it changes");
+        times.push(d.capture_time.unwrap());
+    }
+    drop(stream);
+    let mut steps: Vec<i64> = times
+        .windows(2)
+        .map(|w| (w[1].seconds - w[0].seconds) * 1_000_000_000 + i64::from(w[1].nanos - w[0].nanos))
+        .collect();
+    steps.sort_unstable();
+    let median = steps[steps.len() / 2];
+    assert!(
+        (480_000_000..=520_000_000).contains(&median),
+        "analysed every 0.5 s after the update, median step {median} ns ({steps:?})"
     );
 
     // A third camera, added then removed.
@@ -203,7 +239,12 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
     let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
     // The state file's temporary file leads to /dev/full: every write fails with ENOSPC, as on
     // a full disk.
-    std::os::unix::fs::symlink("/dev/full", dir.path().join(".node.cameras.toml.tmp")).unwrap();
+    let full_disk = || {
+        // A failed write removes its temporary file, so the link is made again for every change.
+        let _ = std::fs::remove_file(dir.path().join(".node.cameras.toml.tmp"));
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(".node.cameras.toml.tmp")).unwrap();
+    };
+    full_disk();
     let status = client
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("south", &clip)),
@@ -223,6 +264,43 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         .map(|c| c.camera_id)
         .collect();
     assert_eq!(ids, ["north"], "the refused camera was not added");
+
+    // Updating or removing the camera needs the same write, so they are refused the same way,
+    // and north goes on as it was: same rate, never restarted, still analysed.
+    full_disk();
+    let status = client
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "north".into(),
+            analysis_fps: Some(2.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    full_disk();
+    let status = client
+        .remove_camera(pb::RemoveCameraRequest {
+            camera_id: "north".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("No space left on device"),
+        "{}",
+        status.message()
+    );
+    let before = camera(&info(&mut client).await, "north").unwrap().frames_analysed;
+    wait_for(&mut client, Duration::from_secs(20), "north still analysed", |i| {
+        camera(i, "north").is_some_and(|c| c.frames_analysed >= before + 2)
+    })
+    .await;
+    let north = info(&mut client).await.cameras.remove(0);
+    assert_eq!(north.camera_id, "north");
+    assert_eq!(
+        (north.analysis_fps, north.restarts, north.state()),
+        (5.0, 0, pb::CameraState::Streaming)
+    );
     assert!(!dir.path().join("node.cameras.toml").exists());
     stop(node).await;
 }

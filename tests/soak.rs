@@ -2,7 +2,9 @@
 //! local RTSP cameras (real footage) that are rebooted and hung on a schedule, for
 //! `SOAK_MINUTES` (default 20). Prints the node's RSS after warm-up and at the end, reconnects,
 //! and analysed fps per camera; fails if memory grew 5 % or more after warm-up, or if any outage
-//! was not recovered.
+//! was not recovered. `SOAK_OVERLOAD_CAMERAS` (default 1) looping files ask for every frame
+//! beside them, so inference is overloaded and frames are dropped the whole time: memory must
+//! stay flat under overload too.
 
 mod common;
 
@@ -40,6 +42,16 @@ async fn soak() {
             )
         })
         .collect();
+    let overload_count = env_u64("SOAK_OVERLOAD_CAMERAS", 1) as usize;
+    let overload_config: String = (0..overload_count)
+        .map(|i| {
+            format!(
+                "[[cameras]]\nid = \"overload{i}\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 0\n",
+                clip.display()
+            )
+        })
+        .collect();
+    let camera_config = camera_config + &overload_config;
     let config = common::config_toml(&camera_config, "").replace(
         "grpc_listen = \"127.0.0.1:0\"",
         &format!("grpc_listen = \"127.0.0.1:{port}\""),
@@ -62,7 +74,9 @@ async fn soak() {
         }
     };
 
-    eprintln!("soak: {camera_count} RTSP cameras, {minutes} min, warm-up {warm_up:?}, node pid {pid}");
+    eprintln!(
+        "soak: {camera_count} RTSP cameras, {overload_count} overloading files, {minutes} min, warm-up {warm_up:?}, node pid {pid}"
+    );
     let started = Instant::now();
     let mut outages = vec![0u64; camera_count];
     let mut rss_after_warm_up = None;
@@ -120,20 +134,23 @@ async fn soak() {
 
     let rss_start = rss_after_warm_up.unwrap_or(rss_end);
     let growth = rss_end as f64 / rss_start as f64 - 1.0;
-    println!("\nretina-edge soak: {minutes} min, {camera_count} RTSP cameras (real footage), node pid {pid}");
+    println!(
+        "\nretina-edge soak: {minutes} min, {camera_count} RTSP cameras (real footage), {overload_count} overloading files, node pid {pid}"
+    );
     println!(
         "RSS after warm-up {rss_start} KiB, at end {rss_end} KiB ({:+.2} %), peak after warm-up {rss_peak_after_warm_up} KiB",
         growth * 100.0
     );
-    println!("camera  state        outages  restarts  analysed  fps");
+    println!("camera     state        outages  restarts  analysed  dropped  fps");
     for (i, camera) in info.cameras.iter().enumerate() {
         println!(
-            "{:<7} {:<12} {:>7}  {:>8}  {:>8}  {:.2}",
+            "{:<10} {:<12} {:>7}  {:>8}  {:>8}  {:>7}  {:.2}",
             camera.camera_id,
             camera.state().as_str_name().trim_start_matches("CAMERA_STATE_"),
-            outages[i],
+            outages.get(i).copied().unwrap_or(0),
             camera.restarts,
             camera.frames_analysed,
+            camera.frames_dropped,
             camera.frames_analysed as f64 / elapsed
         );
     }
@@ -149,7 +166,7 @@ async fn soak() {
             camera.camera_id
         );
         assert!(
-            camera.restarts >= outages[i],
+            camera.restarts >= outages.get(i).copied().unwrap_or(0),
             "{}: every outage seen and recovered",
             camera.camera_id
         );

@@ -146,6 +146,11 @@ impl Describer {
             state.next_ticket = 0;
             state.waiting.clear();
         }
+        if analysis.ticket < state.next_ticket {
+            // Given up on (see MAX_REORDER): publishing it now would take its camera back in time.
+            tracing::warn!(camera = %analysis.camera.id, ticket = analysis.ticket, "a result came after it was given up on; dropped");
+            return;
+        }
         state.waiting.insert(analysis.ticket, analysis);
         if state.waiting.len() > MAX_REORDER
             && let Some(&oldest) = state.waiting.keys().next()
@@ -362,6 +367,45 @@ mod tests {
                 })
             },
         }
+    }
+
+    #[test]
+    fn a_result_that_never_arrives_is_skipped_once_enough_results_wait_behind_it() {
+        let camera = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
+        let metrics = Metrics::new(Cameras::default());
+        let mut describer = describer(vec![], false);
+        let mut out = Vec::new();
+        // Ticket 0 is lost (its worker died): the others wait for it, up to MAX_REORDER of them.
+        for ticket in 1..=MAX_REORDER as u64 {
+            describer.accept(analysis(&camera, ticket, true), &metrics, &mut |d| out.push(d));
+        }
+        assert!(out.is_empty(), "still waiting for ticket 0");
+        describer.accept(analysis(&camera, MAX_REORDER as u64 + 1, true), &metrics, &mut |d| {
+            out.push(d)
+        });
+        let published: Vec<(u64, i32)> = out
+            .iter()
+            .map(|d| (d.sequence, d.capture_time.unwrap().nanos))
+            .collect();
+        let expected: Vec<(u64, i32)> = (1..=MAX_REORDER as u64 + 1).map(|t| (t - 1, t as i32)).collect();
+        assert_eq!(
+            published, expected,
+            "everything behind it, in order, numbered without a gap"
+        );
+        // Should ticket 0 come after all, it is too late: the camera's time never goes back.
+        describer.accept(analysis(&camera, 0, true), &metrics, &mut |d| out.push(d));
+        describer.accept(analysis(&camera, MAX_REORDER as u64 + 2, true), &metrics, &mut |d| {
+            out.push(d)
+        });
+        assert!(
+            describer.cameras["c"].waiting.is_empty(),
+            "nothing kept of a result given up on"
+        );
+        let last = out.last().unwrap();
+        assert_eq!(
+            (out.len(), last.sequence, last.capture_time.unwrap().nanos),
+            (MAX_REORDER + 2, MAX_REORDER as u64 + 1, MAX_REORDER as i32 + 2)
+        );
     }
 
     #[test]

@@ -1245,12 +1245,24 @@ mod tests {
         assert_eq!((ends[0].reason, ends[0].last_seen_ns), (EndReason::ClockStep, at(5)));
         let u = tracker.update(reset + FRAME_NS, &d());
         assert!(id_of(&u, 0).is_some() && id_of(&u, 0) != id);
-        // The extremes of i64, either way.
+        // The extremes of i64, either way: each jump ends the track open before it, and the
+        // object starts a new, unconfirmed track, with no overflow on the way.
+        let mut open = id_of(&u, 0);
         for t in [i64::MAX, i64::MIN, i64::MAX, 0] {
             let u = tracker.update(t, &d());
-            assert!(u.tracks.len() <= 1);
+            let ends: Vec<u64> = ended(&u).iter().map(|e| e.track_id).collect();
+            assert_eq!(ends, open.into_iter().collect::<Vec<_>>(), "at {t}");
+            assert!(
+                u.tracks.is_empty(),
+                "a track after a jump is not confirmed yet (at {t})"
+            );
+            assert_eq!(tracker.track_count(), 1);
+            open = None; // the new track was never confirmed, so it ends without a report
         }
-        assert!(tracker.track_count() <= 1);
+        // Tracking goes on normally from there.
+        let u = tracker.update(FRAME_NS, &d());
+        assert_eq!(u.tracks.len(), 1, "confirmed at its second hit");
+        assert!(id_of(&u, 0).is_some() && id_of(&u, 0) != id);
     }
 
     #[test]

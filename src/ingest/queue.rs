@@ -41,6 +41,8 @@ struct State {
     /// The lane served last; the next pop starts after it.
     last_served: Option<String>,
     closed: bool,
+    /// Producers blocked waiting for room (files read faster than real time).
+    producers_waiting: usize,
 }
 
 struct Lane {
@@ -55,6 +57,7 @@ impl FrameQueue {
                 lanes: BTreeMap::new(),
                 last_served: None,
                 closed: false,
+                producers_waiting: 0,
             }),
             frame_ready: Condvar::new(),
             room_ready: Condvar::new(),
@@ -104,7 +107,9 @@ impl FrameQueue {
                     return PushOutcome::QueuedDroppedOldest;
                 }
                 Overflow::Wait => {
+                    state.producers_waiting += 1;
                     state = self.room_ready.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.producers_waiting -= 1;
                 }
             }
         }
@@ -172,6 +177,11 @@ impl FrameQueue {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Producers blocked until a lane has room.
+    pub fn producers_waiting(&self) -> usize {
+        self.lock().producers_waiting
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +230,19 @@ mod tests {
         assert!(first_two.contains(&"quiet".to_string()), "{first_two:?}");
     }
 
+    /// Spins until a producer is blocked in `push`: the tests below must not pass merely because
+    /// the producer thread had not pushed yet.
+    fn until_a_producer_waits(queue: &FrameQueue) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while queue.producers_waiting() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the producer never waited for room"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn close_drains_then_ends_and_releases_waiting_producers() {
         let queue = FrameQueue::new(1);
@@ -230,10 +253,15 @@ mod tests {
             let a = a.clone();
             move || queue.push(frame(&a, 1), Overflow::Wait)
         });
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        until_a_producer_waits(&queue);
         queue.close();
         assert_eq!(producer.join().unwrap(), PushOutcome::Closed);
-        assert!(queue.pop().is_some());
+        assert_eq!(queue.producers_waiting(), 0);
+        assert_eq!(
+            queue.pop().unwrap().0.capture_time,
+            0,
+            "what was accepted is still analysed"
+        );
         assert!(queue.pop().is_none());
     }
 
@@ -247,8 +275,12 @@ mod tests {
             let a = a.clone();
             move || queue.push(frame(&a, 1), Overflow::Wait)
         });
+        until_a_producer_waits(&queue);
+        // While it waits, nothing was dropped to make room.
+        assert_eq!(queue.len(), 1);
         assert_eq!(queue.pop().unwrap().0.capture_time, 0);
         assert_eq!(producer.join().unwrap(), PushOutcome::Queued);
+        assert_eq!(queue.pop().unwrap().0.capture_time, 1);
         assert_eq!(a.frames_dropped.load(Ordering::Relaxed), 0);
     }
 }
