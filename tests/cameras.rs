@@ -232,6 +232,15 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     stop(node).await;
 }
 
+fn refused_for_a_full_disk(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("No space left on device"),
+        "{}",
+        status.message()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,12 +260,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains("No space left on device"),
-        "{}",
-        status.message()
-    );
+    refused_for_a_full_disk(&status);
     let ids: Vec<String> = info(&mut client)
         .await
         .cameras
@@ -276,7 +280,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    refused_for_a_full_disk(&status);
     full_disk();
     let status = client
         .remove_camera(pb::RemoveCameraRequest {
@@ -284,12 +288,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains("No space left on device"),
-        "{}",
-        status.message()
-    );
+    refused_for_a_full_disk(&status);
     let before = camera(&info(&mut client).await, "north").unwrap().frames_analysed;
     wait_for(&mut client, Duration::from_secs(20), "north still analysed", |i| {
         camera(i, "north").is_some_and(|c| c.frames_analysed >= before + 2)
