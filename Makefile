@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -45,6 +45,11 @@ bench-components: deps
 ## start-up), against in-process pipelines; ~25 min. Writes a Markdown report to stdout.
 bench-isolation: deps
 	@bash benches/isolation.sh
+
+## Embedded stores for the durable descriptor log (SQLite, redb, fjall): appends with group commit,
+## catch-up reads, space, eviction, queries, kill -9; ~3 min. Writes benches/results/log-stores.md.
+bench-log-stores:
+	cd benches/log-stores && $(CARGO) run --release --locked -- --records 2000000
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes
