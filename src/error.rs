@@ -66,6 +66,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("descriptor log {path}: {message}")]
+    Log { path: PathBuf, message: String },
+
     #[error("GStreamer: {0}")]
     Gstreamer(String),
 
@@ -88,7 +91,9 @@ impl Error {
             Error::NoSuchCamera(_) => Kind::NotFound,
             Error::ModelLoad { .. } => Kind::InvalidArgument,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
-            Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) => Kind::Unavailable,
+            Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) | Error::Log { .. } => {
+                Kind::Unavailable
+            }
             Error::Camera { .. } | Error::ShuttingDown | Error::CameraBusy(_) => Kind::Unavailable,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }

@@ -6,6 +6,7 @@
 //! - [`ingest`]: GStreamer pipelines per camera, capture time, the bounded hand-over queue;
 //! - [`infer`]: model manifests, ONNX Runtime sessions, pre-processing, output decoders, workers;
 //! - [`describe`]: ordering, numbering, normalising and encoding results as descriptors;
+//! - [`log`]: the durable descriptor log (being built: issue #9), the seam readers will read from;
 //! - [`deliver`]: fan-out to subscribers, the gRPC service, and a central-side client.
 //!
 //! Beside them, small and shared: [`config`], [`error`], [`clock`], [`shutdown`], [`metrics`],
@@ -18,6 +19,7 @@ pub mod describe;
 pub mod error;
 pub mod infer;
 pub mod ingest;
+pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod shutdown;
