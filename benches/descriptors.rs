@@ -350,12 +350,7 @@ fn training_window_detections(
         let config = common::parse_config(&text);
         assert_eq!(config.cameras[0].max_frame_width_px, width);
         let started = Instant::now();
-        let descriptors = runtime.block_on(async {
-            let (node, mut client) = common::start_node(config).await;
-            let descriptors = common::collect_until_end(&mut client).await;
-            node.wait().await.expect("node stops cleanly");
-            descriptors
-        });
+        let descriptors = run_until_end(runtime, config);
         let t0 = descriptors
             .first()
             .map(capture_nanos)
@@ -376,17 +371,22 @@ fn training_window_detections(
     out
 }
 
+/// Every descriptor of one node run, until the node stops by itself (its clip ended).
+fn run_until_end(runtime: &tokio::runtime::Runtime, config: retina_edge::config::Config) -> Vec<pb::FrameDescriptor> {
+    runtime.block_on(async {
+        let (node, mut client) = common::start_node(config).await;
+        let descriptors = common::collect_until_end(&mut client).await;
+        node.wait().await.expect("node stops cleanly");
+        descriptors
+    })
+}
+
 /// Runs the node over every frame of `clip` with f32 embeddings and every detection sent.
 fn fidelity_run(runtime: &tokio::runtime::Runtime, manifest: &Path, name: &'static str, clip: &Path) -> ClipData {
     let describe = "[describe]\ncodec = \"f32\"\nsend_detections = true\n";
     let config = common::parse_config(&node_config(manifest, name, clip, 0.0, describe));
     let started = Instant::now();
-    let descriptors = runtime.block_on(async {
-        let (node, mut client) = common::start_node(config).await;
-        let descriptors = common::collect_until_end(&mut client).await;
-        node.wait().await.expect("node stops cleanly");
-        descriptors
-    });
+    let descriptors = run_until_end(runtime, config);
     let sequences: Vec<u64> = descriptors.iter().map(|d| d.sequence).collect();
     assert!(
         sequences.iter().copied().eq(0..sequences.len() as u64),

@@ -207,14 +207,6 @@ fn metric_values(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// Descriptors of analysed frames: the one a stopping node sends to end the tracks still open
-/// repeats the last frame's capture time, and has no frame of its own.
-fn frame_descriptors(stream: &[pb::FrameDescriptor]) -> usize {
-    let mut times: Vec<_> = stream.iter().map(|d| d.capture_time).collect();
-    times.dedup();
-    times.len()
-}
-
 /// What a central system receives with the default policy and codec: tracks, few appearance
 /// descriptors, context once, well under the video's bitrate. Two more subscribers on the same
 /// run: one that takes everything published, against which the metrics are checked by value, and
@@ -299,7 +291,7 @@ async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
     // The metrics, by value, against what the clip holds and what the clients received.
     let values = metric_values(&metrics.encode().unwrap());
     let value = |name: &str| *values.get(name).unwrap_or_else(|| panic!("metric {name} missing"));
-    let frames = frame_descriptors(&everything) as f64;
+    let frames = common::analysed_frames(&everything) as f64;
     eprintln!(
         "{:?}",
         values

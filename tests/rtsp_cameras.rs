@@ -163,6 +163,20 @@ fn assert_monotonic(stamps: &[Stamp]) {
     }
 }
 
+/// The camera's sender reports, each checked to carry a clock `ahead` of the host's: the test
+/// camera really is what the test says.
+fn reports_ahead_by(cam: &TestCamera, ahead: Duration) -> Vec<common::rtsp::SenderReport> {
+    let reports = cam.sender_reports();
+    for report in &reports {
+        let seen = report.camera_ahead_seconds();
+        assert!(
+            (seen - ahead.as_secs_f64()).abs() < 0.05,
+            "the camera is {seen:.3} s ahead"
+        );
+    }
+    reports
+}
+
 /// A camera whose clock is 3 s ahead of the host's: its frames are stamped with the host's
 /// clock until its first RTCP sender report, then with the camera's, which the subscriber sees
 /// 3 s ahead of its own clock. A node that never switched, or that labelled host times as the
@@ -177,14 +191,7 @@ async fn rtsp_capture_times_switch_to_the_cameras_clock_after_its_first_sender_r
     stop(node).await;
 
     // The test camera's clock really is 3 s ahead (its reports are read as they leave).
-    let reports = cam.sender_reports();
-    for report in &reports {
-        let ahead = report.camera_ahead_seconds();
-        assert!(
-            (ahead - AHEAD.as_secs_f64()).abs() < 0.05,
-            "the camera is {ahead:.3} s ahead"
-        );
-    }
+    let reports = reports_ahead_by(&cam, AHEAD);
     let first_report = reports[0].sent;
 
     let host: Vec<&Stamp> = stamps
@@ -258,14 +265,7 @@ async fn rtsp_capture_times_ignore_a_camera_clock_far_from_the_hosts() {
     let stamps = capture_times(&mut client, &cam, 2, 15).await;
     stop(node).await;
 
-    let reports = cam.sender_reports();
-    for report in &reports {
-        let ahead = report.camera_ahead_seconds();
-        assert!(
-            (ahead - AHEAD.as_secs_f64()).abs() < 0.05,
-            "the camera is {ahead:.3} s ahead"
-        );
-    }
+    let reports = reports_ahead_by(&cam, AHEAD);
     let leads: Vec<String> = stamps.iter().map(|s| format!("{:.2}", s.lead())).collect();
     eprintln!(
         "{} times after {} sender reports, lead {leads:?}",

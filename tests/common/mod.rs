@@ -204,6 +204,14 @@ pub async fn subscribe_until_end(client: &mut Client, request: pb::SubscribeRequ
     descriptors
 }
 
+/// Analysed frames among `stream`'s descriptors: the descriptor a stopping node sends to end the
+/// tracks still open repeats the last frame's capture time and has no frame of its own.
+pub fn analysed_frames(stream: &[pb::FrameDescriptor]) -> usize {
+    let mut times: Vec<_> = stream.iter().map(|d| d.capture_time).collect();
+    times.dedup();
+    times.len()
+}
+
 /// Threads and open file descriptors of this process: what a leak per pipeline run shows in.
 pub fn threads_and_fds() -> (usize, usize) {
     let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
