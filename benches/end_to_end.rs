@@ -162,7 +162,7 @@ async fn run_node(config: Config, detector: &str, embedder: &str, expected_frame
         tokio::spawn(async move {
             let request = pb::SubscribeRequest {
                 include_empty_frames: true,
-                start: pb::StartPosition::EarliestBuffered as i32,
+                start: pb::StartPosition::Earliest as i32,
                 ..Default::default()
             };
             let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();

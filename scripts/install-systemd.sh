@@ -3,6 +3,7 @@
 #   /opt/retina-edge/{bin,lib,models}   binary, ONNX Runtime library, models + manifests
 #   /etc/retina-edge/retina-edge.toml   config (kept if it exists)
 #   /var/lib/retina-edge/cameras.toml   cameras changed over gRPC (systemd's StateDirectory)
+#   /var/lib/retina-edge/log.sqlite     the durable descriptor log
 #   user and group retina-edge          the service's own, unprivileged
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,10 +25,13 @@ install -m 0644 "$repo/README.md" "$prefix/"
 
 if [ ! -f "$etc/retina-edge.toml" ]; then
   lib=$(basename "$repo"/.deps/onnxruntime/libonnxruntime.so.*)
-  sed -e "s#^onnxruntime_library = .*#onnxruntime_library = \"$prefix/lib/$lib\"#" \
-      -e "s#\.\./models/#$prefix/models/#g" \
-      -e "s#^\[node\]#[node]\ncamera_state_file = \"/var/lib/retina-edge/cameras.toml\"#" \
-      "$repo/config/retina-edge.toml" > "$etc/retina-edge.toml"
+  {
+    sed -e "s#^onnxruntime_library = .*#onnxruntime_library = \"$prefix/lib/$lib\"#" \
+        -e "s#\.\./models/#$prefix/models/#g" \
+        -e "s#^\[node\]#[node]\ncamera_state_file = \"/var/lib/retina-edge/cameras.toml\"#" \
+        "$repo/config/retina-edge.toml"
+    printf '\n[log]\npath = "/var/lib/retina-edge/log.sqlite"\n'
+  } > "$etc/retina-edge.toml"
   echo "wrote $etc/retina-edge.toml: set node.id and your cameras, then start the service"
 fi
 

@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub describe: DescribeConfig,
     #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
     pub deliver: DeliverConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
@@ -98,12 +100,48 @@ pub struct InferenceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverConfig {
-    /// Descriptors kept in memory for subscribers that start at the earliest buffered one.
-    #[serde(default = "default_replay_frames")]
-    pub replay_frames: usize,
-    /// Descriptors a subscriber may fall behind before it loses the oldest ones.
+    /// Live descriptors a subscriber may fall behind before it reads from the log on disk instead.
     #[serde(default = "default_subscriber_buffer_frames")]
     pub subscriber_buffer_frames: usize,
+    /// Subscribe streams open at once; one more is refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_subscribers")]
+    pub max_subscribers: usize,
+    /// A subscriber that has not taken a descriptor for this long, while one was waiting for it,
+    /// is cut off (RESOURCE_EXHAUSTED), so a stuck client holds neither memory nor shutdown.
+    #[serde(default = "default_subscriber_idle_seconds")]
+    pub subscriber_idle_seconds: f64,
+}
+
+/// The durable descriptor log (`log` module): where it is kept, how often it is committed, and
+/// how much of it is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The log's SQLite file. Default: `<config name>.log.sqlite` beside the config.
+    pub path: Option<PathBuf>,
+    /// Records are committed together at most this often: one fsync per interval, never one per
+    /// record. A power cut can lose the last interval; a crashed process loses nothing committed.
+    pub commit_interval_ms: u64,
+    /// Oldest records are evicted when the log uses more than this many bytes.
+    pub max_bytes: u64,
+    /// Records stored longer ago than this are evicted.
+    pub max_age_hours: f64,
+    /// Records waiting for the writer. When full (the disk stalls), new records are still sent
+    /// live, and counted as not stored.
+    pub queue_records: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            path: None,
+            commit_interval_ms: 100,
+            // A week of one busy camera is ~0.85 GB (README, "The descriptor log").
+            max_bytes: 2 << 30,
+            max_age_hours: 7.0 * 24.0,
+            queue_records: 16_384,
+        }
+    }
 }
 
 /// How detections become descriptors: tracking, what is sent when, and how embeddings are coded.
@@ -242,11 +280,14 @@ fn default_intra_op_threads() -> usize {
 fn default_queue_frames_per_camera() -> usize {
     2
 }
-fn default_replay_frames() -> usize {
-    1000
-}
 fn default_subscriber_buffer_frames() -> usize {
     256
+}
+fn default_max_subscribers() -> usize {
+    256
+}
+fn default_subscriber_idle_seconds() -> f64 {
+    60.0
 }
 fn default_analysis_fps() -> f64 {
     5.0
@@ -348,8 +389,9 @@ impl CameraConfig {
 impl Default for DeliverConfig {
     fn default() -> Self {
         DeliverConfig {
-            replay_frames: default_replay_frames(),
             subscriber_buffer_frames: default_subscriber_buffer_frames(),
+            max_subscribers: default_max_subscribers(),
+            subscriber_idle_seconds: default_subscriber_idle_seconds(),
         }
     }
 }
@@ -413,8 +455,40 @@ impl Config {
             .emission
             .validate()
             .map_err(|e| format!("describe.emission: {e}"))?;
-        if self.deliver.subscriber_buffer_frames == 0 {
+        let deliver = &self.deliver;
+        if deliver.subscriber_buffer_frames == 0 {
             return Err("deliver.subscriber_buffer_frames must be at least 1".into());
+        }
+        if deliver.max_subscribers == 0 {
+            return Err("deliver.max_subscribers must be at least 1".into());
+        }
+        check_field(
+            (0.1..=86_400.0).contains(&deliver.subscriber_idle_seconds),
+            "deliver.subscriber_idle_seconds",
+            deliver.subscriber_idle_seconds,
+            "0.1..=86400",
+        )?;
+        let log = &self.log;
+        check_field(
+            (1..=10_000).contains(&log.commit_interval_ms),
+            "log.commit_interval_ms",
+            log.commit_interval_ms,
+            "1..=10000",
+        )?;
+        check_field(
+            log.max_bytes >= 1 << 20,
+            "log.max_bytes",
+            log.max_bytes,
+            "at least 1048576 (1 MiB)",
+        )?;
+        check_field(
+            log.max_age_hours > 0.0 && log.max_age_hours <= 24.0 * 3650.0,
+            "log.max_age_hours",
+            log.max_age_hours,
+            "(0, 87600]",
+        )?;
+        if log.queue_records == 0 {
+            return Err("log.queue_records must be at least 1".into());
         }
         validate_cameras(&self.cameras)
     }
@@ -423,13 +497,7 @@ impl Config {
     pub fn camera_state_path(&self) -> PathBuf {
         match &self.node.camera_state_file {
             Some(path) => self.resolve(path),
-            None => {
-                let stem = self
-                    .origin
-                    .file_stem()
-                    .map_or("retina-edge".into(), |s| s.to_string_lossy());
-                self.base_dir.join(format!("{stem}.cameras.toml"))
-            }
+            None => self.beside_config("cameras.toml"),
         }
     }
 
@@ -453,6 +521,23 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading camera state {}", path.display()), e)),
         }
+    }
+
+    /// The descriptor log's file (see `log.path`).
+    pub fn log_path(&self) -> PathBuf {
+        match &self.log.path {
+            Some(path) => self.resolve(path),
+            None => self.beside_config("log.sqlite"),
+        }
+    }
+
+    /// `<config name>.<suffix>` in the config's directory.
+    fn beside_config(&self, suffix: &str) -> PathBuf {
+        let stem = self
+            .origin
+            .file_stem()
+            .map_or("retina-edge".into(), |s| s.to_string_lossy());
+        self.base_dir.join(format!("{stem}.{suffix}"))
     }
 
     /// Resolves a path from the config against the config file's directory.

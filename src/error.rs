@@ -14,6 +14,8 @@ pub enum Kind {
     AlreadyExists,
     /// A resource (disk, buffer, library) is missing or exhausted.
     Unavailable,
+    /// A position (an offset) lies beyond what exists.
+    OutOfRange,
     /// A bug or an unexpected failure of a component we depend on.
     Internal,
 }
@@ -69,6 +71,9 @@ pub enum Error {
     #[error("descriptor log {path}: {message}")]
     Log { path: PathBuf, message: String },
 
+    #[error("{0}")]
+    OutOfRange(String),
+
     #[error("GStreamer: {0}")]
     Gstreamer(String),
 
@@ -95,6 +100,7 @@ impl Error {
                 Kind::Unavailable
             }
             Error::Camera { .. } | Error::ShuttingDown | Error::CameraBusy(_) => Kind::Unavailable,
+            Error::OutOfRange(_) => Kind::OutOfRange,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }
     }
@@ -115,6 +121,7 @@ impl From<Error> for tonic::Status {
             Kind::NotFound => tonic::Status::not_found(message),
             Kind::AlreadyExists => tonic::Status::already_exists(message),
             Kind::Unavailable => tonic::Status::unavailable(message),
+            Kind::OutOfRange => tonic::Status::out_of_range(message),
             Kind::Internal => tonic::Status::internal(message),
         }
     }

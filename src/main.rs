@@ -62,9 +62,16 @@ enum Command {
         /// Ask for the context fields in every descriptor (see the proto).
         #[arg(long)]
         full_context: bool,
-        /// Start with what the node still buffers instead of live.
-        #[arg(long)]
-        from_buffer: bool,
+        /// Start with the oldest descriptor the node's log keeps instead of live.
+        #[arg(long, conflicts_with_all = ["after_offset", "from_time"])]
+        from_earliest: bool,
+        /// Resume after this offset (the last one received), missing nothing the log kept.
+        #[arg(long, conflicts_with = "from_time")]
+        after_offset: Option<u64>,
+        /// Start with the first descriptor captured at or after this time (RFC 3339, e.g.
+        /// 2026-12-02T08:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from_time: Option<std::time::SystemTime>,
         /// Stop after this many descriptors.
         #[arg(long)]
         max_frames: Option<u64>,
@@ -128,16 +135,19 @@ fn main() -> ExitCode {
             min_score,
             include_empty,
             full_context,
-            from_buffer,
+            from_earliest,
+            after_offset,
+            from_time,
             max_frames,
             connect_timeout_seconds,
             compare_video,
             name,
         } => runtime.block_on(async move {
-            let start = if from_buffer {
-                pb::StartPosition::EarliestBuffered
-            } else {
-                pb::StartPosition::Live
+            let start = match (from_earliest, after_offset, from_time) {
+                (true, _, _) => pb::StartPosition::Earliest,
+                (_, Some(_), _) => pb::StartPosition::AfterOffset,
+                (_, _, Some(_)) => pb::StartPosition::FromTime,
+                _ => pb::StartPosition::Live,
             };
             let options = SubscribeOptions {
                 addr,
@@ -149,6 +159,8 @@ fn main() -> ExitCode {
                     start: start as i32,
                     subscriber_name: name,
                     full_context,
+                    after_offset: after_offset.unwrap_or_default(),
+                    from_time: from_time.map(prost_types::Timestamp::from),
                 },
                 output: match (frames, json, quiet) {
                     (true, _, _) => Output::Frames,

@@ -39,15 +39,29 @@ pub struct Metrics {
     appearance_bytes: Counter,
     pub subscribers: Gauge,
     subscriber_sent: Family<SubscriberLabels, Counter>,
-    subscriber_dropped: Family<SubscriberLabels, Counter>,
+    subscriber_fallbacks: Family<SubscriberLabels, Counter>,
+    subscribers_refused: Counter,
+    log: LogMetrics,
+}
+
+/// The descriptor log's writer.
+struct LogMetrics {
+    stored: Counter,
+    stored_bytes: Counter,
+    unstored: Counter,
+    evicted: Counter,
+    commit_seconds: Histogram,
+    bytes: Gauge,
+    healthy: Gauge,
 }
 
 type SubscriberLabels = [(&'static str, String); 1];
 
-/// Descriptors sent to one subscriber, and lost because it read too slowly.
+/// Descriptors sent to one subscriber, and how often it fell behind the live tail and read from
+/// the log instead.
 pub struct SubscriberCounters {
     pub sent: Counter,
-    pub dropped: Counter,
+    pub fallbacks: Counter,
 }
 type TrackEventLabels = [(&'static str, &'static str); 1];
 
@@ -97,7 +111,17 @@ impl Metrics {
             appearance_bytes: Counter::default(),
             subscribers: Gauge::default(),
             subscriber_sent: Family::default(),
-            subscriber_dropped: Family::default(),
+            subscriber_fallbacks: Family::default(),
+            subscribers_refused: Counter::default(),
+            log: LogMetrics {
+                stored: Counter::default(),
+                stored_bytes: Counter::default(),
+                unstored: Counter::default(),
+                evicted: Counter::default(),
+                commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+                bytes: Gauge::default(),
+                healthy: Gauge::default(),
+            },
             registry,
         };
         let mut metrics = metrics;
@@ -138,10 +162,48 @@ impl Metrics {
             metrics.subscriber_sent.clone(),
         );
         r.register(
-            "retina_subscriber_dropped",
-            "Descriptors a slow subscriber lost because its buffer was full",
-            metrics.subscriber_dropped.clone(),
+            "retina_subscriber_fallbacks",
+            "Times a subscriber fell behind the live tail and read from the log instead (nothing is lost)",
+            metrics.subscriber_fallbacks.clone(),
         );
+        r.register(
+            "retina_subscribers_refused",
+            "Subscribe calls refused because deliver.max_subscribers streams were open",
+            metrics.subscribers_refused.clone(),
+        );
+        let log = &metrics.log;
+        r.register(
+            "retina_log_stored",
+            "Descriptors committed to the log",
+            log.stored.clone(),
+        );
+        r.register(
+            "retina_log_stored_bytes",
+            "Encoded bytes of the descriptors committed to the log",
+            log.stored_bytes.clone(),
+        );
+        r.register(
+            "retina_log_unstored",
+            "Descriptors sent live but never stored (disk full or failing, writer too far behind)",
+            log.unstored.clone(),
+        );
+        r.register(
+            "retina_log_evicted",
+            "Descriptors removed from the log by retention",
+            log.evicted.clone(),
+        );
+        r.register(
+            "retina_log_commit_seconds",
+            "Time to commit one group of descriptors (one fsync)",
+            log.commit_seconds.clone(),
+        );
+        r.register("retina_log_bytes", "Bytes the log's pages hold", log.bytes.clone());
+        r.register(
+            "retina_log_healthy",
+            "1 while the log stores what it is given, 0 while commits fail",
+            log.healthy.clone(),
+        );
+        log.healthy.set(1);
         r.register_collector(Box::new(CameraCollector { cameras }));
         Arc::new(metrics)
     }
@@ -181,8 +243,39 @@ impl Metrics {
         let labels = [("subscriber", subscriber.to_string())];
         SubscriberCounters {
             sent: self.subscriber_sent.get_or_create(&labels).clone(),
-            dropped: self.subscriber_dropped.get_or_create(&labels).clone(),
+            fallbacks: self.subscriber_fallbacks.get_or_create(&labels).clone(),
         }
+    }
+
+    pub fn subscriber_refused(&self) {
+        self.subscribers_refused.inc();
+    }
+
+    pub fn log_committed(&self, records: u64, bytes: u64, took: std::time::Duration) {
+        self.log.stored.inc_by(records);
+        self.log.stored_bytes.inc_by(bytes);
+        self.log.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn log_unstored(&self, records: u64) {
+        self.log.unstored.inc_by(records);
+    }
+
+    pub fn log_evicted(&self, records: u64) {
+        self.log.evicted.inc_by(records);
+    }
+
+    pub fn log_bytes(&self, bytes: u64) {
+        self.log.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn log_healthy(&self, healthy: bool) {
+        self.log.healthy.set(i64::from(healthy));
+    }
+
+    /// Descriptors that reached the log but not its disk, so far.
+    pub fn log_unstored_total(&self) -> u64 {
+        self.log.unstored.get()
     }
 
     pub fn frame_failed(&self) {

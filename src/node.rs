@@ -1,13 +1,14 @@
 //! A running node: wires the stages together and stops them in order.
 //!
 //! ```text
-//! cameras ─▶ FrameQueue ─▶ inference workers ─▶ Describer ─▶ Hub ─▶ gRPC subscribers
-//! (ingest)                  (infer)               (describe)   (deliver)
+//! cameras ─▶ FrameQueue ─▶ inference workers ─▶ Describer ─▶ Log ─▶ gRPC subscribers, queries
+//! (ingest)                  (infer)               (describe)   (log)  (deliver)
 //! ```
 //!
 //! Stopping runs the same path backwards: cameras stop producing, the queue is closed and
-//! drained by the workers, the describer publishes the last results, the hub closes (subscriber
-//! streams end cleanly), and only then do the servers stop.
+//! drained by the workers, the describer appends the last results, the log commits them and
+//! closes (subscriber streams end once they have read everything), and only then do the servers
+//! stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,13 +19,14 @@ use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
 use crate::config::Config;
-use crate::deliver::{Hub, NodeFacts};
+use crate::deliver::{Limits, NodeFacts};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
+use crate::log::Log;
 use crate::metrics::{self, Metrics};
 use crate::pb;
 use crate::shutdown::Shutdown;
@@ -389,7 +391,15 @@ impl Node {
 
         let cameras: Cameras = Arc::new(RwLock::new(Vec::new()));
         let metrics = Metrics::new(cameras.clone());
-        let hub = Hub::new(config.deliver.subscriber_buffer_frames, config.deliver.replay_frames);
+        let log_path = config.log_path();
+        let (log, mut appender) = {
+            let (config, metrics) = (config.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                Log::open(&log_path, &config.log, config.deliver.subscriber_buffer_frames, metrics)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("log opening task: {e}")))??
+        };
         let queue = FrameQueue::new(config.inference.queue_frames_per_camera);
         let run_id = now_unix_nanos() as u64;
 
@@ -408,14 +418,15 @@ impl Node {
             },
             models.encoder(&config)?,
             config.describe.clone(),
+            appender.take_resume_counters(),
         );
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
         let workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
         let describer_thread = {
-            let (hub, metrics) = (hub.clone(), metrics.clone());
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("describe".into())
-                .spawn(move || describer.run(results_rx, &metrics, |d| hub.publish(d)))
+                .spawn(move || describer.run(results_rx, &metrics, |d, counters| appender.append(d, counters)))
                 .map_err(|e| Error::io("starting describe thread", e))?
         };
 
@@ -443,7 +454,8 @@ impl Node {
         let servers_stop = Shutdown::new();
         let grpc = tokio::spawn(crate::deliver::serve(
             listener,
-            hub.clone(),
+            log.reader(),
+            Limits::from(&config.deliver),
             facts,
             metrics.clone(),
             manager.clone(),
@@ -472,7 +484,7 @@ impl Node {
             queue,
             workers,
             describer_thread,
-            hub,
+            log,
             servers_stop,
             grpc,
             metrics_server,
@@ -503,6 +515,9 @@ impl Node {
     }
 }
 
+/// How long the gRPC server may take to finish its open streams once the log is closed.
+const SERVER_DRAIN: Duration = Duration::from_secs(10);
+
 struct Stopping {
     stop: Shutdown,
     exit_when_cameras_end: bool,
@@ -510,7 +525,7 @@ struct Stopping {
     queue: Arc<FrameQueue>,
     workers: Vec<std::thread::JoinHandle<()>>,
     describer_thread: std::thread::JoinHandle<()>,
-    hub: Arc<Hub>,
+    log: Log,
     servers_stop: Shutdown,
     grpc: tokio::task::JoinHandle<Result<()>>,
     metrics_server: Option<tokio::task::JoinHandle<Result<()>>>,
@@ -537,7 +552,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
         queue,
         workers,
         describer_thread,
-        hub,
+        log,
         servers_stop,
         grpc,
         metrics_server,
@@ -549,13 +564,27 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
         for worker in workers {
             let _ = worker.join();
         }
+        // The describer's appender goes with it: live readers end once they have read the rest.
         let _ = describer_thread.join();
+        log.close();
     })
     .await
     .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
-    hub.close();
     servers_stop.trigger();
-    let served = grpc.await.map_err(|e| Error::Internal(format!("gRPC task: {e}")))?;
+    // Subscribers that still read get a moment to finish; one that stopped reading must not hold
+    // the node (tonic's graceful stop would wait for its stream for ever).
+    let mut grpc = grpc;
+    let served = match tokio::time::timeout(SERVER_DRAIN, &mut grpc).await {
+        Ok(served) => served.map_err(|e| Error::Internal(format!("gRPC task: {e}")))?,
+        Err(_) => {
+            tracing::warn!(
+                seconds = SERVER_DRAIN.as_secs(),
+                "gRPC streams still open after the drain time: closed"
+            );
+            grpc.abort();
+            Ok(())
+        }
+    };
     if let Some(server) = metrics_server {
         server
             .await

@@ -371,6 +371,7 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
     let mut config = common::parse_config(&common::config_toml(&good_camera(), ""));
     config.node.camera_state_file = Some(dir.path().join("cameras.toml"));
     let (node, mut client) = common::start_node(config).await;
+    let mut admin = common::admin(&node).await;
     common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
         c.frames_analysed > 0
     })
@@ -387,11 +388,11 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
         }),
     };
     let image = corpus.join("still-frame.jpg").display().to_string();
-    client
+    admin
         .add_camera(add("picture", image, 2.0))
         .await
         .expect("AddCamera with a JPEG file");
-    client
+    admin
         .add_camera(add("snapshot", http.url("/snapshot.jpg"), 2.0))
         .await
         .expect("AddCamera with a snapshot URL");
@@ -469,7 +470,9 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     // A camera whose server accepts the connection and never answers: it is still starting
     // when the node dies.
     let (_silent, port) = sources::silent_server();
-    client
+    common::Admin::connect(format!("http://{addr}"))
+        .await
+        .expect("admin client connects")
         .add_camera(pb::AddCameraRequest {
             camera: Some(pb::CameraSpec {
                 camera_id: "hanging".into(),
@@ -521,7 +524,9 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     );
 
     // Once changed, it is tried again, and leaves probation with its first frame.
-    client
+    common::Admin::connect(format!("http://{addr}"))
+        .await
+        .expect("admin client connects")
         .update_camera(pb::UpdateCameraRequest {
             camera_id: "hanging".into(),
             uri: Some(common::sample_clip().display().to_string()),

@@ -44,6 +44,7 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clip = common::sample_clip().display().to_string();
     let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
+    let mut admin = common::admin(&node).await;
     wait_for(&mut client, Duration::from_secs(20), "north streams", |i| {
         camera(i, "north").is_some_and(|c| c.frames_analysed >= 3)
     })
@@ -51,7 +52,7 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     let north_before = camera(&info(&mut client).await, "north").unwrap().frames_analysed;
 
     // Add: the new camera streams, and its descriptors reach subscribers.
-    let added = client
+    let added = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("south", &clip)),
         })
@@ -83,7 +84,7 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         heading_degrees: 270.0,
         description: "south gate".into(),
     };
-    let updated = client
+    let updated = admin
         .update_camera(pb::UpdateCameraRequest {
             camera_id: "south".into(),
             analysis_fps: Some(2.0),
@@ -131,13 +132,13 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     );
 
     // A third camera, added then removed.
-    client
+    admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("east", &clip)),
         })
         .await
         .unwrap();
-    client
+    admin
         .remove_camera(pb::RemoveCameraRequest {
             camera_id: "east".into(),
         })
@@ -145,14 +146,14 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         .unwrap();
 
     // Bad requests: proper codes, clear messages, nothing changed.
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("south", &clip)),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("west", "gopher://cam.example/1")),
         })
@@ -161,7 +162,7 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("gopher://"), "{}", status.message());
     // A file that is not there is a bad argument too; NOT_FOUND would say the camera is unknown.
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("west", "/no/such/clip.mp4")),
         })
@@ -169,19 +170,19 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("/no/such/clip.mp4"), "{}", status.message());
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("bad id!", &clip)),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest { camera: None })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = client
+    let status = admin
         .update_camera(pb::UpdateCameraRequest {
             camera_id: "nope".into(),
             ..Default::default()
@@ -189,14 +190,14 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client
+    let status = admin
         .remove_camera(pb::RemoveCameraRequest {
             camera_id: "nope".into(),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client
+    let status = admin
         .update_camera(pb::UpdateCameraRequest {
             camera_id: "south".into(),
             analysis_fps: Some(-1.0),
@@ -246,6 +247,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clip = common::sample_clip().display().to_string();
     let (node, mut client) = start(dir.path(), &looping_camera("north")).await;
+    let mut admin = common::admin(&node).await;
     // The state file's temporary file leads to /dev/full: every write fails with ENOSPC, as on
     // a full disk.
     let full_disk = || {
@@ -254,7 +256,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         std::os::unix::fs::symlink("/dev/full", dir.path().join(".node.cameras.toml.tmp")).unwrap();
     };
     full_disk();
-    let status = client
+    let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("south", &clip)),
         })
@@ -272,7 +274,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
     // Updating or removing the camera needs the same write, so they are refused the same way,
     // and north goes on as it was: same rate, never restarted, still analysed.
     full_disk();
-    let status = client
+    let status = admin
         .update_camera(pb::UpdateCameraRequest {
             camera_id: "north".into(),
             analysis_fps: Some(2.0),
@@ -282,7 +284,7 @@ async fn a_change_that_cannot_be_saved_is_refused_and_loses_nothing() {
         .unwrap_err();
     refused_for_a_full_disk(&status);
     full_disk();
-    let status = client
+    let status = admin
         .remove_camera(pb::RemoveCameraRequest {
             camera_id: "north".into(),
         })

@@ -127,7 +127,7 @@ fn seconds_between(from: SystemTime, to: SystemTime) -> f64 {
 async fn capture_times(client: &mut common::Client, cam: &TestCamera, reports: usize, after: usize) -> Vec<Stamp> {
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
-        start: pb::StartPosition::EarliestBuffered as i32,
+        start: pb::StartPosition::Earliest as i32,
         ..Default::default()
     };
     let mut stream = client.subscribe(request).await.unwrap().into_inner();

@@ -62,6 +62,10 @@ pub struct Summary {
     pub sequences: BTreeMap<String, (u64, u64, u64)>,
     /// Capture-time span per camera, seconds.
     pub capture_span_seconds: BTreeMap<String, f64>,
+    /// The last offset received: resume after it (`--after-offset`).
+    pub last_offset: Option<u64>,
+    /// Gap notices: offsets the node's log could not deliver.
+    pub gaps: Vec<pb::LogGap>,
 }
 
 /// Carries each camera's context fields forward and names classes.
@@ -113,6 +117,16 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let stdout = std::io::stdout();
     while let Some(mut descriptor) = stream.message().await? {
+        if let Some(gap) = descriptor.gap {
+            let line = gap_line(&gap);
+            match options.output {
+                Output::Json => writeln!(stdout.lock(), "{}", json!({ "gap": line }))?,
+                Output::Quiet => {}
+                Output::Events | Output::Frames => writeln!(stdout.lock(), "{line}")?,
+            }
+            summary.gaps.push(gap);
+            continue;
+        }
         summary.record(&descriptor, &decoder, &mut first_capture);
         decoder.restore_context(&mut descriptor);
         let mut out = stdout.lock();
@@ -155,6 +169,18 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<RetinaClient<t
     }
 }
 
+fn gap_line(gap: &pb::LogGap) -> String {
+    let why = match pb::LogGapReason::try_from(gap.reason) {
+        Ok(pb::LogGapReason::Evicted) => "evicted by retention",
+        Ok(pb::LogGapReason::NotStored) => "never stored",
+        _ => "unknown reason",
+    };
+    format!(
+        "gap: offsets {}..={} will not arrive ({why})",
+        gap.first_offset, gap.last_offset
+    )
+}
+
 /// An unknown kind prints as "unspecified".
 fn event_kind_name(kind: i32) -> &'static str {
     event_kind_label(pb::TrackEventKind::try_from(kind).unwrap_or_default())
@@ -172,6 +198,7 @@ fn end_reason_name(reason: i32) -> &'static str {
 impl Summary {
     fn record(&mut self, d: &pb::FrameDescriptor, decoder: &Decoder, first_capture: &mut HashMap<String, i64>) {
         self.descriptors += 1;
+        self.last_offset = Some(d.offset);
         self.descriptor_bytes += d.encoded_len() as u64;
         self.track_records += d.tracks.len() as u64;
         self.objects += d.objects.len() as u64;
@@ -216,8 +243,14 @@ impl Summary {
         for (camera, (first, last, gaps)) in &self.sequences {
             let span = self.capture_span_seconds.get(camera).copied().unwrap_or(0.0);
             s += &format!(
-                "  camera {camera:<12} sequences {first}..={last}, {gaps} not received (filtered or dropped), {span:.1} s of capture time\n"
+                "  camera {camera:<12} sequences {first}..={last}, {gaps} not received (filtered out), {span:.1} s of capture time\n"
             );
+        }
+        if let Some(offset) = self.last_offset {
+            s += &format!("last offset          {offset} (resume with --after-offset {offset})\n");
+        }
+        for gap in &self.gaps {
+            s += &format!("{}\n", gap_line(gap));
         }
         let tracks: u64 = self.tracks_per_class.values().sum();
         s += &format!("tracks confirmed     {tracks}\n");
@@ -444,6 +477,7 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         "node_run_id": d.node_run_id,
         "camera_id": d.camera_id,
         "sequence": d.sequence,
+        "offset": d.offset,
         "capture_time": rfc3339(d.capture_time),
         "time_source": time_source_name(d.time_source),
         "frame": [d.frame_width, d.frame_height],

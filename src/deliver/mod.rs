@@ -1,12 +1,12 @@
-//! Deliver: descriptors leave the node. A [`Hub`] fans them out without ever blocking the
-//! pipeline; the gRPC service streams them to central systems; [`client`] is the central side.
+//! Deliver: descriptors leave the node. The gRPC service streams them from the log to central
+//! systems (subscriptions that resume, queries of the recent past) and takes camera changes;
+//! [`client`] is the central side. Everything here reads the log, nothing reaches back into the
+//! stages before it.
 
 pub mod client;
-mod hub;
 mod service;
 
-pub use hub::Hub;
-pub use service::{NodeFacts, RetinaService, serve};
+pub use service::{AdminService, Limits, NodeFacts, RetinaService, serve};
 
 use crate::pb::FrameDescriptor;
 

@@ -9,31 +9,59 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::sync::{broadcast, mpsc};
+use std::time::Duration;
+
+use sha2::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use super::hub::Hub;
 use crate::clock::{UnixNanos, to_timestamp};
-use crate::config::{CameraConfig, CameraPositionConfig};
+use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
 use crate::describe::emit::score_q8;
 use crate::describe::projection::Projection;
 use crate::error::Result;
 use crate::infer::ModelCard;
 use crate::ingest::{CameraChange, CameraManager, CameraStatus, Cameras};
-use crate::metrics::Metrics;
-use crate::pb::{self, retina_server::Retina, retina_server::RetinaServer};
+use crate::log::{Entry, Gap, GapReason, LogReader, QueryKey, Selection, Start, Subscription};
+use crate::metrics::{Metrics, SubscriberCounters};
+use crate::pb::{
+    self, admin_server::Admin, admin_server::AdminServer, retina_server::Retina, retina_server::RetinaServer,
+};
 use crate::shutdown::Shutdown;
 
 /// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
 const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
 
-/// Descriptors that may wait between a subscriber's reader task and its HTTP/2 stream. Most of
-/// a subscriber's buffer is the hub's ring; this only smooths the hand-over.
+/// Descriptors that may wait between a subscriber's reader task and its HTTP/2 stream. A reader
+/// that falls further behind reads from the log; this only smooths the hand-over.
 const STREAM_BUFFER: usize = 16;
+
+/// Query pages: the default size and the most a page may ask for.
+const QUERY_PAGE_DEFAULT: usize = 100;
+const QUERY_PAGE_MAX: usize = 1000;
+/// Records one Query call reads at most, so that a filter that matches little cannot make a call
+/// scan the whole log; the page then comes back short, with a token to go on.
+const QUERY_SCAN_BUDGET: usize = 20_000;
+
+/// What one client may hold of the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_subscribers: usize,
+    pub subscriber_idle: Duration,
+}
+
+impl From<&DeliverConfig> for Limits {
+    fn from(config: &DeliverConfig) -> Self {
+        Limits {
+            max_subscribers: config.max_subscribers,
+            subscriber_idle: Duration::from_secs_f64(config.subscriber_idle_seconds),
+        }
+    }
+}
 
 /// What `GetNodeInfo` reports; fixed at start except the cameras' live state.
 pub struct NodeFacts {
@@ -48,9 +76,15 @@ pub struct NodeFacts {
 }
 
 pub struct RetinaService {
-    hub: Arc<Hub>,
+    log: LogReader,
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
+    limits: Limits,
+    subscriber_slots: Arc<Semaphore>,
+}
+
+/// Camera administration (`retina.v1.Admin`).
+pub struct AdminService {
     manager: Arc<CameraManager>,
 }
 
@@ -73,16 +107,7 @@ impl Filter {
                 request.min_score
             )));
         }
-        let mut class_ids = HashSet::new();
-        for class in &request.class_names {
-            let Some(id) = facts.class_names.iter().position(|c| c == class) else {
-                return Err(Status::invalid_argument(format!(
-                    "unknown class {class:?}; the detector's classes are: {}",
-                    facts.class_names.join(", ")
-                )));
-            };
-            class_ids.insert(id as u32);
-        }
+        let class_ids = class_ids(&request.class_names, facts)?;
         let known: HashSet<String> = facts
             .cameras
             .read()
@@ -105,6 +130,20 @@ impl Filter {
             min_score_q8: score_q8(request.min_score),
             include_empty_frames: request.include_empty_frames,
             full_context: request.full_context,
+        })
+    }
+
+    /// A query's filter: classes only (cameras, tracks and times are selected by the log), and
+    /// every descriptor complete.
+    fn for_query(class_names: &[String], facts: &NodeFacts) -> Result<Filter, Status> {
+        let class_ids = class_ids(class_names, facts)?;
+        Ok(Filter {
+            cameras: HashSet::new(),
+            include_empty_frames: class_ids.is_empty(),
+            class_ids,
+            min_score: 0.0,
+            min_score_q8: 0,
+            full_context: true,
         })
     }
 
@@ -136,6 +175,7 @@ impl Filter {
         let mut message = pb::FrameDescriptor {
             camera_id: d.camera_id.clone(),
             sequence: d.sequence,
+            offset: d.offset,
             capture_time: d.capture_time,
             time_source: d.time_source,
             objects,
@@ -147,6 +187,31 @@ impl Filter {
             super::copy_context(d, &mut message);
         }
         Some(message)
+    }
+}
+
+/// Detector class ids of `names`; an unknown name is an error listing the known ones.
+fn class_ids(names: &[String], facts: &NodeFacts) -> Result<HashSet<u32>, Status> {
+    let mut ids = HashSet::new();
+    for class in names {
+        let Some(id) = facts.class_names.iter().position(|c| c == class) else {
+            return Err(Status::invalid_argument(format!(
+                "unknown class {}; the detector's classes are: {}",
+                quote(class),
+                facts.class_names.join(", ")
+            )));
+        };
+        ids.insert(id as u32);
+    }
+    Ok(ids)
+}
+
+/// At most a short prefix of a client's value, for an error message.
+fn quote(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -175,7 +240,7 @@ impl SentContext {
 
 #[tonic::async_trait]
 impl Retina for RetinaService {
-    type SubscribeStream = ReceiverStream<Result<pb::FrameDescriptor, Status>>;
+    type SubscribeStream = SubscriberStream;
 
     async fn subscribe(
         &self,
@@ -195,19 +260,105 @@ impl Retina for RetinaService {
                 )));
             }
         };
-        let with_replay = request.start() == pb::StartPosition::EarliestBuffered;
-        let (replay, live) = self.hub.subscribe(with_replay);
+        let start = match request.start() {
+            pb::StartPosition::Unspecified | pb::StartPosition::Live => Start::Live,
+            pb::StartPosition::Earliest => Start::Earliest,
+            pb::StartPosition::AfterOffset => Start::AfterOffset(request.after_offset),
+            pb::StartPosition::FromTime => Start::FromTime(
+                request
+                    .from_time
+                    .map(timestamp_nanos)
+                    .ok_or_else(|| Status::invalid_argument("START_POSITION_FROM_TIME needs from_time"))?,
+            ),
+        };
+        let Ok(slot) = self.subscriber_slots.clone().try_acquire_owned() else {
+            self.metrics.subscriber_refused();
+            return Err(Status::resource_exhausted(format!(
+                "{} subscribers are connected, the most this node serves (deliver.max_subscribers)",
+                self.limits.max_subscribers
+            )));
+        };
+        let subscription = self.log.subscribe(start).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (end_tx, end_rx) = oneshot::channel();
         let metrics = self.metrics.clone();
+        let idle = self.limits.subscriber_idle;
         tracing::info!(subscriber = %name, %peer, cameras = ?request.camera_ids, classes = ?request.class_names,
-            "subscriber joined");
+            ?start, "subscriber joined");
         tokio::spawn(async move {
+            let _slot: OwnedSemaphorePermit = slot;
             metrics.subscribers.inc();
-            forward(&name, filter, replay, live, &tx, &metrics).await;
+            let counters = metrics.subscriber_counters(&name);
+            let end = forward(subscription, filter, &tx, &counters, idle).await;
             metrics.subscribers.dec();
-            tracing::info!(subscriber = %name, %peer, "subscriber left");
+            match end {
+                Ok(()) => tracing::info!(subscriber = %name, %peer, "subscriber left"),
+                Err(status) => {
+                    tracing::warn!(subscriber = %name, %peer, status = %status.message(), "subscriber cut off");
+                    let _ = end_tx.send(status);
+                }
+            }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(SubscriberStream {
+            descriptors: rx,
+            end: Some(end_rx),
+        }))
+    }
+
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = match request.page_size as usize {
+            0 => QUERY_PAGE_DEFAULT,
+            n if n <= QUERY_PAGE_MAX => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is above the most a page holds ({QUERY_PAGE_MAX})"
+                )));
+            }
+        };
+        let filter = Filter::for_query(&request.class_names, &self.facts)?;
+        let selection = Selection {
+            camera_id: Some(request.camera_id.clone()).filter(|c| !c.is_empty()),
+            track_id: Some(request.track_id).filter(|&t| t != 0),
+            from_ns: request.from_time.map(timestamp_nanos),
+            to_ns: request.to_time.map(timestamp_nanos),
+            newest_first: request.newest_first,
+        };
+        let query_id = query_id(&selection, &request.class_names);
+        let mut after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(parse_page_token(token, &query_id)?),
+        };
+        let mut page = Vec::new();
+        let mut scanned = 0;
+        let mut more = true;
+        while page.len() < page_size && scanned < QUERY_SCAN_BUDGET {
+            let asked = page_size.max(64);
+            let chunk = self.log.select(selection.clone(), after, asked).await?;
+            let exhausted = chunk.len() < asked;
+            for (key, descriptor) in chunk {
+                after = Some(key);
+                scanned += 1;
+                if let Some(message) = filter.apply(&descriptor, &mut SentContext::default()) {
+                    page.push(message);
+                    if page.len() == page_size {
+                        break;
+                    }
+                }
+            }
+            if exhausted && page.len() < page_size {
+                more = false;
+                break;
+            }
+        }
+        let next_page_token = match after {
+            Some(key) if more => format!("{query_id}.{}.{}", key.capture_ns, key.offset),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::QueryResponse {
+            descriptors: page,
+            next_page_token,
+        }))
     }
 
     async fn get_node_info(&self, _: Request<pb::GetNodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
@@ -243,7 +394,10 @@ impl Retina for RetinaService {
             models,
         }))
     }
+}
 
+#[tonic::async_trait]
+impl Admin for AdminService {
     async fn add_camera(&self, request: Request<pb::AddCameraRequest>) -> Result<Response<pb::CameraInfo>, Status> {
         let spec = request
             .into_inner()
@@ -324,49 +478,122 @@ fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
     }
 }
 
-/// Copies one subscriber's descriptors from the hub to its stream until either side ends.
+/// Copies one subscription to its stream until either side ends. `Err` when the subscriber is
+/// cut off: it took nothing for `idle` while a descriptor waited for it, or the log failed.
 async fn forward(
-    name: &str,
+    mut subscription: Subscription,
     filter: Filter,
-    replay: Vec<Arc<pb::FrameDescriptor>>,
-    live: Option<broadcast::Receiver<Arc<pb::FrameDescriptor>>>,
-    tx: &mpsc::Sender<Result<pb::FrameDescriptor, Status>>,
-    metrics: &Metrics,
-) {
+    tx: &mpsc::Sender<pb::FrameDescriptor>,
+    counters: &SubscriberCounters,
+    idle: Duration,
+) -> Result<(), Status> {
     let mut sent = SentContext::default();
-    let mut prepare = |descriptor: &pb::FrameDescriptor| filter.apply(descriptor, &mut sent);
-    let counters = metrics.subscriber_counters(name);
-    for descriptor in replay {
-        if let Some(message) = prepare(&descriptor) {
-            if tx.send(Ok(message)).await.is_err() {
-                return;
-            }
-            counters.sent.inc();
-        }
-    }
-    let Some(mut live) = live else { return };
+    let mut fallbacks = 0;
     loop {
-        let received = tokio::select! {
-            received = live.recv() => received,
-            // The client went away while nothing was being published.
-            () = tx.closed() => return,
+        let entry = tokio::select! {
+            entry = subscription.next() => entry,
+            // The client went away while nothing was coming.
+            () = tx.closed() => return Ok(()),
         };
-        match received {
-            Ok(descriptor) => {
-                if let Some(message) = prepare(&descriptor) {
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                    counters.sent.inc();
-                }
+        if subscription.fallbacks() > fallbacks {
+            counters.fallbacks.inc_by(subscription.fallbacks() - fallbacks);
+            fallbacks = subscription.fallbacks();
+        }
+        let message = match entry.map_err(Status::from)? {
+            None => return Ok(()),
+            Some(Entry::Descriptor(descriptor)) => match filter.apply(&descriptor, &mut sent) {
+                Some(message) => message,
+                None => continue,
+            },
+            Some(Entry::Gap(gap)) => gap_notice(gap),
+        };
+        match tokio::time::timeout(idle, tx.send(message)).await {
+            Ok(Ok(())) => {
+                counters.sent.inc();
             }
-            Err(broadcast::error::RecvError::Lagged(lost)) => {
-                counters.dropped.inc_by(lost);
-                tracing::warn!(subscriber = %name, lost, "slow subscriber lost its oldest descriptors");
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => {
+                return Err(Status::resource_exhausted(format!(
+                    "this subscriber read nothing for {:.1} s (deliver.subscriber_idle_seconds); resume after the \
+                     last offset received",
+                    idle.as_secs_f64()
+                )));
             }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+fn gap_notice(gap: Gap) -> pb::FrameDescriptor {
+    let reason = match gap.reason {
+        GapReason::Evicted => pb::LogGapReason::Evicted,
+        GapReason::NotStored => pb::LogGapReason::NotStored,
+    };
+    pb::FrameDescriptor {
+        gap: Some(pb::LogGap {
+            first_offset: gap.first,
+            last_offset: gap.last,
+            reason: reason as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A subscriber's descriptors, then the status it was cut off with, if it was.
+pub struct SubscriberStream {
+    descriptors: mpsc::Receiver<pb::FrameDescriptor>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for SubscriberStream {
+    type Item = Result<pb::FrameDescriptor, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.descriptors.poll_recv(cx) {
+            Poll::Ready(Some(descriptor)) => return Poll::Ready(Some(Ok(descriptor))),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {}
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(Pin::new(end).poll(cx));
+        self.end = None;
+        Poll::Ready(status.ok().map(Err))
+    }
+}
+
+/// Unix nanoseconds of a protobuf timestamp (saturating far outside any capture time).
+fn timestamp_nanos(t: prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
+}
+
+/// Names a query (its selection and classes) in its page tokens, so that a token is not used with
+/// another query by mistake.
+fn query_id(selection: &Selection, class_names: &[String]) -> String {
+    let digest = sha2::Sha256::digest(format!("{selection:?}{class_names:?}"));
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_page_token(token: &str, query_id: &str) -> Result<QueryKey, Status> {
+    let invalid = || {
+        Status::invalid_argument(format!(
+            "page_token {} is not a next_page_token of this query",
+            quote(token)
+        ))
+    };
+    let mut parts = token.split('.');
+    let (Some(id), Some(capture), Some(offset), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    if id != query_id {
+        return Err(invalid());
+    }
+    Ok(QueryKey {
+        capture_ns: capture.parse().map_err(|_| invalid())?,
+        offset: offset.parse().map_err(|_| invalid())?,
+    })
 }
 
 /// The standard health service, whose Watch streams end when the server stops. tonic's graceful
@@ -413,12 +640,14 @@ impl<S: Stream + Unpin> Stream for UntilStopped<S> {
 }
 
 /// Serves gRPC on `listener` until `shutdown`; then stops accepting, lets open streams end
-/// (the hub is closed by then, health watches end) and returns. Health reports
+/// (the log is closed by then, health watches end) and returns. Health reports
 /// `retina.v1.Retina` `NOT_SERVING` from `stopping` on: the node stops taking new work long
 /// before its server goes, and a load balancer must hear it then.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    hub: Arc<Hub>,
+    log: LogReader,
+    limits: Limits,
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
     manager: Arc<CameraManager>,
@@ -451,16 +680,18 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| crate::error::Error::Internal(format!("reflection: {e}")))?;
     let service = RetinaService {
-        hub,
+        log,
         facts,
         metrics,
-        manager,
+        limits,
+        subscriber_slots: Arc::new(Semaphore::new(limits.max_subscribers)),
     };
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RetinaServer::new(service))
+        .add_service(AdminServer::new(AdminService { manager }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await;
         })

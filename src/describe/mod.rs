@@ -38,11 +38,21 @@ pub struct Origin {
     pub class_names: Vec<String>,
 }
 
+/// What a camera has handed out so far: the log keeps it with every commit, so that numbering
+/// goes on after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CameraCounters {
+    pub next_sequence: u64,
+    pub next_track: u64,
+}
+
 pub struct Describer {
     origin: Origin,
     encoder: Encoder,
     config: DescribeConfig,
     cameras: HashMap<String, CameraState>,
+    /// Where each camera's numbering resumes (from the log), for cameras not seen yet this run.
+    resume: HashMap<String, CameraCounters>,
 }
 
 struct CameraState {
@@ -60,12 +70,18 @@ struct CameraState {
 }
 
 impl Describer {
-    pub fn new(origin: Origin, encoder: Encoder, config: DescribeConfig) -> Self {
+    pub fn new(
+        origin: Origin,
+        encoder: Encoder,
+        config: DescribeConfig,
+        resume: HashMap<String, CameraCounters>,
+    ) -> Self {
         Describer {
             origin,
             encoder,
             config,
             cameras: HashMap::new(),
+            resume,
         }
     }
 
@@ -75,7 +91,7 @@ impl Describer {
         mut self,
         results: mpsc::Receiver<Analysis>,
         metrics: &Metrics,
-        mut publish: impl FnMut(pb::FrameDescriptor),
+        mut publish: impl FnMut(pb::FrameDescriptor, CameraCounters),
     ) {
         let mut last_check = Instant::now();
         loop {
@@ -86,17 +102,17 @@ impl Describer {
             }
             if last_check.elapsed() >= SILENCE_CHECK_INTERVAL {
                 last_check = Instant::now();
-                self.end_tracks_of_stopped_cameras(metrics, &mut publish);
+                self.end_tracks_of_stopped_cameras(&mut publish);
             }
         }
-        self.finish(metrics, &mut publish);
+        self.finish(&mut publish);
     }
 
     /// Ends the tracks of cameras that stopped delivering frames (dead, reconnecting, removed, a
     /// file that ended), so the centre gets their summaries now rather than when the camera comes
     /// back, hours later perhaps. A camera that streams but is analysed rarely is left alone: its
     /// next frame decides, as the tracker's `max_age_seconds` says.
-    fn end_tracks_of_stopped_cameras(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+    fn end_tracks_of_stopped_cameras(&mut self, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
         // Validated as (0, 3600] by the config; anything else must not panic here.
         let max_silence = Duration::try_from_secs_f64(self.config.tracker.max_age_seconds).unwrap_or(Duration::MAX);
         for state in self.cameras.values_mut() {
@@ -110,28 +126,35 @@ impl Describer {
             if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
                 tracing::info!(camera = %last.camera_id, tracks = last.track_events.len(),
                     "camera stopped delivering frames: its tracks are ended");
-                publish_one(last, metrics, publish);
+                publish(last, state.counters());
             }
         }
     }
 
-    pub fn accept(&mut self, analysis: Analysis, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+    pub fn accept(
+        &mut self,
+        analysis: Analysis,
+        metrics: &Metrics,
+        publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters),
+    ) {
         let instance = analysis.camera.instance;
         // Track ids start from the node's start second (see `track`).
         let epoch = self.origin.node_run_id / 1_000_000_000;
-        let state = self
-            .cameras
-            .entry(analysis.camera.id.clone())
-            .or_insert_with(|| CameraState {
+        let state = self.cameras.entry(analysis.camera.id.clone()).or_insert_with(|| {
+            let resume = self.resume.remove(&analysis.camera.id).unwrap_or_default();
+            let mut tracker = Tracker::new(self.config.tracker.clone(), epoch);
+            tracker.continue_from(resume.next_track);
+            CameraState {
                 instance,
                 next_ticket: 0,
-                next_sequence: 0,
+                next_sequence: resume.next_sequence,
                 waiting: BTreeMap::new(),
-                tracker: Tracker::new(self.config.tracker.clone(), epoch),
+                tracker,
                 emitter: Emitter::new(self.config.emission.clone()),
                 last_frame: None,
                 last_result_at: Instant::now(),
-            });
+            }
+        });
         state.last_result_at = Instant::now();
         if instance != state.instance {
             if instance < state.instance {
@@ -140,7 +163,7 @@ impl Describer {
             // The camera was removed and added again: its tickets start afresh, its old tracks end;
             // its sequence numbers and track ids go on, so subscribers still see one stream per id.
             if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
-                publish_one(last, metrics, publish);
+                publish(last, state.counters());
             }
             state.instance = instance;
             state.next_ticket = 0;
@@ -165,23 +188,18 @@ impl Describer {
                 continue;
             }
             let descriptor = state.describe(analysis, &self.origin, &self.encoder, &self.config);
-            publish_one(descriptor, metrics, publish);
+            publish(descriptor, state.counters());
         }
     }
 
     /// Ends the tracks of every camera (the node is stopping).
-    pub fn finish(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
+    pub fn finish(&mut self, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
         for state in self.cameras.values_mut() {
             if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
-                publish_one(last, metrics, publish);
+                publish(last, state.counters());
             }
         }
     }
-}
-
-fn publish_one(descriptor: pb::FrameDescriptor, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor)) {
-    metrics.published(&descriptor);
-    publish(descriptor);
 }
 
 /// Encodes for the wire, logging what cannot be (a non-finite embedding: the view goes without).
@@ -196,6 +214,14 @@ fn encoder_fn(encoder: &Encoder) -> impl FnMut(&[f32]) -> Option<pb::Embedding> 
 }
 
 impl CameraState {
+    /// The camera's numbering after what it has described so far.
+    fn counters(&self) -> CameraCounters {
+        CameraCounters {
+            next_sequence: self.next_sequence,
+            next_track: self.tracker.upcoming_id(),
+        }
+    }
+
     fn describe(
         &mut self,
         analysis: Analysis,
@@ -275,6 +301,8 @@ impl CameraState {
             camera_position: analysis.camera.position(),
             tracks: Vec::new(),
             track_events: Vec::new(),
+            offset: 0,
+            gap: None,
         }
     }
 }
@@ -318,10 +346,10 @@ mod tests {
         let old = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let new = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
         let mut out = Vec::new();
-        describer.accept(analysis(&old, 0, true), &metrics, &mut |d| out.push(d.sequence));
-        describer.accept(analysis(&new, 0, true), &metrics, &mut |d| out.push(d.sequence));
-        describer.accept(analysis(&old, 1, true), &metrics, &mut |d| out.push(d.sequence));
-        describer.accept(analysis(&new, 1, true), &metrics, &mut |d| out.push(d.sequence));
+        describer.accept(analysis(&old, 0, true), &metrics, &mut |d, _| out.push(d.sequence));
+        describer.accept(analysis(&new, 0, true), &metrics, &mut |d, _| out.push(d.sequence));
+        describer.accept(analysis(&old, 1, true), &metrics, &mut |d, _| out.push(d.sequence));
+        describer.accept(analysis(&new, 1, true), &metrics, &mut |d, _| out.push(d.sequence));
         assert_eq!(out, vec![0, 1, 2]);
     }
 
@@ -341,7 +369,7 @@ mod tests {
             ..DescribeConfig::default()
         };
         let encoder = Encoder::new(codec::CodecKind::Int8, None, None).unwrap();
-        Describer::new(origin, encoder, config)
+        Describer::new(origin, encoder, config, HashMap::new())
     }
 
     fn analysis(camera: &Arc<CameraStatus>, ticket: u64, ok: bool) -> Analysis {
@@ -377,12 +405,14 @@ mod tests {
         let mut out = Vec::new();
         // Ticket 0 is lost (its worker died): the others wait for it, up to MAX_REORDER of them.
         for ticket in 1..=MAX_REORDER as u64 {
-            describer.accept(analysis(&camera, ticket, true), &metrics, &mut |d| out.push(d));
+            describer.accept(analysis(&camera, ticket, true), &metrics, &mut |d, _| out.push(d));
         }
         assert!(out.is_empty(), "still waiting for ticket 0");
-        describer.accept(analysis(&camera, MAX_REORDER as u64 + 1, true), &metrics, &mut |d| {
-            out.push(d)
-        });
+        describer.accept(
+            analysis(&camera, MAX_REORDER as u64 + 1, true),
+            &metrics,
+            &mut |d, _| out.push(d),
+        );
         let published: Vec<(u64, i32)> = out
             .iter()
             .map(|d| (d.sequence, d.capture_time.unwrap().nanos))
@@ -393,10 +423,12 @@ mod tests {
             "everything behind it, in order, numbered without a gap"
         );
         // Should ticket 0 come after all, it is too late: the camera's time never goes back.
-        describer.accept(analysis(&camera, 0, true), &metrics, &mut |d| out.push(d));
-        describer.accept(analysis(&camera, MAX_REORDER as u64 + 2, true), &metrics, &mut |d| {
-            out.push(d)
-        });
+        describer.accept(analysis(&camera, 0, true), &metrics, &mut |d, _| out.push(d));
+        describer.accept(
+            analysis(&camera, MAX_REORDER as u64 + 2, true),
+            &metrics,
+            &mut |d, _| out.push(d),
+        );
         assert!(
             describer.cameras["c"].waiting.is_empty(),
             "nothing kept of a result given up on"
@@ -416,7 +448,7 @@ mod tests {
         let mut describer = describer(classes, true);
         let mut out = Vec::new();
         for (ticket, ok) in [(1, true), (0, true), (3, true), (2, false)] {
-            describer.accept(analysis(&camera, ticket, ok), &metrics, &mut |d| out.push(d));
+            describer.accept(analysis(&camera, ticket, ok), &metrics, &mut |d, _| out.push(d));
         }
         let seqs: Vec<(u64, i64)> = out
             .iter()

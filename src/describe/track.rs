@@ -309,6 +309,24 @@ impl Tracker {
         }
     }
 
+    /// The id the next track will get.
+    pub fn upcoming_id(&self) -> u64 {
+        if self.next_counter >= 1 << ID_COUNTER_BITS {
+            (self.epoch.wrapping_add(1) & ID_EPOCH_MASK) << ID_COUNTER_BITS | 1
+        } else {
+            (self.epoch & ID_EPOCH_MASK) << ID_COUNTER_BITS | self.next_counter
+        }
+    }
+
+    /// Makes the next id at least `id`: the camera handed out ids below it in an earlier run
+    /// (the log keeps the count), whatever the clock says now.
+    pub fn continue_from(&mut self, id: u64) {
+        if id > self.upcoming_id() {
+            self.epoch = id >> ID_COUNTER_BITS;
+            self.next_counter = (id & ((1 << ID_COUNTER_BITS) - 1)).max(1);
+        }
+    }
+
     /// Tracks held: tentative, visible and lost.
     pub fn track_count(&self) -> usize {
         self.tracks.len()
@@ -1296,6 +1314,22 @@ mod tests {
             }
             tracker.finish();
         }
+    }
+
+    #[test]
+    fn ids_continue_from_an_earlier_run_even_when_the_clock_went_back() {
+        let mut tracker = Tracker::new(TrackerConfig::default(), EPOCH);
+        tracker.continue_from((EPOCH + 100) << 24 | 7);
+        assert_eq!(tracker.upcoming_id(), (EPOCH + 100) << 24 | 7);
+        assert_eq!(tracker.next_id(), (EPOCH + 100) << 24 | 7);
+        tracker.continue_from(EPOCH << 24 | 1);
+        assert_eq!(
+            tracker.next_id(),
+            (EPOCH + 100) << 24 | 8,
+            "an older count changes nothing"
+        );
+        tracker.continue_from((EPOCH + 200) << 24);
+        assert_eq!(tracker.next_id(), (EPOCH + 200) << 24 | 1, "counter 0 is never an id");
     }
 
     #[test]

@@ -77,8 +77,28 @@ pub async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Clien
     start_node(parse_config(&config_toml(cameras, ""))).await
 }
 
+/// Parses a test config. Unless it names its own, each config gets a descriptor log of its own:
+/// tests run at once, and a log file has one writer.
 pub fn parse_config(text: &str) -> retina_edge::config::Config {
-    retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf()).expect("test config parses")
+    let mut config = retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf())
+        .expect("test config parses");
+    if config.log.path.is_none() {
+        config.log.path = Some(fresh_log_path());
+    }
+    config
+}
+
+/// A log file no other test uses, under `target/test-logs` (`make clean` removes them).
+pub fn fresh_log_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir).expect("target/test-logs");
+    let path = dir.join(format!("{}-{n}.sqlite", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
 }
 
 /// The real NanoDet outputs on dog.jpg (tests/fixtures/nanodet_dog), per level of `gfl`:
@@ -105,9 +125,17 @@ pub mod sources;
 use std::time::{Duration, Instant};
 
 use retina_edge::node::Node;
-use retina_edge::pb::{self, retina_client::RetinaClient};
+use retina_edge::pb::{self, admin_client::AdminClient, retina_client::RetinaClient};
 
 pub type Client = RetinaClient<tonic::transport::Channel>;
+pub type Admin = AdminClient<tonic::transport::Channel>;
+
+/// A camera administration client of a running node.
+pub async fn admin(node: &Node) -> Admin {
+    AdminClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .expect("admin client connects")
+}
 
 /// Starts a node and connects a real gRPC client to it over loopback.
 pub async fn start_node(config: retina_edge::config::Config) -> (Node, Client) {
@@ -175,7 +203,7 @@ pub async fn wait_for_camera(
 }
 
 /// Every descriptor the node produces until it stops (frames analysed before the call are
-/// replayed from the node's buffer, so none is missed), each with its full context.
+/// read from the node's log, so none is missed), each with its full context.
 pub async fn collect_until_end(client: &mut Client) -> Vec<pb::FrameDescriptor> {
     let request = pb::SubscribeRequest {
         include_empty_frames: true,
@@ -185,10 +213,10 @@ pub async fn collect_until_end(client: &mut Client) -> Vec<pb::FrameDescriptor> 
     subscribe_until_end(client, request).await
 }
 
-/// What `request` streams from the earliest buffered descriptor until the node stops.
+/// What `request` streams from the earliest descriptor in the log until the node stops.
 pub async fn subscribe_until_end(client: &mut Client, request: pb::SubscribeRequest) -> Vec<pb::FrameDescriptor> {
     let request = pb::SubscribeRequest {
-        start: pb::StartPosition::EarliestBuffered as i32,
+        start: pb::StartPosition::Earliest as i32,
         ..request
     };
     let mut stream = client.subscribe(request).await.expect("Subscribe").into_inner();
