@@ -8,7 +8,7 @@
 #   3. learns the projection from the detections of the first 5 s only (the rest is held out)
 #      with scripts/learn_projection.py, fixed seed, single-threaded BLAS.
 # Usage: scripts/learn-projection.sh [--node BIN] [--out FILE]
-# Its working files (configs, node logs, the .npz of every run, a plot) stay in
+# Its working files (configs, node logs and descriptor logs, the .npz of every run, a plot) stay in
 # .deps/learn-projection/, so the last step can be rerun alone on the same embeddings.
 set -euo pipefail
 
@@ -79,11 +79,15 @@ realtime = false
 max_frame_width_px = $width
 EOF
   log "run $name: node $node"
+  # The node keeps its descriptors in a log beside the config ($name.log.sqlite, new: $work was
+  # emptied above); a log may also hold earlier runs, so the client starts at this run's first
+  # capture time, not at the log's earliest descriptor.
+  since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   "$node" run --config "$work/$name.toml" 2>"$work/$name.log" &
   pid=$!
-  # --from-buffer: the frames analysed before the client connected are replayed, none is missed.
-  # The stream ends when the node stops at the end of the clip.
-  if ! "$python" "$repo/scripts/central/retina_client.py" --addr "127.0.0.1:$port" --from-buffer \
+  # --from-time: the frames analysed before the client connected are read from the node's log,
+  # none is missed. The stream ends when the node stops at the end of the clip.
+  if ! "$python" "$repo/scripts/central/retina_client.py" --addr "127.0.0.1:$port" --from-time "$since" \
     --include-empty --name learn-projection --save "$work/$name.npz" >"$work/$name.out"; then
     kill "$pid" 2>/dev/null || true
     log "the client failed; node log: $work/$name.log"

@@ -3,8 +3,9 @@
 
     learn_projection.py --out models/mobilenetv2-1280.projection.safetensors RUN.npz [RUN.npz ...]
 
-Each RUN.npz is what `scripts/central/retina_client.py --from-buffer --include-empty --save` wrote
-while a node sent every detection with its f32 embedding. Only detections captured in the first
+Each RUN.npz is what `scripts/central/retina_client.py --from-time START --include-empty --save`
+wrote while a node, started at START on a log of its own, sent every detection with its f32
+embedding (scripts/learn-projection.sh runs both). Only detections captured in the first
 `--train-seconds` of each camera's run are learned from; the later ones of the first run are held
 out and only used to report how well the compact codes keep the f32 similarities.
 
@@ -44,7 +45,8 @@ def load_runs(paths, train_seconds):
             # The clock starts at the camera's first frame (sequence 0), with or without objects.
             frames = run["frame_camera_id"] == camera
             if not (run["frame_sequence"][frames] == 0).any():
-                sys.exit(f"{path}: frame 0 of camera {camera} was not received (use --from-buffer)")
+                sys.exit(f"{path}: frame 0 of camera {camera} was not received (run the node on a new log "
+                         "and the client with --from-time at the node's start, as learn-projection.sh does)")
             t0 = run["frame_capture_time_ns"][frames].min()
             rows = keep & (run["camera_id"] == camera)
             early = rows & (run["capture_time_ns"] - t0 < int(train_seconds * 1e9))

@@ -2,19 +2,44 @@
 """A central system that uses a retina-edge node, in Python: nothing but the proto is shared.
 
     retina_client.py [subscribe] [--addr 127.0.0.1:50051] [--camera ID] [--class NAME]
-                     [--min-score S] [--from-buffer] [--include-empty] [--full-context]
+                     [--min-score S] [--include-empty] [--full-context]
+                     [--from-earliest | --after-offset N | --from-time RFC3339] [--resume-file PATH]
                      [--name NAME] [--frames] [--save out.npz] [--max-frames N] [--timeout S]
     retina_client.py info [--addr ...]
 
 `subscribe` prints one line per track event (confirmed, better_view, appearance_changed, ended),
-or one block per frame with --frames, then a summary. --save writes every decoded vector with
-its metadata to a .npz file (see `save`). `info` prints GetNodeInfo.
+or one block per frame with --frames, and one line per gap notice (offsets the node's log will
+not deliver: evicted by retention or never stored), then a summary. It starts live, or with the
+oldest descriptor the node's log keeps (--from-earliest: also those of the node's earlier runs),
+after an offset (--after-offset: the last one received), or with the first descriptor captured at
+or after a time (--from-time, e.g. 2026-12-02T08:00:00Z; a time without a zone is UTC). --save
+writes every decoded vector with its metadata, and the offset of every descriptor, to a .npz file
+(see `save`). `info` prints GetNodeInfo.
+
+--resume-file PATH makes a durable subscriber. The last offset received (or passed by a gap
+notice) is kept in PATH as JSON {"node_id": ..., "offset": N}, replaced atomically (written
+beside, synced, renamed) within 200 ms of each descriptor and at every stop. When PATH exists the
+client starts after its offset (the start options only say where the first run starts), and
+refuses a file of another node. A stream that breaks (the node restarts or crashes: UNAVAILABLE;
+or a stopping node ends it) is resubscribed after the last offset, with backoff (0.25 s doubling
+to 2 s), until --timeout, --max-frames, Ctrl-C or SIGTERM; stderr says so. Within one run of the
+client every descriptor the node's log keeps arrives once; across runs at least once (the file
+may lag the last 200 ms). Without --resume-file the client ends when the stream ends.
+
+Ctrl-C stops with status 130, SIGTERM with 0, after the summary and --save either way.
 
 Run it with the venv of `make deps`: .deps/python/bin/python scripts/central/retina_client.py
 """
 
 import argparse
+import json
+import os
+import random
+import re
+import signal
 import sys
+import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +73,18 @@ def parse_args(argv):
     s.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                    help="only this class, e.g. car (repeatable)")
     s.add_argument("--min-score", type=float, default=0.0, metavar="S", help="only objects scoring at least S")
-    s.add_argument("--from-buffer", action="store_true", help="start with what the node still holds")
+    start = s.add_mutually_exclusive_group()
+    start.add_argument("--from-earliest", action="store_true",
+                       help="start with the oldest descriptor the node's log keeps (also of its earlier runs)")
+    start.add_argument("--after-offset", type=offset_arg, metavar="N",
+                       help="start after offset N (the last one received), missing nothing the log kept")
+    start.add_argument("--from-time", type=rfc3339, metavar="RFC3339",
+                       help="start with the first descriptor captured at or after this time, e.g. "
+                            "2026-12-02T08:00:00Z (no zone: UTC)")
+    s.add_argument("--resume-file", type=Path, metavar="PATH",
+                   help="a durable subscriber: keep the last offset received in PATH, start after it "
+                        "when PATH exists, and when the stream breaks (the node restarts) resubscribe "
+                        "after it, with backoff, until --timeout, --max-frames, Ctrl-C or SIGTERM")
     s.add_argument("--include-empty", action="store_true", help="also frames without objects")
     s.add_argument("--full-context", action="store_true", help="context fields in every descriptor")
     s.add_argument("--name", default="retina-client-py", help="subscriber name for the node's metrics")
@@ -56,8 +92,36 @@ def parse_args(argv):
     s.add_argument("--save", type=Path, metavar="OUT.npz", help="save every decoded vector with metadata")
     s.add_argument("--max-frames", type=int, metavar="N", help="stop after N descriptors")
     s.add_argument("--timeout", type=float, metavar="S",
-                   help="stop after S seconds (otherwise: when the node ends the stream)")
+                   help="stop after S seconds (otherwise: when the node ends the stream, or never "
+                        "with --resume-file)")
     return parser.parse_args(argv)
+
+
+def offset_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not an offset: {text!r}")
+    return value
+
+
+RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)?")
+
+
+def rfc3339(text: str) -> tuple:
+    """(Unix seconds, nanoseconds) of an RFC 3339 time; no zone means UTC, as in
+    `retina-edge subscribe --from-time`. Nanoseconds are kept exactly."""
+    m = RFC3339.fullmatch(text.strip())
+    try:
+        if not m:
+            raise ValueError
+        zone = m.group(3) or "Z"
+        t = datetime.fromisoformat(m.group(1).replace(" ", "T") + ("+00:00" if zone in "Zz" else zone))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time (e.g. 2026-12-02T08:00:00Z): {text!r}")
+    return int(t.timestamp()), int((m.group(2) or "0").ljust(9, "0"))
 
 
 def connect(args):
@@ -99,6 +163,11 @@ class Subscriber:
         self.class_names = class_names
         self.contexts = {}  # camera_id -> rd.Context in force
         self.sequences = {}  # camera_id -> (first, last, missing)
+        self.runs = {}  # camera_id -> node_run_id of its last descriptor
+        self.skipped = Counter()  # camera_id -> sequences skipped by node restarts (see on_descriptor)
+        self.position = None  # the last offset received or passed by a gap notice: resume after it
+        self.gaps = []  # gap notices (LogGap)
+        self.resubscribed = 0
         self.frames = 0
         self.bytes = 0
         self.events = Counter()
@@ -106,7 +175,7 @@ class Subscriber:
         self.unknown_codecs = Counter()
         self.malformed = 0
         self.rows = []  # one dict per decoded vector, see save()
-        self.frame_rows = []  # (camera_id, sequence, capture time ns) of every descriptor
+        self.frame_rows = []  # (camera_id, sequence, capture time ns, offset, node_run_id) of every descriptor
 
     def class_name(self, class_id: int) -> str:
         if class_id < len(self.class_names):
@@ -129,22 +198,42 @@ class Subscriber:
         self.codecs[(rd.codec_name(e.codec), e.dimension)] += 1
         return v
 
+    def on_message(self, d):
+        """One message of the stream: a gap notice or a descriptor."""
+        if d.HasField("gap"):
+            self.on_gap(d.gap)
+        else:
+            self.on_descriptor(d)
+
+    def on_gap(self, gap):
+        print(rd.gap_text(gap))
+        self.gaps.append(gap)
+        # Those offsets will never arrive: resuming after them does not ask for them again.
+        self.position = max(self.position or 0, gap.last_offset)
+
     def on_descriptor(self, d):
         self.frames += 1
         self.bytes += d.ByteSize()
+        self.position = max(self.position or 0, d.offset)
         cam = d.camera_id
         ctx = rd.merge_context(self.contexts.get(cam), d)
         self.contexts[cam] = ctx
         first, last, missing = self.sequences.get(cam, (d.sequence, d.sequence - 1, 0))
         if d.sequence > last + 1:
-            missing += d.sequence - last - 1
+            if self.runs.get(cam, ctx.node_run_id) != ctx.node_run_id:
+                # A new run of the node continues the camera's sequences, skipping ahead after a
+                # crash (numbers handed out but perhaps not stored are not handed out again).
+                self.skipped[cam] += d.sequence - last - 1
+            else:
+                missing += d.sequence - last - 1
+        self.runs[cam] = ctx.node_run_id
         self.sequences[cam] = (first, d.sequence, missing)
         capture_ns = rd.timestamp_ns(d.capture_time)
-        self.frame_rows.append((cam, d.sequence, capture_ns))
+        self.frame_rows.append((cam, d.sequence, capture_ns, d.offset, ctx.node_run_id))
         where = f"{when(capture_ns)} {cam} #{d.sequence}"
         base = dict(camera_id=cam, node_id=ctx.node_id, node_run_id=ctx.node_run_id, sequence=d.sequence,
-                    capture_time_ns=capture_ns, frame_width=ctx.frame_width, frame_height=ctx.frame_height,
-                    embedder="{}@{}".format(*ctx.embedder) if ctx.embedder else "")
+                    offset=d.offset, capture_time_ns=capture_ns, frame_width=ctx.frame_width,
+                    frame_height=ctx.frame_height, embedder="{}@{}".format(*ctx.embedder) if ctx.embedder else "")
 
         if self.args.frames:
             print(f"{where}  {ctx.frame_width}x{ctx.frame_height}  {len(d.tracks)} tracks, "
@@ -200,7 +289,17 @@ class Subscriber:
         lines = ["── summary " + "─" * 40, f"frames               {self.frames}"]
         for cam, (first, last, missing) in sorted(self.sequences.items()):
             note = "" if self.args.include_empty else " (frames without objects are not sent)"
+            if self.skipped[cam]:
+                note += f", {self.skipped[cam]} skipped by node restarts"
             lines.append(f"  camera {cam:<12} sequences {first}..={last}, {missing} missing{note}")
+        if self.position is not None:
+            lines.append(f"last offset          {self.position} (resume with --after-offset {self.position})")
+        lines.append(f"gap notices          {len(self.gaps)}")
+        lines.extend(f"  {rd.gap_text(g)}" for g in self.gaps[:10])
+        if len(self.gaps) > 10:
+            lines.append(f"  ... and {len(self.gaps) - 10} more")
+        if self.resubscribed:
+            lines.append(f"resubscribed         {self.resubscribed} times after a broken stream")
         events = ", ".join(f"{n} {k}" for k, n in self.events.items()) or "none"
         lines.append(f"track events         {events}")
         codecs = ", ".join(f"{n} {c} x{d}" for (c, d), n in sorted(self.codecs.items())) or "none"
@@ -218,9 +317,10 @@ class Subscriber:
         """Every decoded vector, one row each: `vectors[i, :dimension[i]]` (zero-padded to the
         largest dimension, which is every dimension unless codecs were mixed) with its metadata:
         where it came from (`source` "objects" or "track_events", `index` in that list, `kind`
-        "detection" or the event kind), the frame (camera, sequence, capture time, context) and the
-        object (track, class, score, box, capture time of the view). The `frame_*` arrays list
-        every descriptor received, with or without vectors."""
+        "detection" or the event kind), the frame (camera, sequence, offset in the node's log,
+        capture time, context) and the object (track, class, score, box, capture time of the view).
+        The `frame_*` arrays list every descriptor received, in order, with or without vectors
+        (`frame_offset`: their offsets; `frame_node_run_id`: the run of the node that made them)."""
         rows = self.rows
         width = max((len(r["vector"]) for r in rows), default=0)
         vectors = np.zeros((len(rows), width), np.float32)
@@ -241,6 +341,7 @@ class Subscriber:
             node_id=text("node_id"),
             node_run_id=column("node_run_id", np.uint64),
             sequence=column("sequence", np.uint64),
+            offset=column("offset", np.uint64),
             capture_time_ns=column("capture_time_ns", np.int64),
             view_time_ns=column("view_time_ns", np.int64),
             frame_size=np.array([(r["frame_width"], r["frame_height"]) for r in rows], np.int32).reshape(-1, 2),
@@ -257,41 +358,213 @@ class Subscriber:
             frame_camera_id=np.array([f[0] for f in self.frame_rows], dtype=str),
             frame_sequence=np.array([f[1] for f in self.frame_rows], np.uint64),
             frame_capture_time_ns=np.array([f[2] for f in self.frame_rows], np.int64),
+            frame_offset=np.array([f[3] for f in self.frame_rows], np.uint64),
+            frame_node_run_id=np.array([f[4] for f in self.frame_rows], np.uint64),
         )
 
 
-def subscribe(args) -> int:
-    channel, stub = connect(args)
-    info = stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=args.connect_timeout)
-    class_names = next((list(m.class_names) for m in info.models if m.role == "detector"), [])
+class ResumeFile:
+    """The last offset received, kept in a file as {"node_id": ..., "offset": N}: replaced
+    atomically (written beside, synced, renamed) by a thread within `interval` seconds of a new
+    offset, and at once by flush(). A failed write is raised by the next set() or flush()."""
+
+    def __init__(self, path: Path, interval: float = 0.2):
+        self.path = path
+        self.interval = interval
+        self.lock = threading.Lock()  # guards the state below
+        self.write_lock = threading.Lock()  # one write at a time
+        self.node_id, self.offset, self.written, self.error = "", None, None, None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="resume-file", daemon=True)
+        self.thread.start()
+
+    def load(self):
+        """(node_id, offset) from the file, or None if there is no file."""
+        try:
+            saved = json.loads(self.path.read_text())
+            node_id, offset = saved["node_id"], saved["offset"]
+            if not isinstance(node_id, str) or not isinstance(offset, int) or offset < 0:
+                raise ValueError("node_id must be a string and offset a whole number")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            sys.exit(f"error: resume file {self.path} is not one this client wrote ({err}); remove it to start anew")
+        with self.lock:
+            self.node_id, self.offset = node_id, offset
+            self.written = (node_id, offset)
+        return node_id, offset
+
+    def set(self, node_id: str, offset: int) -> None:
+        with self.lock:
+            if self.error:
+                raise self.error
+            self.node_id, self.offset = node_id, offset
+
+    def flush(self) -> None:
+        with self.write_lock:
+            with self.lock:
+                state = (self.node_id, self.offset)
+                if self.error:
+                    raise self.error
+            if state[1] is None or state == self.written:
+                return
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                with open(tmp, "w") as f:
+                    json.dump({"node_id": state[0], "offset": state[1]}, f)
+                    f.write("\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except OSError as err:
+                with self.lock:
+                    self.error = OSError(f"cannot write the resume file {self.path}: {err}")
+                raise self.error
+            self.written = state
+
+    def _run(self):
+        while not self.stopped.wait(self.interval):
+            try:
+                self.flush()
+            except OSError:
+                return  # raised in the main thread by its next set() or flush()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.flush()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C, but as asked for (exit status 0)."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+# Broken streams worth resubscribing after (with --resume-file): the node is restarting or gone
+# (UNAVAILABLE; CANCELLED or DEADLINE_EXCEEDED that are not our own), has too many subscribers or
+# cut off a slow one (RESOURCE_EXHAUSTED), or failed. Not: a request the node refuses
+# (INVALID_ARGUMENT; OUT_OF_RANGE, an offset its log has not reached: another log).
+RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
+               grpc.StatusCode.UNKNOWN}
+BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 2.0
+
+
+def subscribe_request(args, after):
+    """The SubscribeRequest: after offset `after` when resuming, else where the options say."""
     request = pb.SubscribeRequest(
         camera_ids=args.camera,
         class_names=args.classes,
         min_score=args.min_score,
         include_empty_frames=args.include_empty,
-        start=pb.START_POSITION_EARLIEST_BUFFERED if args.from_buffer else pb.START_POSITION_LIVE,
+        start=pb.START_POSITION_LIVE,
         subscriber_name=args.name,
         full_context=args.full_context,
     )
-    sub = Subscriber(args, class_names)
-    call = stub.Subscribe(request, timeout=args.timeout)
-    status = 0
+    if after is not None:
+        request.start, request.after_offset = pb.START_POSITION_AFTER_OFFSET, after
+    elif args.from_earliest:
+        request.start = pb.START_POSITION_EARLIEST
+    elif args.from_time is not None:
+        request.start = pb.START_POSITION_FROM_TIME
+        request.from_time.seconds, request.from_time.nanos = args.from_time
+    return request
+
+
+def subscribe(args) -> int:
+    signal.signal(signal.SIGTERM, on_sigterm)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    channel, stub = connect(args)
+    sub = Subscriber(args, [])
+    sub.position = args.after_offset
+    resume = ResumeFile(args.resume_file) if args.resume_file else None
+    node_id = None  # the node whose log the offsets are of
+    if resume and (saved := resume.load()) is not None:
+        node_id, sub.position = saved
+        print(f"resume file {args.resume_file}: starting after offset {sub.position}", file=sys.stderr)
+    status, backoff, attempts = 0, BACKOFF_INITIAL, 0
+    call = None
     try:
-        for d in call:
-            sub.on_descriptor(d)
-            if args.max_frames is not None and sub.frames >= args.max_frames:
-                call.cancel()
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 break
-    except grpc.RpcError as err:
-        # Our own --timeout or --max-frames end the stream too; anything else is a failure.
-        if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-            print(f"error: Subscribe failed: {err.code().name}: {err.details()}", file=sys.stderr)
-            status = 1
-    except KeyboardInterrupt:
-        call.cancel()
-        status = 130
+            call = None
+            try:
+                info = stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=min(args.connect_timeout, remaining or 1e9))
+                if node_id is not None and info.node_id != node_id:
+                    where = f"resume file {args.resume_file}" if attempts == 0 else "the stream so far"
+                    print(f"error: {where} has offsets of node {node_id!r}'s log, this is node {info.node_id!r}"
+                          + ("; remove the file to start anew" if attempts == 0 else ""), file=sys.stderr)
+                    status = 1
+                    break
+                node_id = info.node_id
+                # A restarted node may run another detector.
+                sub.class_names = next((list(m.class_names) for m in info.models if m.role == "detector"), [])
+                call = stub.Subscribe(subscribe_request(args, sub.position), timeout=remaining)
+                for d in call:
+                    sub.on_message(d)
+                    if resume:
+                        resume.set(node_id, sub.position)
+                    if attempts:
+                        sub.resubscribed += 1
+                        print(f"resumed: first offset {d.offset or d.gap.first_offset}", file=sys.stderr)
+                        attempts, backoff = 0, BACKOFF_INITIAL
+                    if args.max_frames is not None and sub.frames >= args.max_frames:
+                        call.cancel()
+                        break
+                else:
+                    broken = "the node ended it"  # it is stopping
+                if args.max_frames is not None and sub.frames >= args.max_frames:
+                    break
+            except grpc.RpcError as err:
+                code = err.code()
+                # Our own --timeout ends the stream too (and, without --resume-file, so do any
+                # CANCELLED and DEADLINE_EXCEEDED, as always); anything else is a failure, worth
+                # resubscribing after only for a durable subscriber, when the node may be back.
+                timed_out = deadline is not None and time.monotonic() >= deadline
+                if (code == grpc.StatusCode.DEADLINE_EXCEEDED and timed_out) or (
+                        not resume and code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)):
+                    break
+                if not resume or code not in RETRY_CODES:
+                    what = "Subscribe" if call is not None else "GetNodeInfo"
+                    print(f"error: {what} failed: {code.name}: {err.details()}", file=sys.stderr)
+                    status = 1
+                    break
+                broken = f"{code.name}: {err.details()}"
+            if not resume:
+                break
+            resume.flush()
+            attempts += 1
+            wait = backoff * random.uniform(0.8, 1.2)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            # Every failure of a long outage would be too many lines: the 1st, 2nd, 4th, 8th, ...
+            if attempts & (attempts - 1) == 0:
+                after = "from the start position" if sub.position is None else f"after offset {sub.position}"
+                print(f"stream broken ({broken}); resubscribing {after} in {wait:.2f} s (attempt {attempts})",
+                      file=sys.stderr)
+            time.sleep(wait)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+    except KeyboardInterrupt as stop:
+        if call is not None:
+            call.cancel()
+        status = 0 if isinstance(stop, Terminated) else 130
+    except OSError as err:  # the resume file cannot be written
+        print(f"error: {err}", file=sys.stderr)
+        status = 1
     finally:
         channel.close()
+    if resume:
+        try:
+            resume.close()
+        except OSError as err:
+            if status != 1:
+                print(f"error: {err}", file=sys.stderr)
+            status = status or 1
     if sub.frames or status == 0:
         print(sub.summary())
     if args.save:

@@ -17,6 +17,8 @@ CODEC_NAMES = {F32: "f32", INT8: "int8", F16: "f16", PCA_INT8: "pca-int8", BINAR
 CONFIRMED, BETTER_VIEW, APPEARANCE_CHANGED, ENDED = 1, 2, 3, 4
 EVENT_KINDS = {CONFIRMED: "confirmed", BETTER_VIEW: "better_view", APPEARANCE_CHANGED: "appearance_changed", ENDED: "ended"}
 END_REASONS = {1: "lost", 2: "clock step", 3: "stopped"}
+# LogGapReason values, worded as `retina-edge subscribe` words them.
+GAP_REASONS = {1: "evicted by retention", 2: "never stored"}
 
 
 class UnknownCodec(ValueError):
@@ -99,6 +101,12 @@ def decode_trajectory(summary) -> list:
     if len(offsets) != len(points):
         raise ValueError(f"trajectory with {len(offsets)} offsets but {len(points)} points")
     return [(ms * 1_000_000, *decode_point_q16(p)) for ms, p in zip(offsets, points)]
+
+
+def gap_text(gap) -> str:
+    """A gap notice (FrameDescriptor.gap, a LogGap) for a person: the offsets that will not arrive."""
+    reason = GAP_REASONS.get(gap.reason, "unknown reason")
+    return f"gap: offsets {gap.first_offset}..={gap.last_offset} will not arrive ({reason})"
 
 
 def track_number(track_id: int) -> int:

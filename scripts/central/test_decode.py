@@ -109,6 +109,20 @@ class ProtoNumbers(unittest.TestCase):
             self.assertEqual(pb.TrackEventKind.Value(f"TRACK_EVENT_KIND_{name.upper()}"), value)
         for value, name in rd.END_REASONS.items():
             self.assertEqual(pb.TrackEndReason.Value(f"TRACK_END_REASON_{name.upper().replace(' ', '_')}"), value)
+        self.assertEqual(pb.LOG_GAP_REASON_EVICTED, 1)
+        self.assertEqual(pb.LOG_GAP_REASON_NOT_STORED, 2)
+        self.assertEqual(set(rd.GAP_REASONS), {pb.LOG_GAP_REASON_EVICTED, pb.LOG_GAP_REASON_NOT_STORED})
+
+
+class GapNotices(unittest.TestCase):
+    def test_a_gap_notice_names_its_offsets_and_reason(self):
+        evicted = pb.LogGap(first_offset=5, last_offset=9, reason=pb.LOG_GAP_REASON_EVICTED)
+        self.assertEqual(rd.gap_text(evicted), "gap: offsets 5..=9 will not arrive (evicted by retention)")
+        lost = pb.LogGap(first_offset=12, last_offset=12, reason=pb.LOG_GAP_REASON_NOT_STORED)
+        self.assertEqual(rd.gap_text(lost), "gap: offsets 12..=12 will not arrive (never stored)")
+        # A reason this client does not know yet is named as such, not an error.
+        self.assertEqual(rd.gap_text(pb.LogGap(first_offset=1, last_offset=2, reason=9)),
+                         "gap: offsets 1..=2 will not arrive (unknown reason)")
 
 
 class ContextFields(unittest.TestCase):
