@@ -34,6 +34,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replace a damaged descriptor log: move it aside (kept for analysis) and start an empty one
+    /// whose offsets, sequences and track ids start above any the old one handed out. Run it
+    /// only when the node refuses to start because its log is damaged.
+    ResetLog {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Subscribe to a node and print what it streams: one line per track event by default.
     Subscribe {
         /// The node's gRPC address.
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(config)),
         Command::Check { config } => check(config),
+        Command::ResetLog { config } => reset_log(config),
         Command::Subscribe {
             addr,
             frames,
@@ -201,6 +209,26 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("{} has {} problem(s)", path.display(), problems.len())
         }
     }
+}
+
+fn reset_log(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let log = config.log_path();
+    if let Ok((store, _)) = retina_edge::log::Store::open(&log) {
+        store.close()?;
+        anyhow::bail!("{} is not damaged: nothing to do", log.display());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let (aside, first) = retina_edge::log::Store::replace_damaged(&log, now)?;
+    println!(
+        "moved the damaged log to {} and started {} at offset {first}",
+        aside.display(),
+        log.display()
+    );
+    Ok(())
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {

@@ -196,17 +196,6 @@ async fn sample_clip_gives_what_a_person_sees() {
     }
 }
 
-/// Prometheus text as `name{labels} -> value`, for checking metrics by value.
-fn metric_values(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 /// What a central system receives with the default policy and codec: tracks, few appearance
 /// descriptors, context once, well under the video's bitrate. Two more subscribers on the same
 /// run: one that takes everything published, against which the metrics are checked by value, and
@@ -289,7 +278,7 @@ async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
     );
 
     // The metrics, by value, against what the clip holds and what the clients received.
-    let values = metric_values(&metrics.encode().unwrap());
+    let values = common::metric_values(&metrics.encode().unwrap());
     let value = |name: &str| *values.get(name).unwrap_or_else(|| panic!("metric {name} missing"));
     let frames = common::analysed_frames(&everything) as f64;
     eprintln!(

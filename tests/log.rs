@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use retina_edge::node::Node;
 use retina_edge::pb;
 
 use common::Client;
@@ -262,4 +264,517 @@ async fn query_all(client: &mut Client, request: pb::QueryRequest) -> (Vec<pb::F
         }
         token = page.next_page_token;
     }
+}
+
+/// One metric of an in-process node (0 if it has not been set).
+fn metric(node: &retina_edge::node::Node, name: &str) -> f64 {
+    let values = common::metric_values(&node.metrics.encode().expect("metrics encode"));
+    values.get(name).copied().unwrap_or(0.0)
+}
+
+/// Waits, with a deadline, until `check` holds.
+async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Big descriptors (every detection with an f32 embedding), every frame: a log fills quickly.
+fn heavy_config(log_extra: &str) -> String {
+    let cameras = format!(
+        "[describe]\ncodec = \"f32\"\nsend_detections = true\n\n[log]\n{log_extra}\n\n{}",
+        clip_camera("bikes", "analysis_fps = 0.0\nloop_file = true")
+    );
+    common::config_toml(&cameras, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_evicts_the_oldest_and_a_reader_behind_it_gets_a_gap_notice_then_the_rest() {
+    let mut config = common::parse_config(&heavy_config("max_bytes = 1048576"));
+    config.log.path = Some(common::fresh_log_path());
+    let (node, mut client) = common::start_node(config).await;
+    until(Duration::from_secs(60), "eviction", || {
+        metric(&node, "retina_log_evicted_total") > 0.0
+    })
+    .await;
+
+    let mut stream = client
+        .subscribe(everything(pb::StartPosition::AfterOffset, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let notice = next(&mut stream).await.unwrap();
+    let gap = notice.gap.expect("a gap notice first");
+    assert_eq!(gap.reason(), pb::LogGapReason::Evicted);
+    assert_eq!(gap.first_offset, 1, "from the offset after the cursor");
+    assert!(gap.last_offset >= 1);
+    assert!(
+        notice.camera_id.is_empty() && notice.tracks.is_empty(),
+        "a notice carries nothing else"
+    );
+    let mut rest = Vec::new();
+    while rest.len() < 20 {
+        rest.push(next(&mut stream).await.unwrap());
+    }
+    assert_eq!(rest[0].offset, gap.last_offset + 1, "then the oldest record kept");
+    assert_consecutive(&offsets(&rest), "after the notice");
+    // EARLIEST starts at the oldest kept, without a notice.
+    let mut earliest = client
+        .subscribe(everything(pb::StartPosition::Earliest, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut earliest).await.unwrap();
+    assert!(first.gap.is_none() && first.offset > gap.last_offset, "{:?}", first.gap);
+    let used = metric(&node, "retina_log_bytes");
+    assert!(
+        used < 4.0 * 1048576.0,
+        "the log holds {used} bytes for a max_bytes of 1 MiB"
+    );
+    common::stop_node(node).await;
+}
+
+/// A small tmpfs, mounted for the test (the tests run as root, as `make test` does), unmounted
+/// when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "retina-test"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs needs root (make test runs as root)");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills what is left of the filesystem at `dir` with one file; returns it.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_storing_not_streaming_and_storing_resumes_when_space_returns() {
+    let disk = SmallDisk::mount("16m");
+    let mut config = common::parse_config(&heavy_config("max_bytes = 1073741824"));
+    config.log.path = Some(disk.path().join("log.sqlite"));
+    let (node, mut client) = common::start_node(config).await;
+    until(Duration::from_secs(60), "records stored", || {
+        metric(&node, "retina_log_stored_total") >= 20.0
+    })
+    .await;
+    // Something else fills the disk.
+    let filler = fill(disk.path());
+    until(Duration::from_secs(60), "a commit to fail", || {
+        metric(&node, "retina_log_unstored_total") > 0.0 && metric(&node, "retina_log_healthy") == 0.0
+    })
+    .await;
+    // Live subscribers still get every descriptor: the camera is still analysed.
+    let during = rest_until(&mut client, everything(pb::StartPosition::Live, 0), 20).await;
+    assert_consecutive(&offsets(&during), "live while the disk is full");
+
+    std::fs::remove_file(filler).unwrap();
+    let stored_before = metric(&node, "retina_log_stored_total");
+    until(Duration::from_secs(30), "storing again", || {
+        metric(&node, "retina_log_healthy") == 1.0 && metric(&node, "retina_log_stored_total") > stored_before + 10.0
+    })
+    .await;
+    let upto = rest_until(&mut client, everything(pb::StartPosition::Live, 0), 1).await[0].offset;
+
+    // Reading the log from the start: every offset is a record or inside a not-stored gap, and
+    // the gaps add up to what the node counted as not stored.
+    let mut stream = client
+        .subscribe(everything(pb::StartPosition::Earliest, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut covered = Vec::new();
+    let mut unstored = 0;
+    while covered.last().is_none_or(|&o| o < upto) {
+        let d = next(&mut stream).await.unwrap();
+        match d.gap {
+            Some(gap) => {
+                assert_eq!(gap.reason(), pb::LogGapReason::NotStored);
+                unstored += gap.last_offset - gap.first_offset + 1;
+                covered.extend(gap.first_offset..=gap.last_offset);
+            }
+            None => covered.push(d.offset),
+        }
+    }
+    assert_eq!(
+        covered,
+        (0..=*covered.last().unwrap()).collect::<Vec<_>>(),
+        "nothing silently missing"
+    );
+    let counted = metric(&node, "retina_log_unstored_total");
+    assert!(unstored > 0);
+    assert_eq!(
+        unstored as f64, counted,
+        "the gaps are what the node counted as not stored"
+    );
+    common::stop_node(node).await;
+    drop(disk);
+}
+
+fn spawn_node(config: &std::path::Path) -> common::KillOnDrop {
+    common::KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("retina-edge starts"),
+    )
+}
+
+/// A client of the node at `addr`, once it accepts connections.
+async fn connect(addr: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = pb::retina_client::RetinaClient::connect(format!("http://{addr}")).await {
+            return client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node at {addr} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
+    let camera = common::rtsp::TestCamera::start(&common::sample_clip());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let toml = common::config_toml(&common::rtsp_camera("street", &camera.uri(), ""), "").replace("127.0.0.1:0", &addr);
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+
+    let mut node = spawn_node(&config);
+    let mut client = connect(&addr).await;
+    let mut live = client
+        .subscribe(everything(pb::StartPosition::Live, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut before = Vec::new();
+    while before.len() < 40 {
+        before.push(next(&mut live).await.unwrap());
+    }
+    // Killed while it analyses, with the subscriber reading live.
+    node.kill().unwrap();
+    node.wait().unwrap();
+    while let Ok(Some(d)) = live.message().await {
+        before.push(d);
+    }
+    let last_seen = before.last().unwrap().offset;
+
+    let node = spawn_node(&config);
+    let mut client = connect(&addr).await;
+    let mut resumed = client
+        .subscribe(everything(pb::StartPosition::AfterOffset, last_seen))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut after = Vec::new();
+    while after.len() < 10 {
+        after.push(next(&mut resumed).await.unwrap());
+    }
+    let stored = rest_until_offset(&mut client, last_seen).await;
+    drop(node);
+
+    // What was committed before the kill is what the log holds; what the subscriber saw live and
+    // the log does not hold is what the kill lost.
+    let stored: BTreeSet<u64> = stored.iter().map(|d| d.offset).collect();
+    let lost: Vec<u64> = before
+        .iter()
+        .map(|d| d.offset)
+        .filter(|o| !stored.contains(o))
+        .collect();
+    eprintln!(
+        "kill -9: {} records seen live, {} of them not committed: {lost:?}",
+        before.len(),
+        lost.len()
+    );
+    // 5 analysed frames/s and a 100 ms commit interval: at most one record in flight, and one
+    // more if the kill fell between a batch's end and its fsync.
+    assert!(lost.len() <= 2, "lost {lost:?}");
+    assert!(
+        lost.iter().all(|&o| o > last_seen - 3),
+        "only the newest can be lost: {lost:?}"
+    );
+
+    // The resumed stream: no gap notice, offsets past every old one, sequences and track ids too.
+    assert!(after.iter().all(|d| d.gap.is_none()));
+    assert!(after[0].offset > last_seen, "offsets go on past the old ones");
+    let old_sequence = before.iter().map(|d| d.sequence).max().unwrap();
+    assert!(
+        after[0].sequence > old_sequence,
+        "sequences go on: {} after {old_sequence}",
+        after[0].sequence
+    );
+    let old_tracks: BTreeSet<u64> = before.iter().flat_map(|d| &d.tracks).map(|t| t.track_id).collect();
+    let new_tracks: BTreeSet<u64> = after.iter().flat_map(|d| &d.tracks).map(|t| t.track_id).collect();
+    assert!(
+        new_tracks.iter().all(|t| old_tracks.iter().all(|o| t > o)),
+        "track ids are not reused: {new_tracks:?} after {old_tracks:?}"
+    );
+}
+
+/// Every record the log holds up to `last`, from the oldest.
+async fn rest_until_offset(client: &mut Client, last: u64) -> Vec<pb::FrameDescriptor> {
+    let mut stream = client
+        .subscribe(everything(pb::StartPosition::Earliest, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out: Vec<pb::FrameDescriptor> = Vec::new();
+    loop {
+        let d = next(&mut stream).await.unwrap();
+        if d.offset > last {
+            return out;
+        }
+        out.push(d);
+    }
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_subscribers_fast_slow_and_from_the_start_stall_nothing_and_limits_hold() {
+    let cameras = format!(
+        "[deliver]\nsubscriber_buffer_frames = 8\nmax_subscribers = 101\nsubscriber_idle_seconds = 5.0\n\n{}",
+        clip_camera("bikes", "analysis_fps = 10.0\nloop_file = true\nrealtime = true")
+    );
+    let (node, mut client) = common::start_node(common::parse_config(&common::config_toml(&cameras, ""))).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    // The pipeline's pace alone, before anyone subscribes.
+    let mut pace = client
+        .subscribe(everything(pb::StartPosition::Live, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut pace).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let start = first.offset;
+    let rss_before = rss_bytes();
+
+    // One client that never reads, with a 1 KiB HTTP/2 window so that it is full at once: cut
+    // off after 5 s of not reading, never holding the node.
+    let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stuck = pb::retina_client::RetinaClient::new(channel)
+        .subscribe(everything(pb::StartPosition::Live, 0))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // 99 more: 60 live, 19 slow (a descriptor every 150 ms: slower than the camera), 20 from the
+    // start of the log. Each reads until offset `start + 150`.
+    let target = start + 150;
+    let mut readers = Vec::new();
+    for i in 0..99 {
+        let addr = addr.clone();
+        let (start_at, delay) = match i {
+            0..60 => (pb::StartPosition::Live, None),
+            60..79 => (pb::StartPosition::Live, Some(Duration::from_millis(150))),
+            _ => (pb::StartPosition::Earliest, None),
+        };
+        readers.push(tokio::spawn(async move {
+            // A slow reader's HTTP/2 window is small, so that the node sees it fall behind at
+            // once rather than after megabytes buffered in the connection.
+            let window = delay.map(|_| 1024);
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .unwrap()
+                .initial_stream_window_size(window)
+                .connect()
+                .await
+                .unwrap();
+            let mut client = pb::retina_client::RetinaClient::new(channel);
+            let mut stream = client.subscribe(everything(start_at, 0)).await.unwrap().into_inner();
+            let mut got = Vec::new();
+            loop {
+                let d = next(&mut stream).await.expect("the node runs");
+                let offset = d.offset;
+                got.push(offset);
+                if offset >= target {
+                    return (got, tokio::time::Instant::now());
+                }
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }));
+    }
+    // The 102nd stream is one too many.
+    until(Duration::from_secs(30), "101 streams open", || {
+        metric(&node, "retina_subscribers") == 101.0
+    })
+    .await;
+    let refused = client
+        .subscribe(everything(pb::StartPosition::Live, 0))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+
+    // The pipeline goes on at its own pace.
+    let mut paced = vec![first.offset];
+    while *paced.last().unwrap() < target {
+        paced.push(next(&mut pace).await.unwrap().offset);
+    }
+    let pipeline_done = tokio::time::Instant::now();
+    let mut results = Vec::new();
+    for reader in readers {
+        results.push(reader.await.unwrap());
+    }
+    for (i, (got, _)) in results.iter().enumerate() {
+        let from = if i >= 79 { 0 } else { got[0] };
+        assert_consecutive(got, &format!("reader {i}"));
+        assert_eq!((got[0] >= from, *got.last().unwrap()), (true, target), "reader {i}");
+    }
+    for (i, (got, _)) in results[79..].iter().enumerate() {
+        assert_eq!(got[0], 0, "reader {} from the start", 79 + i);
+    }
+    // Fast readers kept up with the pipeline while slow ones lagged.
+    let fast_done = results[..60].iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        fast_done.duration_since(pipeline_done) < Duration::from_secs(2),
+        "the live readers finished {:?} after the pipeline",
+        fast_done.duration_since(pipeline_done)
+    );
+    let produced = (target - start) as f64 / pipeline_done.duration_since(started).as_secs_f64();
+    assert!(
+        produced > 7.0,
+        "the camera went on at {produced:.1} descriptors/s of 10"
+    );
+    assert!(
+        metric(&node, "retina_subscriber_fallbacks_total{subscriber=\"anonymous\"}") >= 19.0,
+        "the slow readers fell back to the log"
+    );
+    let grown = rss_bytes().saturating_sub(rss_before) as f64 / 1e6;
+    eprintln!("100 subscribers: pipeline {produced:.1} descriptors/s, RSS grew {grown:.1} MB");
+    assert!(grown < 150.0, "memory grew {grown:.1} MB with 100 subscribers");
+
+    // The stuck client was cut off with a clear status after what it had buffered.
+    drop(pace);
+    until(Duration::from_secs(30), "every stream closed", || {
+        metric(&node, "retina_subscribers") == 0.0
+    })
+    .await;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(60), stuck.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("read nothing"), "{}", status.message());
+    common::stop_node(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_the_start_by_name_and_reset_log_numbers_the_new_one_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(&config_path, common::config_toml("", "")).unwrap();
+    let log = dir.path().join("node.log.sqlite");
+    // A log cut short: the first 3 pages of a real one.
+    let (store, _) = retina_edge::log::Store::open(&log).unwrap();
+    store.close().unwrap();
+    std::fs::write(&log, vec![0x5a; 4096]).unwrap();
+
+    let config = retina_edge::config::Config::load(&config_path).unwrap();
+    let err = Node::start(config).await.err().expect("refused").to_string();
+    assert!(
+        err.contains(&log.display().to_string()) && err.contains("damaged") && err.contains("reset-log"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        vec![0x5a; 4096],
+        "the file is left as it was"
+    );
+
+    let reset = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+        .args(["reset-log", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reset.stdout);
+    assert!(
+        reset.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let config = retina_edge::config::Config::load(&config_path).unwrap();
+    let (node, mut client) = common::start_node(config).await;
+    let mut stream = client
+        .subscribe(everything(pb::StartPosition::AfterOffset, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let notice = next(&mut stream).await.unwrap().gap.expect("old offsets are gone");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        notice.last_offset + 1 >= (now - 60) << 24,
+        "the new log starts above the old: {notice:?}"
+    );
+    assert!(
+        said.contains(&format!("at offset {}", notice.last_offset + 1)),
+        "{said}"
+    );
+    drop(stream);
+    common::stop_node(node).await;
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("node.log.sqlite.damaged-"))
+        .collect();
+    assert!(!kept.is_empty(), "the damaged file is kept beside");
 }

@@ -47,6 +47,10 @@ const QUERY_PAGE_MAX: usize = 1000;
 /// scan the whole log; the page then comes back short, with a token to go on.
 const QUERY_SCAN_BUDGET: usize = 20_000;
 
+/// The largest request a client may send: a camera spec or a subscription's filters are far
+/// smaller. Larger ones are refused by tonic with RESOURCE_EXHAUSTED before they are decoded.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// What one client may hold of the node.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -690,8 +694,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RetinaServer::new(service))
-        .add_service(AdminServer::new(AdminService { manager }))
+        .add_service(RetinaServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(AdminServer::new(AdminService { manager }).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.wait().await;
         })

@@ -46,13 +46,21 @@ pub struct CameraCounters {
     pub next_track: u64,
 }
 
+/// Where each camera's numbering resumes: from the log for cameras it has seen, from `floor` for
+/// the others.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub cameras: HashMap<String, CameraCounters>,
+    pub floor: CameraCounters,
+}
+
 pub struct Describer {
     origin: Origin,
     encoder: Encoder,
     config: DescribeConfig,
     cameras: HashMap<String, CameraState>,
     /// Where each camera's numbering resumes (from the log), for cameras not seen yet this run.
-    resume: HashMap<String, CameraCounters>,
+    resume: Resume,
 }
 
 struct CameraState {
@@ -70,12 +78,7 @@ struct CameraState {
 }
 
 impl Describer {
-    pub fn new(
-        origin: Origin,
-        encoder: Encoder,
-        config: DescribeConfig,
-        resume: HashMap<String, CameraCounters>,
-    ) -> Self {
+    pub fn new(origin: Origin, encoder: Encoder, config: DescribeConfig, resume: Resume) -> Self {
         Describer {
             origin,
             encoder,
@@ -141,7 +144,11 @@ impl Describer {
         // Track ids start from the node's start second (see `track`).
         let epoch = self.origin.node_run_id / 1_000_000_000;
         let state = self.cameras.entry(analysis.camera.id.clone()).or_insert_with(|| {
-            let resume = self.resume.remove(&analysis.camera.id).unwrap_or_default();
+            let resume = self
+                .resume
+                .cameras
+                .remove(&analysis.camera.id)
+                .unwrap_or(self.resume.floor);
             let mut tracker = Tracker::new(self.config.tracker.clone(), epoch);
             tracker.continue_from(resume.next_track);
             CameraState {
@@ -369,7 +376,7 @@ mod tests {
             ..DescribeConfig::default()
         };
         let encoder = Encoder::new(codec::CodecKind::Int8, None, None).unwrap();
-        Describer::new(origin, encoder, config, HashMap::new())
+        Describer::new(origin, encoder, config, Resume::default())
     }
 
     fn analysis(camera: &Arc<CameraStatus>, ticket: u64, ok: bool) -> Analysis {

@@ -214,6 +214,7 @@ impl Log {
         let (store, last_run) = Store::open(path)?;
         let next_offset = store.next_offset();
         let counters = store.camera_counters()?;
+        let counter_floor = store.counter_floor()?;
         match last_run {
             LastRun::Crashed => tracing::warn!(path = %path.display(), next_offset,
                 "the descriptor log was not closed by its last run (a crash or power cut): offsets, sequences and \
@@ -250,6 +251,7 @@ impl Log {
             handover,
             next_offset,
             counters,
+            counter_floor,
         };
         Ok((Log { shared, writer }, appender))
     }
@@ -278,13 +280,21 @@ pub struct Appender {
     handover: SyncSender<writer::Pending>,
     next_offset: u64,
     counters: HashMap<String, CameraCounters>,
+    counter_floor: u64,
 }
 
 impl Appender {
     /// What each camera had handed out when the log was last committed, so that its numbering
-    /// goes on (skipped ahead after a crash). Taken once, by the describer.
-    pub fn take_resume_counters(&mut self) -> HashMap<String, CameraCounters> {
-        std::mem::take(&mut self.counters)
+    /// goes on (skipped ahead after a crash), and where a camera the log has not seen starts.
+    /// Taken once, by the describer.
+    pub fn take_resume_counters(&mut self) -> crate::describe::Resume {
+        crate::describe::Resume {
+            cameras: std::mem::take(&mut self.counters),
+            floor: CameraCounters {
+                next_sequence: self.counter_floor,
+                next_track: self.counter_floor,
+            },
+        }
     }
 
     /// Gives `descriptor` the next offset, publishes it live and hands it to the writer with its
@@ -602,7 +612,7 @@ mod tests {
         drop(appender);
         log.close();
         let (log, mut appender) = open(dir.path(), fast(), 16);
-        assert_eq!(appender.take_resume_counters()["a"], counters(10));
+        assert_eq!(appender.take_resume_counters().cameras["a"], counters(10));
         assert_eq!(log.reader().next_offset(), 10);
         let subscription = log.reader().subscribe(Start::AfterOffset(7)).await.unwrap();
         appender.append(descriptor("a", 10), counters(11));
@@ -625,7 +635,7 @@ mod tests {
             next_sequence: 12 + store::CRASH_SKIP,
             next_track: store::CRASH_SKIP,
         };
-        assert_eq!(appender.take_resume_counters()["a"], skipped);
+        assert_eq!(appender.take_resume_counters().cameras["a"], skipped);
         assert_eq!(log.reader().next_offset(), 12 + store::CRASH_SKIP);
     }
 

@@ -159,7 +159,7 @@ impl Store {
             None => {
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('next_offset', 0),
-                     ('evicted_before', 0), ('open', 1)",
+                     ('evicted_before', 0), ('open', 1), ('counter_floor', 0)",
                     params![SCHEMA_VERSION],
                 )
                 .map_err(fail)?;
@@ -170,7 +170,7 @@ impl Store {
                 let was_open = meta(&tx, "open").map_err(fail)? != Some(0);
                 if was_open {
                     tx.execute_batch(&format!(
-                        "UPDATE meta SET value = value + {CRASH_SKIP} WHERE key = 'next_offset';
+                        "UPDATE meta SET value = value + {CRASH_SKIP} WHERE key IN ('next_offset', 'counter_floor');
                          UPDATE cameras SET next_sequence = next_sequence + {CRASH_SKIP},
                                             next_track = next_track + {CRASH_SKIP};"
                     ))
@@ -332,6 +332,54 @@ impl Store {
             .execute("UPDATE meta SET value = 0 WHERE key = 'open'", [])
             .map_err(|e| store_error(&self.path, e))?;
         Ok(())
+    }
+
+    /// Where numbering starts for a camera the log has never seen: 0, except in a log that
+    /// replaced a damaged one (see [`Store::replace_damaged`]).
+    pub fn counter_floor(&self) -> Result<u64> {
+        meta(&self.conn, "counter_floor")
+            .map(|v| from_sql(v.unwrap_or(0)))
+            .map_err(|e| store_error(&self.path, e))
+    }
+
+    /// Moves a damaged log (and its `-wal` and `-shm` files) aside, to `PATH.damaged-UNIXSECONDS`,
+    /// and creates an empty log in its place whose offsets, sequences and track ids start above
+    /// any the damaged log can have handed out: above its own next offset when that can still be
+    /// read, and in any case at `now_unix_seconds * 2^24` (the form of a track id born now; a node
+    /// would need a billion crashes to reach it). Returns where the old files went and the new
+    /// log's first offset.
+    pub fn replace_damaged(path: &Path, now_unix_seconds: u64) -> Result<(PathBuf, u64)> {
+        let salvaged = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .and_then(|conn| meta(&conn, "next_offset").ok().flatten())
+            .map(from_sql);
+        let floor = (now_unix_seconds << 24).max(salvaged.map_or(0, |next| next + CRASH_SKIP));
+        let aside = PathBuf::from(format!("{}.damaged-{now_unix_seconds}", path.display()));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", path.display()));
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("moving {} aside to {}", from.display(), to.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        let (store, _) = Store::open(path)?;
+        let fail = |e: rusqlite::Error| store_error(path, e);
+        store
+            .conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key IN ('next_offset', 'counter_floor', 'evicted_before')",
+                params![to_sql(floor)],
+            )
+            .map_err(fail)?;
+        store.close()?;
+        Ok((aside, floor))
     }
 
     /// What every camera had handed out at the last commit (plus [`CRASH_SKIP`] after a crash).
@@ -639,7 +687,7 @@ fn corrupt(path: &Path, message: String) -> Error {
     Error::Log {
         path: path.to_path_buf(),
         message: format!(
-            "{message}; the log is damaged, and the node does not start an empty log in its place (that would hand out its offsets again)"
+            "{message}; the log is damaged, and the node does not start an empty log in its place (that would hand out its offsets again): `retina-edge reset-log --config FILE` moves it aside and starts a log numbered above it"
         ),
     }
 }
@@ -832,11 +880,35 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_log_is_replaced_by_one_that_numbers_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let now = 1_780_000_000;
+        let (aside, floor) = Store::replace_damaged(&path, now).unwrap();
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            vec![0x5a; 8192],
+            "the damaged file is kept"
+        );
+        assert_eq!(floor, now << 24);
+        let (store, last_run) = Store::open(&path).unwrap();
+        assert_eq!(last_run, LastRun::Closed);
+        assert_eq!((store.next_offset(), store.counter_floor().unwrap()), (floor, floor));
+        assert_eq!(
+            store.evicted_before().unwrap(),
+            floor,
+            "readers are told the old offsets are gone"
+        );
+    }
+
+    #[test]
     fn a_file_that_is_not_a_log_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.sqlite");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let err = Store::open(&path).unwrap_err().to_string();
         assert!(err.contains("log.sqlite") && err.contains("damaged"), "{err}");
+        assert!(err.contains("retina-edge reset-log"), "the recovery is named: {err}");
     }
 }

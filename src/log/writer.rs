@@ -19,7 +19,7 @@ use crate::pb;
 /// At most this many records go into one commit, so that a backlog is written in bounded steps.
 const MAX_BATCH: usize = 8192;
 /// How often retention is checked.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Records removed per eviction transaction: big enough to be cheap per record, small enough not
 /// to hold up a commit for long.
 const EVICTION_SLICE: u64 = 20_000;

@@ -313,3 +313,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     );
     response
 }
+
+/// Prometheus text as `name{labels}` -> value.
+pub fn metric_values(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
