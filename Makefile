@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -50,6 +50,13 @@ bench-isolation: deps
 ## catch-up reads, space, eviction, queries, kill -9; ~3 min. Writes benches/results/log-stores.md.
 bench-log-stores:
 	cd benches/log-stores && $(CARGO) run --release --locked -- --records 2000000
+
+## The descriptor log as built (retina_edge::log and the release binary): append rate with group
+## commit, bytes per camera-day and what retention keeps, catch-up reads, queries, the real load of
+## 16 cameras, and kill -9 of the node (descriptors received live but lost); ~4 min. Writes
+## benches/results/log.md.
+bench-log: build
+	$(CARGO) bench --locked --bench log
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes
