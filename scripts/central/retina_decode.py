@@ -18,7 +18,11 @@ CONFIRMED, BETTER_VIEW, APPEARANCE_CHANGED, ENDED = 1, 2, 3, 4
 EVENT_KINDS = {CONFIRMED: "confirmed", BETTER_VIEW: "better_view", APPEARANCE_CHANGED: "appearance_changed", ENDED: "ended"}
 END_REASONS = {1: "lost", 2: "clock step", 3: "stopped"}
 # LogGapReason values, worded as `retina-edge subscribe` words them.
-GAP_REASONS = {1: "evicted by retention", 2: "never stored"}
+GAP_REASONS = {
+    1: "evicted by retention",
+    2: "never stored",
+    3: "skipped at a restart after a crash; the first may have been sent live",
+}
 
 
 class UnknownCodec(ValueError):

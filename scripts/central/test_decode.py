@@ -111,7 +111,11 @@ class ProtoNumbers(unittest.TestCase):
             self.assertEqual(pb.TrackEndReason.Value(f"TRACK_END_REASON_{name.upper().replace(' ', '_')}"), value)
         self.assertEqual(pb.LOG_GAP_REASON_EVICTED, 1)
         self.assertEqual(pb.LOG_GAP_REASON_NOT_STORED, 2)
-        self.assertEqual(set(rd.GAP_REASONS), {pb.LOG_GAP_REASON_EVICTED, pb.LOG_GAP_REASON_NOT_STORED})
+        self.assertEqual(pb.LOG_GAP_REASON_LOST_IN_CRASH, 3)
+        self.assertEqual(
+            set(rd.GAP_REASONS),
+            {pb.LOG_GAP_REASON_EVICTED, pb.LOG_GAP_REASON_NOT_STORED, pb.LOG_GAP_REASON_LOST_IN_CRASH},
+        )
 
 
 class GapNotices(unittest.TestCase):

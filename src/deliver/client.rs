@@ -173,6 +173,7 @@ fn gap_line(gap: &pb::LogGap) -> String {
     let why = match pb::LogGapReason::try_from(gap.reason) {
         Ok(pb::LogGapReason::Evicted) => "evicted by retention",
         Ok(pb::LogGapReason::NotStored) => "never stored",
+        Ok(pb::LogGapReason::LostInCrash) => "skipped at a restart after a crash; the first may have been sent live",
         _ => "unknown reason",
     };
     format!(

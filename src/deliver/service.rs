@@ -531,6 +531,7 @@ fn gap_notice(gap: Gap) -> pb::FrameDescriptor {
     let reason = match gap.reason {
         GapReason::Evicted => pb::LogGapReason::Evicted,
         GapReason::NotStored => pb::LogGapReason::NotStored,
+        GapReason::LostInCrash => pb::LogGapReason::LostInCrash,
     };
     pb::FrameDescriptor {
         gap: Some(pb::LogGap {

@@ -46,10 +46,13 @@ pub struct Gap {
     pub reason: GapReason,
 }
 
+/// Stored as its discriminant: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {
-    Evicted,
-    NotStored,
+    Evicted = 0,
+    NotStored = 1,
+    /// Skipped at the restart after a crash: the first few may have been sent live, never stored.
+    LostInCrash = 2,
 }
 
 /// What a query selects; every part optional.
@@ -169,6 +172,14 @@ impl Store {
                 let tx = conn.unchecked_transaction().map_err(fail)?;
                 let was_open = meta(&tx, "open").map_err(fail)? != Some(0);
                 if was_open {
+                    // What the crashed run handed out live after its last commit lies at the start
+                    // of the skipped range: readers crossing it are told.
+                    let next = meta(&tx, "next_offset").map_err(fail)?.unwrap_or(0);
+                    tx.execute(
+                        "INSERT OR REPLACE INTO gaps (first_offset, last_offset, reason) VALUES (?1, ?2, ?3)",
+                        params![next, next + to_sql(CRASH_SKIP) - 1, GapReason::LostInCrash as i64],
+                    )
+                    .map_err(fail)?;
                     tx.execute_batch(&format!(
                         "UPDATE meta SET value = value + {CRASH_SKIP} WHERE key IN ('next_offset', 'counter_floor');
                          UPDATE cameras SET next_sequence = next_sequence + {CRASH_SKIP},
@@ -660,6 +671,7 @@ fn stored_gaps(conn: &Connection, from: u64, until: u64) -> rusqlite::Result<Vec
         .query_map(params![to_sql(from), to_sql(until)], |row| {
             let reason = match row.get::<_, i64>(2)? {
                 0 => GapReason::Evicted,
+                2 => GapReason::LostInCrash,
                 _ => GapReason::NotStored,
             };
             Ok(Gap {
@@ -763,6 +775,16 @@ mod tests {
         let (store, last_run) = Store::open(&path).unwrap();
         assert_eq!(last_run, LastRun::Crashed);
         assert_eq!(store.next_offset(), 1 + CRASH_SKIP);
+        let (_, gaps, _) = store.read_span(1, 2 + CRASH_SKIP, 10).unwrap();
+        assert_eq!(
+            gaps,
+            [Gap {
+                first: 1,
+                last: CRASH_SKIP,
+                reason: GapReason::LostInCrash
+            }],
+            "readers crossing the skipped offsets are told"
+        );
         assert_eq!(
             store.camera_counters().unwrap()["a"],
             counters(1 + CRASH_SKIP, 5 + CRASH_SKIP)
