@@ -179,20 +179,9 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-}
-
-fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
 fn shift(t: &mut Option<prost_types::Timestamp>, ns: i64) {
     if let Some(ts) = t {
-        *ts = timestamp(nanos(Some(*ts)) + ns);
+        *ts = common::timestamp(common::nanos(Some(*ts)) + ns);
     }
 }
 
@@ -360,7 +349,7 @@ impl Day {
                 _ => frames.push(d.clone()),
             }
         }
-        let times: Vec<i64> = frames.iter().map(|d| nanos(d.capture_time)).collect();
+        let times: Vec<i64> = frames.iter().map(|d| common::nanos(d.capture_time)).collect();
         let spacing = (times[times.len() - 1] - times[0]) / (times.len() as i64 - 1);
         assert!(
             (spacing - FRAME_NS).abs() < FRAME_NS / 10,

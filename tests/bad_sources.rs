@@ -424,17 +424,6 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
     common::stop_node(node).await;
 }
 
-async fn connect(addr: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(client) = pb::retina_client::RetinaClient::connect(format!("http://{addr}")).await {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "the node at {addr} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn spawn_node(config: &Path) -> KillOnDrop {
     KillOnDrop::new(
         std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
@@ -461,7 +450,7 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     let state_path = dir.path().join("node.cameras.toml");
 
     let mut node = spawn_node(&config_path);
-    let mut client = connect(&addr).await;
+    let mut client = common::connect(&addr).await;
     common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
         c.frames_analysed > 0
     })
@@ -488,7 +477,7 @@ async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     node.wait().unwrap();
 
     let mut node = spawn_node(&config_path);
-    let mut client = connect(&addr).await;
+    let mut client = common::connect(&addr).await;
     common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams again", |c| {
         c.state() == CameraState::Streaming && c.frames_analysed > 0
     })

@@ -160,15 +160,15 @@ async fn a_subscriber_that_resumes_after_its_last_offset_misses_nothing_and_quer
     );
 
     // A capture-time window, newest first, cars only.
-    let times: Vec<i64> = reference.iter().map(|d| nanos(d.capture_time)).collect();
+    let times: Vec<i64> = reference.iter().map(|d| common::nanos(d.capture_time)).collect();
     let (from, to) = (times[times.len() / 4], times[times.len() / 2]);
     let (window, _) = query_all(
         &mut client,
         pb::QueryRequest {
             camera_id: "bikes".into(),
             class_names: vec!["car".into()],
-            from_time: Some(timestamp(from)),
-            to_time: Some(timestamp(to)),
+            from_time: Some(common::timestamp(from)),
+            to_time: Some(common::timestamp(to)),
             newest_first: true,
             page_size: 5,
             ..Default::default()
@@ -177,10 +177,10 @@ async fn a_subscriber_that_resumes_after_its_last_offset_misses_nothing_and_quer
     .await;
     let mut expected: Vec<&pb::FrameDescriptor> = reference
         .iter()
-        .filter(|d| (from..to).contains(&nanos(d.capture_time)))
+        .filter(|d| (from..to).contains(&common::nanos(d.capture_time)))
         .filter(|d| d.tracks.iter().any(|t| t.class_id == 2) || d.track_events.iter().any(|e| e.class_id == 2))
         .collect();
-    expected.sort_by_key(|d| std::cmp::Reverse((nanos(d.capture_time), d.offset)));
+    expected.sort_by_key(|d| std::cmp::Reverse((common::nanos(d.capture_time), d.offset)));
     assert_eq!(
         offsets(&window),
         expected.iter().map(|d| d.offset).collect::<Vec<_>>(),
@@ -220,17 +220,6 @@ async fn a_subscriber_that_resumes_after_its_last_offset_misses_nothing_and_quer
         .unwrap_err();
     assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
     common::stop_node(node).await;
-}
-
-fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-}
-
-fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
 }
 
 /// Reads `n` descriptors of a new subscription.
@@ -452,21 +441,6 @@ fn spawn_node(config: &std::path::Path) -> common::KillOnDrop {
     )
 }
 
-/// A client of the node at `addr`, once it accepts connections.
-async fn connect(addr: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(client) = pb::retina_client::RetinaClient::connect(format!("http://{addr}")).await {
-            return client;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node at {addr} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     let camera = common::rtsp::TestCamera::start(&common::sample_clip());
@@ -477,7 +451,7 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     std::fs::write(&config, toml).unwrap();
 
     let mut node = spawn_node(&config);
-    let mut client = connect(&addr).await;
+    let mut client = common::connect(&addr).await;
     let mut live = client
         .subscribe(everything(pb::StartPosition::Live, 0))
         .await
@@ -496,7 +470,7 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     let last_seen = before.last().unwrap().offset;
 
     let node = spawn_node(&config);
-    let mut client = connect(&addr).await;
+    let mut client = common::connect(&addr).await;
     let mut resumed = client
         .subscribe(everything(pb::StartPosition::AfterOffset, last_seen))
         .await
@@ -627,7 +601,7 @@ async fn a_hundred_subscribers_fast_slow_and_from_the_start_stall_nothing_and_li
     let config = dir.path().join("node.toml");
     std::fs::write(&config, toml).unwrap();
     let node = spawn_node(&config);
-    let mut client = connect(&format!("127.0.0.1:{grpc}")).await;
+    let mut client = common::connect(&format!("127.0.0.1:{grpc}")).await;
     let addr = format!("http://127.0.0.1:{grpc}");
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let scrape = || async move { common::metric_values(&common::http_get(metrics_addr, "/metrics").await) };

@@ -324,18 +324,6 @@ fn spawn_node(config: &Path, log: &Path) -> common::KillOnDrop {
         .expect("retina-edge starts")
 }
 
-/// A client of the node at `addr`, once it answers (it may still be loading its models).
-async fn connect(addr: &str) -> common::Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(client) = pb::retina_client::RetinaClient::connect(format!("http://{addr}")).await {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "the node at {addr} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Sends `signal` to a process and waits for it to exit.
 async fn signal_and_wait(child: &mut common::KillOnDrop, signal: i32, what: &str) -> ExitStatus {
     let pid = child.id() as i32;
@@ -498,7 +486,7 @@ async fn python_client_resumes_from_its_last_offset_across_node_restarts() {
 
     // Run 1.
     let mut node = spawn_node(&config, &node_log);
-    let mut rust = connect(&addr).await;
+    let mut rust = common::connect(&addr).await;
     let mut python = run_python(&[
         "scripts/central/retina_client.py",
         "--addr",
@@ -534,7 +522,7 @@ async fn python_client_resumes_from_its_last_offset_across_node_restarts() {
 
     // Run 2: the same config, the same log.
     let mut node = spawn_node(&config, &node_log);
-    let mut rust = connect(&addr).await;
+    let mut rust = common::connect(&addr).await;
     let line = stderr.wait_for("resumed: first offset", Duration::from_secs(60)).await;
     assert!(number_after(&line, "first offset ") > l1, "{line} (after {l1})");
     let p2 = live_offset(&mut rust).await;
@@ -550,7 +538,7 @@ async fn python_client_resumes_from_its_last_offset_across_node_restarts() {
 
     // Run 3.
     let mut node = spawn_node(&config, &node_log);
-    let mut rust = connect(&addr).await;
+    let mut rust = common::connect(&addr).await;
     let line = stderr.wait_for("resumed: first offset", Duration::from_secs(60)).await;
     assert!(number_after(&line, "first offset ") > l2, "{line} (after {l2})");
     let p3 = live_offset(&mut rust).await;
@@ -601,7 +589,7 @@ async fn python_client_resumes_from_its_last_offset_across_node_restarts() {
             crash_gaps += 1;
             continue;
         }
-        logged.push((d.offset, d.node_run_id, nanos(d.capture_time)));
+        logged.push((d.offset, d.node_run_id, common::nanos(d.capture_time)));
     }
     drop(stream);
     assert_eq!(crash_gaps, 1, "one notice for the kill -9, none for the clean stop");
@@ -682,11 +670,6 @@ async fn python_client_resumes_from_its_last_offset_across_node_restarts() {
         span(&logged, l2 + 1, last),
         "offsets after {l2}"
     );
-}
-
-fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
-    let t = t.expect("a capture time");
-    t.seconds * 1_000_000_000 + i64::from(t.nanos)
 }
 
 // ── grpcurl ──────────────────────────────────────────────────────────────────────────────────

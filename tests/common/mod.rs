@@ -324,3 +324,29 @@ pub fn metric_values(text: &str) -> std::collections::HashMap<String, f64> {
         })
         .collect()
 }
+
+/// A client of the node at `addr` (host:port), once it answers: a node started as a process may
+/// still be loading its models.
+pub async fn connect(addr: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = RetinaClient::connect(format!("http://{addr}")).await {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "the node at {addr} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Unix nanoseconds of a protobuf timestamp (0 if unset).
+pub fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+}
+
+/// A protobuf timestamp of Unix nanoseconds.
+pub fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
+}
