@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use retina_edge::describe::codec::{self, CodecKind, Encoder};
-use retina_edge::describe::emit::event_kind_label;
 use retina_edge::describe::projection::Projection;
 use retina_edge::infer::manifest::Manifest;
 use retina_edge::pb::{self, EmbeddingCodec, TrackEventKind};
+use retina_edge::wire::event_kind_label;
 use serde_json::{Value, json};
 
 /// The clips of the issue, as (name, path in the repository).

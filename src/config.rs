@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::describe::codec::CodecKind;
-use crate::describe::emit::EmissionConfig;
-use crate::describe::track::TrackerConfig;
 use crate::error::{Error, Result};
+
+mod describe;
+
+pub use describe::{CodecKind, DescribeConfig, EmissionConfig, TrackerConfig};
 
 /// COCO classes a city cares about: people and vehicles.
 pub const DEFAULT_EMBED_CLASSES: [&str; 6] = ["person", "bicycle", "car", "motorcycle", "bus", "truck"];
@@ -140,46 +141,6 @@ impl Default for LogConfig {
             max_bytes: 2 << 30,
             max_age_hours: 7.0 * 24.0,
             queue_records: 16_384,
-        }
-    }
-}
-
-/// How detections become descriptors: tracking, what is sent when, and how embeddings are coded.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DescribeConfig {
-    /// Wire encoding of appearance embeddings: "f32", "f16", "int8", "pca-int8" or "binary".
-    pub codec: CodecKind,
-    /// pca-int8: dimensions kept; binary: bits (default 128 for both). Must be offered by the
-    /// embedder's projection. Not used by the other codecs.
-    pub codec_dimension: Option<usize>,
-    /// Also send every detection of every frame with its embedding (`FrameDescriptor.objects`):
-    /// for evaluation and debugging, at many times the bandwidth.
-    pub send_detections: bool,
-    pub tracker: TrackerConfig,
-    pub emission: EmissionConfig,
-}
-
-impl Default for DescribeConfig {
-    fn default() -> Self {
-        DescribeConfig {
-            codec: CodecKind::PcaInt8,
-            codec_dimension: None,
-            send_detections: false,
-            tracker: TrackerConfig::default(),
-            emission: EmissionConfig::default(),
-        }
-    }
-}
-
-impl DescribeConfig {
-    /// `codec_dimension`, or the default of the codec: the sizes chosen from the measurements of
-    /// `make eval-descriptors` (README, "Descriptors").
-    pub fn effective_codec_dimension(&self) -> Option<usize> {
-        if self.codec.is_projected() {
-            Some(self.codec_dimension.unwrap_or(128))
-        } else {
-            self.codec_dimension
         }
     }
 }

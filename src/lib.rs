@@ -6,11 +6,22 @@
 //! - [`ingest`]: GStreamer pipelines per camera, capture time, the bounded hand-over queue;
 //! - [`infer`]: model manifests, ONNX Runtime sessions, pre-processing, output decoders, workers;
 //! - [`describe`]: ordering, numbering, normalising and encoding results as descriptors;
-//! - [`log`]: the durable descriptor log (being built: issue #9), the seam readers will read from;
+//! - [`log`]: the durable descriptor log, the seam every reader reads from;
 //! - [`deliver`]: fan-out to subscribers, the gRPC service, and a central-side client.
 //!
-//! Beside them, small and shared: [`config`], [`error`], [`clock`], [`shutdown`], [`metrics`],
-//! and [`node`], which wires the stages together.
+//! Beside them, small and shared: [`config`], [`error`], [`clock`], [`shutdown`], [`wire`],
+//! [`metrics`], and [`node`], which wires the stages together.
+//!
+//! **Layering.** Dependencies go one way, with no cycle (`tests/architecture.rs` checks it):
+//!
+//! 1. `pb`, [`error`], [`clock`], [`shutdown`], [`wire`] (the proto's compact fields, encoded and
+//!    decoded) and [`config`] (every section of the file as plain data, `[describe]` included)
+//!    name nothing above them;
+//! 2. [`ingest`];
+//! 3. [`metrics`], which reads the cameras' counters from `ingest` and which every later stage
+//!    records into;
+//! 4. [`infer`] → [`describe`] → [`log`] → [`deliver`], each naming only what comes before it;
+//! 5. [`node`], which wires everything; nothing names it.
 
 pub mod clock;
 pub mod config;
@@ -23,6 +34,7 @@ pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod shutdown;
+pub mod wire;
 
 /// Generated from `proto/retina/v1/retina.proto`.
 pub mod pb {

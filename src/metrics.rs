@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -17,12 +18,11 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::describe::emit::{appearances, event_kind_label};
 use crate::error::{Error, Result};
-use crate::infer::Timings;
 use crate::ingest::{CameraStatus, Cameras};
 use crate::pb;
 use crate::shutdown::Shutdown;
+use crate::wire::{appearances, event_kind_label};
 
 type ModelLabels = Vec<(&'static str, String)>;
 
@@ -251,7 +251,7 @@ impl Metrics {
         self.subscribers_refused.inc();
     }
 
-    pub fn log_committed(&self, records: u64, bytes: u64, took: std::time::Duration) {
+    pub fn log_committed(&self, records: u64, bytes: u64, took: Duration) {
         self.log.stored.inc_by(records);
         self.log.stored_bytes.inc_by(bytes);
         self.log.commit_seconds.observe(took.as_secs_f64());
@@ -288,6 +288,16 @@ impl Metrics {
             .map_err(|_| Error::Internal("metrics encoding failed".into()))?;
         Ok(text)
     }
+}
+
+/// Where one frame's analysis spent its time: what a worker measures and its
+/// [`InferenceRecorder`] records. It lives here, beside the recorder, so that the metrics need
+/// nothing from the stages that report to them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub detector: Duration,
+    pub embedder: Duration,
+    pub crops: usize,
 }
 
 pub struct InferenceRecorder {

@@ -10,6 +10,7 @@
 //! closes (subscriber streams end once they have read everything), and only then do the servers
 //! stop.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, mpsc};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
-use crate::config::Config;
+use crate::config::{Config, Probation};
 use crate::deliver::{Limits, NodeFacts};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
@@ -391,6 +392,70 @@ impl Node {
 
         let cameras: Cameras = Arc::new(RwLock::new(Vec::new()));
         let metrics = Metrics::new(cameras.clone());
+        let stop = Shutdown::new();
+        // From here on, threads and tasks start: a failure stops and joins what already runs, so
+        // that a failed start leaves no writer holding the log, no worker, no server behind it.
+        let mut parts = Parts::new();
+        let started = Self::start_parts(
+            config.clone(),
+            starting,
+            probation,
+            listener,
+            metrics_listener,
+            models,
+            analyzers,
+            &cameras,
+            &metrics,
+            &stop,
+            &mut parts,
+        )
+        .await;
+        match started {
+            Ok((metrics_addr, manager)) => {
+                tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr,
+                    cameras = config.cameras.len(), workers = config.inference.workers, "node started");
+                let finished = tokio::spawn(run_until_stopped(Stopping {
+                    stop: stop.clone(),
+                    exit_when_cameras_end: config.node.exit_when_cameras_end,
+                    manager,
+                    parts,
+                }));
+                Ok(Node {
+                    grpc_addr,
+                    metrics_addr,
+                    cameras,
+                    metrics,
+                    stop,
+                    finished,
+                })
+            }
+            Err(err) => {
+                tracing::info!("the start failed: stopping what had started");
+                stop.trigger();
+                if let Err(stopping) = parts.stop().await {
+                    tracing::warn!(err = %stopping, "stopping after a failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The part of [`start`](Self::start) that sets threads and tasks running, each recorded in
+    /// `parts` as soon as it runs. Returns the metrics endpoint's address and the camera manager.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_parts(
+        config: Arc<Config>,
+        starting: StartingCameras,
+        probation: BTreeMap<String, Probation>,
+        listener: tokio::net::TcpListener,
+        metrics_listener: Option<tokio::net::TcpListener>,
+        models: Models,
+        analyzers: Vec<Analyzer>,
+        cameras: &Cameras,
+        metrics: &Arc<Metrics>,
+        stop: &Shutdown,
+        parts: &mut Parts,
+    ) -> Result<(Option<SocketAddr>, Arc<CameraManager>)> {
         let log_path = config.log_path();
         let (log, mut appender) = {
             let (config, metrics) = (config.clone(), metrics.clone());
@@ -400,7 +465,10 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(format!("log opening task: {e}")))??
         };
+        let reader = log.reader();
+        parts.log = Some(log);
         let queue = FrameQueue::new(config.inference.queue_frames_per_camera);
+        parts.queue = Some(queue.clone());
         let run_id = now_unix_nanos() as u64;
 
         let model_ref = |m: &ModelFile| pb::ModelRef {
@@ -421,14 +489,16 @@ impl Node {
             appender.take_resume_counters(),
         );
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
-        let workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
-        let describer_thread = {
+        parts.workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
+        // The appender moves into the describe thread; if that thread cannot start, it is dropped
+        // with the closure, which lets the log's writer end.
+        parts.describer_thread = Some({
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("describe".into())
                 .spawn(move || describer.run(results_rx, &metrics, |d, counters| appender.append(d, counters)))
                 .map_err(|e| Error::io("starting describe thread", e))?
-        };
+        });
 
         let mut models_info = vec![("detector".to_string(), models.detector.card.clone(), None)];
         if let Some(embedder) = &models.embedder {
@@ -449,54 +519,35 @@ impl Node {
             config.camera_state_path(),
             cameras.clone(),
         ));
+        parts.manager = Some(manager.clone());
         // Servers first, so the node is reachable before the first descriptor exists.
-        let stop = Shutdown::new();
-        let servers_stop = Shutdown::new();
-        let grpc = tokio::spawn(crate::deliver::serve(
+        parts.grpc = Some(tokio::spawn(crate::deliver::serve(
             listener,
-            log.reader(),
+            reader,
             Limits::from(&config.deliver),
             facts,
             metrics.clone(),
             manager.clone(),
             stop.clone(),
-            servers_stop.clone(),
-        ));
-        let (metrics_addr, metrics_server) = match metrics_listener {
+            parts.servers_stop.clone(),
+        )));
+        let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::io("metrics endpoint address", e))?;
-                let server = tokio::spawn(metrics::serve(listener, metrics.clone(), servers_stop.clone()));
-                (Some(bound), Some(server))
+                parts.metrics_server = Some(tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    parts.servers_stop.clone(),
+                )));
+                Some(bound)
             }
-            None => (None, None),
+            None => None,
         };
 
         manager.start_configured(starting.resolved, probation)?;
-        tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr, cameras = config.cameras.len(),
-            workers = config.inference.workers, "node started");
-
-        let finished = tokio::spawn(run_until_stopped(Stopping {
-            stop: stop.clone(),
-            exit_when_cameras_end: config.node.exit_when_cameras_end,
-            manager,
-            queue,
-            workers,
-            describer_thread,
-            log,
-            servers_stop,
-            grpc,
-            metrics_server,
-        }));
-        Ok(Node {
-            grpc_addr,
-            metrics_addr,
-            cameras,
-            metrics,
-            stop,
-            finished,
-        })
+        Ok((metrics_addr, manager))
     }
 
     /// Asks the node to stop; [`wait`](Self::wait) returns when it has.
@@ -522,13 +573,96 @@ struct Stopping {
     stop: Shutdown,
     exit_when_cameras_end: bool,
     manager: Arc<CameraManager>,
-    queue: Arc<FrameQueue>,
+    parts: Parts,
+}
+
+/// Everything a node sets running, recorded as it starts, so that the same ordered stop serves
+/// both a node that ran and a start that failed half-way (whoever starts a thread or task owns
+/// its end). `None` (or empty) is a part that never started.
+struct Parts {
+    manager: Option<Arc<CameraManager>>,
+    queue: Option<Arc<FrameQueue>>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    describer_thread: std::thread::JoinHandle<()>,
-    log: Log,
+    /// Holds the log's appender; the log's writer ends once it has been joined.
+    describer_thread: Option<std::thread::JoinHandle<()>>,
+    log: Option<Log>,
+    /// Ends the servers, once the log is closed.
     servers_stop: Shutdown,
-    grpc: tokio::task::JoinHandle<Result<()>>,
+    grpc: Option<tokio::task::JoinHandle<Result<()>>>,
     metrics_server: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Parts {
+    fn new() -> Parts {
+        Parts {
+            manager: None,
+            queue: None,
+            workers: Vec::new(),
+            describer_thread: None,
+            log: None,
+            servers_stop: Shutdown::new(),
+            grpc: None,
+            metrics_server: None,
+        }
+    }
+
+    /// Stops what started, in order: cameras, then the queue and inference, then the describer
+    /// (and with it the appender), then the log; then the servers, with a bounded drain.
+    async fn stop(self) -> Result<()> {
+        let Parts {
+            manager,
+            queue,
+            workers,
+            describer_thread,
+            log,
+            servers_stop,
+            grpc,
+            metrics_server,
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            if let Some(manager) = manager {
+                manager.stop_all();
+            }
+            if let Some(queue) = queue {
+                queue.close();
+            }
+            for worker in workers {
+                let _ = worker.join();
+            }
+            // The describer's appender goes with it: live readers end once they have read the rest.
+            if let Some(describer_thread) = describer_thread {
+                let _ = describer_thread.join();
+            }
+            if let Some(log) = log {
+                log.close();
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
+        servers_stop.trigger();
+        // Subscribers that still read get a moment to finish; one that stopped reading must not hold
+        // the node (tonic's graceful stop would wait for its stream for ever).
+        let served = match grpc {
+            None => Ok(()),
+            Some(mut grpc) => match tokio::time::timeout(SERVER_DRAIN, &mut grpc).await {
+                Ok(served) => served.map_err(|e| Error::Internal(format!("gRPC task: {e}")))?,
+                Err(_) => {
+                    tracing::warn!(
+                        seconds = SERVER_DRAIN.as_secs(),
+                        "gRPC streams still open after the drain time: closed"
+                    );
+                    grpc.abort();
+                    Ok(())
+                }
+            },
+        };
+        if let Some(server) = metrics_server {
+            server
+                .await
+                .map_err(|e| Error::Internal(format!("metrics task: {e}")))??;
+        }
+        served
+    }
 }
 
 async fn run_until_stopped(s: Stopping) -> Result<()> {
@@ -547,49 +681,7 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
     // what turns health NOT_SERVING.
     s.stop.trigger();
     tracing::info!("stopping: cameras, then inference, then subscribers");
-    let Stopping {
-        manager,
-        queue,
-        workers,
-        describer_thread,
-        log,
-        servers_stop,
-        grpc,
-        metrics_server,
-        ..
-    } = s;
-    tokio::task::spawn_blocking(move || {
-        manager.stop_all();
-        queue.close();
-        for worker in workers {
-            let _ = worker.join();
-        }
-        // The describer's appender goes with it: live readers end once they have read the rest.
-        let _ = describer_thread.join();
-        log.close();
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
-    servers_stop.trigger();
-    // Subscribers that still read get a moment to finish; one that stopped reading must not hold
-    // the node (tonic's graceful stop would wait for its stream for ever).
-    let mut grpc = grpc;
-    let served = match tokio::time::timeout(SERVER_DRAIN, &mut grpc).await {
-        Ok(served) => served.map_err(|e| Error::Internal(format!("gRPC task: {e}")))?,
-        Err(_) => {
-            tracing::warn!(
-                seconds = SERVER_DRAIN.as_secs(),
-                "gRPC streams still open after the drain time: closed"
-            );
-            grpc.abort();
-            Ok(())
-        }
-    };
-    if let Some(server) = metrics_server {
-        server
-            .await
-            .map_err(|e| Error::Internal(format!("metrics task: {e}")))??;
-    }
+    let served = s.parts.stop().await;
     tracing::info!("stopped");
     served
 }

@@ -795,3 +795,28 @@ async fn a_damaged_log_stops_the_start_by_name_and_reset_log_numbers_the_new_one
         .collect();
     assert!(!kept.is_empty(), "the damaged file is kept beside");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_after_opening_the_log_closes_it_so_the_next_start_can_open_it() {
+    // A codec size the embedder's projection does not offer is found once the models are loaded,
+    // after the log has been opened and its writer started.
+    let text = format!(
+        "{}\n[describe]\ncodec = \"pca-int8\"\ncodec_dimension = 100000\n",
+        common::config_toml(&clip_camera("c1", ""), "")
+    );
+    let config = common::parse_config(&text);
+    let log = config.log_path();
+    let err = Node::start(config).await.err().expect("refused").to_string();
+    assert!(err.contains("codec_dimension"), "{err}");
+    // Joined before the error returned, not merely told to end.
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(!threads.iter().any(|t| t == "log-writer"), "{threads:?}");
+    // The writer was joined and marked the log closed: not locked, not taken for a crash.
+    let (store, last_run) = retina_edge::log::Store::open(&log).expect("the log is free");
+    assert_eq!(last_run, retina_edge::log::LastRun::Closed);
+    store.close().unwrap();
+}

@@ -18,8 +18,8 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use retina_edge::describe::codec;
-use retina_edge::describe::emit::event_kind_label;
 use retina_edge::pb;
+use retina_edge::wire::event_kind_label;
 
 /// Writes one JSON object per saved vector of a `retina_client.py --save` file, then one with the
 /// frames received (numpy has no Rust reader among our dependencies; the venv has numpy).

@@ -12,8 +12,8 @@ use prost::Message;
 use serde_json::json;
 
 use crate::describe::codec;
-use crate::describe::emit::{appearances, decode_box_q16, decode_point_q16, event_kind_label};
 use crate::pb::{self, retina_client::RetinaClient};
+use crate::wire::{appearances, context_of, copy_context, decode_box_q16, decode_point_q16, event_kind_label};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -86,10 +86,10 @@ impl Decoder {
     /// Fills in the context fields the node left out because they had not changed.
     pub fn restore_context(&mut self, d: &mut pb::FrameDescriptor) {
         if d.detector.is_some() {
-            let context = super::context_of(d);
+            let context = context_of(d);
             self.context.insert(d.camera_id.clone(), context);
         } else if let Some(c) = self.context.get(&d.camera_id) {
-            super::copy_context(c, d);
+            copy_context(c, d);
         }
     }
 

@@ -21,7 +21,6 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::clock::{UnixNanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
-use crate::describe::emit::score_q8;
 use crate::describe::projection::Projection;
 use crate::error::Result;
 use crate::infer::ModelCard;
@@ -32,6 +31,7 @@ use crate::pb::{
     self, admin_server::Admin, admin_server::AdminServer, retina_server::Retina, retina_server::RetinaServer,
 };
 use crate::shutdown::Shutdown;
+use crate::wire::{context_of, copy_context, same_context, score_q8};
 
 /// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
 const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
@@ -188,7 +188,7 @@ impl Filter {
             ..Default::default()
         };
         if self.full_context || sent.changed(d) {
-            super::copy_context(d, &mut message);
+            copy_context(d, &mut message);
         }
         Some(message)
     }
@@ -233,10 +233,10 @@ impl SentContext {
         let unchanged = self
             .per_camera
             .get(&descriptor.camera_id)
-            .is_some_and(|sent| super::same_context(sent, descriptor));
+            .is_some_and(|sent| same_context(sent, descriptor));
         if !unchanged {
             self.per_camera
-                .insert(descriptor.camera_id.clone(), super::context_of(descriptor));
+                .insert(descriptor.camera_id.clone(), context_of(descriptor));
         }
         !unchanged
     }

@@ -6,51 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::projection::Projection;
+pub use crate::config::CodecKind;
 use crate::pb::{self, EmbeddingCodec};
-
-/// The codec a node is configured to produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CodecKind {
-    F32,
-    F16,
-    Int8,
-    PcaInt8,
-    Binary,
-}
-
-impl CodecKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            CodecKind::F32 => "f32",
-            CodecKind::F16 => "f16",
-            CodecKind::Int8 => "int8",
-            CodecKind::PcaInt8 => "pca-int8",
-            CodecKind::Binary => "binary",
-        }
-    }
-
-    /// Whether the codec goes through a [`Projection`] (and so needs one and a dimension).
-    pub fn is_projected(self) -> bool {
-        matches!(self, CodecKind::PcaInt8 | CodecKind::Binary)
-    }
-
-    pub fn codec(self) -> EmbeddingCodec {
-        match self {
-            CodecKind::F32 => EmbeddingCodec::F32,
-            CodecKind::F16 => EmbeddingCodec::F16,
-            CodecKind::Int8 => EmbeddingCodec::Int8,
-            CodecKind::PcaInt8 => EmbeddingCodec::PcaInt8,
-            CodecKind::Binary => EmbeddingCodec::Binary,
-        }
-    }
-}
-
-impl fmt::Display for CodecKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Why a codec setting cannot be used. Carries no config path: the caller wraps it into its
 /// config error.

@@ -18,65 +18,13 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-
 use super::codec::dot;
 use super::track::{EndReason, EndedTrack, TrackEvent, TrackUpdate, blend};
 use crate::clock::to_timestamp;
-use crate::config::check_field;
+pub use crate::config::EmissionConfig;
 use crate::infer::Detection;
 use crate::pb;
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EmissionConfig {
-    /// A view is clearly better, and described, when its quality is at least this many times that
-    /// of every view of the track described before.
-    pub better_view_gain: f32,
-    /// The appearance changed, and is described again, when the cosine similarity between the
-    /// track's recent appearance and its last descriptor falls below this.
-    pub appearance_change_similarity: f32,
-    /// Least time between two descriptors of one track, after the first.
-    pub min_descriptor_interval_seconds: f64,
-    /// Most descriptors per track while it lasts, the first included (0: no limit). The summary
-    /// at the end is always sent.
-    pub max_descriptors_per_track: u32,
-}
-
-impl Default for EmissionConfig {
-    fn default() -> Self {
-        EmissionConfig {
-            better_view_gain: 1.5,
-            appearance_change_similarity: 0.7,
-            min_descriptor_interval_seconds: 2.0,
-            max_descriptors_per_track: 4,
-        }
-    }
-}
-
-impl EmissionConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        check_field(
-            self.better_view_gain >= 1.0 && self.better_view_gain.is_finite(),
-            "better_view_gain",
-            self.better_view_gain,
-            "at least 1",
-        )?;
-        check_field(
-            (-1.0..=1.0).contains(&self.appearance_change_similarity),
-            "appearance_change_similarity",
-            self.appearance_change_similarity,
-            "-1..=1",
-        )?;
-        let interval = self.min_descriptor_interval_seconds;
-        check_field(
-            interval >= 0.0 && interval.is_finite(),
-            "min_descriptor_interval_seconds",
-            interval,
-            "a finite value >= 0",
-        )
-    }
-}
+use crate::wire::{box_q16, point_q16, score_q8};
 
 /// Weight of a track's recent appearance against each new embedding when measuring drift.
 const RECENT_APPEARANCE_MOMENTUM: f32 = 0.7;
@@ -330,61 +278,6 @@ fn view_quality(score: f32, bbox: [f32; 4], sharpness: f32) -> f32 {
     if quality.is_finite() { quality } else { 0.0 }
 }
 
-/// The name of an event kind, as metrics label it and the CLI prints it.
-pub fn event_kind_label(kind: pb::TrackEventKind) -> &'static str {
-    match kind {
-        pb::TrackEventKind::Confirmed => "confirmed",
-        pb::TrackEventKind::BetterView => "better_view",
-        pb::TrackEventKind::AppearanceChanged => "appearance_changed",
-        pb::TrackEventKind::Ended => "ended",
-        pb::TrackEventKind::Unspecified => "unspecified",
-    }
-}
-
-/// Every appearance vector a descriptor carries: in track events' views and, when detections
-/// are sent, in the detections.
-pub fn appearances(d: &pb::FrameDescriptor) -> impl Iterator<Item = &pb::Embedding> {
-    d.track_events
-        .iter()
-        .filter_map(|e| e.view.as_ref()?.appearance.as_ref())
-        .chain(d.objects.iter().filter_map(|o| o.embedding.as_ref()))
-}
-
-/// `round(score × 255)`, the wire form of a score.
-pub fn score_q8(score: f32) -> u32 {
-    (score.clamp(0.0, 1.0) * 255.0).round() as u32
-}
-
-/// A pixel coordinate as a fraction of the frame's `size`, in 0..=1; a malformed (NaN)
-/// coordinate becomes the frame's edge, 0.
-pub fn normalised(v: f32, size: u32) -> f32 {
-    let fraction = (v / size.max(1) as f32).clamp(0.0, 1.0);
-    if fraction.is_nan() { 0.0 } else { fraction }
-}
-
-fn q16(v: f32, size: u32) -> u64 {
-    (normalised(v, size) * 65535.0).round() as u64
-}
-
-/// A box in frame pixels, normalised and packed 16 bits per coordinate (see `TrackedObject`).
-pub fn box_q16(bbox: [f32; 4], (width, height): (u32, u32)) -> u64 {
-    q16(bbox[0], width) | q16(bbox[1], height) << 16 | q16(bbox[2], width) << 32 | q16(bbox[3], height) << 48
-}
-
-/// `[x_min, y_min, x_max, y_max]`, normalised to the frame.
-pub fn decode_box_q16(packed: u64) -> [f32; 4] {
-    std::array::from_fn(|i| ((packed >> (16 * i)) & 0xFFFF) as f32 / 65535.0)
-}
-
-/// A point in frame pixels, normalised and packed: x in bits 0-15, y in 16-31.
-pub fn point_q16(x: f32, y: f32, (width, height): (u32, u32)) -> u32 {
-    (q16(x, width) | q16(y, height) << 16) as u32
-}
-
-pub fn decode_point_q16(packed: u32) -> [f32; 2] {
-    [(packed & 0xFFFF) as f32 / 65535.0, (packed >> 16) as f32 / 65535.0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,28 +431,6 @@ mod tests {
                 .all(|e| e.summary.as_ref().unwrap().end_reason() == pb::TrackEndReason::Stopped)
         );
         assert!(run.emitter.tracks.is_empty());
-    }
-
-    #[test]
-    fn quantised_boxes_points_and_scores_decode_to_within_half_a_step() {
-        let b = box_q16([64.0, 48.0, 640.0, 240.0], FRAME);
-        assert_eq!(
-            decode_box_q16(b),
-            [0.1, 0.1, 1.0, 0.5].map(|v: f32| (v * 65535.0).round() / 65535.0)
-        );
-        assert_eq!(b & 0xFFFF, 6554);
-        assert_eq!(b >> 32 & 0xFFFF, 65535);
-        // Outside the frame, NaN and a zero-sized frame are clamped, not a panic.
-        assert_eq!(
-            decode_box_q16(box_q16([-5.0, f32::NAN, 1e9, 10.0], (0, 0))),
-            [0.0, 0.0, 1.0, 1.0]
-        );
-        let p = decode_point_q16(point_q16(320.0, 120.0, FRAME));
-        assert!((p[0] - 0.5).abs() < 1.0 / 65535.0 && (p[1] - 0.25).abs() < 1.0 / 65535.0);
-        assert_eq!(
-            (score_q8(0.0), score_q8(1.0), score_q8(0.5), score_q8(f32::NAN)),
-            (0, 255, 128, 0)
-        );
     }
 
     #[test]

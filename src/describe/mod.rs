@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use self::codec::Encoder;
-use self::emit::{Emission, Emitter, normalised};
+use self::emit::{Emission, Emitter};
 use self::track::Tracker;
 use crate::clock::to_timestamp;
 use crate::config::DescribeConfig;
@@ -21,6 +21,7 @@ use crate::infer::{Analysis, Detection};
 use crate::ingest::CameraStatus;
 use crate::metrics::Metrics;
 use crate::pb;
+use crate::wire::normalised;
 
 /// Results further ahead than this of a missing one mean it will never come (a worker died):
 /// stop waiting for it rather than stall the camera.

@@ -43,10 +43,8 @@
 //! gating (IoU with the prediction is ByteTrack's gate), ByteTrack's removal of duplicate tracks,
 //! and re-identification of ended tracks, which needs a gallery and belongs with the central side.
 
-use serde::Deserialize;
-
 use super::codec::{dot, l2_normalize};
-use crate::config::check_field;
+pub use crate::config::TrackerConfig;
 use crate::infer::Detection;
 
 // Noise of the motion model as fractions of the box side, since a larger (nearer) box moves and
@@ -72,104 +70,6 @@ const MIN_SIDE_PIXELS: f64 = 1.0;
 const ID_COUNTER_BITS: u32 = 24;
 /// The epoch bits that fit above the counter: Unix seconds fit until the year 36812.
 const ID_EPOCH_MASK: u64 = (1 << (64 - ID_COUNTER_BITS)) - 1;
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrackerConfig {
-    /// Detections scoring at least this are matched first, by IoU and appearance, and may start
-    /// tracks.
-    pub high_threshold: f32,
-    /// Detections scoring below this are ignored; those between it and `high_threshold` can only
-    /// extend confirmed tracks.
-    pub low_threshold: f32,
-    /// Least IoU between a track's predicted box and a confident detection for them to match.
-    pub high_min_iou: f32,
-    /// Least IoU for a weak detection, stricter since a weak detection is more often noise.
-    pub low_min_iou: f32,
-    /// Least cosine similarity between a track's appearance and a confident detection's embedding,
-    /// when both have one, for them to match.
-    pub appearance_min_similarity: f32,
-    /// Weight of a track's appearance so far against a new embedding in its moving average (0..1);
-    /// higher forgets more slowly, so a brief occlusion barely changes what the track looks like.
-    pub appearance_momentum: f32,
-    /// Consecutive matches, the first detection included, before a track is confirmed and reported.
-    pub min_hits: u32,
-    /// How long a confirmed track that is not seen is kept, predicted, before it is ended.
-    pub max_age_seconds: f64,
-    /// Most trajectory points kept per track; older stretches are simplified, then thinned, to fit.
-    pub max_trajectory_points: usize,
-    /// Trajectory points closer than this to the simplified path are dropped (Ramer-Douglas-Peucker).
-    pub trajectory_tolerance_pixels: f32,
-}
-
-impl Default for TrackerConfig {
-    fn default() -> Self {
-        TrackerConfig {
-            high_threshold: 0.5,
-            low_threshold: 0.1,
-            // ByteTrack's matching thresholds: IoU distance 0.8 and 0.5.
-            high_min_iou: 0.2,
-            low_min_iou: 0.5,
-            appearance_min_similarity: 0.3,
-            appearance_momentum: 0.9,
-            min_hits: 2,
-            max_age_seconds: 1.5,
-            max_trajectory_points: 64,
-            trajectory_tolerance_pixels: 2.0,
-        }
-    }
-}
-
-impl TrackerConfig {
-    /// Checks the values; the message names the field. The tracker does not panic on values that
-    /// fail this, but it does not track sensibly with them either.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        if !(0.0 <= self.low_threshold && self.low_threshold <= self.high_threshold && self.high_threshold <= 1.0) {
-            return Err("need 0 <= low_threshold <= high_threshold <= 1".into());
-        }
-        let iou_ok = |iou: f32| iou > 0.0 && iou <= 1.0;
-        check_field(
-            iou_ok(self.high_min_iou),
-            "high_min_iou",
-            self.high_min_iou,
-            "above 0, at most 1",
-        )?;
-        check_field(
-            iou_ok(self.low_min_iou),
-            "low_min_iou",
-            self.low_min_iou,
-            "above 0, at most 1",
-        )?;
-        check_field(
-            (-1.0..=1.0).contains(&self.appearance_min_similarity),
-            "appearance_min_similarity",
-            self.appearance_min_similarity,
-            "-1..=1",
-        )?;
-        check_field(
-            (0.0..1.0).contains(&self.appearance_momentum),
-            "appearance_momentum",
-            self.appearance_momentum,
-            "0..1",
-        )?;
-        if self.min_hits == 0 {
-            return Err("min_hits must be at least 1".into());
-        }
-        check_field(
-            self.max_age_seconds > 0.0 && self.max_age_seconds <= 3600.0,
-            "max_age_seconds",
-            self.max_age_seconds,
-            "above 0, at most 3600",
-        )?;
-        if self.max_trajectory_points < 2 {
-            return Err("max_trajectory_points must be at least 2".into());
-        }
-        if !(self.trajectory_tolerance_pixels >= 0.0 && self.trajectory_tolerance_pixels.is_finite()) {
-            return Err("trajectory_tolerance_pixels must be finite and not negative".into());
-        }
-        Ok(())
-    }
-}
 
 /// What one frame did to the tracks.
 #[derive(Debug, Clone, Default, PartialEq)]

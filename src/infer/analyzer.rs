@@ -1,7 +1,7 @@
 //! One worker's models: the detector finds objects in a frame, the embedder describes the
 //! objects of the configured classes, all crops of a frame in as few runs as `max_batch` allows.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ndarray::Array2;
 use ort::session::Session;
@@ -12,6 +12,7 @@ use super::manifest::{DecoderSpec, Layout};
 use super::model::{ModelFile, SessionOptions};
 use super::preprocess::{Rect, crop_sharpness, fill_input, item_len};
 use crate::error::{Error, Result};
+use crate::metrics::Timings;
 
 /// An object found in a frame.
 #[derive(Debug, Clone)]
@@ -24,14 +25,6 @@ pub struct Detection {
     pub embedding: Option<Vec<f32>>,
     /// How much fine detail the crop has ([`crop_sharpness`]); 0 for crops that were not embedded.
     pub sharpness: f32,
-}
-
-/// Where one frame's analysis spent its time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timings {
-    pub detector: Duration,
-    pub embedder: Duration,
-    pub crops: usize,
 }
 
 pub struct Analyzer {

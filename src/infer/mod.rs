@@ -12,7 +12,7 @@ pub mod preprocess;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-pub use analyzer::{Analyzer, Detection, Prepared, Timings};
+pub use analyzer::{Analyzer, Detection, Prepared};
 pub use model::{ModelCard, ModelFile, SessionOptions, environment};
 
 use crate::clock::UnixNanos;
@@ -34,24 +34,32 @@ pub struct Analysis {
 }
 
 /// Starts `analyzers.len()` inference threads. They stop when the queue is closed and drained,
-/// or when the receiver of `results` is gone.
+/// or when the receiver of `results` is gone. If one cannot start, the queue is closed and those
+/// already started are joined before the error returns: none is left running unowned.
 pub fn spawn_workers(
     analyzers: Vec<Analyzer>,
     queue: Arc<FrameQueue>,
     results: mpsc::SyncSender<Analysis>,
     metrics: Arc<Metrics>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
-    analyzers
-        .into_iter()
-        .enumerate()
-        .map(|(i, analyzer)| {
-            let (queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
-            std::thread::Builder::new()
-                .name(format!("infer-{i}"))
-                .spawn(move || work(analyzer, &queue, &results, &metrics))
-                .map_err(|e| Error::io("starting inference thread", e))
-        })
-        .collect()
+    let mut workers = Vec::with_capacity(analyzers.len());
+    for (i, analyzer) in analyzers.into_iter().enumerate() {
+        let (own_queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("infer-{i}"))
+            .spawn(move || work(analyzer, &own_queue, &results, &metrics));
+        match spawned {
+            Ok(worker) => workers.push(worker),
+            Err(e) => {
+                queue.close();
+                for worker in workers {
+                    let _ = worker.join();
+                }
+                return Err(Error::io("starting inference thread", e));
+            }
+        }
+    }
+    Ok(workers)
 }
 
 fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<Analysis>, metrics: &Metrics) {

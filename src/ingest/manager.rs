@@ -16,7 +16,10 @@
 //! **Locks.** `entries` is never held while a camera's thread is joined: a change marks the
 //! camera busy, lets go of the lock, stops and joins the old pipeline, then takes the lock
 //! again and checks what changed meanwhile (gst-plugins-rs' rule). A camera thread takes the
-//! lock itself, once, to leave probation.
+//! lock itself, once, to leave probation. Cameras are launched under the lock, which is safe
+//! because launching only spawns the camera's thread: its pipeline is built, run and torn down
+//! on that thread, so no GStreamer call is made with the lock held. The node's stop loop polls
+//! the lock (`all_ended`) from an async task, which therefore never waits behind a join.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -169,13 +172,16 @@ impl CameraManager {
 
     /// Starts the cameras the node was configured with. A camera left on probation by the
     /// previous run, or whose source cannot be resolved any more, is listed as `FAILED`, and
-    /// the rest start.
+    /// the rest start. If a camera cannot be launched (its thread cannot start), the cameras this
+    /// call launched before it are stopped and joined, and none of them is listed: a failed start
+    /// leaves nothing running.
     pub fn start_configured(
         self: &Arc<Self>,
         cameras: Vec<StartingCamera>,
         mut probation: BTreeMap<String, Probation>,
     ) -> Result<()> {
         let mut entries = self.lock_for_change()?;
+        let first = entries.list.len();
         // Whether probation records changed, so that the file says the same as the node.
         let mut changed = false;
         for StartingCamera { config, source } in cameras {
@@ -222,7 +228,20 @@ impl CameraManager {
                 None => {}
             }
             match source {
-                Ok(source) => self.launch(&mut entry, source)?,
+                Ok(source) => {
+                    if let Err(err) = self.launch(&mut entry, source) {
+                        let launched: Vec<CameraRunner> = entries
+                            .list
+                            .drain(first..)
+                            .filter_map(|mut e| e.runner.take())
+                            .collect();
+                        self.publish(&entries.list);
+                        // Without the lock: a camera thread may take it on its way out.
+                        drop(entries);
+                        stop_and_join(launched);
+                        return Err(err);
+                    }
+                }
                 Err(err) => {
                     let kind = match &err {
                         Error::UnsupportedUri { reason, .. } if reason.contains("No such file") => {
@@ -271,7 +290,8 @@ impl CameraManager {
         }
     }
 
-    /// Starts the camera if enabled; ends its probation when it has settled.
+    /// Starts the camera if enabled; ends its probation when it has settled. Called with `entries`
+    /// held: `start_camera` only spawns the camera's thread, so nothing here waits on GStreamer.
     fn launch(self: &Arc<Self>, entry: &mut Entry, source: SourceUri) -> Result<()> {
         entry.status.set_settings(settings(&entry.config, &Ok(source.clone())));
         if !entry.config.enabled {
@@ -432,12 +452,7 @@ impl CameraManager {
         entries.stopped = true;
         let runners: Vec<CameraRunner> = entries.list.iter_mut().filter_map(|e| e.runner.take()).collect();
         drop(entries);
-        for runner in &runners {
-            runner.stop();
-        }
-        for runner in runners {
-            runner.join();
-        }
+        stop_and_join(runners);
         // A clean stop is not a crash: cameras still on probation start again next time.
         let mut entries = self.lock();
         let mut interrupted = false;
@@ -450,6 +465,17 @@ impl CameraManager {
         if interrupted && let Err(err) = self.persist(entries.saved_configs(), entries.probation()) {
             tracing::warn!(%err, "could not save that the node stopped cleanly; cameras on probation will not start");
         }
+    }
+}
+
+/// Stops every runner, then waits for each: they wind down together rather than one after
+/// another. Called without the lock (see "Locks" above).
+fn stop_and_join(runners: Vec<CameraRunner>) {
+    for runner in &runners {
+        runner.stop();
+    }
+    for runner in runners {
+        runner.join();
     }
 }
 
