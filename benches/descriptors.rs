@@ -207,11 +207,7 @@ fn load_projection() -> (PathBuf, Arc<Projection>) {
 fn node_config(embedder_manifest: &Path, camera: &str, clip: &Path, analysis_fps: f64, describe: &str) -> String {
     let cameras = format!(
         "[[cameras]]\nid = \"{camera}\"\nuri = \"{}\"\nanalysis_fps = {analysis_fps:?}\nrealtime = false\n\n\
-         {describe}\n\
-         [deliver]\n\
-         # Everything the run produces stays replayable, so a subscriber starting from the buffer\n\
-         # after the node started misses nothing, and no subscriber buffer ever overflows.\n\
-         replay_frames = 100000\nsubscriber_buffer_frames = 100000\n",
+         {describe}\n",
         clip.display()
     );
     let text = common::config_toml(&cameras, "exit_when_cameras_end = true");

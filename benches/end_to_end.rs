@@ -101,9 +101,6 @@ detector_manifest = "models/nanodet-g-416.toml"
 embedder_manifest = "models/mobilenetv2-1280.toml"
 workers = {workers}
 intra_op_threads = {threads}
-[deliver]
-replay_frames = 100000
-subscriber_buffer_frames = 100000
 [[cameras]]
 id = "{CAMERA}"
 uri = "{}"
@@ -112,7 +109,10 @@ realtime = false
 "#,
         clip.display()
     );
-    Config::parse(&toml, Path::new("bench.toml"), repo().to_path_buf()).unwrap()
+    let mut config = Config::parse(&toml, Path::new("bench.toml"), repo().to_path_buf()).unwrap();
+    // Each round its own log, so that a subscriber from the earliest record gets this round's.
+    config.log.path = Some(common::fresh_log_path());
+    config
 }
 
 /// One run of the node, every figure from the node itself.
