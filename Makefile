@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -57,6 +57,12 @@ bench-log-stores:
 ## benches/results/log.md.
 bench-log: build
 	$(CARGO) bench --locked --bench log
+
+## Cameras per box: the release node on N camera-like 720p25 H.264 streams at 2 analysed frames/s
+## each, N = 1 2 4 8 12 16: analysed frames/s, drops, CPU, RSS and capture-to-subscriber latency per
+## N; ~8 min. Writes benches/results/cameras.md and cameras.png (RETINA_BENCH_* knobs: see the bench).
+bench-cameras: build
+	$(CARGO) bench --locked --bench cameras
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

@@ -9,29 +9,16 @@
 # and is redone if others load it. Knobs: REPS WARMUP WINDOW NS.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-media=$repo/.deps/media
-clip=$media/bikes-720p.mp4
 REPS=${REPS:-3} WARMUP=${WARMUP:-5} WINDOW=${WINDOW:-20} NS=${NS:-1 8}
 PY=/usr/bin/python3 # Debian's python3 has the GStreamer bindings (python3-gi); pyenv's has not
 
-[ -f "$media/bikes.mp4" ] || bash "$repo/scripts/setup-deps.sh"
 gst-inspect-1.0 shmsink >/dev/null || { echo "shmsink missing: install gstreamer1.0-plugins-bad" >&2; exit 1; }
 if ! "$PY" -c 'import gi; gi.require_version("GstApp", "1.0")' 2>/dev/null; then
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-gi gir1.2-gst-plugins-base-1.0 >/dev/null
 fi
 
-# A 40 s 720p25 camera-like stream (bikes.mp4 is 10 s of 640x272): four back-to-back decodes, stretched
-# to 1280x720, H.264 main at 4 Mbit/s with a 2 s GOP, like a typical IP camera's main stream.
-# concat restarts timestamps at each part: identity single-segment=true makes them continuous.
-if [ ! -f "$clip" ]; then
-  src="filesrc location=$media/bikes.mp4 ! qtdemux ! avdec_h264 ! c."
-  gst-launch-1.0 -q concat name=c ! identity single-segment=true ! videoscale add-borders=false \
-    ! video/x-raw,width=1280,height=720,pixel-aspect-ratio=1/1 ! videoconvert \
-    ! video/x-raw,format=I420 ! x264enc bitrate=4000 key-int-max=50 speed-preset=faster \
-    ! video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location="$clip.tmp" $src $src $src $src
-  mv "$clip.tmp" "$clip"
-fi
+clip=$(bash "$repo/scripts/bench-clip.sh")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -81,13 +81,20 @@ pub struct InferenceConfig {
     /// Overrides the detector manifest's score threshold.
     #[serde(default)]
     pub score_threshold: Option<f32>,
-    /// Inference threads, each with its own model sessions, each analysing a whole frame.
-    /// Two frames in flight use both cores of a small box better than one frame on two threads.
+    /// Inference threads, each with its own model sessions (its own copy of every model's
+    /// weights), each analysing a whole frame.
     #[serde(default = "default_workers")]
     pub workers: usize,
-    /// ONNX Runtime intra-op threads per session.
+    /// ONNX Runtime intra-op threads per session: one frame's inference is spread over them.
+    /// On 2 cores, one worker with 2 threads analyses as many frames as two workers with one
+    /// each, in half the time per frame and with one set of sessions (README: "Cameras per box").
     #[serde(default = "default_intra_op_threads")]
     pub intra_op_threads: usize,
+    /// ONNX Runtime's CPU memory arena. On, each session keeps the peak memory of every input
+    /// shape it ran (~100 MB for the embedder's batches of 8); off, activations are allocated
+    /// per run, measured no slower here.
+    #[serde(default)]
+    pub memory_arena: bool,
     /// Let ONNX Runtime's idle threads spin. Off: an idle pool then does not steal the core
     /// that another session needs (measured: 71 ms vs 32 ms per frame on 2 cores).
     #[serde(default)]
@@ -196,6 +203,12 @@ pub struct CameraConfig {
     /// RTSP: jitter buffer latency; frames wait this long to be reordered.
     #[serde(default = "default_rtsp_latency_ms")]
     pub rtsp_latency_ms: u32,
+    /// Threads of the camera's video decoder; 0 lets the decoder choose (libav: one per core
+    /// plus one, in frame threading, which delays every frame by one frame per extra thread and
+    /// keeps a picture buffer per thread). One decodes a 720p25 stream in about a tenth of a
+    /// core here; raise it only for a stream one core cannot decode (4K and above).
+    #[serde(default = "default_decoder_threads")]
+    pub decoder_threads: u32,
     /// Credentials, instead of (or overriding) those in the URI. Never logged or reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -233,10 +246,10 @@ fn default_embed_classes() -> Vec<String> {
     DEFAULT_EMBED_CLASSES.iter().map(|c| c.to_string()).collect()
 }
 fn default_workers() -> usize {
-    2
+    1
 }
 fn default_intra_op_threads() -> usize {
-    1
+    2
 }
 fn default_queue_frames_per_camera() -> usize {
     2
@@ -277,6 +290,9 @@ fn default_failed_retry_seconds() -> f64 {
 fn default_rtsp_latency_ms() -> u32 {
     200
 }
+fn default_decoder_threads() -> u32 {
+    1
+}
 
 impl CameraConfig {
     /// A camera with every optional field at its default.
@@ -297,6 +313,7 @@ impl CameraConfig {
             failed_retry_seconds: default_failed_retry_seconds(),
             rtsp_transport: RtspTransport::default(),
             rtsp_latency_ms: default_rtsp_latency_ms(),
+            decoder_threads: default_decoder_threads(),
             username: None,
             password: None,
         }
@@ -323,6 +340,11 @@ impl CameraConfig {
         if self.max_frame_width_px < 16 || self.max_frame_height_px < 16 {
             return Err(format!(
                 "{at}: max_frame_width_px/max_frame_height_px must be at least 16"
+            ));
+        }
+        if self.decoder_threads > 64 {
+            return Err(format!(
+                "{at}: decoder_threads must lie in 0..=64 (0: the decoder's choice)"
             ));
         }
         if !(self.stall_timeout_seconds >= 0.5 && self.stall_timeout_seconds <= 3600.0) {
@@ -615,7 +637,10 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let config = parse(MINIMAL).unwrap();
-        assert_eq!(config.inference.workers, 2);
+        assert_eq!(config.inference.workers, 1);
+        assert_eq!(config.inference.intra_op_threads, 2);
+        assert!(!config.inference.memory_arena);
+        assert_eq!(config.cameras[0].decoder_threads, 1);
         assert_eq!(config.inference.embed_classes.len(), 6);
         assert_eq!(config.cameras[0].analysis_fps, 5.0);
         assert!(config.cameras[0].realtime && config.cameras[0].enabled);

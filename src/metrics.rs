@@ -41,8 +41,11 @@ pub struct Metrics {
     subscriber_sent: Family<SubscriberLabels, Counter>,
     subscriber_fallbacks: Family<SubscriberLabels, Counter>,
     subscribers_refused: Counter,
+    capture_to_publish: Family<CameraLabels, Histogram>,
     log: LogMetrics,
 }
+
+type CameraLabels = [(&'static str, String); 1];
 
 /// The descriptor log's writer.
 struct LogMetrics {
@@ -97,6 +100,17 @@ impl Metrics {
             "Objects embedded per analysed frame",
             embedder_batch_crops.clone(),
         );
+        // From 5 ms to 10 s: a frame's inference is ~50 ms here, a backlog shows as seconds.
+        let capture_to_publish = Family::<CameraLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+            ])
+        });
+        registry.register(
+            "retina_camera_capture_to_publish_seconds",
+            "From a frame's capture time to its descriptor's publication (live subscribers get it next)",
+            capture_to_publish.clone(),
+        );
         let track_events = Family::<TrackEventLabels, Counter>::default();
         let track_event_counters =
             TRACK_EVENT_KINDS.map(|kind| track_events.get_or_create(&[("kind", event_kind_label(kind))]).clone());
@@ -113,6 +127,7 @@ impl Metrics {
             subscriber_sent: Family::default(),
             subscriber_fallbacks: Family::default(),
             subscribers_refused: Counter::default(),
+            capture_to_publish,
             log: LogMetrics {
                 stored: Counter::default(),
                 stored_bytes: Counter::default(),
@@ -236,6 +251,14 @@ impl Metrics {
                 .map(|a| prost::Message::encoded_len(a) as u64)
                 .sum(),
         );
+    }
+
+    /// How long after its capture a camera's analysed frame was published. A capture time ahead
+    /// of the node's clock (a camera's own clock) counts as 0.
+    pub fn capture_to_publish(&self, camera: &str, latency: Duration) {
+        self.capture_to_publish
+            .get_or_create(&[("camera", camera.to_string())])
+            .observe(latency.as_secs_f64());
     }
 
     /// One subscriber's counters, resolved once per stream rather than per descriptor.

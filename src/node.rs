@@ -42,14 +42,19 @@ pub struct Models {
     pub options: SessionOptions,
 }
 
+fn session_options(inference: &crate::config::InferenceConfig) -> SessionOptions {
+    SessionOptions {
+        intra_op_threads: inference.intra_op_threads,
+        allow_spinning: inference.allow_spinning,
+        memory_arena: inference.memory_arena,
+    }
+}
+
 impl Models {
     pub fn load(config: &Config) -> Result<Models> {
         let inference = &config.inference;
         let env = infer::environment(&config.resolve(&inference.onnxruntime_library))?;
-        let options = SessionOptions {
-            intra_op_threads: inference.intra_op_threads,
-            allow_spinning: inference.allow_spinning,
-        };
+        let options = session_options(inference);
         let detector = ModelFile::load(
             Manifest::load(&config.resolve(&inference.detector_manifest))?,
             env,
@@ -274,10 +279,7 @@ fn check_models(config: &Config, facts: &mut Vec<String>, problems: &mut Vec<Err
         infer::environment(&config.resolve(&inference.onnxruntime_library)),
         problems,
     );
-    let options = SessionOptions {
-        intra_op_threads: inference.intra_op_threads,
-        allow_spinning: inference.allow_spinning,
-    };
+    let options = session_options(inference);
     let detector = ok_or_note(Manifest::load(&config.resolve(&inference.detector_manifest)), problems);
     if let Some(detector) = &detector {
         ok_or_note(check_embed_classes(config, detector), problems);
@@ -385,6 +387,9 @@ impl Node {
                     Ok(analyzer)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // Loading verified each model in a session of its own, then dropped it, and warming
+            // up allocated and freed every batch shape: hand those pages back to the system.
+            crate::infer::release_free_memory();
             Ok((models, analyzers))
         })
         .await

@@ -316,6 +316,11 @@ async fn default_stream_is_compact_and_every_track_is_confirmed_then_ended() {
         value("retina_inference_seconds_count{model=\"mobilenetv2-1280\"}"),
         frames
     );
+    assert_eq!(
+        value("retina_camera_capture_to_publish_seconds_count{camera=\"bikes\"}"),
+        frames,
+        "one latency per analysed frame"
+    );
     assert_eq!(value("retina_frames_failed_total"), 0.0);
     assert_eq!(value("retina_descriptors_published_total"), everything.len() as f64);
     let everything_bytes: usize = everything.iter().map(prost::Message::encoded_len).sum();
@@ -568,6 +573,12 @@ async fn node_info_health_reflection_metrics_and_filters_on_a_live_loop() {
     ] {
         assert!(body.contains(name), "metrics lack {name}:\n{body}");
     }
+    // A camera paced in real time: its frames are published within a second of their capture.
+    let values = common::metric_values(&body);
+    let latency = |what: &str| values[&format!("retina_camera_capture_to_publish_seconds_{what}{{camera=\"bikes\"}}")];
+    assert!(latency("count") > 0.0);
+    let mean = latency("sum") / latency("count");
+    assert!((0.0..1.0).contains(&mean), "mean capture to publish {mean} s");
 
     node.shutdown();
     tokio::time::timeout(Duration::from_secs(30), node.wait())

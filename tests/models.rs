@@ -9,6 +9,7 @@ use retina_edge::infer::{Analyzer, ModelFile, SessionOptions, environment};
 use retina_edge::{Error, describe::codec};
 
 const OPTIONS: SessionOptions = SessionOptions {
+    memory_arena: false,
     intra_op_threads: 1,
     allow_spinning: false,
 };

@@ -195,8 +195,11 @@ impl Describer {
                 metrics.frame_failed();
                 continue;
             }
+            let (camera, captured) = (analysis.camera.clone(), analysis.capture_time);
             let descriptor = state.describe(analysis, &self.origin, &self.encoder, &self.config);
             publish(descriptor, state.counters());
+            let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0) as u64;
+            metrics.capture_to_publish(&camera.id, Duration::from_nanos(latency));
         }
     }
 

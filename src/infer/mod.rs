@@ -21,6 +21,15 @@ use crate::ingest::{CameraStatus, FrameQueue};
 use crate::metrics::Metrics;
 use crate::pb;
 
+/// Returns the heap's free pages to the system (glibc keeps what was freed for reuse, so a peak
+/// of allocations at start-up would otherwise stay in the resident size for good).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The result of analysing one frame.
 pub struct Analysis {
     pub camera: Arc<CameraStatus>,

@@ -96,6 +96,7 @@ pub fn start_camera(
         max_width: config.max_frame_width_px,
         max_height: config.max_frame_height_px,
         sync: source.kind == SourceKind::File && config.realtime,
+        decoder_threads: config.decoder_threads,
         rtsp: RtspOptions {
             transport: config.rtsp_transport,
             latency_ms: config.rtsp_latency_ms,

@@ -40,6 +40,8 @@ pub struct PipelineSpec {
     pub max_height: u32,
     /// Pace buffers against the clock (a file played like a camera).
     pub sync: bool,
+    /// The video decoder's `max-threads`, where it has one (libav's do); 0: its own choice.
+    pub decoder_threads: u32,
     pub rtsp: RtspOptions,
 }
 
@@ -214,8 +216,12 @@ pub fn build(
 
     let facts = Arc::new(SourceFacts::default());
     let typefind_facts = facts.clone();
+    let decoder_threads = spec.decoder_threads;
     decode.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+        if is_video_decoder(&element) {
+            configure_decoder(&element, decoder_threads);
+        }
         if element.factory().is_some_and(|f| f.name() == "typefind") {
             let facts = typefind_facts.clone();
             element.connect("have-type", false, move |args| {
@@ -317,6 +323,20 @@ pub fn build(
             .build(),
     );
     Ok(Pipeline { pipeline, facts })
+}
+
+fn is_video_decoder(element: &gst::Element) -> bool {
+    element.factory().is_some_and(|f| {
+        let klass = f.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or_default();
+        klass.contains("Decoder") && klass.contains("Video")
+    })
+}
+
+/// Decoders without a `max-threads` property (hardware ones, most non-libav ones) keep theirs.
+fn configure_decoder(decoder: &gst::Element, threads: u32) {
+    if decoder.find_property("max-threads").is_some() {
+        decoder.set_property("max-threads", threads as i32);
+    }
 }
 
 /// The buffer's running time, or the time it arrived for a buffer without a timestamp (raw
