@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -63,6 +63,11 @@ bench-log: build
 ## N; ~8 min. Writes benches/results/cameras.md and cameras.png (RETINA_BENCH_* knobs: see the bench).
 bench-cameras: build
 	$(CARGO) bench --locked --bench cameras
+
+## Where the node's memory goes: its RSS for a ladder of settings and camera counts, before and
+## after issue 10's changes; ~4 min. Writes benches/results/memory.md.
+bench-memory: build
+	@bash benches/memory.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

@@ -10,6 +10,11 @@
 //! - capture to subscriber latency: a real gRPC subscriber reads every descriptor live, and each
 //!   frame's delay is its receipt time minus its capture time (both on this machine's clock).
 //!
+//! Then the latency of a live camera: a real RTSP camera on loopback (gst-rtsp-server, as in the
+//! tests) serving the sample clip at 10 frames/s with its capture times in RTCP sender reports
+//! (the host's clock), every frame analysed, one subscriber; each frame's delay from its capture
+//! to its receipt, against the node's own inference time per frame in the same window.
+//!
 //! Output: a report on stdout, `benches/results/cameras.md`, and a plot
 //! `benches/results/cameras.png` (scripts/plot_cameras.py).
 //!
@@ -17,7 +22,8 @@
 //! RETINA_BENCH_WARMUP and RETINA_BENCH_WINDOW (seconds, default 15 and 30),
 //! RETINA_BENCH_DETECTOR (a detector manifest, default models/nanodet-g-416.toml),
 //! RETINA_BENCH_INFERENCE (TOML lines added to `[inference]`, e.g. `workers = 2`), and
-//! RETINA_BENCH_CAMERA_EXTRA (TOML lines added to every camera, e.g. `decoder_threads = 0`).
+//! RETINA_BENCH_CAMERA_EXTRA (TOML lines added to every camera, e.g. `decoder_threads = 0`), and
+//! RETINA_BENCH_LATENCY_WINDOW (seconds of the RTSP latency run, default 30; 0 skips it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -90,11 +96,23 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn config(dir: &Path, clip: &Path, cameras: usize, fps: f64, grpc: u16, metrics: u16) -> PathBuf {
+/// `[[cameras]]` sections for `cameras` file cameras looping `clip` at `fps` analysed frames/s.
+fn file_cameras(clip: &Path, cameras: usize, fps: f64) -> String {
+    let extra = env_or("RETINA_BENCH_CAMERA_EXTRA", "");
+    (0..cameras)
+        .map(|i| {
+            format!(
+                "[[cameras]]\nid = \"cam{i:02}\"\nuri = \"{}\"\nanalysis_fps = {fps}\nloop_file = true\nrealtime = true\n{extra}\n\n",
+                clip.display()
+            )
+        })
+        .collect()
+}
+
+fn config(dir: &Path, cameras: &str, grpc: u16, metrics: u16) -> PathBuf {
     let repo = common::repo();
     let detector = env_or("RETINA_BENCH_DETECTOR", "models/nanodet-g-416.toml");
-    let extra = env_or("RETINA_BENCH_CAMERA_EXTRA", "");
-    let mut text = format!(
+    let text = format!(
         "[node]\nid = \"bench\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n\
          [inference]\nonnxruntime_library = \"{ort}\"\ndetector_manifest = \"{repo}/{detector}\"\n\
          embedder_manifest = \"{repo}/models/mobilenetv2-1280.toml\"\n\
@@ -105,12 +123,7 @@ fn config(dir: &Path, clip: &Path, cameras: usize, fps: f64, grpc: u16, metrics:
         log = dir.join("log.sqlite").display(),
         inference = env_or("RETINA_BENCH_INFERENCE", ""),
     );
-    for i in 0..cameras {
-        text += &format!(
-            "[[cameras]]\nid = \"cam{i:02}\"\nuri = \"{}\"\nanalysis_fps = {fps}\nloop_file = true\nrealtime = true\n{extra}\n\n",
-            clip.display()
-        );
-    }
+    let text = text + cameras;
     let path = dir.join("node.toml");
     std::fs::write(&path, text).expect("writing the bench config");
     path
@@ -143,6 +156,10 @@ struct Point {
     rss_end_mb: f64,
     rss_peak_mb: f64,
     latencies_ms: Vec<f64>,
+    /// Of those, frames whose capture time was the camera's own (RTCP sender reports).
+    camera_clock_frames: usize,
+    /// The node's mean inference time per analysed frame (detector and embedder) in the window.
+    inference_ms: f64,
     load: String,
 }
 
@@ -150,10 +167,10 @@ async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
     common::metric_values(&common::http_get(addr, "/metrics").await)
 }
 
-fn measure(clip: &Path, cameras: usize, fps: f64, warmup: Duration, window: Duration) -> Point {
+fn measure(camera_sections: &str, cameras: usize, warmup: Duration, window: Duration) -> Point {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (grpc, metrics_port) = (common::free_port(), common::free_port());
-    let config = config(dir.path(), clip, cameras, fps, grpc, metrics_port);
+    let config = config(dir.path(), camera_sections, grpc, metrics_port);
     let log_file = dir.path().join("node.log");
     let bin = common::repo().join("target/release/retina-edge");
     let out = std::fs::File::create(&log_file).expect("node log file");
@@ -201,8 +218,10 @@ fn measure(clip: &Path, cameras: usize, fps: f64, warmup: Duration, window: Dura
 
     // A live subscriber for the window: capture to receipt of every analysed frame.
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let camera_clock_frames = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let subscriber = {
         let latencies = latencies.clone();
+        let camera_clock_frames = camera_clock_frames.clone();
         runtime.spawn(async move {
             let mut client = common::connect(&format!("127.0.0.1:{grpc}")).await;
             let request = pb::SubscribeRequest {
@@ -224,6 +243,9 @@ fn measure(clip: &Path, cameras: usize, fps: f64, warmup: Duration, window: Dura
                 {
                     let delay = (received - common::nanos(descriptor.capture_time)) as f64 / 1e6;
                     latencies.lock().unwrap_or_else(|p| p.into_inner()).push(delay);
+                    if descriptor.time_source == pb::TimeSource::CameraNtp as i32 {
+                        camera_clock_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         })
@@ -255,8 +277,19 @@ fn measure(clip: &Path, cameras: usize, fps: f64, warmup: Duration, window: Dura
         rates.sort_by(f64::total_cmp);
         rates
     };
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
+    let detector = env_or("RETINA_BENCH_DETECTOR", "models/nanodet-g-416.toml");
+    let detector_id = Path::new(&detector)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let inference_seconds = delta(&format!("retina_inference_seconds_sum{{model=\"{detector_id}\"}}"))
+        + delta("retina_inference_seconds_sum{model=\"mobilenetv2-1280\"}");
+    let frames = delta(&format!("retina_inference_seconds_count{{model=\"{detector_id}\"}}"));
     Point {
         cameras,
+        camera_clock_frames: camera_clock_frames.load(std::sync::atomic::Ordering::Relaxed),
+        inference_ms: inference_seconds * 1000.0 / frames.max(1.0),
         analysed_fps: rate("retina_camera_frames_analysed_total", ""),
         busy_drops: rate("retina_camera_frames_dropped_total", "reason=\"inference_busy\""),
         decoded_fps: rate("retina_camera_frames_decoded_total", ""),
@@ -266,6 +299,40 @@ fn measure(clip: &Path, cameras: usize, fps: f64, warmup: Duration, window: Dura
         latencies_ms,
         load,
     }
+}
+
+/// The sample clip at 10 frames/s (a camera's common low rate), cached beside it.
+fn ten_fps_clip() -> PathBuf {
+    let sample = common::sample_clip();
+    let clip = sample.with_file_name("bikes-10fps.mp4");
+    if !clip.is_file() {
+        let tmp = clip.with_extension("tmp.mp4");
+        let pipeline = format!(
+            "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videorate ! video/x-raw,framerate=10/1 ! \
+             videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=faster bitrate=1500 ! h264parse ! mp4mux ! \
+             filesink location={}",
+            sample.display(),
+            tmp.display()
+        );
+        let status = std::process::Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .status()
+            .expect("gst-launch-1.0");
+        assert!(status.success(), "making the 10 fps clip failed");
+        std::fs::rename(&tmp, &clip).expect("renaming the 10 fps clip");
+    }
+    clip
+}
+
+/// One live RTSP camera at 10 frames/s, every frame analysed.
+fn rtsp_latency(warmup: Duration, window: Duration) -> Point {
+    let camera = common::rtsp::TestCamera::start_with_clock_ahead(&ten_fps_clip(), Duration::ZERO);
+    let section = format!(
+        "[[cameras]]\nid = \"rtsp\"\nuri = \"{}\"\nanalysis_fps = 0\n\n",
+        camera.uri()
+    );
+    measure(&section, 1, warmup, window)
 }
 
 fn spread(values: &[f64], digits: usize) -> String {
@@ -289,7 +356,7 @@ fn main() {
     let mut points = Vec::new();
     for &n in &counts {
         eprintln!("{n} camera(s): warm-up {warmup:?}, window {window:?}...");
-        let point = measure(&clip, n, fps, warmup, window);
+        let point = measure(&file_cameras(&clip, n, fps), n, warmup, window);
         eprintln!(
             "  analysed {} /s per camera, busy drops {} /s, CPU {:.2} cores, RSS {:.0} MB, latency p50 {:.0} ms p99 {:.0} ms",
             spread(&point.analysed_fps, 2),
@@ -334,6 +401,37 @@ fn main() {
             percentile(&p.latencies_ms, 0.99),
             p.latencies_ms.len(),
             p.load,
+        );
+    }
+    let latency_window = Duration::from_secs_f64(env_f64("RETINA_BENCH_LATENCY_WINDOW", 30.0));
+    if !latency_window.is_zero() {
+        eprintln!("RTSP camera at 10 fps: warm-up {warmup:?}, window {latency_window:?}...");
+        let live = rtsp_latency(warmup, latency_window);
+        let (p50, p99) = (
+            percentile(&live.latencies_ms, 0.5),
+            percentile(&live.latencies_ms, 0.99),
+        );
+        report += &format!(
+            "\n## Latency of a live camera\n\n\
+             One RTSP camera on loopback (gst-rtsp-server, `x264enc tune=zerolatency`, the sample clip at 10 \
+             frames/s), capture times from its RTCP sender reports, every frame analysed, one live subscriber; \
+             {:.0} s window after {:.0} s of warm-up, load {}.\n\n\
+             | frames received | with the camera's capture time | capture → subscriber p50 | p99 | max | \
+             the node's inference per frame (mean) | p99 − inference |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n\
+             | {} | {} | {p50:.0} ms | {p99:.0} ms | {:.0} ms | {:.1} ms | {:.0} ms |\n",
+            latency_window.as_secs_f64(),
+            warmup.as_secs_f64(),
+            live.load,
+            live.latencies_ms.len(),
+            live.camera_clock_frames,
+            min_max(&live.latencies_ms).1,
+            live.inference_ms,
+            p99 - live.inference_ms,
+        );
+        eprintln!(
+            "  p50 {p50:.0} ms, p99 {p99:.0} ms, inference {:.1} ms",
+            live.inference_ms
         );
     }
     println!("{report}");

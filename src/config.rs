@@ -209,11 +209,40 @@ pub struct CameraConfig {
     /// core here; raise it only for a stream one core cannot decode (4K and above).
     #[serde(default = "default_decoder_threads")]
     pub decoder_threads: u32,
+    /// Which frames of the stream are decoded at all (README: "Decoding only what is analysed").
+    #[serde(default)]
+    pub decode: DecodeMode,
     /// Credentials, instead of (or overriding) those in the URI. Never logged or reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// Which frames of a camera's compressed stream reach the decoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// Keyframes only while the stream's keyframes come at least as often as the analysis rate
+    /// asks for frames (measured on the stream, over its last few keyframes); every frame
+    /// otherwise. The analysis rate is kept either way.
+    #[default]
+    Auto,
+    /// Every frame.
+    All,
+    /// Keyframes only, whatever their rate: the camera is analysed at most at its keyframe rate.
+    Keyframes,
+}
+
+impl DecodeMode {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeMode::Auto => "auto",
+            DecodeMode::All => "all",
+            DecodeMode::Keyframes => "keyframes",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -314,6 +343,7 @@ impl CameraConfig {
             rtsp_transport: RtspTransport::default(),
             rtsp_latency_ms: default_rtsp_latency_ms(),
             decoder_threads: default_decoder_threads(),
+            decode: DecodeMode::default(),
             username: None,
             password: None,
         }
@@ -641,6 +671,7 @@ mod tests {
         assert_eq!(config.inference.intra_op_threads, 2);
         assert!(!config.inference.memory_arena);
         assert_eq!(config.cameras[0].decoder_threads, 1);
+        assert_eq!(config.cameras[0].decode, DecodeMode::Auto);
         assert_eq!(config.inference.embed_classes.len(), 6);
         assert_eq!(config.cameras[0].analysis_fps, 5.0);
         assert!(config.cameras[0].realtime && config.cameras[0].enabled);

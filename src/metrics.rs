@@ -376,7 +376,8 @@ impl Collector for CameraCollector {
 
         let mut family = encoder.encode_descriptor(
             "retina_camera_frames_dropped",
-            "Frames not analysed: analysis_rate = skipped by design to keep to analysis_fps, \
+            "Frames not analysed: analysis_rate = decoded, then skipped by design to keep to \
+             analysis_fps; not_decoded = kept from the decoder, only keyframes were decoded; \
              inference_busy = dropped from a full inference queue",
             None,
             ConstCounter::new(0u64).metric_type(),
@@ -386,6 +387,7 @@ impl Collector for CameraCollector {
             let by_rate = load(&camera.frames_decoded).saturating_sub(queued);
             for (reason, n) in [
                 ("analysis_rate", by_rate),
+                ("not_decoded", load(&camera.frames_not_decoded)),
                 ("inference_busy", load(&camera.frames_dropped)),
             ] {
                 let labels = [("camera", camera.id.as_str()), ("reason", reason)];

@@ -93,6 +93,15 @@ pub fn same_context(a: &FrameDescriptor, b: &FrameDescriptor) -> bool {
         && a.camera_position == b.camera_position
 }
 
+/// How a frame was chosen from its camera's stream, as the wire says it.
+pub fn sampling(keyframes_only: bool) -> pb::Sampling {
+    if keyframes_only {
+        pb::Sampling::Keyframes
+    } else {
+        pb::Sampling::Unspecified
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

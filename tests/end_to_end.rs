@@ -636,3 +636,141 @@ async fn better_views_are_sent_on_real_footage_within_the_limits() {
         );
     }
 }
+
+/// The sample clip re-encoded with a keyframe every 5 frames (0.2 s at 25 fps), no B-frames and
+/// no scene-cut keyframes: its keyframes come exactly at the 5 frames/s the cameras analyse.
+fn short_gop_clip(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("gop5.mp4");
+    let pipeline = format!(
+        "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! \
+         x264enc speed-preset=ultrafast key-int-max=5 bframes=0 option-string=scenecut=0:min-keyint=5 bitrate=1500 ! \
+         h264parse ! mp4mux ! filesink location={}",
+        common::sample_clip().display(),
+        out.display()
+    );
+    let status = std::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .status()
+        .unwrap();
+    assert!(status.success(), "encoding the short-GOP clip failed");
+    out
+}
+
+/// `decode = "keyframes"` and `"auto"` keep the delta frames from the decoder, and the frames they
+/// analyse are the very pictures a full decode analyses: the same detections, box for box. Every
+/// descriptor and `GetNodeInfo` say how the frames were chosen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_only_decoding_analyses_the_same_pictures_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = short_gop_clip(dir.path());
+    let modes = ["all", "keyframes", "auto"];
+    let cameras: String = modes
+        .iter()
+        .map(|mode| {
+            format!(
+                "[[cameras]]\nid = \"{mode}\"\nuri = \"{}\"\nanalysis_fps = 5.0\nrealtime = false\ndecode = \"{mode}\"\n\n",
+                clip.display()
+            )
+        })
+        .collect();
+    let toml = common::config_toml(
+        &format!("{cameras}\n{SEND_DETECTIONS}"),
+        "metrics_listen = \"127.0.0.1:0\"",
+    );
+    let (node, mut client) = common::start_node(common::parse_config(&toml)).await;
+    for mode in modes {
+        // The analysis rate is kept: 10 s at 5 frames/s, whatever was decoded. (Stopped alone
+        // could be read before the last frames left inference.)
+        let what = "the clip played and 50 frames were analysed";
+        common::wait_for_camera(&mut client, mode, Duration::from_secs(120), what, |c| {
+            c.state == pb::CameraState::Stopped as i32 && c.frames_analysed == 50
+        })
+        .await;
+    }
+    let info = common::node_info(&mut client).await;
+    let camera = |id: &str| info.cameras.iter().find(|c| c.camera_id == id).unwrap().clone();
+    let page = common::http_get(node.metrics_addr.unwrap(), "/metrics").await;
+    let values = common::metric_values(&page);
+    let metric = |name: &str, mode: &str| values[&format!("{name}{{camera=\"{mode}\"}}")];
+    let not_decoded =
+        |mode: &str| values[&format!("retina_camera_frames_dropped_total{{camera=\"{mode}\",reason=\"not_decoded\"}}")];
+
+    // 250 frames, 50 of them keyframes. Auto decodes the first two groups entirely (it measures
+    // two keyframe intervals before it trusts them), then keyframes only.
+    assert_eq!(metric("retina_camera_frames_decoded_total", "all"), 250.0);
+    assert_eq!(not_decoded("all"), 0.0);
+    assert_eq!(metric("retina_camera_frames_decoded_total", "keyframes"), 50.0);
+    assert_eq!(not_decoded("keyframes"), 200.0);
+    assert_eq!(metric("retina_camera_frames_decoded_total", "auto"), 58.0);
+    assert_eq!(not_decoded("auto"), 192.0);
+    for mode in modes {
+        assert_eq!(camera(mode).decode, mode);
+    }
+    assert_eq!(camera("all").sampling, pb::Sampling::Unspecified as i32);
+    assert_eq!(camera("keyframes").sampling, pb::Sampling::Keyframes as i32);
+    assert_eq!(camera("auto").sampling, pb::Sampling::Keyframes as i32);
+    assert_eq!(camera("keyframes").frames_not_decoded, 200);
+
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            include_empty_frames: true,
+            full_context: true,
+            start: pb::StartPosition::Earliest as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    node.shutdown();
+    let mut by_camera: HashMap<String, Vec<pb::FrameDescriptor>> = HashMap::new();
+    while let Some(d) = stream.message().await.unwrap() {
+        by_camera.entry(d.camera_id.clone()).or_default().push(d);
+    }
+    let frames = |mode: &str| -> Vec<pb::FrameDescriptor> {
+        // The frames, without the descriptor that ends the tracks when the camera stops.
+        let mut frames = by_camera[mode].clone();
+        frames.dedup_by_key(|d| d.capture_time);
+        frames
+    };
+    let (all, keyframes, auto) = (frames("all"), frames("keyframes"), frames("auto"));
+    assert_eq!(all.len(), 50);
+    assert!(all.iter().all(|d| d.sampling == pb::Sampling::Unspecified as i32));
+    assert!(keyframes.iter().all(|d| d.sampling == pb::Sampling::Keyframes as i32));
+    assert!(
+        auto[2..].iter().all(|d| d.sampling == pb::Sampling::Keyframes as i32),
+        "auto after two groups"
+    );
+    let objects = |frames: &[pb::FrameDescriptor]| -> Vec<Vec<(u32, [u32; 4])>> {
+        frames
+            .iter()
+            .map(|d| {
+                d.objects
+                    .iter()
+                    .map(|o| {
+                        let b = o.r#box.unwrap();
+                        let q = |v: f32| (v * 10_000.0).round() as u32;
+                        (o.class_id, [q(b.x_min), q(b.y_min), q(b.x_max), q(b.y_max)])
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let detections: usize = objects(&all).iter().map(Vec::len).sum();
+    assert!(detections > 50, "the clip has objects to compare: {detections}");
+    assert_eq!(
+        objects(&keyframes),
+        objects(&all),
+        "keyframes only: the same pictures, the same boxes"
+    );
+    assert_eq!(objects(&auto), objects(&all), "auto: the same pictures, the same boxes");
+    // Each camera's clock starts at its own first frame: the same frames, the same offsets.
+    let times = |frames: &[pb::FrameDescriptor]| {
+        let first = common::nanos(frames[0].capture_time);
+        frames
+            .iter()
+            .map(|d| common::nanos(d.capture_time) - first)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(times(&keyframes), times(&all));
+}

@@ -31,6 +31,7 @@ use crate::pb::{
     self, admin_server::Admin, admin_server::AdminServer, retina_server::Retina, retina_server::RetinaServer,
 };
 use crate::shutdown::Shutdown;
+use crate::wire::sampling;
 use crate::wire::{context_of, copy_context, same_context, score_q8};
 
 /// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
@@ -182,6 +183,7 @@ impl Filter {
             offset: d.offset,
             capture_time: d.capture_time,
             time_source: d.time_source,
+            sampling: d.sampling,
             objects,
             tracks,
             track_events,
@@ -479,6 +481,9 @@ fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
         last_frame_age_seconds: camera.last_frame_age().map(|age| age.as_secs_f64()),
         time_source: camera.time_source() as i32,
         enabled: settings.enabled,
+        sampling: sampling(camera.keyframes_only()) as i32,
+        frames_not_decoded: camera.frames_not_decoded.load(Ordering::Relaxed),
+        decode: settings.decode.as_str().to_string(),
     }
 }
 

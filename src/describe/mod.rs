@@ -314,6 +314,7 @@ impl CameraState {
             track_events: Vec::new(),
             offset: 0,
             gap: None,
+            sampling: crate::wire::sampling(analysis.keyframes_only) as i32,
         }
     }
 }
@@ -389,6 +390,7 @@ mod tests {
             ticket,
             capture_time: ticket as i64,
             time_source: pb::TimeSource::FilePosition,
+            keyframes_only: false,
             frame_width: 100,
             frame_height: 50,
             detections: if ok {

@@ -37,6 +37,8 @@ pub struct Analysis {
     pub ticket: u64,
     pub capture_time: UnixNanos,
     pub time_source: pb::TimeSource,
+    /// The frame was chosen among its stream's keyframes only.
+    pub keyframes_only: bool,
     pub frame_width: u32,
     pub frame_height: u32,
     pub detections: Result<Vec<Detection>>,
@@ -89,6 +91,7 @@ fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<A
             ticket,
             capture_time: frame.capture_time,
             time_source: frame.time_source,
+            keyframes_only: frame.keyframes_only,
             frame_width: frame.image.width(),
             frame_height: frame.image.height(),
             detections,

@@ -99,12 +99,22 @@ impl ModelFile {
         Ok(model)
     }
 
+    /// Drops the file's bytes: no session can be opened from it afterwards.
+    pub fn release_bytes(&mut self) {
+        self.bytes = Vec::new();
+    }
+
     pub fn open_session(&self, env: &ort::environment::Environment, options: SessionOptions) -> Result<Session> {
         let path = self.manifest.model_path();
         let fail = |message: String| Error::ModelLoad {
             path: path.clone(),
             message,
         };
+        if self.bytes.is_empty() {
+            return Err(fail(
+                "the model's bytes were released after start-up; load the model again".into(),
+            ));
+        }
         let spin = if options.allow_spinning { "1" } else { "0" };
         Session::builder(env)
             .and_then(|b| {

@@ -19,7 +19,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::failure::{self, Failure, FailureKind};
-use super::pipeline::{self, PipelineSpec, RtspOptions};
+use super::pipeline::{self, PipelineSpec, RtspOptions, StreamFrame};
 use super::{CameraStatus, Frame, FrameQueue, Overflow, PushOutcome, SourceKind, SourceUri};
 use crate::clock::{CaptureClock, Monotonic, UnixNanos, now_unix_nanos};
 use crate::config::CameraConfig;
@@ -97,6 +97,7 @@ pub fn start_camera(
         max_height: config.max_frame_height_px,
         sync: source.kind == SourceKind::File && config.realtime,
         decoder_threads: config.decoder_threads,
+        decode: config.decode,
         rtsp: RtspOptions {
             transport: config.rtsp_transport,
             latency_ms: config.rtsp_latency_ms,
@@ -302,10 +303,15 @@ impl Supervisor {
 
     fn run_once(&self, clock: &Arc<Mutex<CaptureClock>>) -> Result<RunEnd> {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
-        let decoded_status = self.status.clone();
-        let pipeline = pipeline::build(&self.spec, self.frame_handler(clock.clone()), move || {
-            decoded_status.frame_decoded()
-        })?;
+        let stream_status = self.status.clone();
+        let pipeline = pipeline::build(
+            &self.spec,
+            self.frame_handler(clock.clone()),
+            move |frame| match frame {
+                StreamFrame::Decoded => stream_status.frame_decoded(),
+                StreamFrame::NotDecoded => stream_status.frame_not_decoded(),
+            },
+        )?;
         let bus = pipeline
             .pipeline
             .bus()
@@ -431,7 +437,7 @@ impl Supervisor {
                     None => (clock.stamp(raw.running_time, now_unix_nanos), clock.source()),
                 }
             };
-            status.frame_arrived(time_source);
+            status.frame_arrived(time_source, raw.keyframes_only);
             if first_frame_of_run {
                 first_frame_of_run = false;
                 status.reconnect_attempts.store(0, Ordering::Relaxed);
@@ -443,6 +449,7 @@ impl Supervisor {
                 image: raw.image,
                 capture_time,
                 time_source,
+                keyframes_only: raw.keyframes_only,
             };
             match queue.push(frame, overflow) {
                 PushOutcome::Closed => Err(gst::FlowError::Flushing),

@@ -522,6 +522,7 @@ fn settings(config: &CameraConfig, source: &Result<SourceUri>) -> CameraSettings
             Err(_) => super::redact_uri(&config.uri),
         },
         analysis_fps: config.analysis_fps,
+        decode: config.decode,
         position: config.position.as_ref().map(position_message),
         enabled: config.enabled,
     }

@@ -10,7 +10,7 @@ pub mod pool;
 mod queue;
 mod source;
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub struct Frame {
     pub image: image::RgbImage,
     pub capture_time: UnixNanos,
     pub time_source: pb::TimeSource,
+    /// Chosen among the stream's keyframes only (`DecodeMode`): said in its descriptor.
+    pub keyframes_only: bool,
 }
 
 /// What the rest of the node knows about a camera: identity, current settings, and counters
@@ -44,6 +46,10 @@ pub struct CameraStatus {
     settings: RwLock<CameraSettings>,
     /// Frames that came out of the decoder (before the analysis-rate filter).
     pub frames_decoded: AtomicU64,
+    /// Frames of the stream kept from the decoder: only keyframes were being decoded.
+    pub frames_not_decoded: AtomicU64,
+    /// Whether the last frame was chosen among keyframes only.
+    keyframes_only: AtomicBool,
     /// Frames that reached the inference queue.
     pub frames_queued: AtomicU64,
     /// Frames dropped from the inference queue because inference was busy.
@@ -72,6 +78,7 @@ pub struct CameraSettings {
     /// Source URI with any password removed: safe for logs and the API.
     pub uri_redacted: String,
     pub analysis_fps: f64,
+    pub decode: crate::config::DecodeMode,
     pub position: Option<pb::CameraPosition>,
     pub enabled: bool,
 }
@@ -98,6 +105,8 @@ impl CameraStatus {
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             settings: RwLock::new(settings),
             frames_decoded: AtomicU64::new(0),
+            frames_not_decoded: AtomicU64::new(0),
+            keyframes_only: AtomicBool::new(false),
             frames_queued: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             frames_analysed: AtomicU64::new(0),
@@ -173,10 +182,23 @@ impl CameraStatus {
         }
     }
 
-    /// A frame arrived, stamped from `source`.
-    pub fn frame_arrived(&self, source: pb::TimeSource) {
+    /// A frame arrived, stamped from `source`, chosen among keyframes only or not.
+    pub fn frame_arrived(&self, source: pb::TimeSource, keyframes_only: bool) {
         self.last_frame_nanos.store(monotonic_nanos(), Ordering::Relaxed);
         self.time_source.store(source as i32, Ordering::Relaxed);
+        self.keyframes_only.store(keyframes_only, Ordering::Relaxed);
+    }
+
+    /// A frame of the stream was kept from the decoder. It still shows the source is alive: a
+    /// camera analysed at its keyframes only decodes a frame every second or two.
+    pub fn frame_not_decoded(&self) {
+        Self::count(&self.frames_not_decoded);
+        self.last_decoded_nanos.store(monotonic_nanos(), Ordering::Relaxed);
+    }
+
+    /// Whether the camera's frames are chosen among its keyframes only, as of the last frame.
+    pub fn keyframes_only(&self) -> bool {
+        self.keyframes_only.load(Ordering::Relaxed)
     }
 
     /// The decoder produced a frame (before the analysis-rate filter).

@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! uridecodebin ─▶ [rate gate] videoscale ─▶ videoconvert ─▶ caps RGB ≤ max size ─▶ appsink
+//!  └ [keyframe gate] ahead of the decoder inside it
 //! ```
+//!
+//! The keyframe gate, a probe on the decoder's sink pad, keeps compressed frames that nothing
+//! would analyse from being decoded at all ([`KeyframeGate`]): decoding is the largest cost of a
+//! camera after inference (a 720p25 stream: about a tenth of a core here).
 //!
 //! Frames above the analysis rate are dropped by the rate gate, a probe on `videoscale`'s sink
 //! pad, before they cost a scale or a colour conversion; scaling happens before conversion
@@ -27,7 +32,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use crate::config::RtspTransport;
+use crate::config::{DecodeMode, RtspTransport};
 use crate::error::{Error, Result};
 
 /// What the pipeline is asked to deliver.
@@ -42,6 +47,7 @@ pub struct PipelineSpec {
     pub sync: bool,
     /// The video decoder's `max-threads`, where it has one (libav's do); 0: its own choice.
     pub decoder_threads: u32,
+    pub decode: DecodeMode,
     pub rtsp: RtspOptions,
 }
 
@@ -71,6 +77,16 @@ pub struct RawFrame {
     pub running_time: Duration,
     /// The sender's capture time (NTP, nanoseconds since 1900), when RTCP told us.
     pub ntp_nanos: Option<u64>,
+    /// The decoder was given only keyframes when this frame came through.
+    pub keyframes_only: bool,
+}
+
+/// What became of one compressed frame of the stream, before any analysis-rate decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFrame {
+    Decoded,
+    /// Kept from the decoder by the keyframe gate.
+    NotDecoded,
 }
 
 pub struct Pipeline {
@@ -181,6 +197,78 @@ impl RateGate {
     }
 }
 
+/// How many keyframe intervals `DecodeMode::Auto` looks back on: one short group of pictures
+/// among long ones must not switch decoding to keyframes only.
+const KEYFRAME_HISTORY: usize = 4;
+/// Keyframe intervals up to this much longer than the analysis interval still count as keeping
+/// the rate: cameras at 29.97 fps put keyframes 0.1 % further apart than a whole-number rate.
+const KEYFRAME_TOLERANCE: f64 = 1.01;
+
+/// Decides, ahead of the decoder, whether a compressed frame is decoded. A delta frame needs
+/// every frame before it back to its keyframe, so the decision is made at each keyframe for the
+/// whole group of pictures it starts: either all of it is decoded, or only the keyframe.
+///
+/// A keyframe decodes to exactly the picture it would be in a full decode, so skipping deltas
+/// changes which frames are analysed (those at keyframes), never what a frame looks like.
+#[derive(Debug)]
+pub struct KeyframeGate {
+    mode: DecodeMode,
+    /// Time between analysed frames; `None`: every frame is analysed, all must be decoded.
+    analysis_interval: Option<Duration>,
+    last_keyframe: Option<Duration>,
+    /// The latest keyframe intervals, newest last.
+    recent: std::collections::VecDeque<Duration>,
+    keyframes_only: bool,
+}
+
+impl KeyframeGate {
+    pub fn new(mode: DecodeMode, analysis_fps: f64) -> KeyframeGate {
+        KeyframeGate {
+            mode,
+            analysis_interval: (analysis_fps > 0.0).then(|| Duration::from_secs_f64(1.0 / analysis_fps)),
+            last_keyframe: None,
+            recent: std::collections::VecDeque::with_capacity(KEYFRAME_HISTORY),
+            keyframes_only: false,
+        }
+    }
+
+    /// Whether the decoder gets this frame. `time`: its timestamp, if it has one.
+    pub fn admit(&mut self, keyframe: bool, time: Option<Duration>) -> bool {
+        if !keyframe {
+            return !self.keyframes_only;
+        }
+        if let Some(time) = time {
+            match self.last_keyframe {
+                Some(last) if time > last => {
+                    if self.recent.len() == KEYFRAME_HISTORY {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(time - last);
+                }
+                // A file that loops, a camera whose timestamps restart: measure afresh.
+                Some(last) if time < last => self.recent.clear(),
+                _ => {}
+            }
+            self.last_keyframe = Some(time);
+        }
+        self.keyframes_only = match self.mode {
+            DecodeMode::All => false,
+            DecodeMode::Keyframes => true,
+            DecodeMode::Auto => self.analysis_interval.is_some_and(|analysis| {
+                let longest = self.recent.iter().max();
+                self.recent.len() >= 2
+                    && longest.is_some_and(|&k| k.as_secs_f64() <= analysis.as_secs_f64() * KEYFRAME_TOLERANCE)
+            }),
+        };
+        true
+    }
+
+    /// Whether only keyframes are being decoded now.
+    pub fn keyframes_only(&self) -> bool {
+        self.keyframes_only
+    }
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
         // Always back to NULL so that GStreamer releases threads, sockets and file handles.
@@ -197,12 +285,14 @@ fn make(factory: &str) -> Result<gst::Element> {
 }
 
 /// Builds the pipeline (in NULL state). `on_frame` runs on a GStreamer streaming thread for each
-/// frame; `on_decoded` for each decoded frame before rate filtering.
+/// frame; `on_stream_frame` for each compressed frame, decoded or not, before rate filtering.
 pub fn build(
     spec: &PipelineSpec,
     mut on_frame: impl FnMut(RawFrame) -> std::result::Result<(), gst::FlowError> + Send + 'static,
-    on_decoded: impl Fn() + Send + Sync + 'static,
+    on_stream_frame: impl Fn(StreamFrame) + Send + Sync + 'static,
 ) -> Result<Pipeline> {
+    let on_stream_frame = Arc::new(on_stream_frame);
+    let keyframes_only = Arc::new(AtomicBool::new(false));
     let pipeline = gst::Pipeline::new();
     let decode = make("uridecodebin")?;
     decode.set_property("uri", &spec.uri);
@@ -217,10 +307,15 @@ pub fn build(
     let facts = Arc::new(SourceFacts::default());
     let typefind_facts = facts.clone();
     let decoder_threads = spec.decoder_threads;
+    let (decode_mode, analysis_fps) = (spec.decode, spec.analysis_fps);
+    let keyframes_flag = keyframes_only.clone();
+    let skipped = on_stream_frame.clone();
     decode.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
         if is_video_decoder(&element) {
             configure_decoder(&element, decoder_threads);
+            let gate = KeyframeGate::new(decode_mode, analysis_fps);
+            gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
         }
         if element.factory().is_some_and(|f| f.name() == "typefind") {
             let facts = typefind_facts.clone();
@@ -257,7 +352,7 @@ pub fn build(
         .ok_or_else(|| Error::Gstreamer("videoscale has no sink pad".into()))?;
     let gate = Mutex::new(RateGate::new(spec.analysis_fps));
     scale_sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        on_decoded();
+        on_stream_frame(StreamFrame::Decoded);
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
@@ -313,10 +408,11 @@ pub fn build(
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let arrival = sink.current_running_time().map(|t| Duration::from_nanos(t.nseconds()));
-                let raw = raw_frame(&sample, arrival).map_err(|err| {
+                let mut raw = raw_frame(&sample, arrival).map_err(|err| {
                     tracing::warn!(%err, "unreadable frame");
                     gst::FlowError::Error
                 })?;
+                raw.keyframes_only = keyframes_only.load(Ordering::Relaxed);
                 on_frame(raw)?;
                 Ok(gst::FlowSuccess::Ok)
             })
@@ -337,6 +433,41 @@ fn configure_decoder(decoder: &gst::Element, threads: u32) {
     if decoder.find_property("max-threads").is_some() {
         decoder.set_property("max-threads", threads as i32);
     }
+}
+
+/// Puts `gate` on the decoder's input; `keyframes_only` follows its decision for the frames
+/// that come out, and `skipped` hears of every frame kept from the decoder.
+fn gate_decoder(
+    decoder: &gst::Element,
+    gate: KeyframeGate,
+    keyframes_only: Arc<AtomicBool>,
+    skipped: Arc<impl Fn(StreamFrame) + Send + Sync + 'static>,
+) {
+    let Some(pad) = decoder.static_pad("sink") else {
+        return;
+    };
+    let gate = Mutex::new(gate);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let time = buffer
+            .pts()
+            .or(buffer.dts())
+            .map(|t| Duration::from_nanos(t.nseconds()));
+        let mut gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+        let admitted = gate.admit(keyframe, time);
+        keyframes_only.store(gate.keyframes_only(), Ordering::Relaxed);
+        drop(gate);
+        if admitted {
+            gst::PadProbeReturn::Ok
+        } else {
+            skipped(StreamFrame::NotDecoded);
+            // `Handled`, not `Drop`: see the rate gate in `build`.
+            gst::PadProbeReturn::Handled
+        }
+    });
 }
 
 /// The buffer's running time, or the time it arrived for a buffer without a timestamp (raw
@@ -426,6 +557,7 @@ fn raw_frame(sample: &gst::Sample, arrival: Option<Duration>) -> Result<RawFrame
         image,
         running_time,
         ntp_nanos: ntp_reference(buffer),
+        keyframes_only: false,
     })
 }
 
@@ -464,5 +596,76 @@ mod tests {
         assert_eq!(kept(&mut gate, [0, 400, 1000, 1400, 0, 400, 1000]), [0, 1000, 0, 1000]);
         let mut every = RateGate::new(0.0);
         assert_eq!(kept(&mut every, [5, 5, 0, 7]), [5, 5, 0, 7]);
+    }
+
+    /// Feeds a stream of `frames` frames at `fps` with a keyframe every `gop` frames; returns the
+    /// indices of the frames that reach the decoder.
+    fn decoded(gate: &mut KeyframeGate, frames: u64, fps: f64, gop: u64) -> Vec<u64> {
+        (0..frames)
+            .filter(|&i| gate.admit(i % gop == 0, Some(Duration::from_secs_f64(i as f64 / fps))))
+            .collect()
+    }
+
+    #[test]
+    fn keyframes_only_when_asked_or_when_they_keep_the_analysis_rate() {
+        // 25 fps with a keyframe every 5 frames: keyframes come at 5/s.
+        let all: Vec<u64> = (0..50).collect();
+        let keyframes: Vec<u64> = (0..50).step_by(5).collect();
+        assert_eq!(decoded(&mut KeyframeGate::new(DecodeMode::All, 5.0), 50, 25.0, 5), all);
+        assert_eq!(
+            decoded(&mut KeyframeGate::new(DecodeMode::Keyframes, 1.0), 50, 25.0, 5),
+            keyframes
+        );
+        // Auto at 5/s: keyframes keep the rate once two intervals are known (from the 3rd on).
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        let expected: Vec<u64> = (0..10).chain((10..50).step_by(5)).collect();
+        assert_eq!(decoded(&mut auto, 50, 25.0, 5), expected);
+        assert!(auto.keyframes_only());
+        // Auto at 6/s: keyframes at 5/s would not keep it, every frame is decoded.
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 6.0);
+        assert_eq!(decoded(&mut auto, 50, 25.0, 5), all);
+        assert!(!auto.keyframes_only());
+        // Every frame analysed: nothing may be skipped.
+        assert_eq!(decoded(&mut KeyframeGate::new(DecodeMode::Auto, 0.0), 50, 25.0, 5), all);
+    }
+
+    #[test]
+    fn auto_tolerates_fractional_rates_and_goes_back_to_every_frame_for_a_long_group() {
+        // 29.97 fps, a keyframe every 6 frames (0.2002 s) against 5/s: within the tolerance.
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        decoded(&mut auto, 60, 30_000.0 / 1001.0, 6);
+        assert!(auto.keyframes_only());
+        // One long group of pictures (a keyframe 2 s late) among short ones: the group after it is
+        // decoded entirely, as are the next ones until the long interval is out of the history.
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        let key = |gate: &mut KeyframeGate, t: f64| gate.admit(true, Some(Duration::from_secs_f64(t)));
+        let delta = |gate: &mut KeyframeGate, t: f64| gate.admit(false, Some(Duration::from_secs_f64(t)));
+        for t in [0.0, 0.2, 0.4] {
+            key(&mut auto, t);
+        }
+        assert!(!delta(&mut auto, 0.44), "keyframes only after 0.4");
+        key(&mut auto, 2.4);
+        assert!(delta(&mut auto, 2.44), "a 2 s group: decoded entirely");
+        for (i, t) in [2.6, 2.8, 3.0].into_iter().enumerate() {
+            key(&mut auto, t);
+            assert!(
+                delta(&mut auto, t + 0.04),
+                "the 2 s interval is still among the last four ({i})"
+            );
+        }
+        key(&mut auto, 3.2);
+        assert!(
+            !delta(&mut auto, 3.24),
+            "four short intervals since: keyframes only again"
+        );
+        // Time going back (a file that loops) measures afresh.
+        key(&mut auto, 0.0);
+        assert!(delta(&mut auto, 0.04));
+    }
+
+    #[test]
+    fn frames_without_timestamps_are_all_decoded_in_auto() {
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        assert!((0..50).all(|i| auto.admit(i % 5 == 0, None)));
     }
 }

@@ -200,6 +200,7 @@ mod tests {
             image: image::RgbImage::new(2, 2),
             capture_time: t,
             time_source: TimeSource::HostArrival,
+            keyframes_only: false,
         }
     }
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Where the node's memory goes (`make bench-memory`, about 4 min): the release node's resident
+# size (VmRSS) after SETTLE seconds (default 20) of running, for a ladder of settings, each a
+# separate node process on the bench clip (scripts/bench-clip.sh: 720p25 H.264, looped and paced
+# like a camera, 2 analysed frames/s per camera). The differences between rungs are what each part
+# holds. Prints a Markdown table; writes it to benches/results/memory.md.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bin=$repo/target/release/retina-edge
+[ -x "$bin" ] || { echo "build first: make build" >&2; exit 1; }
+clip=$(bash "$repo/scripts/bench-clip.sh")
+SETTLE=${SETTLE:-20}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# rss LABEL CAMERAS EMBEDDER(yes|no) INFERENCE-LINES [CAMERA-LINES]
+rss() {
+  local label=$1 cameras=$2 embedder=$3 inference=$4 camera_extra=${5:-}
+  local config=$work/node.toml
+  {
+    printf '[node]\nid = "memory"\ngrpc_listen = "127.0.0.1:0"\n\n[inference]\n'
+    printf 'onnxruntime_library = "%s"\n' "$repo/.deps/onnxruntime/libonnxruntime.so.1.32.0"
+    printf 'detector_manifest = "%s"\n' "$repo/models/nanodet-g-416.toml"
+    [ "$embedder" = yes ] && printf 'embedder_manifest = "%s"\n' "$repo/models/mobilenetv2-1280.toml"
+    printf '%b\n\n[log]\npath = "%s"\n\n' "$inference" "$work/log.sqlite"
+    for i in $(seq "$cameras"); do
+      printf '[[cameras]]\nid = "cam%02d"\nuri = "%s"\nanalysis_fps = 2\nloop_file = true\nrealtime = true\n%b\n\n' \
+        "$i" "$clip" "$camera_extra"
+    done
+  } >"$config"
+  "$bin" run --config "$config" >"$work/node.log" 2>&1 &
+  local pid=$!
+  sleep "$SETTLE"
+  local kib
+  kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -f "$work"/log.sqlite*
+  if [ "${kib:-0}" -eq 0 ]; then
+    echo "the node did not run for '$label':" >&2
+    tail -5 "$work/node.log" >&2
+    exit 1
+  fi
+  printf '| %s | %d | %.0f |\n' "$label" "$cameras" "$(echo "$kib / 1024" | bc -l)"
+}
+
+before='workers = 2\nintra_op_threads = 1\nmemory_arena = true'
+before_camera='decoder_threads = 0'
+now=''
+{
+  echo "# Where the node's memory goes (\`make bench-memory\`)"
+  echo
+  echo "VmRSS of the release node after ${SETTLE} s, one node per row, cameras on \`$(basename "$clip")\` at 2 analysed frames/s."
+  echo "\"Before\" is the configuration up to issue 10: 2 workers x 1 thread, ONNX Runtime's memory arena, the decoder's own threads."
+  echo
+  echo "| settings | cameras | RSS, MB |"
+  echo "|---|---:|---:|"
+  rss "before: detector only" 0 no "$before" "$before_camera"
+  rss "before: detector + embedder" 0 yes "$before" "$before_camera"
+  for n in 1 4 8; do rss "before" "$n" yes "$before" "$before_camera"; done
+  rss "now: detector only" 0 no "$now"
+  rss "now: detector + embedder" 0 yes "$now"
+  for n in 1 4 8; do rss "now" "$n" yes "$now"; done
+  rss "now, but 2 workers x 1 thread" 8 yes 'workers = 2\nintra_op_threads = 1'
+  rss "now, but the memory arena on" 8 yes 'memory_arena = true'
+  rss "now, but the decoder's own threads" 8 yes "$now" "$before_camera"
+} | tee "$repo/benches/results/memory.md"
