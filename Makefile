@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors learn-projection soak lint fmt clean
+.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -34,6 +34,8 @@ test: deps
 ## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip, in
 ## RETINA_BENCH_ROUNDS (default 5) alternating rounds; the ratio as a median with its range. Writes
 ## benches/results/end_to_end.md; 5-8 min on the shared 2-core box (load 6-8).
+## RETINA_BENCH_DETECTOR=models/nanodet-g-416-int8.toml runs it with the int8 detector (report:
+## benches/results/end_to_end-nanodet-g-416-int8.md).
 bench: build
 	$(CARGO) bench --locked --bench end_to_end
 
@@ -74,6 +76,17 @@ bench-memory: build
 ## benches/results/descriptors.md and benches/results/descriptor-fidelity.png; about 2.5 min.
 eval-descriptors: deps
 	$(CARGO) bench --locked --bench descriptors
+
+## The int8 detector against the f32 one on held-out real frames of the clips: detection agreement
+## (precision and recall against the f32 detections) and detector time per frame in alternating
+## rounds (RETINA_INT8_ROUNDS, default 5); about 1 min. Writes benches/results/detector-int8.md.
+eval-int8: deps
+	$(CARGO) bench --locked --bench detector_int8
+
+## Re-creates models/nanodet-g-416-int8.onnx (static QDQ quantisation, calibrated on frames of the
+## clips that eval-int8 does not evaluate); needs python3.11 and PyPI. See models/README.md.
+quantize-detector: deps
+	@bash scripts/quantize-detector.sh
 
 ## Learns models/mobilenetv2-1280.projection.safetensors from the clip
 ## (models/mobilenetv2-1280.projection.md).

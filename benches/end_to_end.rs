@@ -25,7 +25,10 @@
 //!
 //! Environment: RETINA_BENCH_ROUNDS (default 5) rounds of node + inference-only;
 //! RETINA_BENCH_LOOPS (default 3) times the 10 s sample; RETINA_BENCH_WORKERS and
-//! RETINA_BENCH_THREADS (default 2 and 1) for the inference settings.
+//! RETINA_BENCH_THREADS (default 2 and 1) for the inference settings; RETINA_BENCH_DETECTOR, the
+//! detector's manifest (default `models/nanodet-g-416.toml`; e.g. `models/nanodet-g-416-int8.toml`),
+//! in which case the report goes to `benches/results/end_to_end-<model id>.md` so that the default
+//! model's report stays.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -87,7 +90,9 @@ fn make_clip(loops: usize) -> PathBuf {
     clip
 }
 
-fn config(clip: &Path, workers: usize, threads: usize) -> Config {
+const DEFAULT_DETECTOR: &str = "models/nanodet-g-416.toml";
+
+fn config(clip: &Path, workers: usize, threads: usize, detector: &str) -> Config {
     // The node does not stop when the clip ends: its metrics are read first, then it is stopped.
     let toml = format!(
         r#"
@@ -97,7 +102,7 @@ grpc_listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 [inference]
 onnxruntime_library = ".deps/onnxruntime/libonnxruntime.so.1.32.0"
-detector_manifest = "models/nanodet-g-416.toml"
+detector_manifest = "{detector}"
 embedder_manifest = "models/mobilenetv2-1280.toml"
 workers = {workers}
 intra_op_threads = {threads}
@@ -322,7 +327,8 @@ fn main() {
     let workers = env_usize("RETINA_BENCH_WORKERS", 2);
     let threads = env_usize("RETINA_BENCH_THREADS", 1);
     let clip = make_clip(loops);
-    let config = config(&clip, workers, threads);
+    let detector_manifest = std::env::var("RETINA_BENCH_DETECTOR").unwrap_or_else(|_| DEFAULT_DETECTOR.into());
+    let config = config(&clip, workers, threads, &detector_manifest);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -390,7 +396,7 @@ fn main() {
     report.push_str(&format!(
         "## End-to-end benchmark\n\n`cargo bench --bench end_to_end` ({cores} cores, {workers} workers x {threads} intra-op \
          thread(s), {rounds} rounds, {total_seconds:.0} s in all). Clip: `{}` (bikes.mp4 x{loops}, 1280x720 H.264, \
-         analysed at 640x360).\n\n",
+         analysed at 640x360). Detector: {detector} (`{detector_manifest}`).\n\n",
         clip.file_name().unwrap_or_default().to_string_lossy()
     ));
     report.push_str(&format!(
@@ -457,7 +463,11 @@ fn main() {
         first.tracked_objects as f64 / first.frames.max(1) as f64
     ));
     println!("\n{report}");
-    let path = repo().join("benches/results/end_to_end.md");
+    let path = if detector_manifest == DEFAULT_DETECTOR {
+        repo().join("benches/results/end_to_end.md")
+    } else {
+        repo().join(format!("benches/results/end_to_end-{detector}.md"))
+    };
     std::fs::write(&path, &report).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     eprintln!("report: {} ({total_seconds:.0} s)", path.display());
 }

@@ -391,3 +391,42 @@ fn garbage_bytes_as_a_model_give_a_clear_error() {
         .to_string();
     assert!(err.contains("reading model /no/such/model.onnx"), "{err}");
 }
+
+/// The int8 detector (`scripts/quantize-detector.sh`) passes the node's check against its
+/// manifest (QDQ keeps float32 inputs and outputs) and, on dog.jpg, finds every object the f32
+/// model finds clearly above the threshold, as the same class at IoU ≥ 0.5. Its agreement on
+/// real video is measured by `make eval-int8`, not here.
+#[test]
+fn int8_detector_is_accepted_and_finds_what_the_f32_model_finds_on_dog_jpg() {
+    let env = environment(&common::ort_library()).unwrap();
+    let f32_model = load_model("models/nanodet-g-416.toml");
+    let int8_model = load_model("models/nanodet-g-416-int8.toml");
+    assert_eq!(int8_model.card.id, "nanodet-g-416-int8");
+    assert_eq!(int8_model.card.input_shape, f32_model.card.input_shape);
+    let dog = dog_jpg();
+    let detect = |model: &ModelFile| {
+        let mut analyzer = Analyzer::new(env, model, None, &[], None, 0.0, OPTIONS).unwrap();
+        analyzer.analyze(&dog).unwrap().0
+    };
+    let (reference, found) = (detect(&f32_model), detect(&int8_model));
+    let gfl = NanodetGfl::from_manifest(&f32_model.manifest).unwrap();
+    // Scores move by a few hundredths in int8: only objects clearly above the threshold must stay.
+    let clear = reference.iter().filter(|d| d.score >= gfl.score_threshold + 0.05);
+    let mut checked = 0;
+    for want in clear {
+        let best = found
+            .iter()
+            .filter(|d| d.class_id == want.class_id)
+            .map(|d| iou(d.bbox, want.bbox))
+            .fold(0f32, f32::max);
+        assert!(
+            best >= 0.5,
+            "int8 lost {want:?} (best IoU {best}); int8 found {found:#?}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "dog.jpg has at least the dog and the bicycle clearly: {reference:#?}"
+    );
+}
