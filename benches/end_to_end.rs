@@ -114,8 +114,14 @@ realtime = false
 "#,
         clip.display()
     );
-    let mut config = Config::parse(&toml, Path::new("bench.toml"), repo().to_path_buf()).unwrap();
-    // Each round its own log, so that a subscriber from the earliest record gets this round's.
+    Config::parse(&toml, Path::new("bench.toml"), repo().to_path_buf()).unwrap()
+}
+
+/// `config` with a log of its own: a subscriber from the earliest record then reads this run's
+/// frames only. (One log for every round made round 2's subscriber count round 1's frames too,
+/// so it never saw "all delivered" and the bench hung until its 600 s deadline.)
+fn with_fresh_log(config: &Config) -> Config {
+    let mut config = config.clone();
     config.log.path = Some(common::fresh_log_path());
     config
 }
@@ -365,7 +371,7 @@ fn main() {
         for node_first in [round % 2 == 0, round % 2 == 1] {
             if node_first {
                 eprintln!("round {}/{rounds}: node on {} ...", round + 1, clip.display());
-                let run = runtime.block_on(run_node(config.clone(), &detector, &embedder, inputs.len()));
+                let run = runtime.block_on(run_node(with_fresh_log(&config), &detector, &embedder, inputs.len()));
                 eprintln!(
                     "  {:.2} frames/s ({} frames, {:.0} crops, {:.1} s, {:.1} CPU s)",
                     run.fps, run.frames, run.crops, run.seconds, run.cpu
