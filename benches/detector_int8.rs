@@ -269,6 +269,7 @@ fn main() {
     let options = SessionOptions {
         intra_op_threads: 1,
         allow_spinning: false,
+        memory_arena: false,
     };
     let env = environment(&repo().join(".deps/onnxruntime/libonnxruntime.so.1.32.0")).expect("ONNX Runtime");
     // ModelFile::load runs the node's check of the model against its manifest.
