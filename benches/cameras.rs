@@ -23,7 +23,9 @@
 //! RETINA_BENCH_DETECTOR (a detector manifest, default models/nanodet-g-416.toml),
 //! RETINA_BENCH_INFERENCE (TOML lines added to `[inference]`, e.g. `workers = 2`), and
 //! RETINA_BENCH_CAMERA_EXTRA (TOML lines added to every camera, e.g. `decoder_threads = 0`), and
-//! RETINA_BENCH_LATENCY_WINDOW (seconds of the RTSP latency run, default 30; 0 skips it).
+//! RETINA_BENCH_LATENCY_WINDOW (seconds of the RTSP latency run, default 30; 0 skips it), and
+//! RETINA_BENCH_REPORT (where the report goes instead of `benches/results/cameras.md`, with no
+//! plot: a soak, say, without overwriting the scaling curve).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -153,6 +155,8 @@ struct Point {
     busy_drops: Vec<f64>,
     decoded_fps: Vec<f64>,
     cpu_cores: f64,
+    /// At the window's start: with the end, the growth over the window (a soak, when long).
+    rss_start_mb: f64,
     rss_end_mb: f64,
     rss_peak_mb: f64,
     latencies_ms: Vec<f64>,
@@ -253,6 +257,7 @@ fn measure(camera_sections: &str, cameras: usize, warmup: Duration, window: Dura
     let before = runtime.block_on(scrape(metrics_addr));
     let (cpu_before, t_before) = (cpu_seconds(pid), Instant::now());
     let load = load_average();
+    let rss_start = common::rss_kib(pid);
     let mut rss_peak = 0u64;
     while t_before.elapsed() < window {
         rss_peak = rss_peak.max(common::rss_kib(pid));
@@ -294,6 +299,7 @@ fn measure(camera_sections: &str, cameras: usize, warmup: Duration, window: Dura
         busy_drops: rate("retina_camera_frames_dropped_total", "reason=\"inference_busy\""),
         decoded_fps: rate("retina_camera_frames_decoded_total", ""),
         cpu_cores: (cpu_after - cpu_before) / seconds,
+        rss_start_mb: rss_start as f64 / 1024.0,
         rss_end_mb: rss_end as f64 / 1024.0,
         rss_peak_mb: rss_peak.max(rss_end) as f64 / 1024.0,
         latencies_ms,
@@ -375,7 +381,7 @@ fn main() {
          `analysis_fps = {fps}`; the release node with its default settings{}; detector `{detector}`. \
          One node run per N: {:.0} s warm-up, then a {:.0} s window. Machine: {} cores, load average \
          at each window's start in the last column.\n\n\
-         | cameras | analysed frames/s per camera, median (min–max) | `inference_busy` drops/s per camera | decoded frames/s per camera | CPU, cores | RSS, MB end (peak) | capture → subscriber, ms p50 / p99 (frames) | load |\n\
+         | cameras | analysed frames/s per camera, median (min–max) | `inference_busy` drops/s per camera | decoded frames/s per camera | CPU, cores | RSS, MB at the window's start → end (peak) | capture → subscriber, ms p50 / p99 (frames) | load |\n\
          |---:|---:|---:|---:|---:|---:|---:|---|\n",
         clip.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
         if extra.is_empty() {
@@ -389,12 +395,13 @@ fn main() {
     );
     for p in &points {
         report += &format!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} ({:.0}) | {:.0} / {:.0} ({}) | {} |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.0} → {:.0} ({:.0}) | {:.0} / {:.0} ({}) | {} |\n",
             p.cameras,
             spread(&p.analysed_fps, 2),
             spread(&p.busy_drops, 2),
             spread(&p.decoded_fps, 1),
             p.cpu_cores,
+            p.rss_start_mb,
             p.rss_end_mb,
             p.rss_peak_mb,
             percentile(&p.latencies_ms, 0.5),
@@ -436,6 +443,10 @@ fn main() {
     }
     println!("{report}");
     let results = common::repo().join("benches/results");
+    if let Ok(path) = std::env::var("RETINA_BENCH_REPORT") {
+        std::fs::write(common::repo().join(&path), &report).expect("writing the report");
+        return;
+    }
     std::fs::write(results.join("cameras.md"), &report).expect("writing benches/results/cameras.md");
 
     let json: Vec<serde_json::Value> = points

@@ -25,7 +25,7 @@
 //!
 //! Environment: RETINA_BENCH_ROUNDS (default 5) rounds of node + inference-only;
 //! RETINA_BENCH_LOOPS (default 3) times the 10 s sample; RETINA_BENCH_WORKERS and
-//! RETINA_BENCH_THREADS (default 2 and 1) for the inference settings; RETINA_BENCH_DETECTOR, the
+//! RETINA_BENCH_THREADS (default 1 and 2, the node's defaults) for the inference settings; RETINA_BENCH_DETECTOR, the
 //! detector's manifest (default `models/nanodet-g-416.toml`; e.g. `models/nanodet-g-416-int8.toml`),
 //! in which case the report goes to `benches/results/end_to_end-<model id>.md` so that the default
 //! model's report stays.
@@ -330,8 +330,8 @@ fn main() {
     let started = Instant::now();
     let rounds = env_usize("RETINA_BENCH_ROUNDS", 5).max(1);
     let loops = env_usize("RETINA_BENCH_LOOPS", 3);
-    let workers = env_usize("RETINA_BENCH_WORKERS", 2);
-    let threads = env_usize("RETINA_BENCH_THREADS", 1);
+    let workers = env_usize("RETINA_BENCH_WORKERS", 1);
+    let threads = env_usize("RETINA_BENCH_THREADS", 2);
     let clip = make_clip(loops);
     let detector_manifest = std::env::var("RETINA_BENCH_DETECTOR").unwrap_or_else(|_| DEFAULT_DETECTOR.into());
     let config = config(&clip, workers, threads, &detector_manifest);
