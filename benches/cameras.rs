@@ -29,6 +29,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/stats.rs"]
+mod stats;
+
+use stats::{min_max, percentile, spread};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,27 +47,6 @@ fn env_or(name: &str, default: &str) -> String {
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(values: &[f64]) -> f64 {
-    percentile(values, 0.5)
-}
-
-/// Nearest-rank percentile; NaN for no values.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    })
 }
 
 fn bench_clip() -> PathBuf {
@@ -339,11 +322,6 @@ fn rtsp_latency(warmup: Duration, window: Duration) -> Point {
         camera.uri()
     );
     measure(&section, 1, warmup, window)
-}
-
-fn spread(values: &[f64], digits: usize) -> String {
-    let (lo, hi) = min_max(values);
-    format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(values))
 }
 
 fn main() {

@@ -31,6 +31,11 @@
 //! RETINA_INT8_MANIFEST (default `models/nanodet-g-416-int8.toml`), RETINA_INT8_ROUNDS (5; 0 =
 //! agreement only), RETINA_INT8_REPORT (the report's path; `-` = stdout only).
 
+#[path = "support/stats.rs"]
+mod stats;
+
+use stats::{median, spread};
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -211,27 +216,6 @@ impl Agreement {
     fn recall(&self) -> f64 {
         self.matched as f64 / self.f32.max(1) as f64
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// "median (min–max)" with `digits` decimals.
-fn spread(values: &[f64], digits: usize) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.digits$} ({:.digits$}–{:.digits$})", median(values), min, max)
 }
 
 fn load_average() -> String {

@@ -42,6 +42,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/stats.rs"]
+mod stats;
+
+use stats::{median, min_max, percentile, spread};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -80,43 +84,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 // ---------------------------------------------------------------------------------------------
 // Small statistics and formatting helpers
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank percentile of `values`, `q` in 0..=1.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
-}
-
-/// "median (min–max)" with `digits` decimals.
-fn spread(values: &[f64], digits: usize) -> String {
-    let (min, max) = min_max(values);
-    format!("{:.digits$} ({:.digits$}–{:.digits$})", median(values), min, max)
-}
 
 /// An integer with thousands separators.
 fn thousands(value: f64) -> String {
