@@ -41,7 +41,7 @@ rss() {
     tail -5 "$work/node.log" >&2
     exit 1
   fi
-  printf '| %s | %d | %.0f |\n' "$label" "$cameras" "$(echo "$kib / 1024" | bc -l)"
+  awk -v label="$label" -v cameras="$cameras" -v kib="$kib" 'BEGIN { printf "| %s | %d | %.0f |\n", label, cameras, kib / 1024 }'
 }
 
 before='workers = 2\nintra_op_threads = 1\nmemory_arena = true'
