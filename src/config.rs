@@ -733,6 +733,22 @@ mod tests {
     }
 
     #[test]
+    fn decoding_settings_are_checked() {
+        let camera =
+            |line: &str| parse(&MINIMAL.replace("uri = \"rtsp://cam/1\"", &format!("uri = \"rtsp://cam/1\"\n{line}")));
+        assert_eq!(
+            camera("decode = \"keyframes\"").unwrap().cameras[0].decode,
+            DecodeMode::Keyframes
+        );
+        assert_eq!(camera("decode = \"all\"").unwrap().cameras[0].decode, DecodeMode::All);
+        let err = camera("decode = \"sometimes\"").unwrap_err().to_string();
+        assert!(err.contains("sometimes") && err.contains("keyframes"), "{err}");
+        assert_eq!(camera("decoder_threads = 0").unwrap().cameras[0].decoder_threads, 0);
+        let err = camera("decoder_threads = 65").unwrap_err().to_string();
+        assert!(err.contains("decoder_threads"), "{err}");
+    }
+
+    #[test]
     fn out_of_range_values_are_refused() {
         let err = parse(&MINIMAL.replace("[inference]", "[inference]\nworkers = 0"))
             .unwrap_err()
