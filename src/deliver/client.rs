@@ -310,6 +310,22 @@ fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+fn sampling_name(sampling: i32) -> &'static str {
+    match pb::Sampling::try_from(sampling) {
+        Ok(pb::Sampling::Keyframes) => "keyframes",
+        Ok(pb::Sampling::Unspecified) => "every_frame",
+        Err(_) => "unknown",
+    }
+}
+
+/// The time source, and how the frame was chosen when that was not from every frame.
+fn sampled(d: &pb::FrameDescriptor) -> String {
+    match pb::Sampling::try_from(d.sampling) {
+        Ok(pb::Sampling::Unspecified) => time_source_name(d.time_source).to_string(),
+        _ => format!("{}, {}", time_source_name(d.time_source), sampling_name(d.sampling)),
+    }
+}
+
 fn time_source_name(source: i32) -> &'static str {
     match pb::TimeSource::try_from(source) {
         Ok(pb::TimeSource::FilePosition) => "file position",
@@ -372,7 +388,7 @@ pub fn to_text(d: &pb::FrameDescriptor, decoder: &Decoder) -> String {
         d.camera_id,
         d.sequence,
         rfc3339(d.capture_time),
-        time_source_name(d.time_source),
+        sampled(d),
         d.frame_width,
         d.frame_height,
         d.tracks.len(),
@@ -481,6 +497,7 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         "offset": d.offset,
         "capture_time": rfc3339(d.capture_time),
         "time_source": time_source_name(d.time_source),
+        "sampling": sampling_name(d.sampling),
         "frame": [d.frame_width, d.frame_height],
         "detector": d.detector.as_ref().map(|m| format!("{}@{}", m.id, m.version)),
         "embedder": d.embedder.as_ref().map(|m| format!("{}@{}", m.id, m.version)),

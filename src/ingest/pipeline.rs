@@ -155,6 +155,10 @@ impl SourceFacts {
 /// from the first frame (what `videorate drop-only` did): a source slightly faster than the
 /// analysis rate loses one frame in many, not every other one. Time going backwards (a file
 /// that loops, a camera whose timestamps restart) starts the slots again.
+///
+/// Slots begin a tenth of an interval early: frames that come exactly one interval apart (a
+/// camera's keyframes, when only those are decoded) then each open a slot of their own even when
+/// network jitter stamps one a little early, instead of falling into the slot before.
 #[derive(Debug)]
 pub struct RateGate {
     interval: Option<Duration>,
@@ -178,7 +182,9 @@ impl RateGate {
         let Some(interval) = self.interval else {
             return true;
         };
-        let slot_of = |anchor: Duration| ((time - anchor).as_nanos() / interval.as_nanos().max(1)) as u64;
+        let slot_of = |anchor: Duration| {
+            ((time - anchor + interval / SLOT_LEAD_DIVISOR).as_nanos() / interval.as_nanos().max(1)) as u64
+        };
         let keep = match self.anchor {
             Some((anchor, last_slot)) if time >= self.last_kept && time >= anchor => {
                 let slot = slot_of(anchor);
@@ -196,6 +202,9 @@ impl RateGate {
         }
     }
 }
+
+/// Slots of the rate gate begin `interval / SLOT_LEAD_DIVISOR` early.
+const SLOT_LEAD_DIVISOR: u32 = 10;
 
 /// How many keyframe intervals `DecodeMode::Auto` looks back on: one short group of pictures
 /// among long ones must not switch decoding to keyframes only.
@@ -218,22 +227,32 @@ pub struct KeyframeGate {
     last_keyframe: Option<Duration>,
     /// The latest keyframe intervals, newest last.
     recent: std::collections::VecDeque<Duration>,
+    /// `Auto` keeps decoding everything for good once this is set (see [`KeyframeGate::new`]).
+    auto_ruled_out: bool,
     keyframes_only: bool,
 }
 
 impl KeyframeGate {
-    pub fn new(mode: DecodeMode, analysis_fps: f64) -> KeyframeGate {
+    /// `paced_by_sink`: a file played in real time, paced by the frames that reach the sink.
+    /// `Auto` then decodes everything: with only keyframes, a file that loops in less than two
+    /// analysis intervals would have no frame left to wait for, and spin.
+    pub fn new(mode: DecodeMode, analysis_fps: f64, paced_by_sink: bool) -> KeyframeGate {
         KeyframeGate {
             mode,
             analysis_interval: (analysis_fps > 0.0).then(|| Duration::from_secs_f64(1.0 / analysis_fps)),
             last_keyframe: None,
             recent: std::collections::VecDeque::with_capacity(KEYFRAME_HISTORY),
-            keyframes_only: false,
+            auto_ruled_out: paced_by_sink,
+            keyframes_only: mode == DecodeMode::Keyframes,
         }
     }
 
-    /// Whether the decoder gets this frame. `time`: its timestamp, if it has one.
-    pub fn admit(&mut self, keyframe: bool, time: Option<Duration>) -> bool {
+    /// Whether the decoder gets this frame. `time`: its timestamp, if it has one. `reordered`:
+    /// its decoding and presentation times differ (B-frames). `Auto` then decodes everything
+    /// from then on: a decoder that reorders holds each picture until later ones arrive, which
+    /// with keyframes alone would delay every analysed frame by a keyframe interval or more.
+    pub fn admit(&mut self, keyframe: bool, time: Option<Duration>, reordered: bool) -> bool {
+        self.auto_ruled_out |= reordered;
         if !keyframe {
             return !self.keyframes_only;
         }
@@ -254,6 +273,7 @@ impl KeyframeGate {
         self.keyframes_only = match self.mode {
             DecodeMode::All => false,
             DecodeMode::Keyframes => true,
+            DecodeMode::Auto if self.auto_ruled_out => false,
             DecodeMode::Auto => self.analysis_interval.is_some_and(|analysis| {
                 let longest = self.recent.iter().max();
                 self.recent.len() >= 2
@@ -307,14 +327,14 @@ pub fn build(
     let facts = Arc::new(SourceFacts::default());
     let typefind_facts = facts.clone();
     let decoder_threads = spec.decoder_threads;
-    let (decode_mode, analysis_fps) = (spec.decode, spec.analysis_fps);
+    let (decode_mode, analysis_fps, paced_by_sink) = (spec.decode, spec.analysis_fps, spec.sync);
     let keyframes_flag = keyframes_only.clone();
     let skipped = on_stream_frame.clone();
     decode.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
         if is_video_decoder(&element) {
             configure_decoder(&element, decoder_threads);
-            let gate = KeyframeGate::new(decode_mode, analysis_fps);
+            let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
             gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
         }
         if element.factory().is_some_and(|f| f.name() == "typefind") {
@@ -430,7 +450,9 @@ fn is_video_decoder(element: &gst::Element) -> bool {
 
 /// Decoders without a `max-threads` property (hardware ones, most non-libav ones) keep theirs.
 fn configure_decoder(decoder: &gst::Element, threads: u32) {
-    if decoder.find_property("max-threads").is_some() {
+    // set_property panics on a type mismatch: only libav's int property is set.
+    let is_int = |p: &gstreamer::glib::ParamSpec| p.value_type() == gstreamer::glib::Type::I32;
+    if decoder.find_property("max-threads").is_some_and(|p| is_int(&p)) {
         decoder.set_property("max-threads", threads as i32);
     }
 }
@@ -456,8 +478,9 @@ fn gate_decoder(
             .pts()
             .or(buffer.dts())
             .map(|t| Duration::from_nanos(t.nseconds()));
+        let reordered = matches!((buffer.pts(), buffer.dts()), (Some(pts), Some(dts)) if pts != dts);
         let mut gate = gate.lock().unwrap_or_else(|p| p.into_inner());
-        let admitted = gate.admit(keyframe, time);
+        let admitted = gate.admit(keyframe, time, reordered);
         keyframes_only.store(gate.keyframes_only(), Ordering::Relaxed);
         drop(gate);
         if admitted {
@@ -574,10 +597,14 @@ mod tests {
 
     #[test]
     fn the_gate_keeps_one_frame_per_slot_of_the_analysis_interval() {
-        // 25 fps analysed at 2 fps: the first frame of every half second.
+        // 25 fps analysed at 2 fps: the first frame of every half second, slots starting 50 ms
+        // early (a tenth of the interval).
         let mut gate = RateGate::new(2.0);
         let frames = (0..100).map(|i| i * 40);
-        assert_eq!(kept(&mut gate, frames), [0, 520, 1000, 1520, 2000, 2520, 3000, 3520]);
+        assert_eq!(
+            kept(&mut gate, frames),
+            [0, 480, 960, 1480, 1960, 2480, 2960, 3480, 3960]
+        );
     }
 
     #[test]
@@ -602,7 +629,7 @@ mod tests {
     /// indices of the frames that reach the decoder.
     fn decoded(gate: &mut KeyframeGate, frames: u64, fps: f64, gop: u64) -> Vec<u64> {
         (0..frames)
-            .filter(|&i| gate.admit(i % gop == 0, Some(Duration::from_secs_f64(i as f64 / fps))))
+            .filter(|&i| gate.admit(i % gop == 0, Some(Duration::from_secs_f64(i as f64 / fps)), false))
             .collect()
     }
 
@@ -611,35 +638,41 @@ mod tests {
         // 25 fps with a keyframe every 5 frames: keyframes come at 5/s.
         let all: Vec<u64> = (0..50).collect();
         let keyframes: Vec<u64> = (0..50).step_by(5).collect();
-        assert_eq!(decoded(&mut KeyframeGate::new(DecodeMode::All, 5.0), 50, 25.0, 5), all);
         assert_eq!(
-            decoded(&mut KeyframeGate::new(DecodeMode::Keyframes, 1.0), 50, 25.0, 5),
+            decoded(&mut KeyframeGate::new(DecodeMode::All, 5.0, false), 50, 25.0, 5),
+            all
+        );
+        assert_eq!(
+            decoded(&mut KeyframeGate::new(DecodeMode::Keyframes, 1.0, false), 50, 25.0, 5),
             keyframes
         );
         // Auto at 5/s: keyframes keep the rate once two intervals are known (from the 3rd on).
-        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0, false);
         let expected: Vec<u64> = (0..10).chain((10..50).step_by(5)).collect();
         assert_eq!(decoded(&mut auto, 50, 25.0, 5), expected);
         assert!(auto.keyframes_only());
         // Auto at 6/s: keyframes at 5/s would not keep it, every frame is decoded.
-        let mut auto = KeyframeGate::new(DecodeMode::Auto, 6.0);
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 6.0, false);
         assert_eq!(decoded(&mut auto, 50, 25.0, 5), all);
         assert!(!auto.keyframes_only());
         // Every frame analysed: nothing may be skipped.
-        assert_eq!(decoded(&mut KeyframeGate::new(DecodeMode::Auto, 0.0), 50, 25.0, 5), all);
+        assert_eq!(
+            decoded(&mut KeyframeGate::new(DecodeMode::Auto, 0.0, false), 50, 25.0, 5),
+            all
+        );
     }
 
     #[test]
     fn auto_tolerates_fractional_rates_and_goes_back_to_every_frame_for_a_long_group() {
         // 29.97 fps, a keyframe every 6 frames (0.2002 s) against 5/s: within the tolerance.
-        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0, false);
         decoded(&mut auto, 60, 30_000.0 / 1001.0, 6);
         assert!(auto.keyframes_only());
         // One long group of pictures (a keyframe 2 s late) among short ones: the group after it is
         // decoded entirely, as are the next ones until the long interval is out of the history.
-        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
-        let key = |gate: &mut KeyframeGate, t: f64| gate.admit(true, Some(Duration::from_secs_f64(t)));
-        let delta = |gate: &mut KeyframeGate, t: f64| gate.admit(false, Some(Duration::from_secs_f64(t)));
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0, false);
+        let key = |gate: &mut KeyframeGate, t: f64| gate.admit(true, Some(Duration::from_secs_f64(t)), false);
+        let delta = |gate: &mut KeyframeGate, t: f64| gate.admit(false, Some(Duration::from_secs_f64(t)), false);
         for t in [0.0, 0.2, 0.4] {
             key(&mut auto, t);
         }
@@ -665,7 +698,39 @@ mod tests {
 
     #[test]
     fn frames_without_timestamps_are_all_decoded_in_auto() {
-        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0);
-        assert!((0..50).all(|i| auto.admit(i % 5 == 0, None)));
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0, false);
+        assert!((0..50).all(|i| auto.admit(i % 5 == 0, None, false)));
+    }
+
+    #[test]
+    fn auto_decodes_everything_of_reordered_streams_and_files_paced_by_the_sink() {
+        let every: Vec<u64> = (0..50).collect();
+        // B-frames: a decoder fed keyframes alone would hold each one back.
+        let mut auto = KeyframeGate::new(DecodeMode::Auto, 5.0, false);
+        let admitted: Vec<u64> = (0..50)
+            .filter(|&i| auto.admit(i % 5 == 0, Some(Duration::from_millis(i * 40)), i == 3))
+            .collect();
+        assert_eq!(admitted, every);
+        let mut paced = KeyframeGate::new(DecodeMode::Auto, 5.0, true);
+        assert_eq!(decoded(&mut paced, 50, 25.0, 5), every);
+        // Asked for explicitly, keyframes only from the very first frame.
+        let mut keyframes = KeyframeGate::new(DecodeMode::Keyframes, 5.0, true);
+        assert!(
+            !keyframes.admit(false, Some(Duration::ZERO), false),
+            "a delta before any keyframe"
+        );
+    }
+
+    #[test]
+    fn keyframes_stamped_a_little_early_still_each_open_a_slot() {
+        // Keyframes every 0.5 s analysed at 2/s, each stamped up to 20 ms early or late.
+        let mut gate = RateGate::new(2.0);
+        let jitter = [0, -20, 15, -5, -20, 20, -10, 0, -15, 5];
+        let kept = jitter
+            .iter()
+            .enumerate()
+            .filter(|&(i, &j)| gate.admit(Duration::from_millis((1000 + i as i64 * 500 + j) as u64)))
+            .count();
+        assert_eq!(kept, jitter.len());
     }
 }
