@@ -65,7 +65,8 @@ pub struct ModelCard {
 pub struct ModelFile {
     pub manifest: Manifest,
     pub card: ModelCard,
-    bytes: Vec<u8>,
+    /// `None` once released (see `release_bytes`).
+    bytes: Option<Vec<u8>>,
 }
 
 /// The hex sha256 by which model files (and projections beside them) are reported.
@@ -93,7 +94,11 @@ impl ModelFile {
             input_shape,
             class_names: manifest.decoder.class_names().to_vec(),
         };
-        let model = ModelFile { manifest, card, bytes };
+        let model = ModelFile {
+            manifest,
+            card,
+            bytes: Some(bytes),
+        };
         let session = model.open_session(env, options)?;
         verify(&model.manifest, &path, &session)?;
         Ok(model)
@@ -101,7 +106,7 @@ impl ModelFile {
 
     /// Drops the file's bytes: no session can be opened from it afterwards.
     pub fn release_bytes(&mut self) {
-        self.bytes = Vec::new();
+        self.bytes = None;
     }
 
     pub fn open_session(&self, env: &ort::environment::Environment, options: SessionOptions) -> Result<Session> {
@@ -110,11 +115,11 @@ impl ModelFile {
             path: path.clone(),
             message,
         };
-        if self.bytes.is_empty() {
+        let Some(bytes) = &self.bytes else {
             return Err(fail(
                 "the model's bytes were released after start-up; load the model again".into(),
             ));
-        }
+        };
         let spin = if options.allow_spinning { "1" } else { "0" };
         Session::builder(env)
             .and_then(|b| {
@@ -141,7 +146,7 @@ impl ModelFile {
                     .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
                     .map_err(Into::into)
             })
-            .and_then(|mut b| b.commit_from_memory(&self.bytes))
+            .and_then(|mut b| b.commit_from_memory(bytes))
             .map_err(|e: ort::Error| fail(e.to_string()))
     }
 }

@@ -330,12 +330,17 @@ pub fn build(
     let (decode_mode, analysis_fps, paced_by_sink) = (spec.decode, spec.analysis_fps, spec.sync);
     let keyframes_flag = keyframes_only.clone();
     let skipped = on_stream_frame.clone();
+    // Only the first video stream is analysed (see pad-added): a second one's decoder must not
+    // count frames or switch the flag of the first.
+    let gated = AtomicBool::new(false);
     decode.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
         if is_video_decoder(&element) {
             configure_decoder(&element, decoder_threads);
-            let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
-            gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
+            if !gated.swap(true, Ordering::AcqRel) {
+                let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
+                gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
+            }
         }
         if element.factory().is_some_and(|f| f.name() == "typefind") {
             let facts = typefind_facts.clone();
