@@ -253,12 +253,12 @@ impl Metrics {
         );
     }
 
-    /// How long after its capture a camera's analysed frame was published. A capture time ahead
-    /// of the node's clock (a camera's own clock) counts as 0.
-    pub fn capture_to_publish(&self, camera: &str, latency: Duration) {
+    /// The histogram of how long after their capture a camera's analysed frames are published,
+    /// resolved once per camera by the describer (a label lookup per frame is not needed).
+    pub fn capture_to_publish(&self, camera: &str) -> Histogram {
         self.capture_to_publish
             .get_or_create(&[("camera", camera.to_string())])
-            .observe(latency.as_secs_f64());
+            .clone()
     }
 
     /// One subscriber's counters, resolved once per stream rather than per descriptor.

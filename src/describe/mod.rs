@@ -76,6 +76,8 @@ struct CameraState {
     last_frame: Option<Analysis>,
     /// When the last result of this camera came in.
     last_result_at: Instant,
+    /// Its capture-to-publish histogram, resolved once rather than per frame.
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Describer {
@@ -161,6 +163,7 @@ impl Describer {
                 emitter: Emitter::new(self.config.emission.clone()),
                 last_frame: None,
                 last_result_at: Instant::now(),
+                latency: metrics.capture_to_publish(&analysis.camera.id),
             }
         });
         state.last_result_at = Instant::now();
@@ -195,11 +198,12 @@ impl Describer {
                 metrics.frame_failed();
                 continue;
             }
-            let (camera, captured) = (analysis.camera.clone(), analysis.capture_time);
+            let captured = analysis.capture_time;
             let descriptor = state.describe(analysis, &self.origin, &self.encoder, &self.config);
             publish(descriptor, state.counters());
-            let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0) as u64;
-            metrics.capture_to_publish(&camera.id, Duration::from_nanos(latency));
+            // A capture time ahead of the node's clock (a camera's own clock) counts as 0.
+            let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0);
+            state.latency.observe(latency as f64 / 1e9);
         }
     }
 
