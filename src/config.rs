@@ -31,6 +31,15 @@ pub struct Config {
     pub deliver: DeliverConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    /// TLS on the gRPC and metrics listeners; absent: plain TCP (loopback only, or `insecure`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens; absent: no authentication (loopback only, or `insecure`).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// What `AddCamera` and `UpdateCamera` may point a camera at.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -62,6 +71,55 @@ pub struct NodeConfig {
     /// cameras replace the config file's. Default: `<config name>.cameras.toml` beside the config.
     #[serde(default)]
     pub camera_state_file: Option<PathBuf>,
+    /// Listen on an address other hosts can reach without TLS and tokens. Off, such a config
+    /// is refused at start: a node on a street network must not be open by mistake.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Certificate and key in PEM files, re-read when they change (or on SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1); the file must be readable by its owner only.
+    pub key: PathBuf,
+    /// CA certificates of the clients allowed to connect (mutual TLS); absent: any client.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The token file written by `retina-edge token add` (hashes only, readable by its owner only).
+    pub tokens_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// URI schemes a camera added or changed over gRPC may use.
+    #[serde(default = "default_allowed_schemes")]
+    pub allowed_schemes: Vec<String>,
+    /// Directories under which a camera added over gRPC may read local files (`file://` or a
+    /// path). Empty: local files only from the config file.
+    #[serde(default)]
+    pub allowed_file_dirs: Vec<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            allowed_schemes: default_allowed_schemes(),
+            allowed_file_dirs: Vec::new(),
+        }
+    }
+}
+
+fn default_allowed_schemes() -> Vec<String> {
+    ["rtsp", "rtsps", "http", "https"].map(String::from).to_vec()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -616,7 +674,23 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let name = path.file_name().map_or("state".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(what("creating a temporary file for"), e))?;
+        // Owner-only from the first byte: a state file holds camera passwords.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+        }
+        .map_err(|e| Error::io(what("creating a temporary file for"), e))?;
+        // A temporary file left by a crash keeps its old mode through `open`.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(what("restricting"), e))?;
+        }
         file.write_all(text.as_bytes())
             .map_err(|e| Error::io(what("writing"), e))?;
         file.sync_all().map_err(|e| Error::io(what("flushing"), e))?;

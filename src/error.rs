@@ -80,6 +80,10 @@ pub enum Error {
     #[error("internal: {0}")]
     Internal(String),
 
+    /// TLS files, tokens, and what a listener or a caller may do.
+    #[error("{0}")]
+    Access(String),
+
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -91,7 +95,8 @@ impl Error {
             | Error::Manifest { .. }
             | Error::ModelMismatch { .. }
             | Error::UnsupportedUri { .. }
-            | Error::InvalidCamera(_) => Kind::InvalidArgument,
+            | Error::InvalidCamera(_)
+            | Error::Access(_) => Kind::InvalidArgument,
             Error::CameraExists(_) => Kind::AlreadyExists,
             Error::NoSuchCamera(_) => Kind::NotFound,
             Error::ModelLoad { .. } => Kind::InvalidArgument,
@@ -110,6 +115,19 @@ impl Error {
             what: what.into(),
             source,
         }
+    }
+}
+
+/// A bad value as error messages show it: quoted, and only its first characters, so that a
+/// 5000-character name does not come back in full (or fill a log line).
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 32;
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_none() {
+        format!("{head:?}")
+    } else {
+        format!("{head:?}… ({} bytes)", value.len())
     }
 }
 

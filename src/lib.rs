@@ -23,6 +23,7 @@
 //! 4. [`infer`] → [`describe`] → [`log`] → [`deliver`], each naming only what comes before it;
 //! 5. [`node`], which wires everything; nothing names it.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod deliver;

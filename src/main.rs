@@ -41,6 +41,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Manage the tokens a node accepts (`[auth] tokens_file`); a running node picks up changes
+    /// within seconds.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Subscribe to a node and print what it streams: one line per track event by default.
     Subscribe {
         /// The node's gRPC address.
@@ -94,6 +100,93 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token, store its hash, and print the token: it is shown this once only.
+    Add {
+        /// Names the holder in the node's logs and metrics: 1-64 letters, digits, '-', '_', '.'.
+        name: String,
+        /// What it allows: subscribe (Subscribe, Query, GetNodeInfo), admin (camera changes),
+        /// metrics (/metrics). Repeatable.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<retina_edge::access::Scope>,
+        #[command(flatten)]
+        file: TokenFileArg,
+    },
+    /// Remove a token: the node refuses it from its next look at the file (2 s, or SIGHUP).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        file: TokenFileArg,
+    },
+    /// List token names and scopes (the tokens themselves are not stored).
+    List {
+        #[command(flatten)]
+        file: TokenFileArg,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct TokenFileArg {
+    /// The token file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// A node config whose `[auth] tokens_file` names the token file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl TokenFileArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
+        }
+        let path = self.config.as_ref().context("--file or --config")?;
+        let config = Config::load(path)?;
+        let auth = config
+            .auth
+            .as_ref()
+            .with_context(|| format!("{} has no [auth] tokens_file", path.display()))?;
+        Ok(config.resolve(&auth.tokens_file))
+    }
+}
+
+fn parse_scope(text: &str) -> Result<retina_edge::access::Scope, String> {
+    use retina_edge::access::Scope;
+    Scope::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        format!("one of {}", names.join(", "))
+    })
+}
+
+fn token(action: TokenAction) -> anyhow::Result<()> {
+    use retina_edge::access;
+    match action {
+        TokenAction::Add { name, scopes, file } => {
+            let path = file.path()?;
+            let token = access::add_token(&path, &name, &scopes)?;
+            eprintln!(
+                "token {name:?} added to {}; it is not stored and is shown only now:",
+                path.display()
+            );
+            println!("{token}");
+        }
+        TokenAction::Revoke { name, file } => {
+            let path = file.path()?;
+            access::revoke_token(&path, &name)?;
+            eprintln!("token {name:?} revoked in {}", path.display());
+        }
+        TokenAction::List { file } => {
+            for (name, scopes) in access::list_tokens(&file.path()?)? {
+                let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+                println!("{name}\t{}", scopes.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // ONNX Runtime's INFO logs are chatty: only its warnings by default.
@@ -133,6 +226,7 @@ fn main() -> ExitCode {
         Command::Run { config } => runtime.block_on(run(config)),
         Command::Check { config } => check(config),
         Command::ResetLog { config } => reset_log(config),
+        Command::Token { action } => token(action),
         Command::Subscribe {
             addr,
             frames,

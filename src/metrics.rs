@@ -461,14 +461,34 @@ const CAMERA_STATES: [pb::CameraState; 6] = [
     pb::CameraState::Failed,
 ];
 
-/// Serves `/metrics` until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+/// Serves `/metrics` until shutdown, over TLS if `tls`, to holders of a `metrics` token if
+/// `tokens` (Prometheus sends one with `authorization` in its scrape config).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<crate::access::Tls>>,
+    tokens: Option<Arc<crate::access::Tokens>>,
+    shutdown: Shutdown,
+) -> Result<()> {
     use axum::http::{StatusCode, header};
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
+            let tokens = tokens.clone();
             async move {
+                let need = crate::access::Need::Scope(crate::access::Scope::Metrics);
+                if let Some(Err(status)) = tokens.map(|t| crate::access::admit(&t, need, &headers)) {
+                    let code = match status.code() {
+                        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                        _ => StatusCode::UNAUTHORIZED,
+                    };
+                    return (
+                        code,
+                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("{}\n", status.message()),
+                    );
+                }
                 match metrics.encode() {
                     Ok(text) => (
                         StatusCode::OK,
@@ -484,10 +504,16 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shu
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .map_err(|e| Error::io("serving metrics", e))
+    let stopped = async move { shutdown.wait().await };
+    match tls {
+        Some(tls) => {
+            let incoming =
+                crate::access::TlsIncoming::new(listener, tls).map_err(|e| Error::io("metrics endpoint address", e))?;
+            axum::serve(incoming, app).with_graceful_shutdown(stopped).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+    }
+    .map_err(|e| Error::io("serving metrics", e))
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

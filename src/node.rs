@@ -234,6 +234,23 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         problems.push(Error::from(e));
         return Err(problems);
     }
+    match crate::access::Access::load(config).and_then(|access| {
+        let tls = access.tls(&[crate::access::ALPN_GRPC])?;
+        Ok((tls.is_some(), access.tokens.is_some()))
+    }) {
+        Ok((tls, tokens)) => facts.push(format!(
+            "listeners: gRPC {}{}, TLS {}, tokens {}",
+            config.node.grpc_listen,
+            config
+                .node
+                .metrics_listen
+                .map(|a| format!(", metrics {a}"))
+                .unwrap_or_default(),
+            if tls { "on" } else { "off" },
+            if tokens { "required" } else { "off" },
+        )),
+        Err(e) => problems.push(e),
+    }
     let mut config = config.clone();
     match starting_cameras(&mut config) {
         Ok(cameras) => {
@@ -372,6 +389,16 @@ impl Node {
             return Err(problem);
         }
         let probation = std::mem::take(&mut config.camera_probation);
+        // Certificates, keys and tokens are checked before anything binds or starts.
+        let access = crate::access::Access::load(&config)?;
+        let guards = Guards {
+            grpc_tls: access.tls(&[crate::access::ALPN_GRPC])?,
+            metrics_tls: match config.node.metrics_listen {
+                Some(_) => access.tls(&[crate::access::ALPN_HTTP1])?,
+                None => None,
+            },
+            tokens: access.tokens,
+        };
 
         // Bind before any thread starts: a taken port then fails the start with nothing to undo.
         let listener = tokio::net::TcpListener::bind(config.node.grpc_listen)
@@ -417,6 +444,7 @@ impl Node {
             probation,
             listener,
             metrics_listener,
+            guards,
             models,
             analyzers,
             &cameras,
@@ -464,6 +492,7 @@ impl Node {
         probation: BTreeMap<String, Probation>,
         listener: tokio::net::TcpListener,
         metrics_listener: Option<tokio::net::TcpListener>,
+        guards: Guards,
         models: Models,
         analyzers: Vec<Analyzer>,
         cameras: &Cameras,
@@ -536,6 +565,25 @@ impl Node {
         ));
         parts.manager = Some(manager.clone());
         // Servers first, so the node is reachable before the first descriptor exists.
+        let reloadable: Vec<_> = [guards.grpc_tls.clone(), guards.metrics_tls.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !reloadable.is_empty() || guards.tokens.is_some() {
+            tokio::spawn(reload_access(
+                reloadable,
+                guards.tokens.clone(),
+                parts.servers_stop.clone(),
+            ));
+        }
+        let guarded = crate::deliver::Guarded {
+            tls: guards.grpc_tls,
+            tokens: guards.tokens.clone(),
+            sources: crate::deliver::SourcePolicy {
+                admin: config.admin.clone(),
+                base_dir: config.base_dir.clone(),
+            },
+        };
         parts.grpc = Some(tokio::spawn(crate::deliver::serve(
             listener,
             reader,
@@ -543,6 +591,7 @@ impl Node {
             facts,
             metrics.clone(),
             manager.clone(),
+            guarded,
             stop.clone(),
             parts.servers_stop.clone(),
         )));
@@ -554,6 +603,8 @@ impl Node {
                 parts.metrics_server = Some(tokio::spawn(metrics::serve(
                     listener,
                     metrics.clone(),
+                    guards.metrics_tls,
+                    guards.tokens,
                     parts.servers_stop.clone(),
                 )));
                 Some(bound)
@@ -578,6 +629,47 @@ impl Node {
         self.finished
             .await
             .map_err(|e| Error::Internal(format!("node task: {e}")))?
+    }
+}
+
+/// TLS and tokens of the listeners, loaded before anything starts.
+struct Guards {
+    grpc_tls: Option<Arc<crate::access::Tls>>,
+    metrics_tls: Option<Arc<crate::access::Tls>>,
+    tokens: Option<Arc<crate::access::Tokens>>,
+}
+
+/// How often certificate and token files are looked at for changes. A stat of three files.
+const ACCESS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Re-reads changed certificates and tokens every few seconds and at once on SIGHUP, until the
+/// servers stop: a renewed certificate or a revoked token takes effect without a restart.
+async fn reload_access(tls: Vec<Arc<crate::access::Tls>>, tokens: Option<Arc<crate::access::Tokens>>, stop: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(err) => {
+            tracing::warn!(%err, "no SIGHUP handler: certificates and tokens are re-read on a timer only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(ACCESS_RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
+            _ = hung_up => tracing::info!("SIGHUP: re-reading certificates and tokens"),
+        }
+        let (tls, tokens) = (tls.clone(), tokens.clone());
+        // File reads and key parsing: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || crate::access::reload(&tls, tokens.as_deref())).await;
     }
 }
 

@@ -6,4 +6,4 @@
 pub mod client;
 mod service;
 
-pub use service::{AdminService, Limits, NodeFacts, RetinaService, serve};
+pub use service::{AdminService, Guarded, Limits, NodeFacts, RetinaService, SourcePolicy, serve};

@@ -91,6 +91,27 @@ pub struct RetinaService {
 /// Camera administration (`retina.v1.Admin`).
 pub struct AdminService {
     manager: Arc<CameraManager>,
+    sources: Arc<SourcePolicy>,
+}
+
+/// What the gRPC listener enforces: TLS, tokens, and where cameras added over it may point.
+pub struct Guarded {
+    pub tls: Option<Arc<crate::access::Tls>>,
+    pub tokens: Option<Arc<crate::access::Tokens>>,
+    pub sources: SourcePolicy,
+}
+
+/// Where `AddCamera` and `UpdateCamera` may point a camera (`[admin]` in the config).
+pub struct SourcePolicy {
+    pub admin: crate::config::AdminConfig,
+    /// Relative paths are resolved against the config file's directory, as the manager does.
+    pub base_dir: std::path::PathBuf,
+}
+
+impl SourcePolicy {
+    fn check(&self, uri: &str) -> Result<(), Status> {
+        crate::access::check_camera_source(uri, &self.admin, &self.base_dir).map_err(Status::permission_denied)
+    }
 }
 
 /// A subscriber's filters, validated.
@@ -252,17 +273,24 @@ impl Retina for RetinaService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // Behind tokens, the token's name labels this reader: a client cannot pick its own label
+        // (nor make up a new metric series per connection).
+        let caller = caller_name(&request);
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let request = request.into_inner();
         let filter = Filter::from_request(&request, &self.facts)?;
-        let name = match request.subscriber_name.as_str() {
-            "" => "anonymous".to_string(),
-            name if name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+        let name = match (caller, request.subscriber_name.as_str()) {
+            (Some(caller), _) => caller,
+            (None, "") => "anonymous".to_string(),
+            (None, name)
+                if name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
                 name.to_string()
             }
-            name => {
+            (None, name) => {
                 return Err(Status::invalid_argument(format!(
-                    "subscriber_name {name:?}: use up to 64 letters, digits, '-', '_' or '.'"
+                    "subscriber_name {}: use up to 64 letters, digits, '-', '_' or '.'",
+                    crate::error::quoted(name)
                 )));
             }
         };
@@ -409,6 +437,7 @@ impl Admin for AdminService {
             .into_inner()
             .camera
             .ok_or_else(|| Status::invalid_argument("camera is required"))?;
+        self.sources.check(&spec.uri)?;
         let mut config = CameraConfig::new(spec.camera_id, spec.uri);
         config.analysis_fps = spec.analysis_fps.unwrap_or(config.analysis_fps);
         config.enabled = spec.enabled.unwrap_or(true);
@@ -424,6 +453,9 @@ impl Admin for AdminService {
         request: Request<pb::UpdateCameraRequest>,
     ) -> Result<Response<pb::CameraInfo>, Status> {
         let request = request.into_inner();
+        if let Some(uri) = &request.uri {
+            self.sources.check(uri)?;
+        }
         let change = CameraChange {
             uri: request.uri,
             analysis_fps: request.analysis_fps,
@@ -444,6 +476,14 @@ impl Admin for AdminService {
         blocking(move || manager.remove(&id)).await?;
         Ok(Response::new(pb::RemoveCameraResponse {}))
     }
+}
+
+/// The name of the token the call came with, if the node checks tokens.
+fn caller_name<T>(request: &Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<Arc<crate::access::Caller>>()
+        .map(|caller| caller.name.clone())
 }
 
 /// Camera changes start and stop pipelines and write files: never on an async worker.
@@ -661,6 +701,7 @@ pub async fn serve(
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
     manager: Arc<CameraManager>,
+    guarded: Guarded,
     stopping: Shutdown,
     shutdown: Shutdown,
 ) -> Result<()> {
@@ -696,15 +737,29 @@ pub async fn serve(
         limits,
         subscriber_slots: Arc::new(Semaphore::new(limits.max_subscribers)),
     };
-    tonic::transport::Server::builder()
+    let admin = AdminService {
+        manager,
+        sources: Arc::new(guarded.sources),
+    };
+    let router = tonic::transport::Server::builder()
+        .layer(crate::access::GrpcGuardLayer::new(guarded.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RetinaServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::new(AdminService { manager }).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.wait().await;
-        })
-        .await?;
+        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES));
+    let stopped = async move { shutdown.wait().await };
+    match guarded.tls {
+        Some(tls) => {
+            let incoming = crate::access::TlsIncoming::new(listener, tls)
+                .map_err(|e| crate::error::Error::io("gRPC endpoint address", e))?;
+            router.serve_with_incoming_shutdown(incoming, stopped).await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                .await?
+        }
+    }
     Ok(())
 }

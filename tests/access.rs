@@ -1,0 +1,466 @@
+//! A node on a street network: TLS with client certificates, tokens with scopes, safe defaults.
+//! Real TLS clients (tonic, grpcurl, a rustls HTTPS client), real certificates from a CA made
+//! per test, a real node; traffic on loopback only.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use retina_edge::access::{self, Scope};
+use retina_edge::pb::{self, admin_client::AdminClient, retina_client::RetinaClient};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA and what it signed, as PEM.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn server(&self) -> Leaf {
+        self.leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client(&self, name: &str) -> Leaf {
+        self.leaf(vec![name.into()], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// Writes `text` to `path` with `mode`, replacing the file by a rename as certificate tools do.
+fn put(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_leaf(&self, name: &str, leaf: &Leaf) {
+        put(&self.path(&format!("{name}.pem")), &leaf.cert, 0o644);
+        put(&self.path(&format!("{name}.key")), &leaf.key, 0o600);
+    }
+}
+
+fn secured_config(files: &Files, extra_node: &str) -> retina_edge::config::Config {
+    let dir = files.dir.path().display();
+    let text = common::config_toml(
+        &format!(
+            r#"
+[tls]
+cert = "{dir}/node.pem"
+key = "{dir}/node.key"
+client_ca = "{dir}/clients-ca.pem"
+
+[auth]
+tokens_file = "{dir}/tokens.toml"
+"#
+        ),
+        &format!("metrics_listen = \"127.0.0.1:0\"\ncamera_state_file = \"{dir}/cameras.toml\"\n{extra_node}"),
+    );
+    common::parse_config(&text)
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, server_ca: &str, client: Option<&Leaf>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(server_ca))
+        .domain_name("localhost");
+    if let Some(client) = client {
+        tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(channel)
+}
+
+type Authorised = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+fn retina(channel: &Channel, token: Option<&str>) -> RetinaClient<Authorised> {
+    RetinaClient::with_interceptor(channel.clone(), Bearer(token.map(String::from)))
+}
+
+fn admin(channel: &Channel, token: Option<&str>) -> AdminClient<Authorised> {
+    AdminClient::with_interceptor(channel.clone(), Bearer(token.map(String::from)))
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> tonic::Code {
+    result.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code())
+}
+
+async fn node_info_code(channel: &Channel, token: Option<&str>) -> tonic::Code {
+    match retina(channel, token).get_node_info(pb::GetNodeInfoRequest {}).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// An HTTPS GET with a client certificate and a token, as Prometheus scrapes: status and body.
+async fn https_get(addr: std::net::SocketAddr, server_ca: &str, client: &Leaf, token: Option<&str>) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    // A TLS peer may close without close_notify after HTTP/1.0: what arrived is the response.
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).to_string();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+/// Polls `check` until it holds: reloads happen on the node's own schedule (a look every 2 s).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn grpcurl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::repo().join(".deps/bin/grpcurl"))
+        .args(args)
+        .output()
+        .expect("grpcurl runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_without_a_restart() {
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let servers = Pki::new("retina test server CA");
+    let clients = Pki::new("retina test client CA");
+    let strangers = Pki::new("some other CA");
+    files.write_leaf("node", &servers.server());
+    put(&files.path("clients-ca.pem"), &clients.ca_pem(), 0o644);
+    let centre_cert = clients.client("centre");
+    let stranger_cert = strangers.client("centre");
+    let tokens_file = files.path("tokens.toml");
+    let centre = access::add_token(&tokens_file, "centre", &[Scope::Subscribe]).unwrap();
+    let ops = access::add_token(&tokens_file, "ops", &[Scope::Admin]).unwrap();
+    let prometheus = access::add_token(&tokens_file, "prometheus", &[Scope::Metrics]).unwrap();
+
+    let node = retina_edge::node::Node::start(secured_config(&files, ""))
+        .await
+        .expect("node starts");
+    let addr = node.grpc_addr;
+    let server_ca = servers.ca_pem();
+
+    // Mutual TLS: the right client certificate gets a connection; none, or one from another CA,
+    // does not (the handshake fails, so no call is ever read).
+    let channel = tls_channel(addr, &server_ca, Some(&centre_cert))
+        .await
+        .expect("mTLS connects");
+    for (who, cert) in [
+        ("no client certificate", None),
+        ("another CA's certificate", Some(&stranger_cert)),
+    ] {
+        let refused = match tls_channel(addr, &server_ca, cert).await {
+            Err(_) => true,
+            // TLS 1.3 checks the client's certificate after the client thinks it is connected.
+            Ok(channel) => node_info_code(&channel, Some(&centre)).await != tonic::Code::Ok,
+        };
+        assert!(refused, "{who} was let in");
+    }
+
+    // Tokens and scopes, on each service.
+    assert_eq!(node_info_code(&channel, None).await, tonic::Code::Unauthenticated);
+    assert_eq!(
+        node_info_code(&channel, Some("rtk_not-a-token")).await,
+        tonic::Code::Unauthenticated
+    );
+    assert_eq!(
+        node_info_code(&channel, Some(&ops)).await,
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(node_info_code(&channel, Some(&centre)).await, tonic::Code::Ok);
+    let query = pb::QueryRequest::default();
+    assert_eq!(
+        code(retina(&channel, Some(&prometheus)).query(query.clone()).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_ne!(
+        code(retina(&channel, Some(&centre)).query(query).await),
+        tonic::Code::PermissionDenied
+    );
+    let camera = |uri: &str| pb::AddCameraRequest {
+        camera: Some(pb::CameraSpec {
+            camera_id: "street".into(),
+            uri: uri.into(),
+            enabled: Some(false),
+            ..Default::default()
+        }),
+    };
+    let add = |token: &str, uri: &str| {
+        let (mut client, request) = (admin(&channel, Some(token)), camera(uri));
+        async move { client.add_camera(request).await }
+    };
+    assert_eq!(
+        code(add(&centre, "rtsp://127.0.0.1:9/x").await),
+        tonic::Code::PermissionDenied
+    );
+    // Admin may add network cameras, but not point one at the box's own files.
+    let refused = add(&ops, "file:///etc/passwd").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("admin.allowed_file_dirs"),
+        "{}",
+        refused.message()
+    );
+    add(&ops, "rtsp://viewer:secret@127.0.0.1:9/stream")
+        .await
+        .expect("admin adds an rtsp camera");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(files.path("cameras.toml"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "the state file holds the camera's password");
+    }
+    // Health stays open for load balancers.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health needs no token");
+
+    // A reader is labelled by its token's name, whatever name it declares.
+    let stream = retina(&channel, Some(&centre))
+        .subscribe(pb::SubscribeRequest {
+            subscriber_name: "made-up-name".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let metrics_addr = node.metrics_addr.expect("metrics endpoint");
+    let (status, _) = https_get(metrics_addr, &server_ca, &centre_cert, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = https_get(metrics_addr, &server_ca, &centre_cert, Some(&centre)).await;
+    assert_eq!(status, 403);
+    eventually("the subscriber's metric series", || async {
+        let (status, body) = https_get(metrics_addr, &server_ca, &centre_cert, Some(&prometheus)).await;
+        assert_eq!(status, 200, "{body:.300}");
+        body.contains("subscriber=\"centre\"")
+    })
+    .await;
+    let (_, body) = https_get(metrics_addr, &server_ca, &centre_cert, Some(&prometheus)).await;
+    assert!(!body.contains("made-up-name"));
+    drop(stream);
+
+    // grpcurl, as an operator would call the node.
+    let dir = files.dir.path();
+    put(&files.path("centre.pem"), &centre_cert.cert, 0o644);
+    put(&files.path("centre.key"), &centre_cert.key, 0o600);
+    put(&files.path("server-ca.pem"), &server_ca, 0o644);
+    let tls_args = |dir: &Path| {
+        vec![
+            "-cacert".to_string(),
+            dir.join("server-ca.pem").display().to_string(),
+            "-cert".into(),
+            dir.join("centre.pem").display().to_string(),
+            "-key".into(),
+            dir.join("centre.key").display().to_string(),
+            "-authority".into(),
+            "localhost".into(),
+        ]
+    };
+    let target = addr.to_string();
+    let header = format!("authorization: Bearer {centre}");
+    let mut args = tls_args(dir);
+    args.extend([
+        "-H".into(),
+        header.clone(),
+        target.clone(),
+        "retina.v1.Retina/GetNodeInfo".into(),
+    ]);
+    let out = grpcurl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"nodeId\": \"test-node\""));
+    let mut args = tls_args(dir);
+    args.extend([target.clone(), "retina.v1.Retina/GetNodeInfo".into()]);
+    let out = grpcurl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A revoked token is refused, and a new one accepted, without a restart.
+    access::revoke_token(&tokens_file, "centre").unwrap();
+    let later = access::add_token(&tokens_file, "later", &[Scope::Subscribe]).unwrap();
+    eventually("the revocation", || async {
+        node_info_code(&channel, Some(&centre)).await == tonic::Code::Unauthenticated
+    })
+    .await;
+    assert_eq!(node_info_code(&channel, Some(&later)).await, tonic::Code::Ok);
+
+    // A new certificate (from a new CA) on disk is what the next connection gets.
+    let renewed = Pki::new("renewed server CA");
+    assert!(tls_channel(addr, &renewed.ca_pem(), Some(&centre_cert)).await.is_err());
+    files.write_leaf("node", &renewed.server());
+    eventually("the new certificate", || async {
+        match tls_channel(addr, &renewed.ca_pem(), Some(&centre_cert)).await {
+            Ok(channel) => node_info_code(&channel, Some(&later)).await == tonic::Code::Ok,
+            Err(_) => false,
+        }
+    })
+    .await;
+    // A broken certificate file keeps the last good one in service.
+    put(
+        &files.path("node.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+        0o644,
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let channel = tls_channel(addr, &renewed.ca_pem(), Some(&centre_cert))
+        .await
+        .expect("still served");
+    assert_eq!(node_info_code(&channel, Some(&later)).await, tonic::Code::Ok);
+
+    common::stop_node(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn street_facing_listeners_need_tls_and_tokens_and_secrets_must_be_private() {
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let pki = Pki::new("ca");
+    files.write_leaf("node", &pki.server());
+    put(&files.path("clients-ca.pem"), &pki.ca_pem(), 0o644);
+    access::add_token(&files.path("tokens.toml"), "centre", &[Scope::Subscribe]).unwrap();
+    // No traffic leaves loopback: each of these is refused before the node binds anything.
+    let open = |extra: &str| {
+        let text = common::config_toml("", extra).replace(
+            "grpc_listen = \"127.0.0.1:0\"",
+            &format!("grpc_listen = \"0.0.0.0:{}\"", common::free_port()),
+        );
+        common::parse_config(&text)
+    };
+    let err = retina_edge::node::Node::start(open(""))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("no [tls] and [auth]") && err.contains("node.insecure"),
+        "{err}"
+    );
+    let mut with_tls_only = open("");
+    with_tls_only.tls = secured_config(&files, "").tls;
+    let err = access::check_exposure(&with_tls_only).unwrap_err().to_string();
+    assert!(err.contains("no [auth]"), "{err}");
+    access::check_exposure(&open("insecure = true")).expect("insecure is the operator's explicit choice");
+
+    // A key or token file that other users can read is refused with the fix in the message.
+    put(&files.path("node.key"), &pki.server().key, 0o644);
+    let err = retina_edge::node::Node::start(secured_config(&files, ""))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("node.key") && err.contains("mode 644") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
