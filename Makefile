@@ -41,14 +41,17 @@ check-unit: deps
 
 ## The Debian package (cargo-deb, installed if missing) from the release build:
 ## target/debian/retina-edge_<version>-1_amd64.deb. README, "Installing the package".
+## DEB_FLAGS=--fast: faster compression (about 20 s instead of 75 s here; 45 MB instead of 41 MB).
+DEB_FLAGS ?=
 deb: build
 	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version 3.8.0
-	$(CARGO) deb --no-build --locked
+	$(CARGO) deb --no-build --locked $(DEB_FLAGS)
 
 ## Builds the package, installs it on this machine with dpkg (root: a CI machine), runs `check`
 ## against the installed config as the service user, upgrades over a changed conffile, removes
-## and purges; scripts/test-deb.sh. Needs the release build (make test has it).
-test-deb: deb
+## and purges; scripts/test-deb.sh. Builds the package with --fast compression.
+test-deb:
+	@$(MAKE) --no-print-directory deb DEB_FLAGS=--fast
 	@bash scripts/test-deb.sh target/debian/retina-edge_$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1_amd64.deb
 
 ## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip, in
