@@ -32,6 +32,7 @@ apt_packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip python3-venv
   systemd adduser
+  openssl
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -333,6 +333,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut signals = StopSignals::install();
     // Tell systemd (Type=notify) we are serving; a no-op when not started by systemd.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tokio::spawn(tell_systemd(node.liveness(), sd_notify::watchdog_enabled()));
 
     let stop = node.stop_handle();
     tokio::spawn(async move {
@@ -348,6 +349,42 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     });
     node.wait().await?;
     Ok(())
+}
+
+/// How often `STATUS=` is updated when no watchdog sets the pace.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps systemd informed: `STATUS=` with cameras and frames, and with `WatchdogSec=`,
+/// `WATCHDOG=1` twice per period, but only while the analysis path moves. Frames that waited for
+/// inference half a period with none taken mean a wedged worker, describer or log writer:
+/// the pings stop, and systemd restarts the node when the period runs out.
+async fn tell_systemd(liveness: node::Liveness, watchdog: Option<Duration>) {
+    let period = watchdog.map_or(STATUS_INTERVAL, |w| w / 2);
+    let mut tick = tokio::time::interval(period);
+    let mut stalled_before = false;
+    loop {
+        tick.tick().await;
+        let status = liveness.status_line();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+        let Some(watchdog) = watchdog else {
+            continue;
+        };
+        match liveness.analysis_stalled().filter(|&waited| waited >= watchdog / 2) {
+            None => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                stalled_before = false;
+            }
+            Some(waited) if !stalled_before => {
+                tracing::error!(
+                    ?waited,
+                    "frames wait for inference and none is taken: not telling the watchdog \
+                    that the node is alive; systemd will restart it"
+                );
+                stalled_before = true;
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, listened to for the whole run. The same streams serve the first and the

@@ -369,6 +369,7 @@ pub struct Node {
     pub cameras: Cameras,
     /// What `/metrics` serves; it outlives the endpoint, so a caller can read the final counts.
     pub metrics: Arc<Metrics>,
+    queue: Arc<FrameQueue>,
     stop: Shutdown,
     finished: tokio::task::JoinHandle<Result<()>>,
 }
@@ -454,7 +455,7 @@ impl Node {
         )
         .await;
         match started {
-            Ok((metrics_addr, manager)) => {
+            Ok((metrics_addr, manager, queue)) => {
                 tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr,
                     cameras = config.cameras.len(), workers = config.inference.workers, "node started");
                 let finished = tokio::spawn(run_until_stopped(Stopping {
@@ -468,6 +469,7 @@ impl Node {
                     metrics_addr,
                     cameras,
                     metrics,
+                    queue,
                     stop,
                     finished,
                 })
@@ -499,7 +501,7 @@ impl Node {
         metrics: &Arc<Metrics>,
         stop: &Shutdown,
         parts: &mut Parts,
-    ) -> Result<(Option<SocketAddr>, Arc<CameraManager>)> {
+    ) -> Result<(Option<SocketAddr>, Arc<CameraManager>, Arc<FrameQueue>)> {
         let log_path = config.log_path();
         let (log, mut appender) = {
             let (config, metrics) = (config.clone(), metrics.clone());
@@ -613,7 +615,15 @@ impl Node {
         };
 
         manager.start_configured(starting.resolved, probation)?;
-        Ok((metrics_addr, manager))
+        Ok((metrics_addr, manager, queue))
+    }
+
+    /// What a watchdog looks at, usable while [`wait`](Self::wait) holds the node.
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            queue: self.queue.clone(),
+            cameras: self.cameras.clone(),
+        }
     }
 
     /// Asks the node to stop; [`wait`](Self::wait) returns when it has.
@@ -629,6 +639,38 @@ impl Node {
         self.finished
             .await
             .map_err(|e| Error::Internal(format!("node task: {e}")))?
+    }
+}
+
+/// Whether a running node's analysis path moves, and what it is doing, for systemd.
+#[derive(Clone)]
+pub struct Liveness {
+    queue: Arc<FrameQueue>,
+    cameras: Cameras,
+}
+
+impl Liveness {
+    /// How long frames have waited for inference with none taken: `None` while the analysis
+    /// path keeps up or has nothing to do (no camera, or cameras between frames).
+    pub fn analysis_stalled(&self) -> Option<Duration> {
+        self.queue.stalled(std::time::Instant::now())
+    }
+
+    /// One line for systemd's `STATUS=`: cameras streaming, frames analysed.
+    pub fn status_line(&self) -> String {
+        let cameras = self.cameras.read().unwrap_or_else(|p| p.into_inner());
+        let streaming = cameras
+            .iter()
+            .filter(|c| c.condition().state == pb::CameraState::Streaming)
+            .count();
+        let analysed: u64 = cameras
+            .iter()
+            .map(|c| c.frames_analysed.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        format!(
+            "{streaming} of {} cameras streaming, {analysed} frames analysed",
+            cameras.len()
+        )
     }
 }
 

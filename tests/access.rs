@@ -464,3 +464,31 @@ async fn street_facing_listeners_need_tls_and_tokens_and_secrets_must_be_private
         "{err}"
     );
 }
+
+/// The README's openssl recipe, run as written, makes a CA and a node certificate the node loads.
+#[test]
+fn the_readme_certificate_recipe_makes_files_the_node_accepts() {
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let after = readme
+        .split("**Certificates.**")
+        .nth(1)
+        .expect("the README's Certificates paragraph");
+    let script = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("its sh block");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir.path())
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = retina_edge::config::TlsConfig {
+        cert: dir.path().join("node.pem"),
+        key: dir.path().join("node.key"),
+        client_ca: Some(dir.path().join("nodes-ca.pem")),
+    };
+    access::Tls::load(files, &[access::ALPN_GRPC]).expect("the node takes the recipe's files");
+}

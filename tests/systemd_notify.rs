@@ -51,6 +51,11 @@ impl RunningNode {
     /// `workers = 2` line. gRPC and metrics get fixed free ports so that the test knows where to
     /// call the moment `READY=1` arrives.
     fn start(cameras: &str, inference: &str) -> RunningNode {
+        Self::start_with(cameras, inference, &[])
+    }
+
+    /// [`start`](Self::start) with more environment, as systemd sets it (`WATCHDOG_USEC`).
+    fn start_with(cameras: &str, inference: &str, env: &[(&str, &str)]) -> RunningNode {
         let dir = tempfile::tempdir().unwrap();
         let socket_path: PathBuf = dir.path().join("notify.sock");
         let notify = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
@@ -68,6 +73,7 @@ impl RunningNode {
             .args(["run", "--config", config_path.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -90,8 +96,19 @@ impl RunningNode {
         }
     }
 
-    /// The next notify datagram and when it arrived.
+    /// The next notify datagram about the node's state (READY, STOPPING) and when it arrived;
+    /// the periodic STATUS= and WATCHDOG=1 are passed over.
     async fn next_notification(&self, waiting_for: &str) -> (Instant, String) {
+        loop {
+            let (at, message) = self.next_datagram(waiting_for).await;
+            if !is_periodic(&message) {
+                return (at, message);
+            }
+        }
+    }
+
+    /// The next notify datagram of any kind.
+    async fn next_datagram(&self, waiting_for: &str) -> (Instant, String) {
         let mut buf = [0u8; 512];
         let n = tokio::time::timeout(START_TIMEOUT, self.notify.recv(&mut buf))
             .await
@@ -125,7 +142,10 @@ impl RunningNode {
         let mut buf = [0u8; 512];
         let mut left = Vec::new();
         while let Ok(n) = self.notify.try_recv(&mut buf) {
-            left.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !is_periodic(&message) {
+                left.push(message);
+            }
         }
         left
     }
@@ -212,6 +232,11 @@ fn is(message: &str, assignment: &str) -> bool {
     message.lines().any(|l| l == assignment)
 }
 
+/// What the node repeats while it runs: its status line and the watchdog's ping.
+fn is_periodic(message: &str) -> bool {
+    message.starts_with("STATUS=") || is(message, "WATCHDOG=1")
+}
+
 fn loop_camera() -> String {
     format!(
         "[[cameras]]\nid = \"loop\"\nuri = \"{}\"\nloop_file = true\n",
@@ -245,6 +270,38 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+#[test]
+fn with_a_watchdog_the_node_pings_twice_a_period_and_says_what_it_does() {
+    let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(async {
+        // systemd's WatchdogSec=2 as the environment it gives the service.
+        let mut node = RunningNode::start_with(&loop_camera(), "workers = 2", &[("WATCHDOG_USEC", "2000000")]);
+        node.ready().await;
+        let mut pings = Vec::new();
+        let mut status = None;
+        while pings.len() < 4 {
+            let (at, message) = node.next_datagram("WATCHDOG=1").await;
+            if is(&message, "WATCHDOG=1") {
+                pings.push(at);
+            } else if let Some(line) = message.strip_prefix("STATUS=") {
+                status = Some(line.to_string());
+            }
+        }
+        let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+        // Twice per 2 s period, with a camera streaming and frames analysed in between.
+        assert!(
+            gaps.iter()
+                .all(|g| *g > Duration::from_millis(700) && *g < Duration::from_millis(1300)),
+            "{gaps:?}"
+        );
+        let status = status.expect("a STATUS= line");
+        assert!(status.contains("1 of 1 cameras streaming"), "{status}");
+        node.sigterm();
+        let (exit, _) = node.exit().await;
+        assert!(exit.success(), "{exit:?}");
+    });
 }
 
 #[test]

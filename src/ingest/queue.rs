@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::{CameraStatus, Frame};
 
@@ -43,6 +44,9 @@ struct State {
     closed: bool,
     /// Producers blocked waiting for room (files read faster than real time).
     producers_waiting: usize,
+    /// The last pop, or the moment a frame arrived in an empty queue if that was later: how long
+    /// frames have waited with nobody taking one.
+    last_progress: Instant,
 }
 
 struct Lane {
@@ -58,6 +62,7 @@ impl FrameQueue {
                 last_served: None,
                 closed: false,
                 producers_waiting: 0,
+                last_progress: Instant::now(),
             }),
             frame_ready: Condvar::new(),
             room_ready: Condvar::new(),
@@ -85,6 +90,10 @@ impl FrameQueue {
                         next_ticket: 0,
                     },
                 );
+            }
+            // Waiting starts now if nothing waited before: an idle worker is not a stalled one.
+            if state.lanes.values().all(|lane| lane.frames.is_empty()) {
+                state.last_progress = Instant::now();
             }
             let Some(lane) = state.lanes.get_mut(&camera.id) else {
                 return PushOutcome::Closed; // unreachable: the lane was inserted just above
@@ -121,6 +130,7 @@ impl FrameQueue {
         let mut state = self.lock();
         loop {
             if let Some(taken) = Self::take_next(&mut state) {
+                state.last_progress = Instant::now();
                 self.room_ready.notify_all();
                 return Some(taken);
             }
@@ -129,6 +139,15 @@ impl FrameQueue {
             }
             state = self.frame_ready.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// How long frames have been waiting at `now` without inference taking any; `None` when
+    /// nothing waits. A watchdog's measure of a wedged analysis path: a stuck worker, or a
+    /// describer or log writer that stopped taking results, all end with frames left here.
+    pub fn stalled(&self, now: Instant) -> Option<Duration> {
+        let state = self.lock();
+        let waiting = state.lanes.values().any(|lane| !lane.frames.is_empty());
+        waiting.then(|| now.saturating_duration_since(state.last_progress))
     }
 
     fn take_next(state: &mut State) -> Option<(Frame, u64)> {
@@ -217,6 +236,25 @@ mod tests {
         assert_eq!((f.capture_time, ticket), (3, 0));
         let (f, ticket) = queue.pop().unwrap();
         assert_eq!((f.capture_time, ticket), (4, 1));
+    }
+
+    #[test]
+    fn frames_left_waiting_show_as_a_stall_and_an_idle_queue_does_not() {
+        let queue = FrameQueue::new(2);
+        let a = camera("a");
+        let later = |s| Instant::now() + Duration::from_secs(s);
+        assert_eq!(queue.stalled(later(60)), None, "an empty queue is idle, however long");
+        queue.push(frame(&a, 0), Overflow::DropOldest);
+        assert!(queue.stalled(later(20)).is_some_and(|d| d >= Duration::from_secs(19)));
+        queue.pop().unwrap();
+        assert_eq!(queue.stalled(later(20)), None);
+        // A queue that became busy after a long idle time starts counting then, not at the last pop.
+        queue.push(frame(&a, 1), Overflow::DropOldest);
+        assert!(
+            queue
+                .stalled(Instant::now())
+                .is_some_and(|d| d < Duration::from_secs(1))
+        );
     }
 
     #[test]
