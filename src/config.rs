@@ -177,6 +177,25 @@ pub struct DeliverConfig {
     /// is cut off (RESOURCE_EXHAUSTED), so a stuck client holds neither memory nor shutdown.
     #[serde(default = "default_subscriber_idle_seconds")]
     pub subscriber_idle_seconds: f64,
+    /// HTTP/2 pings to every client this often; a client that does not answer within
+    /// `keepalive_timeout_seconds` is disconnected, so dead peers (a cut uplink) hold nothing.
+    #[serde(default = "default_keepalive_seconds")]
+    pub keepalive_seconds: f64,
+    #[serde(default = "default_keepalive_timeout_seconds")]
+    pub keepalive_timeout_seconds: f64,
+    /// Calls one connection may have open at once; more wait for one to end.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+}
+
+fn default_keepalive_seconds() -> f64 {
+    30.0
+}
+fn default_keepalive_timeout_seconds() -> f64 {
+    10.0
+}
+fn default_max_streams_per_connection() -> u32 {
+    32
 }
 
 /// The durable descriptor log (`log` module): where it is kept, how often it is committed, and
@@ -464,6 +483,9 @@ impl Default for DeliverConfig {
             subscriber_buffer_frames: default_subscriber_buffer_frames(),
             max_subscribers: default_max_subscribers(),
             subscriber_idle_seconds: default_subscriber_idle_seconds(),
+            keepalive_seconds: default_keepalive_seconds(),
+            keepalive_timeout_seconds: default_keepalive_timeout_seconds(),
+            max_streams_per_connection: default_max_streams_per_connection(),
         }
     }
 }
@@ -539,6 +561,18 @@ impl Config {
             "deliver.subscriber_idle_seconds",
             deliver.subscriber_idle_seconds,
             "0.1..=86400",
+        )?;
+        for (field, value) in [
+            ("deliver.keepalive_seconds", deliver.keepalive_seconds),
+            ("deliver.keepalive_timeout_seconds", deliver.keepalive_timeout_seconds),
+        ] {
+            check_field((0.1..=3600.0).contains(&value), field, value, "0.1..=3600")?;
+        }
+        check_field(
+            (1..=1024).contains(&deliver.max_streams_per_connection),
+            "deliver.max_streams_per_connection",
+            deliver.max_streams_per_connection,
+            "1..=1024",
         )?;
         let log = &self.log;
         check_field(

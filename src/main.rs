@@ -94,9 +94,23 @@ enum Command {
         /// Compare the descriptor bytes with this video file's size in the summary.
         #[arg(long)]
         compare_video: Option<PathBuf>,
-        /// How this subscriber is named in the node's logs and metrics.
+        /// How this subscriber is named in the node's logs and metrics (a node with tokens
+        /// names it by its token instead).
         #[arg(long, default_value = "retina-edge-cli")]
         name: String,
+        /// CA certificate (PEM) the node's certificate must chain to: TLS to an https:// node.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// This client's certificate (PEM), for a node that asks for client certificates.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The key of --cert (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// A file holding the token (or set RETINA_TOKEN): never on the command line, where
+        /// other users of the box can read it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -244,7 +258,20 @@ fn main() -> ExitCode {
             connect_timeout_seconds,
             compare_video,
             name,
+            ca_cert,
+            cert,
+            key,
+            token_file,
         } => runtime.block_on(async move {
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading token file {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("RETINA_TOKEN").ok(),
+            };
             let start = match (from_earliest, after_offset, from_time) {
                 (true, _, _) => pb::StartPosition::Earliest,
                 (_, Some(_), _) => pb::StartPosition::AfterOffset,
@@ -273,6 +300,11 @@ fn main() -> ExitCode {
                 connect_timeout: Duration::from_secs(connect_timeout_seconds),
                 max_frames,
                 compare_video,
+                credentials: client::Credentials {
+                    ca_cert,
+                    client_cert: cert.zip(key),
+                    token,
+                },
             };
             client::subscribe(options).await.map(|_| ())
         }),

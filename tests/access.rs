@@ -85,9 +85,18 @@ impl Files {
 
 fn secured_config(files: &Files, extra_node: &str) -> retina_edge::config::Config {
     let dir = files.dir.path().display();
+    // One pass of the sample clip: descriptors for the command-line subscriber to read.
+    let clip = common::sample_clip();
+    let clip = clip.display();
     let text = common::config_toml(
         &format!(
             r#"
+[[cameras]]
+id = "clip"
+uri = "{clip}"
+analysis_fps = 2.0
+realtime = false
+
 [tls]
 cert = "{dir}/node.pem"
 key = "{dir}/node.key"
@@ -385,6 +394,35 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // `retina-edge subscribe` with the CA, its certificate and a token file reads descriptors;
+    // without the token it is told why.
+    put(&files.path("centre.token"), &centre, 0o600);
+    let subscribe = |token: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"));
+        command
+            .args(["subscribe", "--addr", &format!("https://localhost:{}", addr.port())])
+            .args(["--ca-cert", &dir.join("server-ca.pem").display().to_string()])
+            .args(["--cert", &dir.join("centre.pem").display().to_string()])
+            .args(["--key", &dir.join("centre.key").display().to_string()])
+            .args(["--from-earliest", "--include-empty", "--max-frames", "3", "--json"])
+            .args(["--connect-timeout-seconds", "5"])
+            .env_remove("RETINA_TOKEN");
+        if token {
+            command.args(["--token-file", &dir.join("centre.token").display().to_string()]);
+        }
+        command.output().expect("retina-edge subscribe runs")
+    };
+    let out = subscribe(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = subscribe(false);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A revoked token is refused, and a new one accepted, without a restart.
     access::revoke_token(&tokens_file, "centre").unwrap();
     let later = access::add_token(&tokens_file, "later", &[Scope::Subscribe]).unwrap();
@@ -491,4 +529,91 @@ fn the_readme_certificate_recipe_makes_files_the_node_accepts() {
         client_ca: Some(dir.path().join("nodes-ca.pem")),
     };
     access::Tls::load(files, &[access::ALPN_GRPC]).expect("the node takes the recipe's files");
+}
+
+/// Each request limit answers a client that exceeds it, and the node goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_answer_clients_that_exceed_them() {
+    let config = common::parse_config(&common::config_toml(
+        "[deliver]\nkeepalive_seconds = 0.5\nkeepalive_timeout_seconds = 0.5\nmax_streams_per_connection = 2\n",
+        "",
+    ));
+    let (node, mut client) = common::start_node(config).await;
+    let addr = node.grpc_addr;
+
+    // A request larger than 64 KiB is refused before it is decoded.
+    let mut admin = common::admin(&node).await;
+    let huge = pb::AddCameraRequest {
+        camera: Some(pb::CameraSpec {
+            camera_id: "x".repeat(100 * 1024),
+            uri: "rtsp://127.0.0.1:9/x".into(),
+            ..Default::default()
+        }),
+    };
+    let refused = admin.add_camera(huge).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
+    // Metadata beyond 16 KiB: the HTTP/2 layer refuses the call.
+    let mut request = tonic::Request::new(pb::GetNodeInfoRequest {});
+    request
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(32 * 1024).parse().unwrap());
+    let refused = client.get_node_info(request).await.unwrap_err();
+    assert_ne!(refused.code(), tonic::Code::Ok);
+    common::node_info(&mut client).await;
+
+    // Two calls at once per connection: a third waits until one of them ends.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let stream = RetinaClient::new(channel.clone())
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .expect("subscribe")
+            .into_inner();
+        streams.push(stream);
+    }
+    let mut third = RetinaClient::new(channel.clone());
+    let third = tokio::spawn(async move { third.get_node_info(pb::GetNodeInfoRequest {}).await });
+    // Another connection is not held up meanwhile.
+    common::node_info(&mut client).await;
+    assert!(!third.is_finished(), "a third call ran beside two open streams");
+    drop(streams.pop());
+    tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third call runs once a stream ends")
+        .unwrap()
+        .expect("and answers");
+
+    // A peer that stops answering HTTP/2 pings (a cut uplink) is disconnected.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    silent.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS frame
+    let opened = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a peer that never answers pings is still connected after 20 s"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before a ping could time out",
+        opened.elapsed()
+    );
+
+    common::stop_node(node).await;
 }

@@ -370,6 +370,7 @@ async fn still_images_added_over_grpc_are_analysed_and_the_node_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::parse_config(&common::config_toml(&good_camera(), ""));
     config.node.camera_state_file = Some(dir.path().join("cameras.toml"));
+    config.admin.allowed_file_dirs = vec![corpus.clone()];
     let (node, mut client) = common::start_node(config).await;
     let mut admin = common::admin(&node).await;
     common::wait_for_camera(&mut client, "good", Duration::from_secs(30), "streams", |c| {
@@ -444,7 +445,12 @@ fn spawn_node(config: &Path) -> KillOnDrop {
 async fn a_node_killed_while_a_camera_is_on_probation_comes_back_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", common::free_port());
-    let text = common::config_toml(&good_camera(), "").replace("127.0.0.1:0", &addr);
+    let text = common::config_toml(&good_camera(), "").replace("127.0.0.1:0", &addr)
+        + &format!(
+            "\n[admin]\nallowed_file_dirs = [\"{}\", \"{}\"]\n",
+            common::repo().join(".deps").display(),
+            dir.path().display()
+        );
     let config_path = dir.path().join("node.toml");
     std::fs::write(&config_path, text).unwrap();
     let state_path = dir.path().join("node.cameras.toml");

@@ -19,7 +19,13 @@ fn looping_camera(id: &str) -> String {
 }
 
 async fn start(dir: &Path, cameras: &str) -> (Node, Client) {
-    let text = common::config_toml(cameras, "");
+    // The tests add files as cameras over gRPC: the sample clip and files of their own.
+    let text = format!(
+        "{}\n[admin]\nallowed_file_dirs = [\"{}\", \"{}\"]\n",
+        common::config_toml(cameras, ""),
+        common::repo().join(".deps").display(),
+        dir.display()
+    );
     let origin = dir.join("node.toml");
     std::fs::write(&origin, &text).unwrap();
     let config = retina_edge::config::Config::load(&origin).unwrap();
@@ -159,17 +165,20 @@ async fn cameras_are_added_updated_and_removed_live_and_survive_a_restart() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("gopher://"), "{}", status.message());
-    // A file that is not there is a bad argument too; NOT_FOUND would say the camera is unknown.
+    // A scheme outside admin.allowed_schemes is refused by policy, and named.
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("gopher"), "{}", status.message());
+    // A file that is not there, in an allowed directory, is a bad argument; NOT_FOUND would say
+    // the camera is unknown.
+    let missing = dir.path().join("no-such-clip.mp4").display().to_string();
     let status = admin
         .add_camera(pb::AddCameraRequest {
-            camera: Some(spec("west", "/no/such/clip.mp4")),
+            camera: Some(spec("west", &missing)),
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("/no/such/clip.mp4"), "{}", status.message());
+    assert!(status.message().contains("no-such-clip.mp4"), "{}", status.message());
     let status = admin
         .add_camera(pb::AddCameraRequest {
             camera: Some(spec("bad id!", &clip)),

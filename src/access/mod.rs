@@ -143,13 +143,20 @@ pub fn check_camera_source(
     if is_under(&local, &dirs) {
         Ok(())
     } else {
-        Err("that file is not under a directory of admin.allowed_file_dirs (or does not exist)".into())
+        Err("that file is not under a directory of admin.allowed_file_dirs".into())
     }
 }
 
-/// Whether `path` lies under one of `dirs` once both are made absolute and `..` resolved.
+/// Whether `path` lies under one of `dirs` once both are made absolute and `..` and links
+/// resolved. A file not there yet is judged by its directory, so that the manager can say the
+/// file is missing.
 pub fn is_under(path: &Path, dirs: &[std::path::PathBuf]) -> bool {
-    let Ok(path) = std::fs::canonicalize(path) else {
+    let resolved = std::fs::canonicalize(path).or_else(|_| {
+        let parent = path.parent().ok_or(std::io::ErrorKind::NotFound)?;
+        let name = path.file_name().ok_or(std::io::ErrorKind::NotFound)?;
+        std::fs::canonicalize(parent).map(|p| p.join(name))
+    });
+    let Ok(path) = resolved else {
         return false;
     };
     dirs.iter()
@@ -186,9 +193,11 @@ mod tests {
         admin.allowed_file_dirs = vec!["clips".into()];
         assert!(check(&admin, "clips/a.mp4").is_ok());
         assert!(check(&admin, &format!("file://{}", clips.join("a.mp4").display())).is_ok());
-        for outside in ["file:///etc/passwd", "clips/../../etc/passwd", "clips/missing.mp4"] {
+        for outside in ["file:///etc/passwd", "clips/../../etc/passwd", "elsewhere/a.mp4"] {
             assert!(check(&admin, outside).unwrap_err().contains("not under"), "{outside}");
         }
+        // A missing file in an allowed directory passes, for the manager to say it is missing.
+        assert!(check(&admin, "clips/missing.mp4").is_ok());
         admin.allowed_schemes = vec!["rtsps".into()];
         let err = check(&admin, "rtsp://user:secret@cam/").unwrap_err();
         assert!(!err.contains("secret"), "{err}");

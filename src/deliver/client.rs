@@ -38,7 +38,45 @@ pub struct SubscribeOptions {
     pub max_frames: Option<u64>,
     /// A video file whose size the summary compares the descriptor bytes with.
     pub compare_video: Option<PathBuf>,
+    /// TLS and the token, for a node that asks for them.
+    pub credentials: Credentials,
 }
+
+/// What a client shows a node behind TLS and tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// CA certificate(s) the node's certificate must chain to (PEM); set for `https://` nodes.
+    pub ca_cert: Option<PathBuf>,
+    /// This client's certificate and key (PEM), for a node that wants client certificates.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> anyhow::Result<BearerToken> {
+        let value = token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?;
+        Ok(BearerToken(value))
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type AuthorisedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;
 
 /// What the client saw, for the summary (and for tests).
 #[derive(Debug, Default)]
@@ -102,7 +140,7 @@ impl Decoder {
 }
 
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
-    let mut client = connect(&options.addr, options.connect_timeout).await?;
+    let mut client = connect(&options.addr, &options.credentials, options.connect_timeout).await?;
     let info = client.get_node_info(pb::GetNodeInfoRequest {}).await?.into_inner();
     let class_names = info
         .models
@@ -153,12 +191,39 @@ pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<RetinaClient<tonic::transport::Channel>> {
+/// A channel to the node at `addr` (`http://` or `https://`), with TLS if `credentials` name a
+/// CA or the address is `https://`.
+pub async fn channel(addr: &str, credentials: &Credentials) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut endpoint = Endpoint::from_shared(addr.to_string()).with_context(|| format!("bad address {addr:?}"))?;
+    if credentials.ca_cert.is_some() || credentials.client_cert.is_some() || addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &credentials.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &credentials.client_cert {
+            let cert = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading key {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+async fn connect(
+    addr: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> anyhow::Result<RetinaClient<AuthorisedChannel>> {
     let deadline = Instant::now() + timeout;
+    let bearer = BearerToken::new(credentials.token.as_deref())?;
     loop {
-        match RetinaClient::connect(addr.to_string()).await {
-            Ok(client) => {
-                return Ok(client.max_decoding_message_size(64 << 20));
+        match channel(addr, credentials).await {
+            Ok(channel) => {
+                return Ok(RetinaClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20));
             }
             Err(err) if Instant::now() < deadline => {
                 tracing::debug!(%err, "node not reachable yet");

@@ -49,14 +49,21 @@ const QUERY_PAGE_MAX: usize = 1000;
 const QUERY_SCAN_BUDGET: usize = 20_000;
 
 /// The largest request a client may send: a camera spec or a subscription's filters are far
-/// smaller. Larger ones are refused by tonic with RESOURCE_EXHAUSTED before they are decoded.
+/// smaller. Larger ones are refused by tonic with OUT_OF_RANGE before they are decoded.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The most metadata (HTTP/2 headers) a call may carry: a token and a few fields need well
+/// under 1 KiB. Larger header lists are refused by the HTTP/2 layer before any handler runs.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// What one client may hold of the node.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_subscribers: usize,
     pub subscriber_idle: Duration,
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_streams_per_connection: u32,
 }
 
 impl From<&DeliverConfig> for Limits {
@@ -64,6 +71,9 @@ impl From<&DeliverConfig> for Limits {
         Limits {
             max_subscribers: config.max_subscribers,
             subscriber_idle: Duration::from_secs_f64(config.subscriber_idle_seconds),
+            keepalive: Duration::from_secs_f64(config.keepalive_seconds),
+            keepalive_timeout: Duration::from_secs_f64(config.keepalive_timeout_seconds),
+            max_streams_per_connection: config.max_streams_per_connection,
         }
     }
 }
@@ -742,6 +752,10 @@ pub async fn serve(
         sources: Arc::new(guarded.sources),
     };
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .layer(crate::access::GrpcGuardLayer::new(guarded.tokens))
         .add_service(health_service)
         .add_service(reflection_v1)
