@@ -423,6 +423,32 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The Python client (grpcio) the same way.
+    let python = |token: bool| {
+        let mut command = std::process::Command::new(common::repo().join(".deps/python/bin/python"));
+        command
+            .arg(common::repo().join("scripts/central/retina_client.py"))
+            .args(["info", "--addr", &addr.to_string(), "--server-name", "localhost"])
+            .args(["--ca-cert", &dir.join("server-ca.pem").display().to_string()])
+            .args(["--cert", &dir.join("centre.pem").display().to_string()])
+            .args(["--key", &dir.join("centre.key").display().to_string()])
+            .env_remove("RETINA_TOKEN");
+        if token {
+            command.args(["--token-file", &dir.join("centre.token").display().to_string()]);
+        }
+        command.output().expect("the Python client runs")
+    };
+    let out = python(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node_id: \"test-node\""));
+    let out = python(false);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A revoked token is refused, and a new one accepted, without a restart.
     access::revoke_token(&tokens_file, "centre").unwrap();
     let later = access::add_token(&tokens_file, "later", &[Scope::Subscribe]).unwrap();

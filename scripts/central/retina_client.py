@@ -65,6 +65,14 @@ def parse_args(argv):
         p.add_argument("--addr", default="127.0.0.1:50051", help="node's gRPC address (host:port)")
         p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                        help="wait this long for the node to accept a connection (default 10)")
+        p.add_argument("--ca-cert", type=Path, metavar="PEM",
+                       help="CA certificate the node's certificate must chain to: TLS")
+        p.add_argument("--cert", type=Path, metavar="PEM", help="this client's certificate (mutual TLS)")
+        p.add_argument("--key", type=Path, metavar="PEM", help="the key of --cert")
+        p.add_argument("--server-name", metavar="NAME",
+                       help="the name the node's certificate is checked against, when --addr is an IP address")
+        p.add_argument("--token-file", type=Path, metavar="PATH",
+                       help="file holding the node's token (or set RETINA_TOKEN); never on the command line")
 
     common(commands.add_parser("info", help="print the node's GetNodeInfo"))
     s = commands.add_parser("subscribe", help="stream descriptors (default)")
@@ -124,6 +132,40 @@ def rfc3339(text: str) -> tuple:
     return int(t.timestamp()), int((m.group(2) or "0").ljust(9, "0"))
 
 
+def credentials(args):
+    """TLS and the bearer token, as `retina-edge subscribe` sends them; None for a plain channel."""
+    token = None
+    if args.token_file:
+        token = args.token_file.read_text().strip()
+    elif os.environ.get("RETINA_TOKEN"):
+        token = os.environ["RETINA_TOKEN"].strip()
+    if args.ca_cert or args.cert:
+        if bool(args.cert) != bool(args.key):
+            sys.exit("error: --cert and --key go together")
+        channel = grpc.ssl_channel_credentials(
+            root_certificates=args.ca_cert.read_bytes() if args.ca_cert else None,
+            private_key=args.key.read_bytes() if args.key else None,
+            certificate_chain=args.cert.read_bytes() if args.cert else None,
+        )
+    elif token:
+        # A token without TLS: grpc sends call credentials only on a local (loopback) channel.
+        channel = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    else:
+        return None
+    if token:
+        channel = grpc.composite_channel_credentials(channel, grpc.access_token_call_credentials(token))
+    return channel
+
+
+def open_channel(args, options):
+    creds = credentials(args)
+    if creds is None:
+        return grpc.insecure_channel(args.addr, options=options)
+    if args.server_name:
+        options = [*options, ("grpc.ssl_target_name_override", args.server_name)]
+    return grpc.secure_channel(args.addr, creds, options=options)
+
+
 def connect(args):
     options = [
         ("grpc.max_receive_message_length", 64 << 20),
@@ -131,7 +173,7 @@ def connect(args):
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 500),
     ]
-    channel = grpc.insecure_channel(args.addr, options=options)
+    channel = open_channel(args, options)
     try:
         grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
     except grpc.FutureTimeoutError:
