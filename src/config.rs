@@ -434,8 +434,8 @@ impl CameraConfig {
             && self.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid_id {
             return Err(format!(
-                "camera id {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
-                self.id
+                "camera id {}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                crate::error::quoted(&self.id)
             ));
         }
         let at = format!("camera {:?}", self.id);
@@ -863,5 +863,75 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("inference.workers = 0"), "{err}");
+    }
+
+    /// A config with every section: the shipped example, plus the sections it leaves out.
+    fn full_config() -> String {
+        let shipped = include_str!("../config/retina-edge.toml");
+        format!(
+            "{shipped}\n[log]\ncommit_interval_ms = 100\nmax_bytes = 10000000\n\n[deliver]\nmax_subscribers = 4\n\
+             keepalive_seconds = 30.0\n\n[admin]\nallowed_schemes = [\"rtsp\"]\n\n[describe.tracker]\nmin_hits = 2\n"
+        )
+    }
+
+    const FUZZED_STATE: &str = "[[cameras]]\nid = \"gate\"\nuri = \"rtsp://10.0.0.7/s1\"\nanalysis_fps = 2.0\n\
+                                enabled = true\n\n[probation.gate]\nsince = \"2026-12-02T10:00:00Z\"\nstopped_cleanly = false\n";
+
+    #[test]
+    fn the_fuzzed_config_and_state_file_are_valid_before_they_are_changed() {
+        Config::parse(&full_config(), Path::new("fuzz.toml"), PathBuf::from(".")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let origin = dir.path().join("node.toml");
+        std::fs::write(&origin, MINIMAL).unwrap();
+        std::fs::write(dir.path().join("node.cameras.toml"), FUZZED_STATE).unwrap();
+        let mut config = Config::load(&origin).unwrap();
+        config.apply_camera_state().unwrap();
+        assert_eq!(config.cameras[0].id, "gate");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any value in any field of a config is either taken or a clear error, never a panic.
+        #[test]
+        fn any_value_in_any_field_is_taken_or_refused_clearly(
+            index in 0usize..400,
+            value in crate::fuzz::toml_value(),
+        ) {
+            let text = crate::fuzz::with_value_replaced(&full_config(), index, &value);
+            if let Err(err) = Config::parse(&text, Path::new("fuzz.toml"), PathBuf::from(".")) {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+
+        /// A config cut short or missing a line, as a bad edit or a full disk leaves it.
+        #[test]
+        fn a_damaged_config_is_refused_clearly(at in 0usize..4000, drop_line: bool) {
+            let text = crate::fuzz::damaged(&full_config(), at, drop_line);
+            if let Err(err) = Config::parse(&text, Path::new("fuzz.toml"), PathBuf::from(".")) {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+
+        /// The camera state file is written by the node but read back after crashes and by
+        /// hand-edits: any value in it is taken or refused clearly.
+        #[test]
+        fn any_camera_state_file_is_taken_or_refused_clearly(
+            index in 0usize..100,
+            value in crate::fuzz::toml_value(),
+            at in 0usize..2000,
+            damage: bool,
+        ) {
+            let text = crate::fuzz::with_value_replaced(FUZZED_STATE, index, &value);
+            let text = if damage { crate::fuzz::damaged(&text, at, false) } else { text };
+            let dir = tempfile::tempdir().unwrap();
+            let origin = dir.path().join("node.toml");
+            std::fs::write(&origin, MINIMAL).unwrap();
+            std::fs::write(dir.path().join("node.cameras.toml"), text).unwrap();
+            let mut config = Config::load(&origin).unwrap();
+            if let Err(err) = config.apply_camera_state() {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
     }
 }

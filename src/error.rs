@@ -46,16 +46,16 @@ pub enum Error {
     #[error("{0}")]
     InvalidCamera(String),
 
-    #[error("camera {0:?} exists already")]
+    #[error("camera {} exists already", quoted(.0))]
     CameraExists(String),
 
-    #[error("no camera {0:?} on this node")]
+    #[error("no camera {} on this node", quoted(.0))]
     NoSuchCamera(String),
 
     #[error("the node is shutting down")]
     ShuttingDown,
 
-    #[error("camera {0:?} is being changed by another request; try again")]
+    #[error("camera {} is being changed by another request; try again", quoted(.0))]
     CameraBusy(String),
 
     #[error("unsupported source URI {uri:?}: {reason}")]

@@ -29,6 +29,8 @@ pub mod config;
 pub mod deliver;
 pub mod describe;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod infer;
 pub mod ingest;
 pub mod log;

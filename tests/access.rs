@@ -643,3 +643,136 @@ async fn request_limits_answer_clients_that_exceed_them() {
 
     common::stop_node(node).await;
 }
+
+/// Arbitrary requests (any strings, numbers, times and enum values in every field) get an
+/// answer or a clear status, never an internal error or a crash, and the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    let (node, mut client) = common::start_node(common::parse_config(&common::config_toml("", ""))).await;
+    let mut admin = common::admin(&node).await;
+    let text = || {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z0-9_.-]{1,12}",
+            ".{0,40}",
+            "[a-z]{2,8}://[ -~]{0,60}",
+            "x{5000}",
+        ]
+    };
+    let time = || {
+        proptest::option::of(
+            (any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        )
+    };
+    let strategy = (
+        (
+            text(),
+            text(),
+            proptest::collection::vec(text(), 0..3),
+            any::<f32>(),
+            any::<i32>(),
+            any::<u64>(),
+            time(),
+        ),
+        (time(), any::<u32>(), text(), any::<bool>(), any::<u64>()),
+        (
+            text(),
+            text(),
+            proptest::option::of(any::<f64>()),
+            any::<f64>(),
+            any::<f64>(),
+        ),
+    );
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let allowed = [
+        tonic::Code::InvalidArgument,
+        tonic::Code::NotFound,
+        tonic::Code::OutOfRange,
+        tonic::Code::PermissionDenied,
+        tonic::Code::AlreadyExists,
+        tonic::Code::FailedPrecondition,
+    ];
+    let check = |what: &str, result: Result<(), tonic::Status>| {
+        if let Err(status) = result {
+            assert!(allowed.contains(&status.code()), "{what}: {status:?}");
+            // Short prefixes of bad values; the longest message lists the detector's 80 classes.
+            assert!(
+                status.message().len() < 1200,
+                "{what}: a {}-byte message: {:.300}",
+                status.message().len(),
+                status.message()
+            );
+        }
+    };
+    for _ in 0..150 {
+        let (subscribe, query, camera) = strategy.new_tree(&mut runner).unwrap().current();
+        let (name, camera_id, classes, min_score, start, after_offset, from_time) = subscribe;
+        let request = pb::SubscribeRequest {
+            camera_ids: vec![camera_id.clone()],
+            class_names: classes.clone(),
+            min_score,
+            start,
+            subscriber_name: name,
+            after_offset,
+            from_time,
+            ..Default::default()
+        };
+        check("Subscribe", client.subscribe(request).await.map(drop));
+        let (to_time, page_size, page_token, newest_first, track_id) = query;
+        let request = pb::QueryRequest {
+            camera_id: camera_id.clone(),
+            class_names: classes,
+            track_id,
+            from_time,
+            to_time,
+            newest_first,
+            page_size,
+            page_token,
+        };
+        check("Query", client.query(request).await.map(drop));
+        let (id, uri, fps, latitude, longitude) = camera;
+        let position = Some(pb::CameraPosition {
+            latitude,
+            longitude,
+            ..Default::default()
+        });
+        let request = pb::UpdateCameraRequest {
+            camera_id: id.clone(),
+            uri: Some(uri.clone()),
+            analysis_fps: fps,
+            position: position.clone(),
+            ..Default::default()
+        };
+        check("UpdateCamera", admin.update_camera(request).await.map(drop));
+        // Half the cameras get an allowed source, so that their other fields are checked too.
+        let uri = if fps.is_some() {
+            "rtsp://127.0.0.1:9/x".to_string()
+        } else {
+            uri
+        };
+        let request = pb::AddCameraRequest {
+            camera: Some(pb::CameraSpec {
+                camera_id: id.clone(),
+                uri,
+                analysis_fps: fps,
+                enabled: Some(false),
+                position,
+                loop_file: false,
+            }),
+        };
+        match admin.add_camera(request).await {
+            Ok(_) => check(
+                "RemoveCamera",
+                admin
+                    .remove_camera(pb::RemoveCameraRequest { camera_id: id })
+                    .await
+                    .map(drop),
+            ),
+            Err(status) => check("AddCamera", Err(status)),
+        }
+    }
+    common::node_info(&mut client).await;
+    common::stop_node(node).await;
+}

@@ -351,4 +351,33 @@ mod tests {
                 .contains("no token named")
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// A token file with any value anywhere, or cut short, loads or is refused clearly; and
+        /// any `authorization` header is an answer, never a panic.
+        #[test]
+        fn any_token_file_and_any_header_are_handled(
+            index in 0usize..20,
+            value in crate::fuzz::toml_value(),
+            at in 0usize..400,
+            damage: bool,
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tokens.toml");
+            add_token(&path, "centre", &[Scope::Subscribe]).unwrap();
+            let text = crate::fuzz::with_value_replaced(&std::fs::read_to_string(&path).unwrap(), index, &value);
+            let text = if damage { crate::fuzz::damaged(&text, at, false) } else { text };
+            std::fs::write(&path, text).unwrap();
+            match Tokens::load(&path) {
+                Ok(tokens) => {
+                    // Nothing random is a known token.
+                    proptest::prop_assert!(tokens.authenticate(Some(&header)).is_err());
+                }
+                Err(err) => proptest::prop_assert!(!err.to_string().is_empty()),
+            }
+        }
+    }
 }

@@ -155,7 +155,8 @@ impl Filter {
             let mut known: Vec<String> = known.into_iter().collect();
             known.sort();
             return Err(Status::not_found(format!(
-                "no camera {unknown:?} on this node; cameras: {}",
+                "no camera {} on this node; cameras: {}",
+                crate::error::quoted(unknown),
                 known.join(", ")
             )));
         }
@@ -234,22 +235,13 @@ fn class_ids(names: &[String], facts: &NodeFacts) -> Result<HashSet<u32>, Status
         let Some(id) = facts.class_names.iter().position(|c| c == class) else {
             return Err(Status::invalid_argument(format!(
                 "unknown class {}; the detector's classes are: {}",
-                quote(class),
+                crate::error::quoted(class),
                 facts.class_names.join(", ")
             )));
         };
         ids.insert(id as u32);
     }
     Ok(ids)
-}
-
-/// At most a short prefix of a client's value, for an error message.
-fn quote(value: &str) -> String {
-    const MAX: usize = 64;
-    match value.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
-        None => format!("{value:?}"),
-    }
 }
 
 /// The context fields of the descriptors a subscriber was last sent, per camera, so that they are
@@ -640,7 +632,7 @@ fn parse_page_token(token: &str, query_id: &str) -> Result<QueryKey, Status> {
     let invalid = || {
         Status::invalid_argument(format!(
             "page_token {} is not a next_page_token of this query",
-            quote(token)
+            crate::error::quoted(token)
         ))
     };
     let mut parts = token.split('.');

@@ -246,3 +246,41 @@ pub fn to_safetensors_bytes(mean: &[f32], components: &Array2<f32>, rotations: &
     }
     safetensors::serialize(views, None).map_err(|e| Error::Internal(format!("serialising projection: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A projection file with bytes changed, cut short, or replaced by garbage loads or is
+        /// refused clearly: its header names shapes and offsets that must not be trusted.
+        #[test]
+        fn a_damaged_projection_file_is_refused_clearly(
+            changes in proptest::collection::vec((0usize..800_000, proptest::prelude::any::<u8>()), 0..8),
+            cut in proptest::option::of(0usize..800_000),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenetv2-1280.projection.safetensors");
+            let mut bytes = std::fs::read(shipped).unwrap();
+            // The header (a length and JSON) comes first: aim half of the changes at it.
+            for (i, (at, byte)) in changes.iter().enumerate() {
+                let at = if i % 2 == 0 { at % 200 } else { at % bytes.len() };
+                bytes[at] = *byte;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            if !garbage.is_empty() && changes.is_empty() {
+                bytes = garbage;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.safetensors");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(err) = Projection::load(&path, "fuzz".into()) {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -288,4 +288,45 @@ mod tests {
         .to_string();
         assert!(err.contains("chw") && err.contains("m.toml"), "{err}");
     }
+
+    #[test]
+    fn the_fuzzed_manifests_load_before_they_are_changed() {
+        for shipped in [
+            include_str!("../../models/nanodet-g-416.toml"),
+            include_str!("../../models/mobilenetv2-1280.toml"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.toml");
+            std::fs::write(&path, shipped).unwrap();
+            Manifest::load(&path).unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// An integrator's manifest with any value in any field loads or says what is wrong.
+        #[test]
+        fn any_value_in_a_manifest_loads_or_is_refused_clearly(
+            which: bool,
+            index in 0usize..100,
+            value in crate::fuzz::toml_value(),
+            at in 0usize..3000,
+            damage: bool,
+        ) {
+            let shipped = if which {
+                include_str!("../../models/nanodet-g-416.toml")
+            } else {
+                include_str!("../../models/mobilenetv2-1280.toml")
+            };
+            let text = crate::fuzz::with_value_replaced(shipped, index, &value);
+            let text = if damage { crate::fuzz::damaged(&text, at, at % 2 == 0) } else { text };
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.toml");
+            std::fs::write(&path, text).unwrap();
+            if let Err(err) = Manifest::load(&path) {
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
+    }
 }

@@ -77,13 +77,18 @@ pub async fn start_camera_node(cameras: &str) -> (retina_edge::node::Node, Clien
     start_node(parse_config(&config_toml(cameras, ""))).await
 }
 
-/// Parses a test config. Unless it names its own, each config gets a descriptor log of its own:
-/// tests run at once, and a log file has one writer.
+/// Parses a test config. Unless it names its own, each config gets a descriptor log and a camera
+/// state file of its own: tests run at once, and a log file has one writer.
 pub fn parse_config(text: &str) -> retina_edge::config::Config {
     let mut config = retina_edge::config::Config::parse(text, Path::new("test.toml"), repo().to_path_buf())
         .expect("test config parses");
     if config.log.path.is_none() {
         config.log.path = Some(fresh_log_path());
+    }
+    // Nor may a test's camera changes land beside `test.toml` in the repository, where every
+    // later test's node would pick them up.
+    if config.node.camera_state_file.is_none() {
+        config.node.camera_state_file = Some(fresh_log_path().with_extension("cameras.toml"));
     }
     config
 }
