@@ -295,6 +295,12 @@ pub struct CameraConfig {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// The password in a file only its owner may read, or `credential:NAME` for a systemd
+    /// credential (`LoadCredential=`); read at each connection attempt, so a changed password
+    /// needs no restart. Config file only: over gRPC it would let a caller send any file the
+    /// node can read to a server of its choosing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// Which frames of a camera's compressed stream reach the decoder.
@@ -424,6 +430,7 @@ impl CameraConfig {
             decode: DecodeMode::default(),
             username: None,
             password: None,
+            password_file: None,
         }
     }
 
@@ -468,6 +475,11 @@ impl CameraConfig {
         if !(self.failed_retry_seconds >= 1.0 && self.failed_retry_seconds <= 86_400.0) {
             return Err(format!("{at}: failed_retry_seconds must lie in 1..=86400"));
         }
+        if self.password_file.is_some() && (self.password.is_some() || crate::error::uri_has_password(&self.uri)) {
+            return Err(format!(
+                "{at}: a password in password_file and another in password or the URI: keep one"
+            ));
+        }
         if let Some(p) = &self.position
             && (!(-90.0..=90.0).contains(&p.latitude) || !(-180.0..=180.0).contains(&p.longitude))
         {
@@ -492,13 +504,44 @@ impl Default for DeliverConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        let reading = || format!("reading config {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(reading(), e))?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Self::parse(&text, path, base_dir)
+        let config = Self::parse(&text, path, base_dir)?;
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path)
+                .map_err(|e| Error::io(reading(), e))?
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        if !crate::files::owner_only(mode) {
+            config.refuse_passwords(&format!("is open to other users (mode {mode:03o})"))?;
+        }
+        Ok(config)
+    }
+
+    /// A camera password in a file that others can read is a password others have.
+    fn refuse_passwords(&self, because: &str) -> Result<()> {
+        let with_password = self
+            .cameras
+            .iter()
+            .find(|c| c.password.is_some() || crate::error::uri_has_password(&c.uri));
+        match with_password {
+            None => Ok(()),
+            Some(camera) => Err(Error::Config {
+                path: self.origin.clone(),
+                message: format!(
+                    "camera {:?} has its password in this file, which {because}: move it to password_file \
+                     (a file only the node's user can read, or a systemd credential), or chmod 600 this file",
+                    camera.id
+                ),
+            }),
+        }
     }
 
     /// Parses and validates; `origin` names the file in error messages.
@@ -509,6 +552,10 @@ impl Config {
         })?;
         config.base_dir = base_dir;
         config.origin = origin.to_path_buf();
+        // Relative to this file, as every path in it; the cameras may be moved to the state file.
+        for camera in &mut config.cameras {
+            camera.password_file = camera.password_file.as_deref().map(|p| resolve_in(&config.base_dir, p));
+        }
         config.validate().map_err(|message| Error::Config {
             path: origin.to_path_buf(),
             message,
@@ -646,13 +693,21 @@ impl Config {
         self.base_dir.join(format!("{stem}.{suffix}"))
     }
 
-    /// Resolves a path from the config against the config file's directory.
+    /// Resolves a path from the config against the config file's directory; a systemd
+    /// credential (`credential:NAME`) stays as it is, to be found when it is read.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        resolve_in(&self.base_dir, path)
+    }
+}
+
+fn resolve_in(base_dir: &Path, path: &Path) -> PathBuf {
+    let credential = path
+        .to_str()
+        .is_some_and(|p| p.starts_with(crate::files::CREDENTIAL_PREFIX));
+    if path.is_absolute() || credential {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
     }
 }
 
@@ -832,6 +887,52 @@ mod tests {
         std::fs::create_dir(dir.path().join(".state.toml.tmp")).unwrap();
         assert!(write_atomically(&path, "new").is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+    }
+
+    #[test]
+    fn camera_passwords_stay_out_of_files_others_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let load = |camera_lines: &str, mode: u32| {
+            let text = MINIMAL.replace("uri = \"rtsp://cam/1\"", camera_lines);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Config::load(&path)
+        };
+        for inline in [
+            "uri = \"rtsp://cam/1\"\npassword = \"pw\"",
+            "uri = \"rtsp://viewer:pw@cam/1\"",
+        ] {
+            let err = load(inline, 0o644).unwrap_err().to_string();
+            assert!(
+                err.contains("camera \"c1\"") && err.contains("mode 644") && err.contains("password_file"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("pw@") && !err.contains("\"pw\""),
+                "the password is not quoted: {err}"
+            );
+            load(inline, 0o600).expect("a file only its owner reads may hold a password");
+        }
+        let from_file = load(
+            "uri = \"rtsp://cam/1\"\nusername = \"viewer\"\npassword_file = \"cam1.password\"",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(
+            from_file.cameras[0].password_file,
+            Some(dir.path().join("cam1.password"))
+        );
+        let credential = load("uri = \"rtsp://cam/1\"\npassword_file = \"credential:cam1\"", 0o644).unwrap();
+        assert_eq!(
+            credential.cameras[0].password_file,
+            Some(PathBuf::from("credential:cam1"))
+        );
+        let err = load("uri = \"rtsp://v:pw@cam/1\"\npassword_file = \"cam1.password\"", 0o600)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keep one"), "{err}");
     }
 
     #[test]

@@ -131,6 +131,49 @@ pub fn quoted(value: &str) -> String {
     }
 }
 
+/// Replaces the password in `scheme://user:password@host/...` with `***`.
+pub fn redact_uri(uri: &str) -> String {
+    match uri_userinfo(uri) {
+        Some(UserInfo {
+            scheme,
+            user,
+            password: Some(_),
+            host_and_rest,
+        }) => format!("{scheme}://{user}:***@{host_and_rest}"),
+        _ => uri.to_string(),
+    }
+}
+
+/// Whether a URI carries a password (`scheme://user:password@host/...`).
+pub fn uri_has_password(uri: &str) -> bool {
+    uri_userinfo(uri).is_some_and(|info| info.password.is_some())
+}
+
+/// The parts of `scheme://user[:password]@host...`.
+pub struct UserInfo<'a> {
+    pub scheme: &'a str,
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub host_and_rest: &'a str,
+}
+
+/// The user (and password) of a URI, if it names one.
+pub fn uri_userinfo(uri: &str) -> Option<UserInfo<'_>> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, _) = rest[..authority_end].rsplit_once('@')?;
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (userinfo, None),
+    };
+    Some(UserInfo {
+        scheme,
+        user,
+        password,
+        host_and_rest: &rest[userinfo.len() + 1..],
+    })
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
@@ -158,3 +201,21 @@ impl From<gstreamer::glib::BoolError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_uri("rtsp://admin:s3cr3t@10.0.0.7:554/stream1?x=@"),
+            "rtsp://admin:***@10.0.0.7:554/stream1?x=@"
+        );
+        assert_eq!(redact_uri("rtsp://cam/1"), "rtsp://cam/1");
+        assert_eq!(redact_uri("rtsp://user@cam/1"), "rtsp://user@cam/1");
+        assert_eq!(redact_uri("rtsp://u:p:q@cam"), "rtsp://u:***@cam");
+        assert!(uri_has_password("rtsp://admin:s3cr3t@cam/1"));
+        assert!(!uri_has_password("rtsp://admin@cam/1") && !uri_has_password("/clips/a:b@c.mp4"));
+    }
+}

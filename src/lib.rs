@@ -9,14 +9,15 @@
 //! - [`log`]: the durable descriptor log, the seam every reader reads from;
 //! - [`deliver`]: fan-out to subscribers, the gRPC service, and a central-side client.
 //!
-//! Beside them, small and shared: [`config`], [`error`], [`clock`], [`shutdown`], [`wire`],
-//! [`metrics`], and [`node`], which wires the stages together.
+//! Beside them, small and shared: [`config`], [`error`], [`files`], [`clock`], [`shutdown`],
+//! [`wire`], [`metrics`], [`access`] (TLS and tokens for every listener), and [`node`], which
+//! wires the stages together.
 //!
 //! **Layering.** Dependencies go one way, with no cycle (`tests/architecture.rs` checks it):
 //!
-//! 1. `pb`, [`error`], [`clock`], [`shutdown`], [`wire`] (the proto's compact fields, encoded and
-//!    decoded) and [`config`] (every section of the file as plain data, `[describe]` included)
-//!    name nothing above them;
+//! 1. `pb`, [`error`], [`files`] (secrets and files re-read when they change), [`clock`],
+//!    [`shutdown`], [`wire`] (the proto's compact fields, encoded and decoded) and [`config`]
+//!    (every section of the file as plain data, `[describe]` included) name nothing above them;
 //! 2. [`ingest`];
 //! 3. [`metrics`], which reads the cameras' counters from `ingest` and which every later stage
 //!    records into;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod deliver;
 pub mod describe;
 pub mod error;
+pub mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod infer;

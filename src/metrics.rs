@@ -43,7 +43,10 @@ pub struct Metrics {
     subscribers_refused: Counter,
     capture_to_publish: Family<CameraLabels, Histogram>,
     log: LogMetrics,
+    tls_not_after: Family<ListenerLabels, Gauge>,
 }
+
+type ListenerLabels = [(&'static str, &'static str); 1];
 
 type CameraLabels = [(&'static str, String); 1];
 
@@ -127,6 +130,7 @@ impl Metrics {
             subscriber_sent: Family::default(),
             subscriber_fallbacks: Family::default(),
             subscribers_refused: Counter::default(),
+            tls_not_after: Family::default(),
             capture_to_publish,
             log: LogMetrics {
                 stored: Counter::default(),
@@ -180,6 +184,11 @@ impl Metrics {
             "retina_subscriber_fallbacks",
             "Times a subscriber fell behind the live tail and read from the log instead (nothing is lost)",
             metrics.subscriber_fallbacks.clone(),
+        );
+        r.register(
+            "retina_tls_certificate_not_after_timestamp_seconds",
+            "When the certificate each TLS listener serves expires (seconds since 1970); alert well before",
+            metrics.tls_not_after.clone(),
         );
         r.register(
             "retina_subscribers_refused",
@@ -268,6 +277,13 @@ impl Metrics {
             sent: self.subscriber_sent.get_or_create(&labels).clone(),
             fallbacks: self.subscriber_fallbacks.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The certificate `listener` (grpc, metrics) serves now expires at `not_after_unix`.
+    pub fn tls_certificate(&self, listener: &'static str, not_after_unix: i64) {
+        self.tls_not_after
+            .get_or_create(&[("listener", listener)])
+            .set(not_after_unix);
     }
 
     pub fn subscriber_refused(&self) {

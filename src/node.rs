@@ -226,6 +226,27 @@ fn starting_cameras(config: &mut Config) -> Result<StartingCameras> {
     })
 }
 
+/// When the node's certificate expires, or a problem if it has.
+fn certificate_expiry(
+    cert: &std::path::Path,
+    not_after_unix: i64,
+    now: std::time::SystemTime,
+) -> std::result::Result<String, Error> {
+    let not_after = std::time::UNIX_EPOCH + Duration::from_secs(not_after_unix.max(0) as u64);
+    let when = humantime::format_rfc3339_seconds(not_after);
+    match not_after.duration_since(now) {
+        Ok(left) => Ok(format!(
+            "TLS certificate {} valid until {when} ({} days left)",
+            cert.display(),
+            left.as_secs() / 86_400
+        )),
+        Err(_) => Err(Error::Access(format!(
+            "TLS certificate {} expired at {when}: clients refuse it; renew it (the node takes the new one without a restart)",
+            cert.display()
+        ))),
+    }
+}
+
 /// Everything `retina-edge check` verifies, all of it, so that one run lists every problem.
 pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
     let mut facts = Vec::new();
@@ -236,19 +257,27 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
     }
     match crate::access::Access::load(config).and_then(|access| {
         let tls = access.tls(&[crate::access::ALPN_GRPC])?;
-        Ok((tls.is_some(), access.tokens.is_some()))
+        Ok((tls, access.tokens.is_some()))
     }) {
-        Ok((tls, tokens)) => facts.push(format!(
-            "listeners: gRPC {}{}, TLS {}, tokens {}",
-            config.node.grpc_listen,
-            config
-                .node
-                .metrics_listen
-                .map(|a| format!(", metrics {a}"))
-                .unwrap_or_default(),
-            if tls { "on" } else { "off" },
-            if tokens { "required" } else { "off" },
-        )),
+        Ok((tls, tokens)) => {
+            facts.push(format!(
+                "listeners: gRPC {}{}, TLS {}, tokens {}",
+                config.node.grpc_listen,
+                config
+                    .node
+                    .metrics_listen
+                    .map(|a| format!(", metrics {a}"))
+                    .unwrap_or_default(),
+                if tls.is_some() { "on" } else { "off" },
+                if tokens { "required" } else { "off" },
+            ));
+            if let Some(tls) = tls {
+                match certificate_expiry(tls.cert_path(), tls.not_after_unix(), std::time::SystemTime::now()) {
+                    Ok(fact) => facts.push(fact),
+                    Err(problem) => problems.push(problem),
+                }
+            }
+        }
         Err(e) => problems.push(e),
     }
     let mut config = config.clone();
@@ -267,6 +296,15 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
                         "camera {}: {} ({:?})",
                         camera.config.id, source.redacted, source.kind
                     ));
+                }
+                if let Some(path) = &camera.config.password_file {
+                    let password = crate::files::read_secret_line(path, "camera password file");
+                    if let Err(err) = password {
+                        problems.push(Error::Camera {
+                            camera: camera.config.id.clone(),
+                            message: err.to_string(),
+                        });
+                    }
                 }
                 let probation = config.camera_probation.get(&camera.config.id);
                 // A camera whose probation a clean stop interrupted simply starts again.
@@ -567,14 +605,16 @@ impl Node {
         ));
         parts.manager = Some(manager.clone());
         // Servers first, so the node is reachable before the first descriptor exists.
-        let reloadable: Vec<_> = [guards.grpc_tls.clone(), guards.metrics_tls.clone()]
+        let reloadable: Vec<_> = [("grpc", &guards.grpc_tls), ("metrics", &guards.metrics_tls)]
             .into_iter()
-            .flatten()
+            .filter_map(|(listener, tls)| Some((listener, tls.clone()?)))
             .collect();
+        show_certificates(metrics, &reloadable);
         if !reloadable.is_empty() || guards.tokens.is_some() {
             tokio::spawn(reload_access(
                 reloadable,
                 guards.tokens.clone(),
+                metrics.clone(),
                 parts.servers_stop.clone(),
             ));
         }
@@ -686,7 +726,12 @@ const ACCESS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Re-reads changed certificates and tokens every few seconds and at once on SIGHUP, until the
 /// servers stop: a renewed certificate or a revoked token takes effect without a restart.
-async fn reload_access(tls: Vec<Arc<crate::access::Tls>>, tokens: Option<Arc<crate::access::Tokens>>, stop: Shutdown) {
+async fn reload_access(
+    tls: Vec<(&'static str, Arc<crate::access::Tls>)>,
+    tokens: Option<Arc<crate::access::Tokens>>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => Some(hangup),
@@ -709,9 +754,19 @@ async fn reload_access(tls: Vec<Arc<crate::access::Tls>>, tokens: Option<Arc<cra
             _ = tick.tick() => {}
             _ = hung_up => tracing::info!("SIGHUP: re-reading certificates and tokens"),
         }
-        let (tls, tokens) = (tls.clone(), tokens.clone());
+        let (listeners, tokens) = (
+            tls.iter().map(|(_, tls)| tls.clone()).collect::<Vec<_>>(),
+            tokens.clone(),
+        );
         // File reads and key parsing: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || crate::access::reload(&tls, tokens.as_deref())).await;
+        let _ = tokio::task::spawn_blocking(move || crate::access::reload(&listeners, tokens.as_deref())).await;
+        show_certificates(&metrics, &tls);
+    }
+}
+
+fn show_certificates(metrics: &Metrics, tls: &[(&'static str, Arc<crate::access::Tls>)]) {
+    for (listener, tls) in tls {
+        metrics.tls_certificate(listener, tls.not_after_unix());
     }
 }
 
@@ -833,4 +888,27 @@ async fn run_until_stopped(s: Stopping) -> Result<()> {
     let served = s.parts.stop().await;
     tracing::info!("stopped");
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_counts_the_days_a_certificate_has_left_and_refuses_an_expired_one() {
+        let cert = std::path::Path::new("/etc/retina-edge/tls/node.pem");
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let fact = certificate_expiry(cert, 1_700_000_000 + 30 * 86_400 + 5, now).unwrap();
+        assert!(
+            fact.contains("valid until 2023-12-14T22:13:25Z (30 days left)"),
+            "{fact}"
+        );
+        let problem = certificate_expiry(cert, 1_700_000_000 - 1, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problem.contains("node.pem expired at 2023-11-14T22:13:19Z") && problem.contains("renew"),
+            "{problem}"
+        );
+    }
 }

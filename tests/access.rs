@@ -36,19 +36,23 @@ impl Pki {
         self.ca.pem()
     }
 
+    /// A node certificate valid until 2031-05-06T00:00:00Z.
     fn server(&self) -> Leaf {
-        self.leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        )
+        self.server_until((2031, 5, 6))
+    }
+
+    fn server_until(&self, not_after: (i32, u8, u8)) -> Leaf {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.leaf(params, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     fn client(&self, name: &str) -> Leaf {
-        self.leaf(vec![name.into()], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        self.leaf(params, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 
-    fn leaf(&self, names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
+    fn leaf(&self, mut params: rcgen::CertificateParams, usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
         params.extended_key_usages = vec![usage];
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
@@ -185,10 +189,11 @@ async fn https_get(addr: std::net::SocketAddr, server_ca: &str, client: &Leaf, t
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut stream = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    // A handshake refused (a certificate not yet or no longer served) is status 0.
+    let mut stream = match connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await {
+        Ok(stream) => stream,
+        Err(err) => return (0, err.to_string()),
+    };
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -353,6 +358,12 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
     .await;
     let (_, body) = https_get(metrics_addr, &server_ca, &centre_cert, Some(&prometheus)).await;
     assert!(!body.contains("made-up-name"));
+    // When each listener's certificate expires, for an alert well before it does.
+    for listener in ["grpc", "metrics"] {
+        let series =
+            format!("retina_tls_certificate_not_after_timestamp_seconds{{listener=\"{listener}\"}} 1935792000");
+        assert!(body.contains(&series), "{series} in {body:.3000}");
+    }
     drop(stream);
 
     // grpcurl, as an operator would call the node.
@@ -461,12 +472,17 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
     // A new certificate (from a new CA) on disk is what the next connection gets.
     let renewed = Pki::new("renewed server CA");
     assert!(tls_channel(addr, &renewed.ca_pem(), Some(&centre_cert)).await.is_err());
-    files.write_leaf("node", &renewed.server());
+    files.write_leaf("node", &renewed.server_until((2032, 7, 8)));
     eventually("the new certificate", || async {
         match tls_channel(addr, &renewed.ca_pem(), Some(&centre_cert)).await {
             Ok(channel) => node_info_code(&channel, Some(&later)).await == tonic::Code::Ok,
             Err(_) => false,
         }
+    })
+    .await;
+    eventually("the new certificate's expiry in the metrics", || async {
+        let (_, body) = https_get(metrics_addr, &renewed.ca_pem(), &centre_cert, Some(&prometheus)).await;
+        body.contains("retina_tls_certificate_not_after_timestamp_seconds{listener=\"grpc\"} 1972857600")
     })
     .await;
     // A broken certificate file keeps the last good one in service.
@@ -527,6 +543,88 @@ async fn street_facing_listeners_need_tls_and_tokens_and_secrets_must_be_private
         err.contains("node.key") && err.contains("mode 644") && err.contains("chmod 600"),
         "{err}"
     );
+}
+
+/// Secrets from systemd credentials, as `LoadCredential=` hands them to the service (files in
+/// `$CREDENTIALS_DIRECTORY`): the TLS key, the token file and a camera's password, each named
+/// `credential:NAME` in the config. `retina-edge check` reads them all, reports how long the
+/// certificate has left, and refuses an expired one or a password file others can read.
+#[test]
+fn secrets_come_from_systemd_credentials_and_check_tells_when_the_certificate_expires() {
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let credentials = tempfile::tempdir().unwrap();
+    let credential = |name: &str| credentials.path().join(name);
+    let pki = Pki::new("ca");
+    let node = pki.server();
+    put(&files.path("node.pem"), &node.cert, 0o644);
+    put(&credential("tls.key"), &node.key, 0o400);
+    access::add_token(&credential("tokens.toml"), "centre", &[Scope::Subscribe]).unwrap();
+    put(&credential("cam-password"), "s3cret-pw\n", 0o400);
+    let dir = files.dir.path().display();
+    let config = common::config_toml(
+        &format!(
+            r#"
+[[cameras]]
+id = "gate"
+uri = "rtsp://127.0.0.1:9/stream"
+username = "viewer"
+password_file = "credential:cam-password"
+
+[tls]
+cert = "{dir}/node.pem"
+key = "credential:tls.key"
+
+[auth]
+tokens_file = "credential:tokens.toml"
+"#
+        ),
+        "",
+    );
+    // World-readable, as /etc/retina-edge/retina-edge.toml is: it holds no secret.
+    put(&files.path("node.toml"), &config, 0o644);
+    let check = |with_credentials: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"));
+        command.args(["check", "--config", &files.path("node.toml").display().to_string()]);
+        command.env_remove("CREDENTIALS_DIRECTORY");
+        if with_credentials {
+            command.env("CREDENTIALS_DIRECTORY", credentials.path());
+        }
+        let out = command.output().expect("retina-edge check runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ok, said) = check(true);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("node.pem valid until 2031-05-06T00:00:00Z") && said.contains("TLS on, tokens required"),
+        "{said}"
+    );
+    let (ok, said) = check(false);
+    assert!(!ok && said.contains("CREDENTIALS_DIRECTORY is not set"), "{said}");
+
+    put(&credential("cam-password"), "s3cret-pw\n", 0o644);
+    let (ok, said) = check(true);
+    assert!(
+        !ok && said.contains("cam-password is open to other users (mode 644)"),
+        "{said}"
+    );
+    put(&credential("cam-password"), "s3cret-pw\n", 0o400);
+
+    let expired = pki.server_until((2021, 3, 4));
+    put(&files.path("node.pem"), &expired.cert, 0o644);
+    put(&credential("tls.key"), &expired.key, 0o400);
+    let (ok, said) = check(true);
+    assert!(
+        !ok && said.contains("node.pem expired at 2021-03-04T00:00:00Z"),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret-pw"), "{said}");
 }
 
 /// The README's openssl recipe, run as written, makes a CA and a node certificate the node loads.

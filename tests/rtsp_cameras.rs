@@ -61,26 +61,60 @@ async fn a_hung_camera_is_caught_by_the_stall_timeout_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_from_the_config_work_and_never_show() {
+    use std::os::unix::fs::PermissionsExt;
     let clip = common::sample_clip();
     let cam = TestCamera::start_with_credentials(&clip, "operator", "s3cret-pw");
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = |name: &str, text: &str, mode: u32| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
     let with_config = common::rtsp_camera(
         "config-creds",
         &cam.uri(),
         "username = \"operator\"\npassword = \"s3cret-pw\"",
     );
     let in_uri = common::rtsp_camera("uri-creds", &cam.uri_with("operator", "s3cret-pw"), "");
+    let in_file = common::rtsp_camera(
+        "file-creds",
+        &cam.uri(),
+        &format!(
+            "username = \"operator\"\npassword_file = \"{}\"",
+            password_file("private", "s3cret-pw\n", 0o600)
+        ),
+    );
+    let open_file = common::rtsp_camera(
+        "open-file-creds",
+        &cam.uri(),
+        &format!(
+            "username = \"operator\"\npassword_file = \"{}\"",
+            password_file("open", "s3cret-pw\n", 0o644)
+        ),
+    );
     let wrong = common::rtsp_camera(
         "wrong-creds",
         &cam.uri(),
         "username = \"operator\"\npassword = \"nope\"",
     );
-    let (node, mut client) = common::start_camera_node(&format!("{with_config}{in_uri}{wrong}")).await;
-    for id in ["config-creds", "uri-creds"] {
+    let (node, mut client) =
+        common::start_camera_node(&format!("{with_config}{in_uri}{in_file}{open_file}{wrong}")).await;
+    for id in ["config-creds", "uri-creds", "file-creds"] {
         wait_for(&mut client, id, NEVER, "streams", |c| c.frames_analysed >= 3).await;
     }
     wait_for(&mut client, "wrong-creds", NEVER, "is refused", |c| {
         c.last_error.contains("Unauthorized") || c.last_error.contains("unauthorized")
     })
+    .await;
+    // A password file others can read is not used: the camera says why, and the node goes on.
+    wait_for(
+        &mut client,
+        "open-file-creds",
+        NEVER,
+        "refuses its open password file",
+        |c| c.last_error.contains("open to other users (mode 644)") && c.frames_analysed == 0,
+    )
     .await;
     let info = client
         .get_node_info(pb::GetNodeInfoRequest {})

@@ -2,7 +2,6 @@
 //! bearer tokens with scopes, and the refusal to listen where other hosts can reach the node
 //! without both. `deliver` (gRPC) and `metrics` (HTTP) serve through it; it names neither.
 
-mod files;
 mod guard;
 mod tls;
 mod tokens;
@@ -11,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use files::{FileStamp, read_owner_only};
 pub use guard::{GrpcGuardLayer, Need, admit, required_scope};
 pub use tls::{ALPN_GRPC, ALPN_HTTP1, Tls, TlsIncoming};
 pub use tokens::{Caller, Denied, Scope, Tokens, add_token, list_tokens, revoke_token};

@@ -4,9 +4,9 @@
 //! configuration is current, and tonic and axum are handed finished TLS streams.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,9 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-use super::files::{FileStamp, read_owner_only};
 use crate::config::TlsConfig;
 use crate::error::{Error, Result};
+use crate::files::{Reloading, read_owner_only};
 
 pub const ALPN_GRPC: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -30,60 +30,60 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
 
-/// One listener's TLS configuration, swapped whole when its files change.
+/// One listener's TLS configuration, made again when its files change.
 pub struct Tls {
-    files: TlsConfig,
-    alpn: Vec<Vec<u8>>,
-    current: RwLock<Arc<rustls::ServerConfig>>,
-    stamps: Mutex<Vec<Option<FileStamp>>>,
+    cert_path: PathBuf,
+    loaded: Reloading<Loaded>,
+}
+
+struct Loaded {
+    server: Arc<rustls::ServerConfig>,
+    /// When the node's own certificate expires, in seconds since 1970.
+    not_after_unix: i64,
 }
 
 impl Tls {
     pub fn load(files: TlsConfig, alpn: &[&[u8]]) -> Result<Tls> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let stamps = stamps(&files);
-        let config = server_config(&files, &alpn)?;
-        Ok(Tls {
-            files,
-            alpn,
-            current: RwLock::new(Arc::new(config)),
-            stamps: Mutex::new(stamps),
-        })
+        let paths = [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let cert_path = files.cert.clone();
+        let loaded = Reloading::new(paths, move || {
+            let (server, not_after_unix) = server_config(&files, &alpn)?;
+            Ok(Loaded {
+                server: Arc::new(server),
+                not_after_unix,
+            })
+        })?;
+        Ok(Tls { cert_path, loaded })
     }
 
     pub fn cert_path(&self) -> &Path {
-        &self.files.cert
+        &self.cert_path
+    }
+
+    /// When the certificate in force expires, in seconds since 1970.
+    pub fn not_after_unix(&self) -> i64 {
+        self.loaded.current().not_after_unix
     }
 
     /// Loads the files again if any of them changed; `Ok(true)` when the new ones are in force.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        let now = stamps(&self.files);
-        let mut last = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
-        if *last == now {
-            return Ok(false);
-        }
-        // Remembered even if loading fails: a certificate tool writes the key and the
-        // certificate one after the other, and the pair is tried again when the second lands.
-        *last = now;
-        let config = server_config(&self.files, &self.alpn)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
-        Ok(true)
+        self.loaded.reload_if_changed()
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        tokio_rustls::TlsAcceptor::from(self.loaded.current().server.clone())
     }
 }
 
-fn stamps(files: &TlsConfig) -> Vec<Option<FileStamp>> {
-    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| FileStamp::of(p))
-        .collect()
-}
-
-fn server_config(files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<rustls::ServerConfig> {
+/// The server configuration and when its certificate expires. An expired certificate is loaded
+/// all the same, with a warning: refusing it would stop the node that is about to be handed
+/// the renewed one, and clients refuse it anyway.
+fn server_config(files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<(rustls::ServerConfig, i64)> {
     let fail = |path: &Path, message: String| Error::Access(format!("TLS {}: {message}", path.display()));
     let cert_pem = std::fs::read(&files.cert).map_err(|e| fail(&files.cert, e.to_string()))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
@@ -91,6 +91,15 @@ fn server_config(files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<rustls::ServerCo
         .map_err(|e| fail(&files.cert, format!("not a PEM certificate chain: {e}")))?;
     if chain.is_empty() {
         return Err(fail(&files.cert, "no certificate in the file".into()));
+    }
+    let not_after_unix = not_after(&chain[0]).map_err(|message| fail(&files.cert, message))?;
+    let expired_for = unix_now() - not_after_unix;
+    if expired_for > 0 {
+        tracing::warn!(
+            cert = %files.cert.display(),
+            expired_seconds_ago = expired_for,
+            "the node's TLS certificate has expired: clients will refuse it until it is renewed"
+        );
     }
     let key_pem = read_owner_only(&files.key, "TLS key")?;
     let key =
@@ -121,7 +130,18 @@ fn server_config(files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<rustls::ServerCo
         .with_single_cert(chain, key)
         .map_err(|e| fail(&files.cert, format!("certificate and key do not go together: {e}")))?;
     config.alpn_protocols = alpn.to_vec();
-    Ok(config)
+    Ok((config, not_after_unix))
+}
+
+fn not_after(leaf: &CertificateDer<'_>) -> std::result::Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The TLS connections of a listener, each handshaken on its own task with the configuration
@@ -192,5 +212,44 @@ impl axum::serve::Listener for TlsIncoming {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate valid until `not_after`, with its key, in `dir`.
+    fn files_until(dir: &Path, not_after: (i32, u8, u8)) -> TlsConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let files = TlsConfig {
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+            client_ca: None,
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        files
+    }
+
+    #[test]
+    fn the_expiry_is_read_from_the_certificate_and_an_expired_one_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2021-03-04T00:00:00Z and 2031-05-06T00:00:00Z.
+        let expired = Tls::load(files_until(dir.path(), (2021, 3, 4)), &[ALPN_GRPC]).expect("loads, with a warning");
+        assert_eq!(expired.not_after_unix(), 1_614_816_000);
+        let renewed = dir.path().join("renewed");
+        std::fs::create_dir(&renewed).unwrap();
+        let fresh = files_until(&renewed, (2031, 5, 6));
+        std::fs::rename(&fresh.cert, dir.path().join("node.pem")).unwrap();
+        std::fs::rename(&fresh.key, dir.path().join("node.key")).unwrap();
+        assert!(expired.reload_if_changed().unwrap());
+        assert_eq!(expired.not_after_unix(), 1_935_792_000);
     }
 }

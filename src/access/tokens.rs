@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
+use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::files::{FileStamp, read_owner_only};
 use crate::error::{Error, Result};
+use crate::files::{Reloading, read_owner_only};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,20 +89,18 @@ type Known = HashMap<[u8; 32], Arc<Caller>>;
 /// The tokens a running node accepts, swapped whole when the file changes.
 pub struct Tokens {
     path: PathBuf,
-    known: RwLock<Arc<Known>>,
-    stamp: Mutex<Option<FileStamp>>,
+    known: Reloading<Known>,
 }
 
 const PREFIX: &str = "rtk_";
 
 impl Tokens {
     pub fn load(path: &Path) -> Result<Tokens> {
-        let stamp = FileStamp::of(path);
-        let known = read_known(path)?;
+        let file = path.to_path_buf();
+        let known = Reloading::new(vec![file.clone()], move || read_known(&file))?;
         Ok(Tokens {
             path: path.to_path_buf(),
-            known: RwLock::new(Arc::new(known)),
-            stamp: Mutex::new(stamp),
+            known,
         })
     }
 
@@ -120,22 +119,12 @@ impl Tokens {
             .filter(|token| !token.is_empty())
             .ok_or(Denied::NoToken)?;
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner()).clone();
-        known.get(&hash).cloned().ok_or(Denied::UnknownToken)
+        self.known.current().get(&hash).cloned().ok_or(Denied::UnknownToken)
     }
 
     /// Re-reads the file if it changed since the last read; `Ok(true)` when it did.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        let stamp = FileStamp::of(&self.path);
-        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
-        if *last == stamp {
-            return Ok(false);
-        }
-        // Remembered even if loading fails, so a bad file is reported once, not every tick.
-        *last = stamp;
-        let known = read_known(&self.path)?;
-        *self.known.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(known);
-        Ok(true)
+        self.known.reload_if_changed()
     }
 }
 
@@ -167,20 +156,8 @@ fn invalid(path: &Path, message: String) -> Error {
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        hash[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(hash)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let bytes = HEXLOWER_PERMISSIVE.decode(hex.as_bytes()).ok()?;
+    bytes.try_into().ok()
 }
 
 /// Token names label metrics and logs: short, and safe in both.
@@ -216,14 +193,14 @@ pub fn add_token(path: &Path, name: &str, scopes: &[Scope]) -> Result<String> {
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("the system's random generator: {e}")))?;
-    let token = format!("{PREFIX}{}", to_hex(&secret));
+    let token = format!("{PREFIX}{}", HEXLOWER.encode(&secret));
     let mut scopes = scopes.to_vec();
     scopes.sort();
     scopes.dedup();
     file.token.push(TokenEntry {
         name: name.to_string(),
         scopes,
-        sha256: to_hex(&Sha256::digest(token.as_bytes())),
+        sha256: HEXLOWER.encode(&Sha256::digest(token.as_bytes())),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

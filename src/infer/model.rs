@@ -71,7 +71,7 @@ pub struct ModelFile {
 
 /// The hex sha256 by which model files (and projections beside them) are reported.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&Sha256::digest(bytes))
 }
 
 impl ModelFile {

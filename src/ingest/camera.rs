@@ -103,6 +103,7 @@ pub fn start_camera(
             latency_ms: config.rtsp_latency_ms,
             username: config.username.clone(),
             password: config.password.clone(),
+            password_file: config.password_file.clone(),
         },
     };
     let supervisor = Supervisor {
@@ -304,14 +305,15 @@ impl Supervisor {
     fn run_once(&self, clock: &Arc<Mutex<CaptureClock>>) -> Result<RunEnd> {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
         let stream_status = self.status.clone();
-        let pipeline = pipeline::build(
-            &self.spec,
-            self.frame_handler(clock.clone()),
-            move |frame| match frame {
-                StreamFrame::Decoded => stream_status.frame_decoded(),
-                StreamFrame::NotDecoded => stream_status.frame_not_decoded(),
-            },
-        )?;
+        let spec = match self.spec.with_password_from_file() {
+            Ok(spec) => spec,
+            // The camera cannot be reached without it: as a wrong password would be.
+            Err(err) => return Ok(RunEnd::Failed(Failure::new(FailureKind::Unauthorized, err.to_string()))),
+        };
+        let pipeline = pipeline::build(&spec, self.frame_handler(clock.clone()), move |frame| match frame {
+            StreamFrame::Decoded => stream_status.frame_decoded(),
+            StreamFrame::NotDecoded => stream_status.frame_not_decoded(),
+        })?;
         let bus = pipeline
             .pipeline
             .bus()

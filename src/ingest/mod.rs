@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+pub use crate::error::redact_uri;
 pub use camera::{CameraRunner, Settled, start_camera};
 pub use failure::{Failure, FailureKind};
 pub use manager::{CameraChange, CameraManager, StartingCamera};
 pub use queue::{FrameQueue, Overflow, PushOutcome};
-pub use source::{SourceKind, SourceUri, redact_uri};
+pub use source::{SourceKind, SourceUri};
 
 use crate::clock::UnixNanos;
 use crate::pb;

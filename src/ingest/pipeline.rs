@@ -22,6 +22,7 @@
 //! type GStreamer found, the streams it exposed), so that a failure can be explained in an
 //! operator's words (see `failure.rs`).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +58,21 @@ pub struct RtspOptions {
     pub latency_ms: u32,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Where `password` is read from before each connection attempt.
+    pub password_file: Option<PathBuf>,
+}
+
+impl PipelineSpec {
+    /// This spec with the password read from its file, if it has one: read at each attempt, so
+    /// a changed password or a repaired file mode is taken without a restart.
+    pub fn with_password_from_file(&self) -> Result<std::borrow::Cow<'_, PipelineSpec>> {
+        let Some(path) = &self.rtsp.password_file else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let mut spec = self.clone();
+        spec.rtsp.password = Some(crate::files::read_secret_line(path, "camera password file")?);
+        Ok(std::borrow::Cow::Owned(spec))
+    }
 }
 
 impl std::fmt::Debug for RtspOptions {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use gstreamer as gst;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redact_uri, uri_userinfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -48,11 +48,19 @@ impl SourceUri {
                 }
                 // Creating (and dropping) the source element is how GStreamer says whether any
                 // installed plugin handles this protocol.
-                gst::Element::make_from_uri(gst::URIType::Src, raw, None).map_err(|_| {
-                    unsupported(format!(
-                        "no GStreamer source handles {scheme}:// (supported here include file, rtsp, http, https)"
-                    ))
-                })?;
+                if gst::Element::make_from_uri(gst::URIType::Src, raw, None).is_err() {
+                    return Err(unsupported(if has_source_for(scheme) {
+                        let user_only = uri_userinfo(raw).is_some_and(|info| info.password.is_none());
+                        format!(
+                            "not a valid {scheme} URI{}",
+                            if user_only { USER_ONLY_HINT } else { "" }
+                        )
+                    } else {
+                        format!(
+                            "no GStreamer source handles {scheme}:// (supported here include file, rtsp, http, https)"
+                        )
+                    }));
+                }
                 raw.to_string()
             }
             None => {
@@ -73,6 +81,19 @@ impl SourceUri {
     }
 }
 
+/// GStreamer's RTSP source refuses `rtsp://user@host/...`: a user name without a password.
+const USER_ONLY_HINT: &str = " (GStreamer takes a user name in the URI only with its password: set the camera's username and password_file instead)";
+
+/// Whether an installed source element reads `scheme://` URIs.
+fn has_source_for(scheme: &str) -> bool {
+    gst::ElementFactory::factories_with_type(gst::ElementFactoryType::SRC, gst::Rank::NONE)
+        .iter()
+        .any(|factory| {
+            factory.uri_type() == gst::URIType::Src
+                && factory.uri_protocols().iter().any(|p| p.eq_ignore_ascii_case(scheme))
+        })
+}
+
 fn file_uri(path: &Path) -> Result<String> {
     // A source that cannot be opened is a bad argument of the request (INVALID_ARGUMENT), not a
     // missing resource of the node: NOT_FOUND means "no such camera" to gRPC clients.
@@ -89,40 +110,9 @@ fn file_uri(path: &Path) -> Result<String> {
     Ok(gst::glib::filename_to_uri(&path, None)?.to_string())
 }
 
-/// Replaces the password in `scheme://user:password@host/...` with `***`.
-pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
-        }
-        None => uri.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        assert_eq!(
-            redact_uri("rtsp://admin:s3cr3t@10.0.0.7:554/stream1?x=@"),
-            "rtsp://admin:***@10.0.0.7:554/stream1?x=@"
-        );
-        assert_eq!(redact_uri("rtsp://cam/1"), "rtsp://cam/1");
-        assert_eq!(redact_uri("rtsp://user@cam/1"), "rtsp://user@cam/1");
-        assert_eq!(redact_uri("rtsp://u:p:q@cam"), "rtsp://u:***@cam");
-    }
 
     #[test]
     fn bad_sources_are_refused_with_reasons() {
@@ -136,6 +126,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/no/such/clip.mp4"), "{err}");
+        let err = SourceUri::resolve("rtsp://viewer@127.0.0.1:8554/x", base)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a valid rtsp URI") && err.contains("password_file"),
+            "{err}"
+        );
         let rtsp = SourceUri::resolve("rtsp://u:pw@127.0.0.1:8554/x", base).unwrap();
         assert_eq!(rtsp.kind, SourceKind::Live);
         assert!(!rtsp.redacted.contains("pw"));
