@@ -39,6 +39,8 @@ pub struct FrameQueue {
 
 struct State {
     lanes: BTreeMap<String, Lane>,
+    /// Frames in all lanes: counted, so that a push need not look at every lane.
+    waiting: usize,
     /// The lane served last; the next pop starts after it.
     last_served: Option<String>,
     closed: bool,
@@ -59,6 +61,7 @@ impl FrameQueue {
         Arc::new(FrameQueue {
             state: Mutex::new(State {
                 lanes: BTreeMap::new(),
+                waiting: 0,
                 last_served: None,
                 closed: false,
                 producers_waiting: 0,
@@ -92,7 +95,7 @@ impl FrameQueue {
                 );
             }
             // Waiting starts now if nothing waited before: an idle worker is not a stalled one.
-            if state.lanes.values().all(|lane| lane.frames.is_empty()) {
+            if state.waiting == 0 {
                 state.last_progress = Instant::now();
             }
             let Some(lane) = state.lanes.get_mut(&camera.id) else {
@@ -100,6 +103,7 @@ impl FrameQueue {
             };
             if lane.frames.len() < self.capacity_per_camera {
                 lane.frames.push_back(frame);
+                state.waiting += 1;
                 CameraStatus::count(&camera.frames_queued);
                 self.frame_ready.notify_one();
                 return PushOutcome::Queued;
@@ -146,8 +150,7 @@ impl FrameQueue {
     /// describer or log writer that stopped taking results, all end with frames left here.
     pub fn stalled(&self, now: Instant) -> Option<Duration> {
         let state = self.lock();
-        let waiting = state.lanes.values().any(|lane| !lane.frames.is_empty());
-        waiting.then(|| now.saturating_duration_since(state.last_progress))
+        (state.waiting > 0).then(|| now.saturating_duration_since(state.last_progress))
     }
 
     fn take_next(state: &mut State) -> Option<(Frame, u64)> {
@@ -169,6 +172,7 @@ impl FrameQueue {
         let id = candidates?;
         let lane = state.lanes.get_mut(&id)?;
         let frame = lane.frames.pop_front()?;
+        state.waiting -= 1;
         let ticket = lane.next_ticket;
         lane.next_ticket += 1;
         state.last_served = Some(id);
@@ -177,7 +181,11 @@ impl FrameQueue {
 
     /// Forgets a removed camera's lane and the frames waiting in it.
     pub fn remove_lane(&self, camera_id: &str) {
-        self.lock().lanes.remove(camera_id);
+        let mut state = self.lock();
+        if let Some(lane) = state.lanes.remove(camera_id) {
+            state.waiting -= lane.frames.len();
+        }
+        drop(state);
         self.room_ready.notify_all();
     }
 
@@ -190,7 +198,7 @@ impl FrameQueue {
 
     /// Frames waiting now, over all cameras.
     pub fn len(&self) -> usize {
-        self.lock().lanes.values().map(|l| l.frames.len()).sum()
+        self.lock().waiting
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,6 +229,25 @@ mod tests {
             time_source: TimeSource::HostArrival,
             keyframes_only: false,
         }
+    }
+
+    #[test]
+    fn the_count_of_waiting_frames_follows_pushes_drops_pops_and_removals() {
+        let queue = FrameQueue::new(2);
+        let (a, b) = (camera("a"), camera("b"));
+        for t in 0..3 {
+            queue.push(frame(&a, t), Overflow::DropOldest);
+        }
+        queue.push(frame(&b, 0), Overflow::DropOldest);
+        assert_eq!(queue.len(), 3, "a's oldest was dropped: 2 of a, 1 of b");
+        assert!(queue.stalled(Instant::now()).is_some());
+        queue.pop().unwrap();
+        assert_eq!(queue.len(), 2);
+        queue.remove_lane("a");
+        assert_eq!(queue.len(), 1, "a's waiting frame went with its lane");
+        queue.pop().unwrap();
+        assert!(queue.is_empty());
+        assert_eq!(queue.stalled(Instant::now() + Duration::from_secs(60)), None);
     }
 
     #[test]
