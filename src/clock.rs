@@ -134,9 +134,104 @@ impl CaptureClock {
     }
 }
 
+/// A run that lasted this long counts as healthy: the next failure starts the backoff afresh.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Exponential backoff with +-20% jitter, so that cameras (or push targets) that failed together
+/// (a switch rebooted, an uplink came back) do not all retry in the same instant, forever. It starts afresh after a run of
+/// [`HEALTHY_RUN`], timed on `clock` (injected, so that tests need not wait 30 s).
+pub struct Backoff<C = fn() -> Instant> {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    clock: C,
+    run_started: Option<Instant>,
+}
+
+impl<C: Monotonic> Backoff<C> {
+    pub fn new(initial: Duration, max: Duration, clock: C) -> Self {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+            clock,
+            run_started: None,
+        }
+    }
+
+    /// A pipeline run begins now; returns the instant, which the run's other timings start from.
+    pub fn start_run(&mut self) -> Instant {
+        *self.run_started.insert(self.clock.now())
+    }
+
+    /// The run has ended in a failure: after a run that lasted [`HEALTHY_RUN`] the next failure
+    /// is met with the initial delay again, not the one reached before that run.
+    pub fn end_run(&mut self) {
+        let ran_for = self
+            .run_started
+            .take()
+            .map(|started| self.clock.now().saturating_duration_since(started));
+        if ran_for.is_some_and(|ran_for| ran_for >= HEALTHY_RUN) {
+            self.reset();
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64()).min(self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8), Instant::now);
+        let delays: Vec<f64> = (0..6).map(|_| backoff.next_delay().as_secs_f64()).collect();
+        for (delay, base) in delays.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!(
+                *delay >= base * 0.8 - 1e-9 && *delay <= (base * 1.2f64).min(8.0) + 1e-9,
+                "{delays:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_secs_f64(1.2));
+    }
+
+    #[test]
+    fn backoff_starts_afresh_after_a_run_of_30_s_and_not_after_a_shorter_one() {
+        let now = std::cell::Cell::new(Instant::now());
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8), || now.get());
+        // The delay after a failed run that lasted `ran_for` (the test's clock moves, no sleep).
+        let mut failed_run = |ran_for: Duration| {
+            backoff.start_run();
+            now.set(now.get() + ran_for);
+            backoff.end_run();
+            backoff.next_delay()
+        };
+        let short = Duration::from_secs(1);
+        // Quick failures climb to the cap: 1, 2, 4, 8 s (+-20%).
+        let climbed = (0..4).map(|_| failed_run(short)).last();
+        assert!(climbed >= Some(Duration::from_secs_f64(6.4)), "{climbed:?}");
+        // A run just short of healthy leaves the backoff at the cap.
+        let after_short = failed_run(HEALTHY_RUN - Duration::from_millis(100));
+        assert!(after_short >= Duration::from_secs_f64(6.4), "{after_short:?}");
+        // A healthy run: the next failure waits the initial delay again, and climbs from there.
+        let after_healthy = failed_run(HEALTHY_RUN);
+        assert!(after_healthy <= Duration::from_secs_f64(1.2), "{after_healthy:?}");
+        let next = failed_run(short);
+        assert!(
+            next >= Duration::from_secs_f64(1.6) && next <= Duration::from_secs_f64(2.4),
+            "{next:?}"
+        );
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -40,6 +40,9 @@ pub struct Config {
     /// What `AddCamera` and `UpdateCamera` may point a camera at.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Collectors the node dials out to and streams its log to (push mode).
+    #[serde(default)]
+    pub push: Vec<PushConfig>,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -95,6 +98,108 @@ pub struct TlsConfig {
 pub struct AuthConfig {
     /// The token file written by `retina-edge token add` (hashes only, readable by its owner only).
     pub tokens_file: PathBuf,
+}
+
+/// A collector this node pushes its log to: for boxes the centre cannot dial (NAT, a carrier's
+/// network). README, "Push to central collectors".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Names the target in logs, metrics and the file of acknowledged offsets.
+    pub name: String,
+    /// The collector: `https://host:port` (`http://` only to loopback, or with `node.insecure`).
+    pub address: String,
+    /// CA certificate(s) the collector's certificate must chain to.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// This node's client certificate and key, for a collector that asks for one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The token (a file only its owner may read, or `credential:NAME`), with the `push` scope.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// What is pushed, as in a subscription: cameras and classes (empty: all), a minimum score,
+    /// and whether frames with nothing in them go too.
+    #[serde(default)]
+    pub camera_ids: Vec<String>,
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    #[serde(default)]
+    pub min_score: f32,
+    #[serde(default)]
+    pub include_empty_frames: bool,
+    /// Backoff between attempts, jittered, doubling from the first to the second.
+    #[serde(default = "default_push_reconnect_initial_seconds")]
+    pub reconnect_initial_seconds: f64,
+    #[serde(default = "default_push_reconnect_max_seconds")]
+    pub reconnect_max_seconds: f64,
+}
+
+fn default_push_reconnect_initial_seconds() -> f64 {
+    1.0
+}
+
+fn default_push_reconnect_max_seconds() -> f64 {
+    60.0
+}
+
+impl PushConfig {
+    fn validate(&self, insecure: bool) -> std::result::Result<(), String> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_name {
+            return Err(format!(
+                "push name {}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                crate::error::quoted(&self.name)
+            ));
+        }
+        let at = format!("push {:?}", self.name);
+        let plain = self.address.starts_with("http://");
+        if !plain && !self.address.starts_with("https://") {
+            return Err(format!(
+                "{at}: address {} must start with https:// (or http:// on loopback)",
+                crate::error::quoted(&self.address)
+            ));
+        }
+        let host = self
+            .address
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if plain && !loopback && !insecure {
+            return Err(format!(
+                "{at}: http:// to another host would send the token and the descriptors in the clear: use https://, \
+                 or set node.insecure = true"
+            ));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(format!("{at}: cert and key go together"));
+        }
+        check_field(
+            (0.0..=1.0).contains(&self.min_score),
+            &format!("{at}: min_score"),
+            self.min_score,
+            "0..=1",
+        )?;
+        if !(self.reconnect_initial_seconds >= 0.01 && self.reconnect_initial_seconds <= self.reconnect_max_seconds)
+            || self.reconnect_max_seconds > 3600.0
+        {
+            return Err(format!(
+                "{at}: need 0.01 <= reconnect_initial_seconds <= reconnect_max_seconds <= 3600"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -643,6 +748,13 @@ impl Config {
         if log.queue_records == 0 {
             return Err("log.queue_records must be at least 1".into());
         }
+        let mut push_names = std::collections::HashSet::new();
+        for target in &self.push {
+            target.validate(self.node.insecure)?;
+            if !push_names.insert(target.name.as_str()) {
+                return Err(format!("push {:?}: duplicate name", target.name));
+            }
+        }
         validate_cameras(&self.cameras)
     }
 
@@ -682,6 +794,14 @@ impl Config {
             Some(path) => self.resolve(path),
             None => self.beside_config("log.sqlite"),
         }
+    }
+
+    /// The offsets each push target acknowledged: beside the log (`log.sqlite` →
+    /// `log.push.toml`), since they are positions in it.
+    pub fn push_state_path(&self) -> PathBuf {
+        let log = self.log_path();
+        let stem = log.file_stem().map_or("log".into(), |s| s.to_string_lossy());
+        log.with_file_name(format!("{stem}.push.toml"))
     }
 
     /// `<config name>.<suffix>` in the config's directory.

@@ -86,6 +86,10 @@ pub enum Error {
 
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+
+    /// A peer this node or the collector depends on (a collector, JetStream) is away.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -104,7 +108,9 @@ impl Error {
             Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) | Error::Log { .. } => {
                 Kind::Unavailable
             }
-            Error::Camera { .. } | Error::ShuttingDown | Error::CameraBusy(_) => Kind::Unavailable,
+            Error::Camera { .. } | Error::ShuttingDown | Error::CameraBusy(_) | Error::Unavailable(_) => {
+                Kind::Unavailable
+            }
             Error::OutOfRange(_) => Kind::OutOfRange,
             Error::Inference { .. } | Error::Gstreamer(_) | Error::Internal(_) => Kind::Internal,
         }

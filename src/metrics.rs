@@ -44,7 +44,25 @@ pub struct Metrics {
     capture_to_publish: Family<CameraLabels, Histogram>,
     log: LogMetrics,
     tls_not_after: Family<ListenerLabels, Gauge>,
+    push: PushMetrics,
 }
+
+/// Push targets (`[[push]]`), labelled by the target's name.
+#[derive(Default)]
+struct PushMetrics {
+    state: Family<PushStateLabels, Gauge>,
+    acked_offset: Family<TargetLabels, Gauge>,
+    lag_records: Family<TargetLabels, Gauge>,
+    lag_seconds: Family<TargetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    reconnects: Family<TargetLabels, Counter>,
+    sent: Family<TargetLabels, Counter>,
+}
+
+type TargetLabels = [(&'static str, String); 1];
+type PushStateLabels = [(&'static str, String); 2];
+
+/// The states a push target's `retina_push_state` series can be in.
+pub const PUSH_STATES: [&str; 3] = ["connecting", "streaming", "retrying"];
 
 type ListenerLabels = [(&'static str, &'static str); 1];
 
@@ -131,6 +149,7 @@ impl Metrics {
             subscriber_fallbacks: Family::default(),
             subscribers_refused: Counter::default(),
             tls_not_after: Family::default(),
+            push: PushMetrics::default(),
             capture_to_publish,
             log: LogMetrics {
                 stored: Counter::default(),
@@ -184,6 +203,37 @@ impl Metrics {
             "retina_subscriber_fallbacks",
             "Times a subscriber fell behind the live tail and read from the log instead (nothing is lost)",
             metrics.subscriber_fallbacks.clone(),
+        );
+        let push = &metrics.push;
+        r.register(
+            "retina_push_state",
+            "1 for each push target's current state (connecting, streaming, retrying)",
+            push.state.clone(),
+        );
+        r.register(
+            "retina_push_acked_offset",
+            "The highest offset each push target has made durable",
+            push.acked_offset.clone(),
+        );
+        r.register(
+            "retina_push_lag_records",
+            "Offsets the log has given that a push target has not acknowledged",
+            push.lag_records.clone(),
+        );
+        r.register(
+            "retina_push_lag_seconds",
+            "While a push target is behind: the age of the newest capture it acknowledged",
+            push.lag_seconds.clone(),
+        );
+        r.register(
+            "retina_push_reconnects",
+            "Push sessions that ended and were tried again",
+            push.reconnects.clone(),
+        );
+        r.register(
+            "retina_push_sent",
+            "Records sent to each push target",
+            push.sent.clone(),
         );
         r.register(
             "retina_tls_certificate_not_after_timestamp_seconds",
@@ -321,11 +371,48 @@ impl Metrics {
         self.frames_failed.inc();
     }
 
+    /// The series one push target records into, looked up once.
+    pub fn push_recorder(&self, target: &str) -> PushRecorder {
+        let label = || [("target", target.to_string())];
+        let push = &self.push;
+        PushRecorder {
+            states: PUSH_STATES.map(|state| {
+                push.state
+                    .get_or_create(&[("target", target.to_string()), ("state", state.to_string())])
+                    .clone()
+            }),
+            acked_offset: push.acked_offset.get_or_create(&label()).clone(),
+            lag_records: push.lag_records.get_or_create(&label()).clone(),
+            lag_seconds: push.lag_seconds.get_or_create(&label()).clone(),
+            reconnects: push.reconnects.get_or_create(&label()).clone(),
+            sent: push.sent.get_or_create(&label()).clone(),
+        }
+    }
+
     pub fn encode(&self) -> Result<String> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|_| Error::Internal("metrics encoding failed".into()))?;
         Ok(text)
+    }
+}
+
+/// One push target's series.
+pub struct PushRecorder {
+    states: [Gauge; PUSH_STATES.len()],
+    pub acked_offset: Gauge,
+    pub lag_records: Gauge,
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub reconnects: Counter,
+    pub sent: Counter,
+}
+
+impl PushRecorder {
+    /// Sets `state` (one of [`PUSH_STATES`]) to 1 and the others to 0.
+    pub fn state(&self, state: &str) {
+        for (name, gauge) in PUSH_STATES.iter().zip(&self.states) {
+            gauge.set(i64::from(*name == state));
+        }
     }
 }
 

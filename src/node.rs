@@ -626,6 +626,19 @@ impl Node {
                 base_dir: config.base_dir.clone(),
             },
         };
+        if !config.push.is_empty() {
+            let cursors = Arc::new(crate::deliver::push::PushCursors::load(config.push_state_path())?);
+            // Push targets read to the end of the log, then stop with the servers.
+            parts.push = crate::deliver::push::start(
+                &config.push,
+                |path| config.resolve(path),
+                reader.clone(),
+                facts.clone(),
+                cursors,
+                metrics,
+                parts.servers_stop.clone(),
+            )?;
+        }
         parts.grpc = Some(tokio::spawn(crate::deliver::serve(
             listener,
             reader,
@@ -794,6 +807,8 @@ struct Parts {
     servers_stop: Shutdown,
     grpc: Option<tokio::task::JoinHandle<Result<()>>>,
     metrics_server: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// One task per push target.
+    push: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Parts {
@@ -807,6 +822,7 @@ impl Parts {
             servers_stop: Shutdown::new(),
             grpc: None,
             metrics_server: None,
+            push: Vec::new(),
         }
     }
 
@@ -822,6 +838,7 @@ impl Parts {
             servers_stop,
             grpc,
             metrics_server,
+            push,
         } = self;
         tokio::task::spawn_blocking(move || {
             if let Some(manager) = manager {
@@ -864,6 +881,10 @@ impl Parts {
             server
                 .await
                 .map_err(|e| Error::Internal(format!("metrics task: {e}")))??;
+        }
+        for target in push {
+            // Each ends at `servers_stop`, wherever it was.
+            let _ = target.await;
         }
         served
     }

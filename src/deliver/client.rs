@@ -205,11 +205,17 @@ pub async fn channel(addr: &str, credentials: &Credentials) -> anyhow::Result<to
         }
         if let Some((cert, key)) = &credentials.client_cert {
             let cert = std::fs::read(cert).with_context(|| format!("reading certificate {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading key {}", key.display()))?;
+            let key = crate::files::read_owner_only(key, "client key")?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         endpoint = endpoint.tls_config(tls)?;
     }
+    // A peer behind a cut uplink answers nothing: found out by pings, not by TCP's own timeouts.
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     Ok(endpoint.connect().await?)
 }
 

@@ -4,6 +4,8 @@
 //! stages before it.
 
 pub mod client;
+mod filter;
+pub mod push;
 mod service;
 
 pub use service::{AdminService, Guarded, Limits, NodeFacts, RetinaService, SourcePolicy, serve};

@@ -1,7 +1,6 @@
 //! The gRPC service `retina.v1.Retina`, with the standard health service and server reflection
 //! beside it so that `grpcurl` and load balancers work without the .proto.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -19,20 +18,20 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+use super::filter::{Filter, SentContext, gap_notice};
 use crate::clock::{UnixNanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
 use crate::describe::projection::Projection;
 use crate::error::Result;
 use crate::infer::ModelCard;
 use crate::ingest::{CameraChange, CameraManager, CameraStatus, Cameras};
-use crate::log::{Entry, Gap, GapReason, LogReader, QueryKey, Selection, Start, Subscription};
+use crate::log::{Entry, LogReader, QueryKey, Selection, Start, Subscription};
 use crate::metrics::{Metrics, SubscriberCounters};
 use crate::pb::{
     self, admin_server::Admin, admin_server::AdminServer, retina_server::Retina, retina_server::RetinaServer,
 };
 use crate::shutdown::Shutdown;
 use crate::wire::sampling;
-use crate::wire::{context_of, copy_context, same_context, score_q8};
 
 /// Encoded descriptor set of `proto/`, written by build.rs, served by reflection.
 const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/retina_descriptor.bin"));
@@ -121,149 +120,6 @@ pub struct SourcePolicy {
 impl SourcePolicy {
     fn check(&self, uri: &str) -> Result<(), Status> {
         crate::access::check_camera_source(uri, &self.admin, &self.base_dir).map_err(Status::permission_denied)
-    }
-}
-
-/// A subscriber's filters, validated.
-struct Filter {
-    cameras: HashSet<String>,
-    class_ids: HashSet<u32>,
-    min_score: f32,
-    /// `min_score` as tracks carry scores.
-    min_score_q8: u32,
-    include_empty_frames: bool,
-    full_context: bool,
-}
-
-impl Filter {
-    fn from_request(request: &pb::SubscribeRequest, facts: &NodeFacts) -> Result<Filter, Status> {
-        if !(0.0..=1.0).contains(&request.min_score) {
-            return Err(Status::invalid_argument(format!(
-                "min_score must lie in 0..=1, got {}",
-                request.min_score
-            )));
-        }
-        let class_ids = class_ids(&request.class_names, facts)?;
-        let known: HashSet<String> = facts
-            .cameras
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|c| c.id.clone())
-            .collect();
-        if let Some(unknown) = request.camera_ids.iter().find(|c| !known.contains(*c)) {
-            let mut known: Vec<String> = known.into_iter().collect();
-            known.sort();
-            return Err(Status::not_found(format!(
-                "no camera {} on this node; cameras: {}",
-                crate::error::quoted(unknown),
-                known.join(", ")
-            )));
-        }
-        Ok(Filter {
-            cameras: request.camera_ids.iter().cloned().collect(),
-            class_ids,
-            min_score: request.min_score,
-            min_score_q8: score_q8(request.min_score),
-            include_empty_frames: request.include_empty_frames,
-            full_context: request.full_context,
-        })
-    }
-
-    /// A query's filter: classes only (cameras, tracks and times are selected by the log), and
-    /// every descriptor complete.
-    fn for_query(class_names: &[String], facts: &NodeFacts) -> Result<Filter, Status> {
-        let class_ids = class_ids(class_names, facts)?;
-        Ok(Filter {
-            cameras: HashSet::new(),
-            include_empty_frames: class_ids.is_empty(),
-            class_ids,
-            min_score: 0.0,
-            min_score_q8: 0,
-            full_context: true,
-        })
-    }
-
-    /// The descriptor as this subscriber should see it, or `None` to skip it. Scores filter what
-    /// is seen in the frame (objects, tracks); classes filter that and the track events. The
-    /// context fields are copied only when `sent` says the subscriber needs them.
-    fn apply(&self, descriptor: &pb::FrameDescriptor, sent: &mut SentContext) -> Option<pb::FrameDescriptor> {
-        if !self.cameras.is_empty() && !self.cameras.contains(&descriptor.camera_id) {
-            return None;
-        }
-        let min_score_q8 = self.min_score_q8;
-        let keep_class = |class_id: u32| self.class_ids.is_empty() || self.class_ids.contains(&class_id);
-        let keep_object = |o: &pb::DetectedObject| o.score >= self.min_score && keep_class(o.class_id);
-        let keep_track = |t: &pb::TrackedObject| t.score_q8 >= min_score_q8 && keep_class(t.class_id);
-        let keep_event = |e: &pb::TrackEvent| keep_class(e.class_id);
-        // Only what is kept is copied: with filters, most of a descriptor may be left behind.
-        let objects: Vec<_> = descriptor.objects.iter().filter(|o| keep_object(o)).cloned().collect();
-        let tracks: Vec<_> = descriptor.tracks.iter().filter(|t| keep_track(t)).cloned().collect();
-        let track_events: Vec<_> = descriptor
-            .track_events
-            .iter()
-            .filter(|e| keep_event(e))
-            .cloned()
-            .collect();
-        if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames {
-            return None;
-        }
-        let d = descriptor;
-        let mut message = pb::FrameDescriptor {
-            camera_id: d.camera_id.clone(),
-            sequence: d.sequence,
-            offset: d.offset,
-            capture_time: d.capture_time,
-            time_source: d.time_source,
-            sampling: d.sampling,
-            objects,
-            tracks,
-            track_events,
-            ..Default::default()
-        };
-        if self.full_context || sent.changed(d) {
-            copy_context(d, &mut message);
-        }
-        Some(message)
-    }
-}
-
-/// Detector class ids of `names`; an unknown name is an error listing the known ones.
-fn class_ids(names: &[String], facts: &NodeFacts) -> Result<HashSet<u32>, Status> {
-    let mut ids = HashSet::new();
-    for class in names {
-        let Some(id) = facts.class_names.iter().position(|c| c == class) else {
-            return Err(Status::invalid_argument(format!(
-                "unknown class {}; the detector's classes are: {}",
-                crate::error::quoted(class),
-                facts.class_names.join(", ")
-            )));
-        };
-        ids.insert(id as u32);
-    }
-    Ok(ids)
-}
-
-/// The context fields of the descriptors a subscriber was last sent, per camera, so that they are
-/// sent only when they change (see `FrameDescriptor` in the proto).
-#[derive(Default)]
-struct SentContext {
-    per_camera: HashMap<String, pb::FrameDescriptor>,
-}
-
-impl SentContext {
-    /// Whether the context of `descriptor` differs from what this subscriber was last sent for its
-    /// camera; if so, it counts as sent from now on.
-    fn changed(&mut self, descriptor: &pb::FrameDescriptor) -> bool {
-        let unchanged = self
-            .per_camera
-            .get(&descriptor.camera_id)
-            .is_some_and(|sent| same_context(sent, descriptor));
-        if !unchanged {
-            self.per_camera
-                .insert(descriptor.camera_id.clone(), context_of(descriptor));
-        }
-        !unchanged
     }
 }
 
@@ -571,22 +427,6 @@ async fn forward(
                 )));
             }
         }
-    }
-}
-
-fn gap_notice(gap: Gap) -> pb::FrameDescriptor {
-    let reason = match gap.reason {
-        GapReason::Evicted => pb::LogGapReason::Evicted,
-        GapReason::NotStored => pb::LogGapReason::NotStored,
-        GapReason::LostInCrash => pb::LogGapReason::LostInCrash,
-    };
-    pb::FrameDescriptor {
-        gap: Some(pb::LogGap {
-            first_offset: gap.first,
-            last_offset: gap.last,
-            reason: reason as i32,
-        }),
-        ..Default::default()
     }
 }
 
