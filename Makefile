@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test check-unit deb test-deb bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -32,6 +32,7 @@ test: deps check-unit
 	$(CARGO) build $(PROFILE) --locked
 	$(CARGO) test $(PROFILE) --locked --no-fail-fast
 	$(MAKE) --no-print-directory test-deb
+	$(MAKE) --no-print-directory test-unit
 
 ## The systemd unit's hardening: fails if `systemd-analyze security` rates it above 2.0 (the
 ## threshold is in tenths: 20 = 2.0, 100 = 10.0). systemd-analyze comes with Debian's systemd
@@ -53,6 +54,13 @@ deb: build
 test-deb:
 	@$(MAKE) --no-print-directory deb DEB_FLAGS=--fast
 	@bash scripts/test-deb.sh target/debian/retina-edge_$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1_amd64.deb
+
+## The package's hardened unit under a real systemd (systemd-nspawn boots this machine's systemd on
+## an overlay of its own /): an RTSP camera with digest auth, TLS with client certificates and a
+## token, secrets through LoadCredential=, the watchdog (and a wedged node restarted by it), a
+## clean stop. Root only; about 2.5 min; scripts/nspawn-unit-check.sh. Uses the package test-deb built.
+test-unit:
+	@bash scripts/nspawn-unit-check.sh target/debian/retina-edge_$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1_amd64.deb
 
 ## End-to-end benchmark: analysed fps against the inference-only limit, on a 1280x720 clip, in
 ## RETINA_BENCH_ROUNDS (default 5) alternating rounds; the ratio as a median with its range. Writes

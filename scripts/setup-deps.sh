@@ -33,6 +33,7 @@ apt_packages=(
   gstreamer1.0-plugins-ugly gstreamer1.0-tools unzip python3-pip python3-venv
   systemd adduser
   openssl
+  systemd-container python3-gi gir1.2-gst-rtsp-server-1.0
 )
 
 log() { printf '[setup] %s\n' "$*"; }
