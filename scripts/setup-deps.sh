@@ -34,6 +34,7 @@ apt_packages=(
   systemd adduser
   openssl
   systemd-container python3-gi gir1.2-gst-rtsp-server-1.0
+  nats-server
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -831,6 +831,147 @@ fn resolve_in(base_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// The central collector's config (`retina-edge collect --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub collector: CollectorSection,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// TLS for the collector's listener, as for a node's.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Tokens with the `push` scope, each named after the node that may push with it.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSection {
+    /// Where nodes push to.
+    pub listen: SocketAddr,
+    /// Listen where other hosts can reach the collector without TLS and tokens.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The collector's Prometheus `/metrics`; absent: none.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The JetStream stream the collector writes every record into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// The stream's name; created (or updated to this config) at start.
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// Records go to `<prefix>.<node>.<camera>`, gap notices to `<prefix>.<node>._gap`.
+    #[serde(default = "default_nats_subject_prefix")]
+    pub subject_prefix: String,
+    /// Copies of each record (1, or 3 on a 3-server cluster).
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
+    /// Records older than this are removed by JetStream.
+    #[serde(default = "default_nats_max_age_hours")]
+    pub max_age_hours: f64,
+    /// The stream's size bound; 0: none.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// JetStream drops a record whose id (`<node>:<offset>`) it stored this recently: what a
+    /// collector that died between storing and acknowledging gets sent again.
+    #[serde(default = "default_nats_duplicate_window_seconds")]
+    pub duplicate_window_seconds: f64,
+    /// The stream that keeps the highest offset held per node (one message per node).
+    #[serde(default = "default_nats_offsets_stream")]
+    pub offsets_stream: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("every field has a default"))
+    }
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_nats_stream() -> String {
+    "RETINA".into()
+}
+fn default_nats_subject_prefix() -> String {
+    "retina".into()
+}
+fn default_nats_replicas() -> usize {
+    1
+}
+fn default_nats_max_age_hours() -> f64 {
+    24.0 * 7.0
+}
+fn default_nats_duplicate_window_seconds() -> f64 {
+    120.0
+}
+fn default_nats_offsets_stream() -> String {
+    "retina_push_offsets".into()
+}
+
+impl CollectorConfig {
+    pub fn load(path: &Path) -> Result<CollectorConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading collector config {}", path.display()), e))?;
+        let fail = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut config: CollectorConfig = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.origin = path.to_path_buf();
+        let nats = &config.nats;
+        let plain_name =
+            |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !plain_name(&nats.stream) || !plain_name(&nats.offsets_stream) || !plain_name(&nats.subject_prefix) {
+            return Err(fail(
+                "nats.stream, nats.offsets_stream and nats.subject_prefix take letters, digits, '-' and '_'".into(),
+            ));
+        }
+        check_field(
+            (1..=5).contains(&nats.replicas),
+            "nats.replicas",
+            nats.replicas,
+            "1..=5",
+        )
+        .map_err(fail)?;
+        check_field(
+            nats.max_age_hours > 0.0,
+            "nats.max_age_hours",
+            nats.max_age_hours,
+            "> 0",
+        )
+        .map_err(fail)?;
+        check_field(
+            (1.0..=86_400.0).contains(&nats.duplicate_window_seconds),
+            "nats.duplicate_window_seconds",
+            nats.duplicate_window_seconds,
+            "1..=86400",
+        )
+        .map_err(fail)?;
+        Ok(config)
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        resolve_in(&self.base_dir, path)
+    }
+}
+
 /// The camera state file: the cameras as changed at run time.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

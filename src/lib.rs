@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod collect;
 pub mod config;
 pub mod deliver;
 pub mod describe;

@@ -34,6 +34,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a central collector until SIGINT/SIGTERM: nodes push their logs to it, and it writes
+    /// every record into NATS JetStream (README, "Push to central collectors").
+    Collect {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Replace a damaged descriptor log: move it aside (kept for analysis) and start an empty one
     /// whose offsets, sequences and track ids start above any the old one handed out. Run it
     /// only when the node refuses to start because its log is damaged.
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(config)),
         Command::Check { config } => check(config),
+        Command::Collect { config } => runtime.block_on(collect(config)),
         Command::ResetLog { config } => reset_log(config),
         Command::Token { action } => token(action),
         Command::Subscribe {
@@ -335,6 +342,23 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("{} has {} problem(s)", path.display(), problems.len())
         }
     }
+}
+
+async fn collect(path: PathBuf) -> anyhow::Result<()> {
+    let config = retina_edge::config::CollectorConfig::load(&path)?;
+    let collector = retina_edge::collect::Collector::start(config)
+        .await
+        .context("starting the collector")?;
+    let mut signals = StopSignals::install();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let stop = collector.stop_handle();
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::info!("signal received: stopping");
+        stop.trigger();
+    });
+    collector.wait().await?;
+    Ok(())
 }
 
 fn reset_log(path: PathBuf) -> anyhow::Result<()> {

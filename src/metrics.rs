@@ -566,9 +566,11 @@ const CAMERA_STATES: [pb::CameraState; 6] = [
 
 /// Serves `/metrics` until shutdown, over TLS if `tls`, to holders of a `metrics` token if
 /// `tokens` (Prometheus sends one with `authorization` in its scrape config).
+/// Serves `GET /metrics` with what `encode` renders (the node's metrics, or the collector's),
+/// behind the listener's TLS and the `metrics` scope.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    encode: impl Fn() -> Result<String> + Clone + Send + Sync + 'static,
     tls: Option<Arc<crate::access::Tls>>,
     tokens: Option<Arc<crate::access::Tokens>>,
     shutdown: Shutdown,
@@ -577,7 +579,7 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let metrics = metrics.clone();
+            let encode = encode.clone();
             let tokens = tokens.clone();
             async move {
                 let need = crate::access::Need::Scope(crate::access::Scope::Metrics);
@@ -592,7 +594,7 @@ pub async fn serve(
                         format!("{}\n", status.message()),
                     );
                 }
-                match metrics.encode() {
+                match encode() {
                     Ok(text) => (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

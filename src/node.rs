@@ -636,7 +636,7 @@ impl Node {
                 facts.clone(),
                 cursors,
                 metrics,
-                parts.servers_stop.clone(),
+                parts.push_stop.clone(),
             )?;
         }
         parts.grpc = Some(tokio::spawn(crate::deliver::serve(
@@ -655,9 +655,10 @@ impl Node {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::io("metrics endpoint address", e))?;
+                let node_metrics = metrics.clone();
                 parts.metrics_server = Some(tokio::spawn(metrics::serve(
                     listener,
-                    metrics.clone(),
+                    move || node_metrics.encode(),
                     guards.metrics_tls,
                     guards.tokens,
                     parts.servers_stop.clone(),
@@ -783,6 +784,16 @@ fn show_certificates(metrics: &Metrics, tls: &[(&'static str, Arc<crate::access:
     }
 }
 
+/// How long push targets may take to send the last records and get them acknowledged.
+const PUSH_DRAIN: Duration = Duration::from_secs(8);
+
+/// Waits for every task (their results are their own business: each logs what went wrong).
+async fn join_tasks(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
 /// How long the gRPC server may take to finish its open streams once the log is closed.
 const SERVER_DRAIN: Duration = Duration::from_secs(10);
 
@@ -807,8 +818,10 @@ struct Parts {
     servers_stop: Shutdown,
     grpc: Option<tokio::task::JoinHandle<Result<()>>>,
     metrics_server: Option<tokio::task::JoinHandle<Result<()>>>,
-    /// One task per push target.
+    /// One task per push target; each ends by itself once the log is closed and what it sent
+    /// is acknowledged, or at `push_stop`.
     push: Vec<tokio::task::JoinHandle<()>>,
+    push_stop: Shutdown,
 }
 
 impl Parts {
@@ -823,6 +836,7 @@ impl Parts {
             grpc: None,
             metrics_server: None,
             push: Vec::new(),
+            push_stop: Shutdown::new(),
         }
     }
 
@@ -839,6 +853,7 @@ impl Parts {
             grpc,
             metrics_server,
             push,
+            push_stop,
         } = self;
         tokio::task::spawn_blocking(move || {
             if let Some(manager) = manager {
@@ -860,6 +875,13 @@ impl Parts {
         })
         .await
         .map_err(|e| Error::Internal(format!("stopping threads: {e}")))?;
+        // Push targets send the log's last records and wait for their acknowledgements (bounded
+        // in each); one that cannot connect is stopped after this.
+        let pushed = join_tasks(push);
+        if tokio::time::timeout(PUSH_DRAIN, pushed).await.is_err() {
+            tracing::warn!("push targets still busy at stop: the rest is sent at the next start");
+        }
+        push_stop.trigger();
         servers_stop.trigger();
         // Subscribers that still read get a moment to finish; one that stopped reading must not hold
         // the node (tonic's graceful stop would wait for its stream for ever).
@@ -881,10 +903,6 @@ impl Parts {
             server
                 .await
                 .map_err(|e| Error::Internal(format!("metrics task: {e}")))??;
-        }
-        for target in push {
-            // Each ends at `servers_stop`, wherever it was.
-            let _ = target.await;
         }
         served
     }

@@ -28,6 +28,7 @@ pub fn required_scope(path: &str) -> Need {
         ("grpc.health.v1.Health", _) => Need::Nothing,
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Need::AnyToken,
         ("retina.v1.Retina", "Subscribe" | "Query" | "GetNodeInfo") => Need::Scope(Scope::Subscribe),
+        ("retina.v1.Collector", "Push") => Need::Scope(Scope::Push),
         _ => Need::Scope(Scope::Admin),
     }
 }

@@ -57,29 +57,52 @@ pub fn check_exposure(config: &Config) -> Result<()> {
         Some(("node.grpc_listen", config.node.grpc_listen)),
         config.node.metrics_listen.map(|a| ("node.metrics_listen", a)),
     ];
-    let protected = config.tls.is_some() && config.auth.is_some();
+    let guarded = Guarded {
+        tls: config.tls.is_some(),
+        auth: config.auth.is_some(),
+        insecure: config.node.insecure,
+        insecure_field: "node.insecure",
+    };
     for (field, addr) in listeners.into_iter().flatten() {
-        if reachable_by_others(addr) && !protected {
-            if config.node.insecure {
-                tracing::warn!(%addr, field, "listening where other hosts can reach the node without TLS and tokens (node.insecure = true)");
-                continue;
-            }
-            let missing = match (config.tls.is_some(), config.auth.is_some()) {
-                (false, false) => "[tls] and [auth]",
-                (false, true) => "[tls]",
-                _ => "[auth]",
-            };
-            return Err(Error::Config {
-                path: config.origin.clone(),
-                message: format!(
-                    "{field} = {addr} can be reached from other hosts, but the config has no {missing}: \
-                     configure TLS and tokens (README, \"Deploying on a street network\"), listen on 127.0.0.1, \
-                     or set node.insecure = true to accept the risk"
-                ),
-            });
-        }
+        guarded.check(field, addr).map_err(|message| Error::Config {
+            path: config.origin.clone(),
+            message,
+        })?;
     }
     Ok(())
+}
+
+/// What protects a listener, for [`Guarded::check`].
+pub struct Guarded {
+    pub tls: bool,
+    pub auth: bool,
+    pub insecure: bool,
+    /// Where `insecure` is set, for the message.
+    pub insecure_field: &'static str,
+}
+
+impl Guarded {
+    /// `Err` with the fix when `addr` is reachable from other hosts without TLS and tokens.
+    pub fn check(&self, field: &str, addr: SocketAddr) -> std::result::Result<(), String> {
+        if !reachable_by_others(addr) || (self.tls && self.auth) {
+            return Ok(());
+        }
+        if self.insecure {
+            tracing::warn!(%addr, field, "listening where other hosts can reach it without TLS and tokens ({} = true)", self.insecure_field);
+            return Ok(());
+        }
+        let missing = match (self.tls, self.auth) {
+            (false, false) => "[tls] and [auth]",
+            (false, true) => "[tls]",
+            _ => "[auth]",
+        };
+        Err(format!(
+            "{field} = {addr} can be reached from other hosts, but the config has no {missing}: \
+             configure TLS and tokens (README, \"Deploying on a street network\"), listen on 127.0.0.1, \
+             or set {} = true to accept the risk",
+            self.insecure_field
+        ))
+    }
 }
 
 fn reachable_by_others(addr: SocketAddr) -> bool {

@@ -25,16 +25,20 @@ pub enum Scope {
     Admin,
     /// Scrape `/metrics`.
     Metrics,
+    /// Push a node's log to a collector (`retina-edge collect`), as the node the token is named
+    /// after.
+    Push,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Subscribe, Scope::Admin, Scope::Metrics];
+    pub const ALL: [Scope; 4] = [Scope::Subscribe, Scope::Admin, Scope::Metrics, Scope::Push];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Subscribe => "subscribe",
             Scope::Admin => "admin",
             Scope::Metrics => "metrics",
+            Scope::Push => "push",
         }
     }
 

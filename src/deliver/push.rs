@@ -38,6 +38,8 @@ const SEND_BUFFER: usize = 64;
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// A collector that has not answered the hello by then is treated as down.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// When the node stops, how long the last acknowledgements are waited for.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// The offsets each target acknowledged, in `<log>.push.toml`.
 pub struct PushCursors {
@@ -164,12 +166,15 @@ async fn run(target: Target, log: LogReader, facts: Arc<NodeFacts>, cursors: Arc
             ended = session(&target, &log, &facts, &cursors) => ended,
             () = stop.wait() => return,
         };
+        if let Ok(LogEnd::Closed) = ended {
+            return; // the node is stopping, and everything was sent (and acknowledged, or waited for)
+        }
         backoff.end_run();
         let delay = backoff.next_delay();
         target.recorder.state("retrying");
         target.recorder.reconnects.inc();
         match ended {
-            Ok(()) => tracing::info!(target = %target.name, retry_in = ?delay, "push target ended the stream"),
+            Ok(_) => tracing::info!(target = %target.name, retry_in = ?delay, "push target ended the stream"),
             Err(err) => tracing::warn!(target = %target.name, %err, retry_in = ?delay, "push target unavailable"),
         }
         tokio::select! {
@@ -179,8 +184,15 @@ async fn run(target: Target, log: LogReader, facts: Arc<NodeFacts>, cursors: Arc
     }
 }
 
-/// One connection to the target, until it breaks. `Err` says why, in an operator's words.
-async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &PushCursors) -> Result<()> {
+/// How a session that did not fail ended.
+enum LogEnd {
+    /// The log closed (the node is stopping) and what was sent was acknowledged or waited for.
+    Closed,
+}
+
+/// One connection to the target, until it breaks or the log closes. `Err` says why, in an
+/// operator's words.
+async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &PushCursors) -> Result<LogEnd> {
     let token = match &target.token_file {
         Some(path) => Some(crate::files::read_secret_line(path, "push token file")?),
         None => None,
@@ -248,11 +260,17 @@ async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &
     let unacked: Mutex<VecDeque<(u64, i64)>> = Mutex::new(VecDeque::new());
     let recorder = &target.recorder;
 
+    let log_ended = std::sync::atomic::AtomicBool::new(false);
+    let all_acked = || unacked.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
     let send = async {
         let mut sent_context = SentContext::default();
         loop {
             let record = match subscription.next().await? {
-                None => return Ok(()), // the log closed: the node is stopping
+                None => {
+                    // The log closed: the node is stopping. What was sent is waited for below.
+                    log_ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 Some(Entry::Descriptor(descriptor)) => match filter.apply(&descriptor, &mut sent_context) {
                     Some(record) => record,
                     None => continue,
@@ -286,6 +304,9 @@ async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &
     let acknowledge = async {
         let mut persisted = Instant::now();
         loop {
+            if log_ended.load(std::sync::atomic::Ordering::Relaxed) && all_acked() {
+                return Ok(());
+            }
             let reply = match replies.message().await {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return Err(Error::Unavailable("the collector ended the stream".into())),
@@ -319,9 +340,20 @@ async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &
         }
     };
 
-    let ended: Result<()> = tokio::select! {
-        sent = send => sent,
-        acked = acknowledge => acked,
+    let mut acknowledge = std::pin::pin!(acknowledge);
+    let ended: Result<LogEnd> = tokio::select! {
+        sent = send => match sent {
+            Ok(()) if all_acked() => Ok(LogEnd::Closed),
+            Ok(()) => match tokio::time::timeout(DRAIN, &mut acknowledge).await {
+                Ok(acked) => acked.map(|()| LogEnd::Closed),
+                Err(_) => {
+                    tracing::warn!(target = %target.name, "stopping with records the collector has not acknowledged: they are sent again next time");
+                    Ok(LogEnd::Closed)
+                }
+            },
+            Err(err) => Err(err),
+        },
+        acked = &mut acknowledge => acked.map(|()| LogEnd::Closed),
     };
     // What was acknowledged is kept however the session ended.
     let through = *acked_through.lock().unwrap_or_else(|p| p.into_inner());
