@@ -82,8 +82,8 @@ fn collector_config(dir: &Path, port: u16, nats: &Nats, tokens: &Path) -> PathBu
 }
 
 /// Every record in the stream: (subject, record), in stream order.
-async fn stored_records(nats: &Nats) -> Vec<(String, pb::FrameDescriptor)> {
-    let client = async_nats::connect(nats.url()).await.expect("NATS connects");
+async fn stored_records(url: &str) -> Vec<(String, pb::FrameDescriptor)> {
+    let client = async_nats::connect(url).await.expect("NATS connects");
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream
         .get_stream("RETINA")
@@ -155,7 +155,7 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
     let produced = produced.await.unwrap();
     assert!(produced.len() > 10, "{} descriptors", produced.len());
 
-    let stored = stored_records(&nats).await;
+    let stored = stored_records(&nats.url()).await;
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
     for (_, record) in &stored {
         *seen.entry(offset_of(record)).or_default() += 1;
@@ -204,4 +204,261 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
         values.get("retina_push_acked_offset{target=\"centre\"}").copied(),
         Some(last as f64)
     );
+}
+
+/// `retina-edge run` as a process, for `kill -9`.
+fn spawn_node(config: &Path) -> common::KillOnDrop {
+    common::KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("retina-edge run starts"),
+    )
+}
+
+fn start_nats_at(store: &Path, port: u16) -> common::KillOnDrop {
+    common::KillOnDrop::new(
+        std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts"),
+    )
+}
+
+/// Records in the stream now (0 while JetStream cannot say).
+async fn stored_count(url: &str) -> u64 {
+    let Ok(client) = async_nats::connect(url).await else {
+        return 0;
+    };
+    let jetstream = async_nats::jetstream::new(client);
+    let Ok(mut stream) = jetstream.get_stream("RETINA").await else {
+        return 0;
+    };
+    stream.info().await.map_or(0, |info| info.state.messages)
+}
+
+/// Waits until JetStream holds `more` records beyond what it held when called.
+async fn until_more_stored(url: &str, more: u64, what: &str) {
+    let from = stored_count(url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = stored_count(url).await;
+        if now >= from + more {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {now} stored, wanted {}",
+            from + more
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The collector, then nats-server, then the node die mid-stream and come back: JetStream ends
+/// with every offset the node committed exactly once, and the node's acknowledged offset is the
+/// last one stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("jetstream");
+    let nats_port = common::free_port();
+    let mut nats = start_nats_at(&store, nats_port);
+    wait_for_port(nats_port, "nats-server").await;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let tokens = dir.path().join("collector-tokens.toml");
+    let token = access::add_token(&tokens, "test-node", &[Scope::Push]).unwrap();
+    secret(&dir.path().join("push.token"), &token);
+    let port = common::free_port();
+    let collector_toml = dir.path().join("collector.toml");
+    std::fs::write(
+        &collector_toml,
+        format!(
+            "[collector]\nlisten = \"127.0.0.1:{port}\"\n\n[nats]\nurl = \"{nats_url}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let mut collector = spawn_collector(&collector_toml);
+    wait_for_port(port, "the collector").await;
+
+    // A camera that never ends: the clip looped, in real time.
+    let clip = common::sample_clip();
+    let log = dir.path().join("node.log.sqlite");
+    let cameras = format!(
+        "[[cameras]]\nid = \"loop\"\nuri = \"{}\"\nanalysis_fps = 5.0\nloop_file = true\n\n\
+         [log]\npath = \"{}\"\n\n\
+         [[push]]\nname = \"centre\"\naddress = \"http://127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\
+         include_empty_frames = true\nreconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n",
+        clip.display(),
+        log.display(),
+        dir.path().join("push.token").display(),
+    );
+    let node_toml = dir.path().join("node.toml");
+    let node_addr = format!("127.0.0.1:{}", common::free_port());
+    std::fs::write(
+        &node_toml,
+        common::config_toml(
+            &cameras,
+            &format!("camera_state_file = \"{}\"", dir.path().join("cameras.toml").display()),
+        )
+        .replace("127.0.0.1:0", &node_addr),
+    )
+    .unwrap();
+    let mut node = spawn_node(&node_toml);
+    until_more_stored(&nats_url, 10, "first records").await;
+
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    let mut collector = spawn_collector(&collector_toml);
+    until_more_stored(&nats_url, 10, "after the collector's kill -9").await;
+
+    nats.kill().unwrap();
+    nats.wait().unwrap();
+    let _nats = start_nats_at(&store, nats_port);
+    wait_for_port(nats_port, "nats-server again").await;
+    until_more_stored(&nats_url, 10, "after nats-server's kill -9").await;
+
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let mut node = spawn_node(&node_toml);
+    until_more_stored(&nats_url, 10, "after the node's kill -9").await;
+
+    // A graceful stop: the node sends the rest and waits for the acknowledgement.
+    let pid = node.id() as libc::pid_t;
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || node.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    collector.kill().unwrap();
+
+    // What the node committed, from its log.
+    let store_file = retina_edge::log::Store::open_reader(&log).expect("the node's log");
+    let committed: Vec<u64> = store_file
+        .read_from(0, 1_000_000)
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    assert!(committed.len() >= 40, "{} committed", committed.len());
+    let stored = stored_records(&nats_url).await;
+    let mut records: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut newest = 0;
+    for (_, record) in &stored {
+        newest = newest.max(offset_of(record));
+        if record.gap.is_none() {
+            *records.entry(record.offset).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = records.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let missing: Vec<_> = committed.iter().filter(|o| !records.contains_key(o)).collect();
+    assert!(missing.is_empty(), "committed but not in JetStream: {missing:?}");
+    let cursors = std::fs::read_to_string(dir.path().join("node.log.push.toml")).expect("the push state file");
+    assert!(
+        cursors.contains(&format!("centre = {newest}")),
+        "acknowledged = last stored {newest}: {cursors}"
+    );
+}
+
+/// A record sent twice is stored once: within a session (offsets at or below what the collector
+/// holds are not written again) and when the collector's own note of what it holds was lost (a
+/// kill between storing and noting): then JetStream's duplicate window drops it by its id. The
+/// node is played by a real gRPC client here, to send exactly the records the case needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_twice_is_stored_once() {
+    use pb::collector_client::CollectorClient;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("jetstream")).await;
+    let tokens = dir.path().join("collector-tokens.toml");
+    let token = access::add_token(&tokens, "test-node", &[Scope::Push]).unwrap();
+    let port = common::free_port();
+    let _collector = spawn_collector(&collector_config(dir.path(), port, &nats, &tokens));
+    wait_for_port(port, "the collector").await;
+
+    let record = |offset: u64| pb::FrameDescriptor {
+        node_id: "test-node".into(),
+        camera_id: "gate".into(),
+        offset,
+        sequence: offset,
+        detector: Some(pb::ModelRef {
+            id: "detector".into(),
+            version: "1".into(),
+        }),
+        ..Default::default()
+    };
+    // Sends `offsets` after a hello; returns the collector's first reply and its last.
+    let push = |offsets: std::ops::RangeInclusive<u64>| {
+        let token = token.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let bearer = retina_edge::deliver::client::BearerToken::new(Some(&token)).unwrap();
+            let mut client = CollectorClient::with_interceptor(channel, bearer);
+            let last = *offsets.end();
+            let mut messages = vec![pb::PushMessage {
+                kind: Some(pb::push_message::Kind::Hello(pb::PushHello {
+                    node_id: "test-node".into(),
+                    log_next_offset: 1000,
+                })),
+            }];
+            messages.extend(offsets.map(|o| pb::PushMessage {
+                kind: Some(pb::push_message::Kind::Record(record(o))),
+            }));
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            for message in messages {
+                tx.send(message).await.unwrap();
+            }
+            let mut replies = client
+                .push(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("the collector takes the push")
+                .into_inner();
+            let first = replies.message().await.unwrap().unwrap().stored_through;
+            let mut through = first;
+            while through < Some(last) {
+                through = replies
+                    .message()
+                    .await
+                    .unwrap()
+                    .expect("acknowledgements")
+                    .stored_through;
+            }
+            drop(tx);
+            (first, through)
+        }
+    };
+    let offsets = || async {
+        let mut offsets: Vec<u64> = stored_records(&nats.url())
+            .await
+            .iter()
+            .map(|(_, r)| r.offset)
+            .collect();
+        offsets.sort();
+        offsets
+    };
+
+    assert_eq!(push(0..=9).await, (None, Some(9)));
+    // Sent again from 5 (a node that lost the acknowledgement): told 9 is held, 5..=9 not stored again.
+    assert_eq!(push(5..=14).await, (Some(9), Some(14)));
+    assert_eq!(offsets().await, (0..=14).collect::<Vec<_>>());
+
+    // The collector's note of what it holds is lost: it believes it holds nothing past 9 ...
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let notes = jetstream.get_stream("retina_push_offsets").await.unwrap();
+    notes.purge().await.unwrap();
+    // ... so 10..=14 are written again; JetStream drops them by id.
+    assert_eq!(push(10..=19).await, (None, Some(19)));
+    assert_eq!(offsets().await, (0..=19).collect::<Vec<_>>());
 }

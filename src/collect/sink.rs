@@ -146,10 +146,16 @@ impl Sink {
         } else {
             record.camera_id.as_str()
         };
+        // A gap notice's last offset may be one a record was sent live with before a crash: the
+        // two must not share an id, or JetStream would keep only one.
+        let id = match &record.gap {
+            Some(gap) => format!("{node}:gap:{}-{}", gap.first_offset, gap.last_offset),
+            None => format!("{node}:{offset}"),
+        };
         Outgoing {
             offset,
             subject: format!("{}.{}.{}", self.prefix, subject_token(node), subject_token(camera)),
-            id: format!("{node}:{offset}"),
+            id,
             payload: Bytes::from(record.encode_to_vec()),
         }
     }
