@@ -262,6 +262,17 @@ async fn until_more_stored(url: &str, more: u64, what: &str) {
     }
 }
 
+/// One value of the collector's `/metrics` (plain HTTP on loopback, with the metrics token).
+async fn collector_metric(port: u16, token: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    common::metric_values(&response).get(name).copied()
+}
+
 /// The collector, then nats-server, then the node die mid-stream and come back: JetStream ends
 /// with every offset the node committed exactly once, and the node's acknowledged offset is the
 /// last one stored.
@@ -277,15 +288,18 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
     let token = access::add_token(&tokens, "test-node", &[Scope::Push]).unwrap();
     secret(&dir.path().join("push.token"), &token);
     let port = common::free_port();
+    let metrics_port = common::free_port();
     let collector_toml = dir.path().join("collector.toml");
     std::fs::write(
         &collector_toml,
         format!(
-            "[collector]\nlisten = \"127.0.0.1:{port}\"\n\n[nats]\nurl = \"{nats_url}\"\n\n[auth]\ntokens_file = \"{}\"\n",
+            "[collector]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+             [nats]\nurl = \"{nats_url}\"\n\n[auth]\ntokens_file = \"{}\"\n",
             tokens.display()
         ),
     )
     .unwrap();
+    let metrics_token = access::add_token(&tokens, "prometheus", &[Scope::Metrics]).unwrap();
     let mut collector = spawn_collector(&collector_toml);
     wait_for_port(port, "the collector").await;
 
@@ -322,6 +336,19 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
 
     nats.kill().unwrap();
     nats.wait().unwrap();
+    // JetStream stays away until the collector has had to hold a batch, and says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waits = collector_metric(metrics_port, &metrics_token, "retina_collect_jetstream_waits_total").await;
+        if waits.is_some_and(|w| w > 0.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the collector reports waiting for JetStream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _nats = start_nats_at(&store, nats_port);
     wait_for_port(nats_port, "nats-server again").await;
     until_more_stored(&nats_url, 10, "after nats-server's kill -9").await;
@@ -447,6 +474,39 @@ async fn a_record_sent_twice_is_stored_once() {
         offsets.sort();
         offsets
     };
+
+    // A token pushes only as the node it is named after.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer = retina_edge::deliver::client::BearerToken::new(Some(&token)).unwrap();
+    let hello = pb::PushMessage {
+        kind: Some(pb::push_message::Kind::Hello(pb::PushHello {
+            node_id: "someone-else".into(),
+            log_next_offset: 0,
+        })),
+    };
+    let refused = CollectorClient::with_interceptor(channel, bearer)
+        .push(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // A collector where other hosts reach it needs TLS and tokens.
+    let open = dir.path().join("open.toml");
+    std::fs::write(&open, "[collector]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+        .args(["collect", "--config"])
+        .arg(&open)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("no [tls] and [auth]") && said.contains("collector.insecure"),
+        "{said}"
+    );
 
     assert_eq!(push(0..=9).await, (None, Some(9)));
     // Sent again from 5 (a node that lost the acknowledgement): told 9 is held, 5..=9 not stored again.
