@@ -428,19 +428,6 @@ async fn a_full_disk_stops_storing_not_streaming_and_storing_resumes_when_space_
     drop(disk);
 }
 
-fn spawn_node(config: &std::path::Path) -> common::KillOnDrop {
-    common::KillOnDrop::new(
-        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("retina-edge starts"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     let camera = common::rtsp::TestCamera::start(&common::sample_clip());
@@ -450,7 +437,7 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     let config = dir.path().join("node.toml");
     std::fs::write(&config, toml).unwrap();
 
-    let mut node = spawn_node(&config);
+    let mut node = common::spawn_retina("run", &config);
     let mut client = common::connect(&addr).await;
     let mut live = client
         .subscribe(everything(pb::StartPosition::Live, 0))
@@ -475,7 +462,7 @@ async fn kill_9_loses_at_most_the_last_commit_and_numbering_goes_on_past_it() {
     }
     let last_seen = before.last().unwrap().offset;
 
-    let node = spawn_node(&config);
+    let node = common::spawn_retina("run", &config);
     let mut client = common::connect(&addr).await;
     let mut resumed = client
         .subscribe(everything(pb::StartPosition::AfterOffset, last_seen))
@@ -613,7 +600,7 @@ async fn a_hundred_subscribers_fast_slow_and_from_the_start_stall_nothing_and_li
         .replace("127.0.0.1:0", &format!("127.0.0.1:{grpc}"));
     let config = dir.path().join("node.toml");
     std::fs::write(&config, toml).unwrap();
-    let node = spawn_node(&config);
+    let node = common::spawn_retina("run", &config);
     let mut client = common::connect(&format!("127.0.0.1:{grpc}")).await;
     let addr = format!("http://127.0.0.1:{grpc}");
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();

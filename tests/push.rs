@@ -20,15 +20,7 @@ struct Nats {
 impl Nats {
     async fn start(store: &Path) -> Nats {
         let port = common::free_port();
-        let process = common::KillOnDrop::new(
-            std::process::Command::new("nats-server")
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("nats-server starts (Debian package nats-server, installed by make deps)"),
-        );
+        let process = start_nats_at(store, port);
         wait_for_port(port, "nats-server").await;
         Nats {
             _process: process,
@@ -50,20 +42,6 @@ async fn wait_for_port(port: u16, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `retina-edge collect` as a process, for `kill -9`.
-fn spawn_collector(config: &Path) -> common::KillOnDrop {
-    common::KillOnDrop::new(
-        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
-            .args(["collect", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("retina-edge collect starts"),
-    )
 }
 
 /// A collector config on `port` writing to `nats`, taking tokens from `tokens`.
@@ -124,7 +102,7 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
     secret(&dir.path().join("good.token"), &good);
     secret(&dir.path().join("impostor.token"), &impostor);
     let port = common::free_port();
-    let _collector = spawn_collector(&collector_config(dir.path(), port, &nats, &tokens));
+    let _collector = common::spawn_retina("collect", &collector_config(dir.path(), port, &nats, &tokens));
     wait_for_port(port, "the collector").await;
 
     let clip = common::sample_clip();
@@ -206,20 +184,6 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
     );
 }
 
-/// `retina-edge run` as a process, for `kill -9`.
-fn spawn_node(config: &Path) -> common::KillOnDrop {
-    common::KillOnDrop::new(
-        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("retina-edge run starts"),
-    )
-}
-
 fn start_nats_at(store: &Path, port: u16) -> common::KillOnDrop {
     common::KillOnDrop::new(
         std::process::Command::new("nats-server")
@@ -228,7 +192,7 @@ fn start_nats_at(store: &Path, port: u16) -> common::KillOnDrop {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("nats-server starts"),
+            .expect("nats-server starts (Debian package nats-server, installed by make deps)"),
     )
 }
 
@@ -300,7 +264,7 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
     )
     .unwrap();
     let metrics_token = access::add_token(&tokens, "prometheus", &[Scope::Metrics]).unwrap();
-    let mut collector = spawn_collector(&collector_toml);
+    let mut collector = common::spawn_retina("collect", &collector_toml);
     wait_for_port(port, "the collector").await;
 
     // A camera that never ends: the clip looped, in real time.
@@ -326,12 +290,12 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
         .replace("127.0.0.1:0", &node_addr),
     )
     .unwrap();
-    let mut node = spawn_node(&node_toml);
+    let mut node = common::spawn_retina("run", &node_toml);
     until_more_stored(&nats_url, 10, "first records").await;
 
     collector.kill().unwrap();
     collector.wait().unwrap();
-    let mut collector = spawn_collector(&collector_toml);
+    let mut collector = common::spawn_retina("collect", &collector_toml);
     until_more_stored(&nats_url, 10, "after the collector's kill -9").await;
 
     nats.kill().unwrap();
@@ -355,7 +319,7 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
 
     node.kill().unwrap();
     node.wait().unwrap();
-    let mut node = spawn_node(&node_toml);
+    let mut node = common::spawn_retina("run", &node_toml);
     until_more_stored(&nats_url, 10, "after the node's kill -9").await;
 
     // A graceful stop: the node sends the rest and waits for the acknowledgement.
@@ -407,7 +371,7 @@ async fn a_record_sent_twice_is_stored_once() {
     let tokens = dir.path().join("collector-tokens.toml");
     let token = access::add_token(&tokens, "test-node", &[Scope::Push]).unwrap();
     let port = common::free_port();
-    let _collector = spawn_collector(&collector_config(dir.path(), port, &nats, &tokens));
+    let _collector = common::spawn_retina("collect", &collector_config(dir.path(), port, &nats, &tokens));
     wait_for_port(port, "the collector").await;
 
     let record = |offset: u64| pb::FrameDescriptor {

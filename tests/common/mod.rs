@@ -264,6 +264,21 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A child process that is killed if the test fails before it ended, so that a failed test
 /// leaves no node or client running, holding ports and cores, under the tests after it.
+/// `retina-edge <subcommand> --config <config>` as a process (for `kill -9`), its output
+/// discarded.
+pub fn spawn_retina(subcommand: &str, config: &Path) -> KillOnDrop {
+    KillOnDrop::new(
+        std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+            .args([subcommand, "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("retina-edge starts"),
+    )
+}
+
 pub struct KillOnDrop(Option<std::process::Child>);
 
 impl KillOnDrop {
