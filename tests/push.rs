@@ -59,7 +59,8 @@ fn collector_config(dir: &Path, port: u16, nats: &Nats, tokens: &Path) -> PathBu
     path
 }
 
-/// Every record in the stream: (subject, record), in stream order.
+/// Every record in the stream (not the nodes' `_node` messages): (subject, record), in stream
+/// order.
 async fn stored_records(url: &str) -> Vec<(String, pb::FrameDescriptor)> {
     let client = async_nats::connect(url).await.expect("NATS connects");
     let jetstream = async_nats::jetstream::new(client);
@@ -74,6 +75,9 @@ async fn stored_records(url: &str) -> Vec<(String, pb::FrameDescriptor)> {
     }
     for sequence in state.first_sequence..=state.last_sequence {
         let message = stream.get_raw_message(sequence).await.expect("a stored message");
+        if message.subject.ends_with("._node") {
+            continue;
+        }
         let record = pb::FrameDescriptor::decode(message.payload.as_ref()).expect("a FrameDescriptor");
         records.push((message.subject.to_string(), record));
     }
@@ -157,6 +161,18 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
         assert_eq!(record.track_events, mine.track_events);
         assert_eq!(record.capture_time, mine.capture_time);
     }
+
+    // What the node is and runs, beside its records, for readers who cannot ask it.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client).get_stream("RETINA").await.unwrap();
+    let info = stream
+        .get_last_raw_message_by_subject("retina.test-node._node")
+        .await
+        .expect("the node's info");
+    let info = pb::NodeInfo::decode(info.payload.as_ref()).unwrap();
+    let detector = info.models.iter().find(|m| m.role == "detector").expect("the detector");
+    assert!(detector.class_names.iter().any(|c| c == "car"), "{detector:?}");
+    assert_eq!(Some(&detector.id), produced[0].detector.as_ref().map(|d| &d.id));
 
     // The node kept what the collector acknowledged.
     let cursors = std::fs::read_to_string(&push_state).expect("the push state file");
@@ -401,6 +417,7 @@ async fn a_record_sent_twice_is_stored_once() {
                 kind: Some(pb::push_message::Kind::Hello(pb::PushHello {
                     node_id: "test-node".into(),
                     log_next_offset: 1000,
+                    node: None,
                 })),
             }];
             messages.extend(offsets.map(|o| pb::PushMessage {
@@ -450,6 +467,7 @@ async fn a_record_sent_twice_is_stored_once() {
         kind: Some(pb::push_message::Kind::Hello(pb::PushHello {
             node_id: "someone-else".into(),
             log_next_offset: 0,
+            node: None,
         })),
     };
     let refused = CollectorClient::with_interceptor(channel, bearer)

@@ -63,13 +63,7 @@ pub fn check_exposure(config: &Config) -> Result<()> {
         insecure: config.node.insecure,
         insecure_field: "node.insecure",
     };
-    for (field, addr) in listeners.into_iter().flatten() {
-        guarded.check(field, addr).map_err(|message| Error::Config {
-            path: config.origin.clone(),
-            message,
-        })?;
-    }
-    Ok(())
+    guarded.check_all(listeners.into_iter().flatten(), &config.origin)
 }
 
 /// What protects a listener, for [`Guarded::check`].
@@ -82,6 +76,21 @@ pub struct Guarded {
 }
 
 impl Guarded {
+    /// [`Guarded::check`] for each `(field, address)`; the error names the config file.
+    pub fn check_all<'a>(
+        &self,
+        listeners: impl IntoIterator<Item = (&'a str, SocketAddr)>,
+        origin: &Path,
+    ) -> Result<()> {
+        for (field, addr) in listeners {
+            self.check(field, addr).map_err(|message| Error::Config {
+                path: origin.to_path_buf(),
+                message,
+            })?;
+        }
+        Ok(())
+    }
+
     /// `Err` with the fix when `addr` is reachable from other hosts without TLS and tokens.
     pub fn check(&self, field: &str, addr: SocketAddr) -> std::result::Result<(), String> {
         if !reachable_by_others(addr) || (self.tls && self.auth) {

@@ -85,12 +85,7 @@ impl Collector {
             insecure: config.collector.insecure,
             insecure_field: "collector.insecure",
         };
-        for (field, addr) in listeners.into_iter().flatten() {
-            guarded.check(field, addr).map_err(|message| Error::Config {
-                path: config.origin.clone(),
-                message,
-            })?;
-        }
+        guarded.check_all(listeners.into_iter().flatten(), &config.origin)?;
         let tls_files = config.tls.as_ref().map(|tls| TlsConfig {
             cert: config.resolve(&tls.cert),
             key: config.resolve(&tls.key),

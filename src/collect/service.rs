@@ -70,6 +70,10 @@ impl Collector for CollectorService {
             None if self.tokens_required => return Err(Status::unauthenticated("no token")),
             _ => {}
         }
+        if let Some(info) = &hello.node {
+            // Beside the records, for readers at the centre: class names, models, cameras.
+            self.sink.write_node_info(&node, info).await.map_err(Status::from)?;
+        }
         let held = self.sink.held_through(&node).await.map_err(Status::from)?;
         if let Some(held) = held
             && held >= hello.log_next_offset

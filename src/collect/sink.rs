@@ -138,6 +138,20 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes what `node` says of itself to `<prefix>.<node>._node` (once per run of the node:
+    /// the id is its run id), where a reader finds the detector's class names.
+    pub async fn write_node_info(&self, node: &str, info: &pb::NodeInfo) -> Result<()> {
+        let record = Outgoing {
+            offset: 0,
+            subject: format!("{}.{}._node", self.prefix, subject_token(node)),
+            id: format!("{node}:node:{}", info.node_run_id),
+            payload: Bytes::from(info.encode_to_vec()),
+        };
+        self.publish_from(std::slice::from_ref(&record))
+            .await
+            .map_err(|(_, err)| err)
+    }
+
     /// Where a record of `node` goes, and its id.
     pub fn outgoing(&self, node: &str, record: &pb::FrameDescriptor) -> Outgoing {
         let offset = record.gap.as_ref().map_or(record.offset, |gap| gap.last_offset);

@@ -214,6 +214,7 @@ async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &
         kind: Some(pb::push_message::Kind::Hello(pb::PushHello {
             node_id: facts.node_id.clone(),
             log_next_offset: log.next_offset(),
+            node: Some(super::service::node_info(facts)),
         })),
     };
     let _ = tx.send(hello).await;

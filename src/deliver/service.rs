@@ -254,37 +254,41 @@ impl Retina for RetinaService {
     }
 
     async fn get_node_info(&self, _: Request<pb::GetNodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
-        let facts = &self.facts;
-        let cameras = facts
-            .cameras
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|camera| camera_info(camera))
-            .collect();
-        let models = facts
-            .models
-            .iter()
-            .map(|(role, card, projection)| pb::ModelInfo {
-                role: role.clone(),
-                id: card.id.clone(),
-                version: card.version.clone(),
-                decoder: card.decoder.clone(),
-                sha256: card.sha256.clone(),
-                input_shape: card.input_shape.clone(),
-                class_names: card.class_names.clone(),
-                projection_id: projection.as_ref().map(|p| p.id().to_string()).unwrap_or_default(),
-                projection_sha256: projection.as_ref().map(|p| p.sha256().to_string()).unwrap_or_default(),
-            })
-            .collect();
-        Ok(Response::new(pb::NodeInfo {
-            node_id: facts.node_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            node_run_id: facts.run_id,
-            started_at: Some(to_timestamp(facts.started_at)),
-            cameras,
-            models,
-        }))
+        Ok(Response::new(node_info(&self.facts)))
+    }
+}
+
+/// What the node is and runs now: `GetNodeInfo`, and the hello of a push.
+pub(super) fn node_info(facts: &NodeFacts) -> pb::NodeInfo {
+    let cameras = facts
+        .cameras
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|camera| camera_info(camera))
+        .collect();
+    let models = facts
+        .models
+        .iter()
+        .map(|(role, card, projection)| pb::ModelInfo {
+            role: role.clone(),
+            id: card.id.clone(),
+            version: card.version.clone(),
+            decoder: card.decoder.clone(),
+            sha256: card.sha256.clone(),
+            input_shape: card.input_shape.clone(),
+            class_names: card.class_names.clone(),
+            projection_id: projection.as_ref().map(|p| p.id().to_string()).unwrap_or_default(),
+            projection_sha256: projection.as_ref().map(|p| p.sha256().to_string()).unwrap_or_default(),
+        })
+        .collect();
+    pb::NodeInfo {
+        node_id: facts.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node_run_id: facts.run_id,
+        started_at: Some(to_timestamp(facts.started_at)),
+        cameras,
+        models,
     }
 }
 
