@@ -198,6 +198,12 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
         values.get("retina_push_acked_offset{target=\"centre\"}").copied(),
         Some(last as f64)
     );
+    assert!(
+        values
+            .get("retina_push_lag_records{target=\"impostor\"}")
+            .is_some_and(|n| *n > 0.0),
+        "a target that is away falls behind, and says so: {values:?}"
+    );
 }
 
 fn start_nats_at(store: &Path, port: u16) -> common::KillOnDrop {

@@ -172,6 +172,12 @@ async fn run(target: Target, log: LogReader, facts: Arc<NodeFacts>, cursors: Arc
         backoff.end_run();
         let delay = backoff.next_delay();
         target.recorder.state("retrying");
+        // While the target is away the log moves on: the lag keeps counting.
+        let behind = match cursors.acked(&target.name) {
+            Some(acked) => log.next_offset().saturating_sub(acked + 1),
+            None => log.next_offset(),
+        };
+        target.recorder.lag_records.set(behind as i64);
         target.recorder.reconnects.inc();
         match ended {
             Ok(_) => tracing::info!(target = %target.name, retry_in = ?delay, "push target ended the stream"),
