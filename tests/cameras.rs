@@ -28,6 +28,11 @@ async fn start(dir: &Path, cameras: &str) -> (Node, Client) {
     );
     let origin = dir.join("node.toml");
     std::fs::write(&origin, &text).unwrap();
+    // Some of these configs hold camera passwords: a config others can read would be refused.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&origin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let config = retina_edge::config::Config::load(&origin).unwrap();
     common::start_node(config).await
 }
