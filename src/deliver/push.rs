@@ -186,6 +186,8 @@ async fn run(target: Target, log: LogReader, facts: Arc<NodeFacts>, cursors: Arc
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.wait() => return,
+            // A stopping node does not wait for a target that is away: the rest goes next time.
+            () = log.closed() => return,
         }
     }
 }

@@ -65,6 +65,8 @@ struct Shared {
     path: PathBuf,
     idle_readers: Mutex<Vec<Store>>,
     read_permits: Semaphore,
+    /// Turns true when the describer is gone: nothing more will be appended.
+    closed: watch::Sender<bool>,
 }
 
 /// The live end of the log.
@@ -149,6 +151,7 @@ impl Shared {
 
     fn close_tail(&self) {
         self.tail.lock().unwrap_or_else(|p| p.into_inner()).live = None;
+        self.closed.send_replace(true);
     }
 
     /// Runs `read` on a store connection off the async workers, at most [`CONCURRENT_READS`] at
@@ -233,6 +236,7 @@ impl Log {
             metrics,
             path: path.to_path_buf(),
             idle_readers: Mutex::new(Vec::new()),
+            closed: watch::channel(false).0,
             read_permits: Semaphore::new(CONCURRENT_READS),
         });
         let (handover, receiver) = std::sync::mpsc::sync_channel(config.queue_records);
@@ -343,6 +347,12 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// Returns once nothing more will be appended (the node is stopping).
+    pub async fn closed(&self) {
+        let mut closed = self.shared.closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
     /// The offset the next descriptor will get.
     pub fn next_offset(&self) -> u64 {
         self.shared.tail.lock().unwrap_or_else(|p| p.into_inner()).next
