@@ -134,6 +134,13 @@ impl CaptureClock {
     }
 }
 
+/// Unix nanoseconds of a protobuf timestamp (saturating far outside any capture time).
+pub fn timestamp_nanos(t: prost_types::Timestamp) -> UnixNanos {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
+}
+
 /// A run that lasted this long counts as healthy: the next failure starts the backoff afresh.
 pub const HEALTHY_RUN: Duration = Duration::from_secs(30);
 

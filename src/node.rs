@@ -611,10 +611,11 @@ impl Node {
             .collect();
         show_certificates(metrics, &reloadable);
         if !reloadable.is_empty() || guards.tokens.is_some() {
-            tokio::spawn(reload_access(
+            let shown = metrics.clone();
+            tokio::spawn(crate::access::keep_reloading(
                 reloadable,
                 guards.tokens.clone(),
-                metrics.clone(),
+                move |tls| show_certificates(&shown, tls),
                 parts.servers_stop.clone(),
             ));
         }
@@ -733,49 +734,6 @@ struct Guards {
     grpc_tls: Option<Arc<crate::access::Tls>>,
     metrics_tls: Option<Arc<crate::access::Tls>>,
     tokens: Option<Arc<crate::access::Tokens>>,
-}
-
-/// How often certificate and token files are looked at for changes. A stat of three files.
-const ACCESS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Re-reads changed certificates and tokens every few seconds and at once on SIGHUP, until the
-/// servers stop: a renewed certificate or a revoked token takes effect without a restart.
-async fn reload_access(
-    tls: Vec<(&'static str, Arc<crate::access::Tls>)>,
-    tokens: Option<Arc<crate::access::Tokens>>,
-    metrics: Arc<Metrics>,
-    stop: Shutdown,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(err) => {
-            tracing::warn!(%err, "no SIGHUP handler: certificates and tokens are re-read on a timer only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(ACCESS_RELOAD_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let hung_up = async {
-            match hangup.as_mut() {
-                Some(hangup) => hangup.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = stop.wait() => return,
-            _ = tick.tick() => {}
-            _ = hung_up => tracing::info!("SIGHUP: re-reading certificates and tokens"),
-        }
-        let (listeners, tokens) = (
-            tls.iter().map(|(_, tls)| tls.clone()).collect::<Vec<_>>(),
-            tokens.clone(),
-        );
-        // File reads and key parsing: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || crate::access::reload(&listeners, tokens.as_deref())).await;
-        show_certificates(&metrics, &tls);
-    }
 }
 
 fn show_certificates(metrics: &Metrics, tls: &[(&'static str, Arc<crate::access::Tls>)]) {

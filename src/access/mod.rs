@@ -118,6 +118,48 @@ fn reachable_by_others(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
 
+/// How often certificate and token files are looked at for changes. A stat of three files.
+const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads changed certificates and tokens every few seconds and at once on SIGHUP, until
+/// `stop`: a renewed certificate or a revoked token takes effect without a restart. `reloaded`
+/// is told the listeners' TLS after each look (the node shows their expiry in its metrics).
+pub async fn keep_reloading(
+    tls: Vec<(&'static str, Arc<Tls>)>,
+    tokens: Option<Arc<Tokens>>,
+    reloaded: impl Fn(&[(&'static str, Arc<Tls>)]) + Send + 'static,
+    stop: crate::shutdown::Shutdown,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(err) => {
+            tracing::warn!(%err, "no SIGHUP handler: certificates and tokens are re-read on a timer only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hung_up = async {
+            match hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
+            _ = hung_up => tracing::info!("SIGHUP: re-reading certificates and tokens"),
+        }
+        let listeners: Vec<Arc<Tls>> = tls.iter().map(|(_, tls)| tls.clone()).collect();
+        let tokens = tokens.clone();
+        // File reads and key parsing: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || reload(&listeners, tokens.as_deref())).await;
+        reloaded(&tls);
+    }
+}
+
 /// Re-reads every changed certificate, key and token file: called every few seconds and on
 /// SIGHUP. A file that no longer parses is reported and the previous one stays in force.
 pub fn reload(tls: &[Arc<Tls>], tokens: Option<&Tokens>) {

@@ -127,20 +127,12 @@ impl Collector {
             }
             None => None,
         };
-        let reloadable: Vec<Arc<Tls>> = grpc_tls.iter().chain(metrics_tls.iter()).cloned().collect();
+        let reloadable: Vec<(&'static str, Arc<Tls>)> = [("grpc", &grpc_tls), ("metrics", &metrics_tls)]
+            .into_iter()
+            .filter_map(|(listener, tls)| Some((listener, tls.clone()?)))
+            .collect();
         if !reloadable.is_empty() || tokens.is_some() {
-            let (stop, tokens) = (stop.clone(), tokens.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(2));
-                loop {
-                    tokio::select! {
-                        () = stop.wait() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let (tls, tokens) = (reloadable.clone(), tokens.clone());
-                    let _ = tokio::task::spawn_blocking(move || access::reload(&tls, tokens.as_deref())).await;
-                }
-            });
+            tokio::spawn(access::keep_reloading(reloadable, tokens.clone(), |_| {}, stop.clone()));
         }
         let service = service::CollectorService {
             sink,

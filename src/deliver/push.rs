@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::client::{BearerToken, Credentials};
 use super::filter::{Filter, SentContext, gap_notice};
 use super::service::NodeFacts;
-use crate::clock::{Backoff, now_unix_nanos};
+use crate::clock::{Backoff, now_unix_nanos, timestamp_nanos};
 use crate::config::{PushConfig, write_atomically};
 use crate::error::{Error, Result};
 use crate::log::{Entry, LogReader, Start};
@@ -370,12 +370,6 @@ async fn session(target: &Target, log: &LogReader, facts: &NodeFacts, cursors: &
         cursors.save(&target.name, through)?;
     }
     ended
-}
-
-fn timestamp_nanos(t: prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1_000_000_000)
-        .saturating_add(i64::from(t.nanos))
 }
 
 /// A collector's refusal in an operator's words.

@@ -19,7 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::filter::{Filter, SentContext, gap_notice};
-use crate::clock::{UnixNanos, to_timestamp};
+use crate::clock::{UnixNanos, timestamp_nanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
 use crate::describe::projection::Projection;
 use crate::error::Result;
@@ -456,13 +456,6 @@ impl Stream for SubscriberStream {
         self.end = None;
         Poll::Ready(status.ok().map(Err))
     }
-}
-
-/// Unix nanoseconds of a protobuf timestamp (saturating far outside any capture time).
-fn timestamp_nanos(t: prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1_000_000_000)
-        .saturating_add(i64::from(t.nanos))
 }
 
 /// Names a query (its selection and classes) in its page tokens, so that a token is not used with
