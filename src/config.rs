@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted, redact_uri};
 
 mod describe;
 
@@ -921,6 +921,27 @@ fn default_nats_offsets_stream() -> String {
     "retina_push_offsets".into()
 }
 
+/// The servers of a NATS URL or comma-separated list (`nats://a:4222,nats://b:4222`): the client
+/// tries each in turn, so that a collector or a reader starts while any server of a cluster is up
+/// (once connected it also learns the cluster's other servers from the one it reached).
+pub fn nats_servers(urls: &str) -> std::result::Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse()
+                .map_err(|e| format!("{} is not a NATS URL: {e}", quoted(&redact_uri(url))))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(|servers| {
+            if servers.is_empty() {
+                Err("no NATS URL given".to_string())
+            } else {
+                Ok(servers)
+            }
+        })
+}
+
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<CollectorConfig> {
         let text = std::fs::read_to_string(path)
@@ -943,6 +964,7 @@ impl CollectorConfig {
                 "nats.stream, nats.offsets_stream and nats.subject_prefix take letters, digits, '-' and '_'".into(),
             ));
         }
+        nats_servers(&nats.url).map_err(|e| fail(format!("nats.url: {e}")))?;
         check_field(
             (1..=5).contains(&nats.replicas),
             "nats.replicas",
@@ -1074,6 +1096,15 @@ pub(crate) fn check_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_url_list_names_every_server_and_a_bad_one_is_refused_without_its_password() {
+        let servers = nats_servers("nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222").unwrap();
+        assert_eq!(servers.len(), 3);
+        assert!(nats_servers(" , ").unwrap_err().contains("no NATS URL"));
+        let err = nats_servers("nats://127.0.0.1:4222,nats://user:hunter2@[bad").unwrap_err();
+        assert!(err.contains("is not a NATS URL") && !err.contains("hunter2"), "{err}");
+    }
 
     const MINIMAL: &str = r#"
         [node]

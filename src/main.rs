@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use retina_edge::collect::read;
 use retina_edge::config::Config;
 use retina_edge::deliver::client::{self, Output, SubscribeOptions};
 use retina_edge::node::{self, Node};
@@ -22,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the node until SIGINT/SIGTERM (or until every camera ends, if configured).
@@ -53,7 +56,8 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Subscribe to a node and print what it streams: one line per track event by default.
+    /// Subscribe to a node and print what it streams: one line per track event by default. With
+    /// --nats, read what collectors stored in JetStream instead, decoded the same way.
     Subscribe {
         /// The node's gRPC address.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -117,7 +121,32 @@ enum Command {
         /// other users of the box can read it.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        central: CentralArgs,
     },
+}
+
+/// Reading at the centre instead: the records collectors wrote into NATS JetStream.
+#[derive(clap::Args)]
+struct CentralArgs {
+    /// Read from this NATS server's JetStream (e.g. nats://127.0.0.1:4222) instead of a node.
+    #[arg(long, conflicts_with_all = ["cameras", "classes", "min_score", "include_empty", "full_context",
+        "after_offset", "compare_video", "ca_cert", "cert", "token_file"])]
+    nats: Option<String>,
+    /// The collectors' stream.
+    #[arg(long, default_value = "RETINA", requires = "nats")]
+    stream: String,
+    /// Which records: `retina.>` all, `retina.NODE.>` one node, `retina.*.CAMERA` one camera id
+    /// on every node.
+    #[arg(long, default_value = "retina.>", requires = "nats")]
+    subject: String,
+    /// Keep this reader's place on the server under this name: it resumes where it stopped, and
+    /// readers sharing the name share the records.
+    #[arg(long, requires = "nats")]
+    durable: Option<String>,
+    /// Stop once every record there was has been read, instead of waiting for more.
+    #[arg(long, requires = "nats")]
+    until_caught_up: bool,
 }
 
 #[derive(Subcommand)]
@@ -269,7 +298,32 @@ fn main() -> ExitCode {
             cert,
             key,
             token_file,
+            central,
         } => runtime.block_on(async move {
+            let output = match (frames, json, quiet) {
+                (true, _, _) => Output::Frames,
+                (_, true, _) => Output::Json,
+                (_, _, true) => Output::Quiet,
+                _ => Output::Events,
+            };
+            if let Some(url) = central.nats {
+                let start = match (from_earliest, from_time) {
+                    (true, _) => read::Start::Earliest,
+                    (_, Some(at)) => read::Start::Time(at),
+                    _ => read::Start::New,
+                };
+                let options = read::ReadOptions {
+                    url,
+                    stream: central.stream,
+                    subject: central.subject,
+                    durable: central.durable,
+                    start,
+                    output,
+                    max_frames,
+                    until_caught_up: central.until_caught_up,
+                };
+                return read::read(options).await.map(|_| ());
+            }
             let token = match token_file {
                 Some(path) => Some(
                     std::fs::read_to_string(&path)
@@ -298,12 +352,7 @@ fn main() -> ExitCode {
                     after_offset: after_offset.unwrap_or_default(),
                     from_time: from_time.map(prost_types::Timestamp::from),
                 },
-                output: match (frames, json, quiet) {
-                    (true, _, _) => Output::Frames,
-                    (_, true, _) => Output::Json,
-                    (_, _, true) => Output::Quiet,
-                    _ => Output::Events,
-                },
+                output,
                 connect_timeout: Duration::from_secs(connect_timeout_seconds),
                 max_frames,
                 compare_video,

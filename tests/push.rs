@@ -204,6 +204,109 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
             .is_some_and(|n| *n > 0.0),
         "a target that is away falls behind, and says so: {values:?}"
     );
+
+    reading_from_jetstream_gives_what_the_node_streamed(&nats.url(), &produced, dir.path()).await;
+}
+
+/// `retina-edge subscribe --nats ...` as a process: its JSON lines (descriptors; gap notices are
+/// `{"gap": ...}`).
+async fn subscribe_from_jetstream(url: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"));
+    command
+        .args(["subscribe", "--nats", url, "--json"])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || command.output()),
+    )
+    .await
+    .expect("the reader ends within 120 s")
+    .unwrap()
+    .expect("retina-edge subscribe runs");
+    let stdout = common::python::check_output("retina-edge subscribe --nats", &output);
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn offsets(lines: &[serde_json::Value]) -> Vec<u64> {
+    lines.iter().filter_map(|l| l["offset"].as_u64()).collect()
+}
+
+/// Readers at the centre get from JetStream what the node streamed, decoded alike: the Rust CLI,
+/// a durable consumer that stops and resumes, and the Python client.
+async fn reading_from_jetstream_gives_what_the_node_streamed(url: &str, produced: &[pb::FrameDescriptor], dir: &Path) {
+    let produced_offsets: Vec<u64> = produced.iter().map(offset_of).collect();
+    let all = subscribe_from_jetstream(url, &["--from-earliest", "--until-caught-up"]).await;
+    assert_eq!(offsets(&all), produced_offsets, "every record, once, in order");
+    assert!(
+        all.iter()
+            .all(|l| l["node_id"] == "test-node" && l["camera_id"] == "clip")
+    );
+    // Class names come from the node's `._node` message.
+    assert!(
+        all.iter()
+            .flat_map(|l| l["tracks"].as_array().into_iter().flatten())
+            .any(|t| t["class_name"] == "car"),
+        "tracks named by class"
+    );
+
+    // A start time is when the collector stored a record: all of them after one in the past,
+    // none after one to come.
+    let since_2000 = subscribe_from_jetstream(url, &["--from-time", "2000-01-01T00:00:00Z", "--until-caught-up"]).await;
+    assert_eq!(offsets(&since_2000), produced_offsets);
+    let tomorrow = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(86_400)).to_string();
+    let from_tomorrow = subscribe_from_jetstream(url, &["--from-time", &tomorrow, "--until-caught-up"]).await;
+    assert!(from_tomorrow.is_empty(), "{from_tomorrow:?}");
+
+    // A durable reader that stops after 5 records resumes with the sixth.
+    let durable = ["--durable", "central-test", "--from-earliest"];
+    let first = subscribe_from_jetstream(url, &[&durable[..], &["--max-frames", "5"]].concat()).await;
+    let rest = subscribe_from_jetstream(url, &[&durable[..], &["--until-caught-up"]].concat()).await;
+    assert_eq!(offsets(&first), produced_offsets[..5]);
+    assert_eq!(offsets(&rest), produced_offsets[5..], "resumed where it stopped");
+    // And acknowledged every record it printed: none is waiting to be delivered again.
+    let client = async_nats::connect(url).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = async_nats::jetstream::new(client)
+        .get_stream("RETINA")
+        .await
+        .unwrap()
+        .get_consumer("central-test")
+        .await
+        .expect("the durable consumer stays on the server");
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+
+    // The Python client: the same vectors as the Rust decoding of the node's own stream.
+    let npz = dir.join("jetstream.npz");
+    let python = common::python::run_python(&[
+        "scripts/central/retina_client.py",
+        "jetstream",
+        "--nats",
+        url,
+        "--from-earliest",
+        "--until-caught-up",
+        "--save",
+        npz.to_str().unwrap(),
+    ])
+    .output()
+    .expect("the Python client runs");
+    let stdout = common::python::check_output("retina_client.py jetstream", &python);
+    let stderr = String::from_utf8_lossy(&python.stderr);
+    assert!(!stderr.contains("warning:") && !stderr.contains("error:"), "{stderr}");
+    assert!(stdout.contains(" confirmed"), "track events printed:\n{stdout}");
+    let (rows, frames) = common::python::saved_vectors(&npz);
+    let python_offsets: Vec<u64> = frames
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f[2].as_u64().unwrap())
+        .collect();
+    assert_eq!(python_offsets, produced_offsets);
+    assert!(!rows.is_empty(), "vectors to compare");
+    common::python::assert_decoded_alike(&rows, produced);
 }
 
 fn start_nats_at(store: &Path, port: u16) -> common::KillOnDrop {

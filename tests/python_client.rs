@@ -10,118 +10,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::python::{assert_decoded_alike, check_output, run_python, rust_vectors, saved_vectors};
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use retina_edge::describe::codec;
 use retina_edge::pb;
-use retina_edge::wire::event_kind_label;
-
-/// Writes one JSON object per saved vector of a `retina_client.py --save` file, then one with the
-/// frames received (numpy has no Rust reader among our dependencies; the venv has numpy).
-const DUMP_NPZ: &str = r#"
-import json, sys
-import numpy as np
-d = np.load(sys.argv[1])
-text = ["camera_id", "source", "kind", "codec", "projection_id"]
-ints = ["sequence", "index", "track_id", "class_id", "dimension"]
-for i in range(len(d["vectors"])):
-    row = {k: str(d[k][i]) for k in text}
-    row.update({k: int(d[k][i]) for k in ints})
-    row["frame_size"] = [int(v) for v in d["frame_size"][i]]
-    row["vector"] = [float(v) for v in d["vectors"][i][: d["dimension"][i]]]
-    print(json.dumps(row))
-print(json.dumps({"frames": [[str(c), int(s), int(o)] for c, s, o in
-                            zip(d["frame_camera_id"], d["frame_sequence"], d["frame_offset"])]}))
-"#;
-
-fn python() -> PathBuf {
-    let python = common::repo().join(".deps/python/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run `make deps` (it creates the Python venv of scripts/central)",
-        python.display()
-    );
-    python
-}
-
-fn run_python(args: &[&str]) -> Command {
-    let mut command = Command::new(python());
-    command.args(args).current_dir(common::repo());
-    command
-}
-
-fn check_output(what: &str, output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    stdout
-}
-
-/// A vector as the Python client saved it, keyed like `Key`.
-#[derive(Debug, serde::Deserialize)]
-struct Row {
-    camera_id: String,
-    sequence: u64,
-    source: String,
-    index: usize,
-    kind: String,
-    codec: String,
-    projection_id: String,
-    track_id: u64,
-    class_id: u32,
-    dimension: usize,
-    frame_size: [u32; 2],
-    vector: Vec<f32>,
-}
-
-/// (camera, sequence, "objects" or "track_events", index in that list).
-type Key = (String, u64, &'static str, usize);
-
-struct RustVector {
-    kind: &'static str,
-    track_id: u64,
-    class_id: u32,
-    embedding: pb::Embedding,
-}
-
-/// Every embedding of the descriptors, where the Python client keys it.
-fn rust_vectors(descriptors: &[pb::FrameDescriptor]) -> BTreeMap<Key, RustVector> {
-    let mut vectors = BTreeMap::new();
-    for d in descriptors {
-        for (i, o) in d.objects.iter().enumerate() {
-            if let Some(e) = &o.embedding {
-                let v = RustVector {
-                    kind: "detection",
-                    track_id: o.track_id,
-                    class_id: o.class_id,
-                    embedding: e.clone(),
-                };
-                vectors.insert((d.camera_id.clone(), d.sequence, "objects", i), v);
-            }
-        }
-        for (i, event) in d.track_events.iter().enumerate() {
-            if let Some(e) = event.view.as_ref().and_then(|v| v.appearance.as_ref()) {
-                let v = RustVector {
-                    kind: event_kind_label(event.kind()),
-                    track_id: event.track_id,
-                    class_id: event.class_id,
-                    embedding: e.clone(),
-                };
-                vectors.insert((d.camera_id.clone(), d.sequence, "track_events", i), v);
-            }
-        }
-    }
-    vectors
-}
 
 fn count_events(descriptors: &[pb::FrameDescriptor], kind: pb::TrackEventKind) -> usize {
     descriptors
@@ -192,13 +89,7 @@ async fn python_decodes_what_rust_decodes(describe: &str, codec_name: &str) {
         "the Python client complained:\n{stderr}"
     );
 
-    let dump = run_python(&["-c", DUMP_NPZ, npz.to_str().unwrap()])
-        .output()
-        .expect("python runs");
-    let dump = check_output("reading the .npz", &dump);
-    let mut lines: Vec<&str> = dump.lines().collect();
-    let frames: serde_json::Value = serde_json::from_str(lines.pop().expect("the frames line")).unwrap();
-    let rows: Vec<Row> = lines.iter().map(|l| serde_json::from_str(l).expect("a row")).collect();
+    let (rows, frames) = saved_vectors(&npz);
 
     // The same descriptors reached both clients.
     let rust_frames: Vec<serde_json::Value> = descriptors
@@ -206,58 +97,18 @@ async fn python_decodes_what_rust_decodes(describe: &str, codec_name: &str) {
         .map(|d| serde_json::json!([d.camera_id, d.sequence, d.offset]))
         .collect();
     assert!(descriptors.len() >= 40, "{} descriptors", descriptors.len());
-    assert_eq!(frames["frames"].as_array().unwrap(), &rust_frames, "frames received");
+    assert_eq!(frames.as_array().unwrap(), &rust_frames, "frames received");
 
     // The same vectors, decoded alike.
-    let mut expected = rust_vectors(&descriptors);
-    let width_height = |d: &pb::FrameDescriptor| [d.frame_width, d.frame_height];
-    let by_sequence: BTreeMap<u64, &pb::FrameDescriptor> = descriptors.iter().map(|d| (d.sequence, d)).collect();
+    let expected = rust_vectors(&descriptors);
     assert!(
         expected.keys().any(|k| k.2 == "objects") && expected.keys().any(|k| k.2 == "track_events"),
         "vectors both in objects and in track events"
     );
-    for row in &rows {
-        let source = if row.source == "objects" {
-            "objects"
-        } else {
-            "track_events"
-        };
-        let key = (row.camera_id.clone(), row.sequence, source, row.index);
-        let rust = expected
-            .remove(&key)
-            .unwrap_or_else(|| panic!("Python saved a vector the Rust client did not see: {key:?}"));
-        let e = &rust.embedding;
-        let v = codec::decode(e).unwrap_or_else(|err| panic!("{key:?}: {err}"));
-        assert_eq!(
-            (row.kind.as_str(), row.track_id, row.class_id),
-            (rust.kind, rust.track_id, rust.class_id),
-            "{key:?}"
-        );
-        assert_eq!(
-            (row.codec.as_str(), row.dimension, row.projection_id.as_str()),
-            (
-                codec::codec_name(e.codec),
-                e.dimension as usize,
-                e.projection_id.as_str()
-            ),
-            "{key:?}"
-        );
-        assert_eq!(row.codec, codec_name, "{key:?}");
-        assert_eq!(row.vector.len(), v.len(), "{key:?}");
-        let worst = row
-            .vector
-            .iter()
-            .zip(&v)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-6, "{key:?}: Python and Rust decodings differ by {worst}");
-        // Context carried forward by the Python client from the first descriptor.
-        assert_eq!(row.frame_size, width_height(by_sequence[&row.sequence]), "{key:?}");
-    }
+    assert_decoded_alike(&rows, &descriptors);
     assert!(
-        expected.is_empty(),
-        "vectors the Python client missed: {:?}",
-        expected.keys()
+        rows.iter().all(|row| row.codec == codec_name),
+        "every vector in {codec_name}"
     );
 
     // One line per track event.

@@ -6,6 +6,9 @@
                      [--from-earliest | --after-offset N | --from-time RFC3339] [--resume-file PATH]
                      [--name NAME] [--frames] [--save out.npz] [--max-frames N] [--timeout S]
     retina_client.py info [--addr ...]
+    retina_client.py jetstream [--nats nats://127.0.0.1:4222] [--stream RETINA] [--subject retina.>]
+                     [--durable NAME] [--from-earliest | --from-time RFC3339] [--until-caught-up]
+                     [--frames] [--save out.npz] [--max-frames N]
 
 `subscribe` prints one line per track event (confirmed, better_view, appearance_changed, ended),
 or one block per frame with --frames, and one line per gap notice (offsets the node's log will
@@ -15,6 +18,12 @@ after an offset (--after-offset: the last one received), or with the first descr
 or after a time (--from-time, e.g. 2026-12-02T08:00:00Z; a time without a zone is UTC). --save
 writes every decoded vector with its metadata, and the offset of every descriptor, to a .npz file
 (see `save`). `info` prints GetNodeInfo.
+
+`jetstream` reads the same records from where central collectors (`retina-edge collect`) stored
+them: a NATS JetStream stream, one subject per node and camera. It decodes and prints them the
+same way, naming cameras node/camera, with each node's class names from its `._node` message.
+--durable NAME keeps the reader's place on the server: run again, it resumes after the last record
+it acknowledged (each is acknowledged once decoded); readers sharing NAME share the records.
 
 --resume-file PATH makes a durable subscriber. The last offset received (or passed by a gap
 notice) is kept in PATH as JSON {"node_id": ..., "offset": N}, replaced atomically (written
@@ -56,7 +65,7 @@ pb, pb_grpc = retina_proto.load()
 
 def parse_args(argv):
     # `subscribe` is the default command.
-    if not argv or argv[0] not in ("subscribe", "info", "-h", "--help"):
+    if not argv or argv[0] not in ("subscribe", "info", "jetstream", "-h", "--help"):
         argv = ["subscribe", *argv]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +111,27 @@ def parse_args(argv):
     s.add_argument("--timeout", type=float, metavar="S",
                    help="stop after S seconds (otherwise: when the node ends the stream, or never "
                         "with --resume-file)")
+
+    j = commands.add_parser("jetstream", help="read what collectors stored in NATS JetStream")
+    j.add_argument("--nats", default="nats://127.0.0.1:4222", metavar="URL", help="the NATS server")
+    j.add_argument("--stream", default="RETINA", help="the collectors' stream (default RETINA)")
+    j.add_argument("--subject", default="retina.>",
+                   help="which records: retina.> all (default), retina.NODE.> one node, retina.*.CAMERA "
+                        "one camera id on every node")
+    j.add_argument("--durable", metavar="NAME",
+                   help="keep this reader's place on the server under NAME: it resumes where it stopped, "
+                        "and readers sharing NAME share the records")
+    jstart = j.add_mutually_exclusive_group()
+    jstart.add_argument("--from-earliest", action="store_true", help="start with the oldest record kept")
+    jstart.add_argument("--from-time", type=rfc3339, metavar="RFC3339",
+                        help="start with the first record stored at or after this time")
+    j.add_argument("--until-caught-up", action="store_true",
+                   help="stop once every record there was has been read, instead of waiting for more")
+    j.add_argument("--frames", action="store_true", help="print every frame, not only track events")
+    j.add_argument("--save", type=Path, metavar="OUT.npz", help="save every decoded vector with metadata")
+    j.add_argument("--max-frames", type=int, metavar="N", help="stop after N descriptors")
+    # What the collectors stored is whatever the nodes pushed.
+    j.set_defaults(include_empty=True)
     return parser.parse_args(argv)
 
 
@@ -200,9 +230,11 @@ def embedding_text(e) -> str:
 class Subscriber:
     """Decodes a stream of FrameDescriptors: prints, counts and keeps the decoded vectors."""
 
-    def __init__(self, args, class_names):
+    def __init__(self, args, class_names, name_nodes=False):
         self.args = args
         self.class_names = class_names
+        # Records of many nodes (read from JetStream): cameras are known as node/camera.
+        self.name_nodes = name_nodes
         self.contexts = {}  # camera_id -> rd.Context in force
         self.sequences = {}  # camera_id -> (first, last, missing)
         self.runs = {}  # camera_id -> node_run_id of its last descriptor
@@ -258,21 +290,22 @@ class Subscriber:
         self.bytes += d.ByteSize()
         self.position = max(self.position or 0, d.offset)
         cam = d.camera_id
-        ctx = rd.merge_context(self.contexts.get(cam), d)
-        self.contexts[cam] = ctx
-        first, last, missing = self.sequences.get(cam, (d.sequence, d.sequence - 1, 0))
+        key = f"{d.node_id}/{cam}" if self.name_nodes else cam
+        ctx = rd.merge_context(self.contexts.get(key), d)
+        self.contexts[key] = ctx
+        first, last, missing = self.sequences.get(key, (d.sequence, d.sequence - 1, 0))
         if d.sequence > last + 1:
-            if self.runs.get(cam, ctx.node_run_id) != ctx.node_run_id:
+            if self.runs.get(key, ctx.node_run_id) != ctx.node_run_id:
                 # A new run of the node continues the camera's sequences, skipping ahead after a
                 # crash (numbers handed out but perhaps not stored are not handed out again).
-                self.skipped[cam] += d.sequence - last - 1
+                self.skipped[key] += d.sequence - last - 1
             else:
                 missing += d.sequence - last - 1
-        self.runs[cam] = ctx.node_run_id
-        self.sequences[cam] = (first, d.sequence, missing)
+        self.runs[key] = ctx.node_run_id
+        self.sequences[key] = (first, d.sequence, missing)
         capture_ns = rd.timestamp_ns(d.capture_time)
         self.frame_rows.append((cam, d.sequence, capture_ns, d.offset, ctx.node_run_id))
-        where = f"{when(capture_ns)} {cam} #{d.sequence}"
+        where = f"{when(capture_ns)} {key} #{d.sequence}"
         base = dict(camera_id=cam, node_id=ctx.node_id, node_run_id=ctx.node_run_id, sequence=d.sequence,
                     offset=d.offset, capture_time_ns=capture_ns, frame_width=ctx.frame_width,
                     frame_height=ctx.frame_height, embedder="{}@{}".format(*ctx.embedder) if ctx.embedder else "")
@@ -334,7 +367,7 @@ class Subscriber:
             if self.skipped[cam]:
                 note += f", {self.skipped[cam]} skipped by node restarts"
             lines.append(f"  camera {cam:<12} sequences {first}..={last}, {missing} missing{note}")
-        if self.position is not None:
+        if self.position is not None and not self.name_nodes:
             lines.append(f"last offset          {self.position} (resume with --after-offset {self.position})")
         lines.append(f"gap notices          {len(self.gaps)}")
         lines.extend(f"  {rd.gap_text(g)}" for g in self.gaps[:10])
@@ -624,8 +657,123 @@ def info(args) -> int:
     return 0
 
 
+# ── reading at the centre: JetStream ───────────────────────────────────────────────────────
+
+JS_BATCH = 256  # records asked for at once, each acknowledged once decoded
+
+
+def node_info_subject(subject: str) -> str:
+    """`<prefix>.<node>._node` for a record's subject `<prefix>.<node>.<camera>`."""
+    return subject.rsplit(".", 1)[0] + "._node"
+
+
+async def read_jetstream(args) -> int:
+    # Imported here: the node's own stream needs neither.
+    import asyncio
+
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    deliver = DeliverPolicy.NEW
+    start_time = None
+    if args.from_earliest:
+        deliver = DeliverPolicy.ALL
+    elif args.from_time is not None:
+        seconds, nanos = args.from_time
+        deliver = DeliverPolicy.BY_START_TIME
+        start_time = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+    try:
+        nc = await nats.connect(args.nats, name="retina-client-py", connect_timeout=10, max_reconnect_attempts=3)
+    except Exception as err:  # nats-py raises several unrelated types for an unreachable server
+        print(f"error: cannot connect to NATS at {args.nats}: {err}", file=sys.stderr)
+        return 1
+    js = nc.jetstream()
+    sub = Subscriber(args, [], name_nodes=True)
+    class_names = {}  # node info subject -> the node's detector classes
+
+    async def classes_of(subject):
+        key = node_info_subject(subject)
+        if key not in class_names:
+            try:
+                raw = await js.get_last_msg(args.stream, key)
+                class_names[key] = detector_classes(pb.NodeInfo.FromString(raw.data))
+            except Exception as err:  # not stored (a node that never said), or not a NodeInfo
+                print(f"warning: no info of {key} ({err}): classes shown by number", file=sys.stderr)
+                class_names[key] = []
+        return class_names[key]
+
+    status = 0
+    try:
+        config = ConsumerConfig(deliver_policy=deliver, opt_start_time=start_time, ack_policy=AckPolicy.EXPLICIT)
+        psub = await js.pull_subscribe(args.subject, durable=args.durable, stream=args.stream, config=config)
+        done = False
+        if args.until_caught_up:
+            info = await psub.consumer_info()
+            done = info.num_pending == 0 and info.num_ack_pending == 0
+        while not done:
+            wanted = JS_BATCH
+            if args.max_frames is not None:
+                # Never more than is still to be printed: nothing is left delivered but not
+                # acknowledged for the next reader with the same durable name to wait out.
+                wanted = max(1, min(JS_BATCH, args.max_frames - sub.frames))
+            try:
+                messages = await psub.fetch(wanted, timeout=5)
+            except nats.errors.TimeoutError:
+                if args.until_caught_up:
+                    info = await psub.consumer_info()
+                    done = info.num_pending == 0 and info.num_ack_pending == 0
+                continue
+            for msg in messages:
+                if msg.subject.endswith("._node"):
+                    try:
+                        class_names[msg.subject] = detector_classes(pb.NodeInfo.FromString(msg.data))
+                    except Exception as err:
+                        print(f"error: skipping {msg.subject}: not a NodeInfo ({err})", file=sys.stderr)
+                else:
+                    try:
+                        record = pb.FrameDescriptor.FromString(msg.data)
+                    except Exception as err:
+                        # Sent again it would fail again: said once, then taken off the consumer.
+                        print(f"error: skipping a record on {msg.subject}: {err}", file=sys.stderr)
+                        await msg.term()
+                        continue
+                    sub.class_names = await classes_of(msg.subject)
+                    sub.on_message(record)
+                await msg.ack()
+                if args.max_frames is not None and sub.frames >= args.max_frames:
+                    done = True
+                elif args.until_caught_up and msg.metadata.num_pending == 0:
+                    done = True
+                if done:
+                    break
+        # The acknowledgements are on their way; this waits until the server has them.
+        await nc.flush()
+    except nats.js.errors.NotFoundError as err:
+        print(f"error: stream {args.stream} not found on {args.nats}: {err}", file=sys.stderr)
+        status = 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        status = 130
+    finally:
+        await nc.close()
+    print(sub.summary())
+    if args.save:
+        sub.save(args.save)
+        print(f"saved {len(sub.rows)} vectors to {args.save}")
+    if sub.malformed and status == 0:
+        status = 1
+    return status
+
+
+def detector_classes(info) -> list:
+    return next((list(m.class_names) for m in info.models if m.role == "detector"), [])
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "jetstream":
+        import asyncio
+
+        return asyncio.run(read_jetstream(args))
     return subscribe(args) if args.command == "subscribe" else info(args)
 
 

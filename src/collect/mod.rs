@@ -6,6 +6,7 @@
 //!
 //! It reads nodes' logs as a remote reader would, and names nothing of a node's stages.
 
+pub mod read;
 mod service;
 mod sink;
 

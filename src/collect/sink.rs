@@ -15,7 +15,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 use crate::config::NatsConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redact_uri};
 use crate::pb;
 
 /// The header JetStream deduplicates on.
@@ -54,9 +54,11 @@ impl Sink {
                     other => tracing::info!(event = %other, "NATS"),
                 }
             })
-            .connect(config.url.as_str())
+            .connect(
+                crate::config::nats_servers(&config.url).map_err(|e| Error::Unavailable(format!("nats.url: {e}")))?,
+            )
             .await
-            .map_err(|e| unavailable(&format!("connecting to NATS at {}", config.url), &e))?;
+            .map_err(|e| unavailable(&format!("connecting to NATS at {}", redact_uri(&config.url)), &e))?;
         let jetstream = jetstream::new(client);
         let stream_config = stream::Config {
             name: config.stream.clone(),

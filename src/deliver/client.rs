@@ -121,6 +121,17 @@ impl Decoder {
         }
     }
 
+    /// A decoder naming the classes of the node's detector.
+    pub fn for_node(info: &pb::NodeInfo) -> Self {
+        let class_names = info
+            .models
+            .iter()
+            .find(|m| m.role == "detector")
+            .map(|m| m.class_names.clone())
+            .unwrap_or_default();
+        Decoder::new(class_names)
+    }
+
     /// Fills in the context fields the node left out because they had not changed.
     pub fn restore_context(&mut self, d: &mut pb::FrameDescriptor) {
         if d.detector.is_some() {
@@ -142,53 +153,89 @@ impl Decoder {
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
     let mut client = connect(&options.addr, &options.credentials, options.connect_timeout).await?;
     let info = client.get_node_info(pb::GetNodeInfoRequest {}).await?.into_inner();
-    let class_names = info
-        .models
-        .iter()
-        .find(|m| m.role == "detector")
-        .map(|m| m.class_names.clone())
-        .unwrap_or_default();
-    let mut decoder = Decoder::new(class_names);
+    let mut decoder = Decoder::for_node(&info);
     let mut stream = client.subscribe(options.request.clone()).await?.into_inner();
-    let mut summary = Summary::default();
-    let mut first_capture: HashMap<String, i64> = HashMap::new();
-    let started = Instant::now();
-    let stdout = std::io::stdout();
-    while let Some(mut descriptor) = stream.message().await? {
+    let mut printer = Printer::new(options.output, options.max_frames, false);
+    while let Some(descriptor) = stream.message().await? {
+        if !printer.print(descriptor, &mut decoder)? {
+            break;
+        }
+    }
+    Ok(printer.finish(options.compare_video.as_deref()))
+}
+
+/// Prints and counts what a reader receives, from a node or from the centre's JetStream.
+pub struct Printer {
+    output: Output,
+    max_frames: Option<u64>,
+    /// Cameras are named `node/camera` in the summary: records of many nodes arrive.
+    name_nodes: bool,
+    summary: Summary,
+    first_capture: HashMap<String, i64>,
+    started: Instant,
+}
+
+impl Printer {
+    pub fn new(output: Output, max_frames: Option<u64>, name_nodes: bool) -> Printer {
+        Printer {
+            output,
+            max_frames,
+            name_nodes,
+            summary: Summary::default(),
+            first_capture: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Prints one message (a descriptor or a gap notice); false once `max_frames` are reached.
+    pub fn print(&mut self, mut descriptor: pb::FrameDescriptor, decoder: &mut Decoder) -> anyhow::Result<bool> {
+        let stdout = std::io::stdout();
         if let Some(gap) = descriptor.gap {
             let line = gap_line(&gap);
-            match options.output {
+            match self.output {
                 Output::Json => writeln!(stdout.lock(), "{}", json!({ "gap": line }))?,
                 Output::Quiet => {}
                 Output::Events | Output::Frames => writeln!(stdout.lock(), "{line}")?,
             }
-            summary.gaps.push(gap);
-            continue;
+            self.summary.gaps.push(gap);
+            return Ok(true);
         }
-        summary.record(&descriptor, &decoder, &mut first_capture);
+        // Records from JetStream carry their whole context, node id included.
+        let camera = if self.name_nodes {
+            format!("{}/{}", descriptor.node_id, descriptor.camera_id)
+        } else {
+            descriptor.camera_id.clone()
+        };
+        // Counted as sent, before the context is filled in.
+        self.summary
+            .record(&descriptor, camera, decoder, &mut self.first_capture);
         decoder.restore_context(&mut descriptor);
         let mut out = stdout.lock();
-        match options.output {
+        match self.output {
             Output::Events => {
                 for event in &descriptor.track_events {
-                    writeln!(out, "{}", event_line(&descriptor, event, &decoder))?;
+                    writeln!(out, "{}", event_line(&descriptor, event, decoder))?;
                 }
             }
-            Output::Frames => write!(out, "{}", to_text(&descriptor, &decoder))?,
-            Output::Json => writeln!(out, "{}", to_json(&descriptor, &decoder))?,
+            Output::Frames => write!(out, "{}", to_text(&descriptor, decoder))?,
+            Output::Json => writeln!(out, "{}", to_json(&descriptor, decoder))?,
             Output::Quiet => {}
         }
-        if options.max_frames.is_some_and(|max| summary.descriptors >= max) {
-            break;
+        Ok(self.max_frames.is_none_or(|max| self.summary.descriptors < max))
+    }
+
+    /// Descriptors printed so far (gap notices not counted).
+    pub fn descriptors(&self) -> u64 {
+        self.summary.descriptors
+    }
+
+    /// Prints the summary (but not after JSON, which is for programs) and returns it.
+    pub fn finish(self, compare_video: Option<&std::path::Path>) -> Summary {
+        if self.output != Output::Json {
+            print!("{}", self.summary.render(self.started.elapsed(), compare_video));
         }
+        self.summary
     }
-    if options.output != Output::Json {
-        print!(
-            "{}",
-            summary.render(started.elapsed(), options.compare_video.as_deref())
-        );
-    }
-    Ok(summary)
 }
 
 /// A channel to the node at `addr` (`http://` or `https://`), with TLS if `credentials` name a
@@ -268,7 +315,13 @@ fn end_reason_name(reason: i32) -> &'static str {
 }
 
 impl Summary {
-    fn record(&mut self, d: &pb::FrameDescriptor, decoder: &Decoder, first_capture: &mut HashMap<String, i64>) {
+    fn record(
+        &mut self,
+        d: &pb::FrameDescriptor,
+        camera: String,
+        decoder: &Decoder,
+        first_capture: &mut HashMap<String, i64>,
+    ) {
         self.descriptors += 1;
         self.last_offset = Some(d.offset);
         self.descriptor_bytes += d.encoded_len() as u64;
@@ -292,15 +345,15 @@ impl Summary {
         }
         let entry = self
             .sequences
-            .entry(d.camera_id.clone())
+            .entry(camera.clone())
             .or_insert((d.sequence, d.sequence, 0));
         if d.sequence > entry.1 + 1 {
             entry.2 += d.sequence - entry.1 - 1;
         }
         entry.1 = entry.1.max(d.sequence);
         let t = nanos(d.capture_time);
-        let first = *first_capture.entry(d.camera_id.clone()).or_insert(t);
-        let span = self.capture_span_seconds.entry(d.camera_id.clone()).or_default();
+        let first = *first_capture.entry(camera.clone()).or_insert(t);
+        let span = self.capture_span_seconds.entry(camera).or_default();
         *span = span.max((t - first) as f64 / 1e9);
     }
 
