@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -96,6 +96,12 @@ bench-log: build
 ## N; ~8 min. Writes benches/results/cameras.md and cameras.png (RETINA_BENCH_* knobs: see the bench).
 bench-cameras: build
 	$(CARGO) bench --locked --bench cameras
+
+## The central collector at scale: the release binary's `retina-edge collect` and a real nats-server
+## against N simulated nodes pushing the clip's real records: records/s, MB/s, CPU per record,
+## lag, and the sizing for 10,000 boxes x 8 cameras; ~3 min. Writes benches/results/collect.md.
+bench-collect: build
+	$(CARGO) bench --locked --bench collect
 
 ## Where the node's memory goes: its RSS for a ladder of settings and camera counts, before and
 ## after issue 10's changes; ~4 min. Writes benches/results/memory.md.

@@ -101,7 +101,8 @@ pub struct AuthConfig {
 }
 
 /// A collector this node pushes its log to: for boxes the centre cannot dial (NAT, a carrier's
-/// network). README, "Push to central collectors".
+/// network). README, "Push to central collectors". A collector's `[[pull]]` (a node it dials) has
+/// the same fields, naming the node and a token of the node's with the `subscribe` scope.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
@@ -146,7 +147,9 @@ fn default_push_reconnect_max_seconds() -> f64 {
 }
 
 impl PushConfig {
-    fn validate(&self, insecure: bool) -> std::result::Result<(), String> {
+    /// `kind`: "push" or "pull", as the section is named; `insecure_field` the setting that
+    /// allows plain http:// to other hosts.
+    fn validate(&self, kind: &str, insecure: bool, insecure_field: &str) -> std::result::Result<(), String> {
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -155,11 +158,11 @@ impl PushConfig {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid_name {
             return Err(format!(
-                "push name {}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                "{kind} name {}: use 1 to 64 letters, digits, '-', '_' or '.'",
                 crate::error::quoted(&self.name)
             ));
         }
-        let at = format!("push {:?}", self.name);
+        let at = format!("{kind} {:?}", self.name);
         let plain = self.address.starts_with("http://");
         if !plain && !self.address.starts_with("https://") {
             return Err(format!(
@@ -179,7 +182,7 @@ impl PushConfig {
         if plain && !loopback && !insecure {
             return Err(format!(
                 "{at}: http:// to another host would send the token and the descriptors in the clear: use https://, \
-                 or set node.insecure = true"
+                 or set {insecure_field} = true"
             ));
         }
         if self.cert.is_some() != self.key.is_some() {
@@ -750,7 +753,7 @@ impl Config {
         }
         let mut push_names = std::collections::HashSet::new();
         for target in &self.push {
-            target.validate(self.node.insecure)?;
+            target.validate("push", self.node.insecure, "node.insecure")?;
             if !push_names.insert(target.name.as_str()) {
                 return Err(format!("push {:?}: duplicate name", target.name));
             }
@@ -844,6 +847,9 @@ pub struct CollectorConfig {
     /// Tokens with the `push` scope, each named after the node that may push with it.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Nodes the collector dials itself and subscribes to, for nodes it can reach.
+    #[serde(default)]
+    pub pull: Vec<PushConfig>,
     #[serde(skip)]
     pub base_dir: PathBuf,
     #[serde(skip)]
@@ -965,6 +971,14 @@ impl CollectorConfig {
             ));
         }
         nats_servers(&nats.url).map_err(|e| fail(format!("nats.url: {e}")))?;
+        let mut names = std::collections::BTreeSet::new();
+        for pull in &config.pull {
+            pull.validate("pull", config.collector.insecure, "collector.insecure")
+                .map_err(fail)?;
+            if !names.insert(&pull.name) {
+                return Err(fail(format!("two [[pull]] named {}", quoted(&pull.name))));
+            }
+        }
         check_field(
             (1..=5).contains(&nats.replicas),
             "nats.replicas",

@@ -6,6 +6,8 @@
 //!
 //! It reads nodes' logs as a remote reader would, and names nothing of a node's stages.
 
+mod pull;
+mod pump;
 pub mod read;
 mod service;
 mod sink;
@@ -33,6 +35,7 @@ pub struct CollectorMetrics {
     registry: Registry,
     records: Counter,
     jetstream_waits: Counter,
+    pull: pull::PullMetrics,
 }
 
 impl CollectorMetrics {
@@ -50,10 +53,22 @@ impl CollectorMetrics {
             "Times a batch waited because JetStream did not store it (the nodes are held meanwhile)",
             jetstream_waits.clone(),
         );
+        let pull = pull::PullMetrics::default();
+        registry.register(
+            "retina_collect_pull_connected",
+            "1 while subscribed to a pulled node, 0 while connecting or waiting to retry",
+            pull.connected.clone(),
+        );
+        registry.register(
+            "retina_collect_pull_reconnects",
+            "Subscriptions to a pulled node that ended or failed, each followed by a retry",
+            pull.reconnects.clone(),
+        );
         CollectorMetrics {
             registry,
             records,
             jetstream_waits,
+            pull,
         }
     }
 
@@ -135,6 +150,8 @@ impl Collector {
         if !reloadable.is_empty() || tokens.is_some() {
             tokio::spawn(access::keep_reloading(reloadable, tokens.clone(), |_| {}, stop.clone()));
         }
+        let resolve = |path: &std::path::Path| config.resolve(path);
+        pull::start(&config.pull, resolve, sink.clone(), metrics.clone(), stop.clone());
         let service = service::CollectorService {
             sink,
             metrics,

@@ -1,6 +1,5 @@
 //! `retina.v1.Collector/Push`: one node's log arriving, written to JetStream, acknowledged.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -10,15 +9,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::CollectorMetrics;
-use super::sink::{Outgoing, Sink};
+use super::pump::{Pump, next_batch, offset_of};
+use super::sink::Sink;
 use crate::access::Caller;
 use crate::pb::{self, collector_server::Collector};
-use crate::wire::{context_of, copy_context};
-
-/// Records read from a node before they are written as one batch: a batch is confirmed by
-/// JetStream as a whole, so larger batches cost fewer round trips; the node keeps sending while
-/// one is written, up to what HTTP/2 flow control lets through.
-const BATCH_MAX: usize = 256;
 /// Replies waiting for the node to read them.
 const REPLY_BUFFER: usize = 16;
 
@@ -89,64 +83,35 @@ impl Collector for CollectorService {
             .send(Ok(pb::PushReply { stored_through: held }))
             .await
             .map_err(|_| Status::cancelled("the node went away"))?;
-        let pump = Pump {
-            node,
-            sink: self.sink.clone(),
-            metrics: self.metrics.clone(),
-            held,
+        let session = PushSession {
+            pump: Pump::new(node, self.sink.clone(), self.metrics.clone(), held),
         };
-        tokio::spawn(pump.run(incoming, replies));
+        tokio::spawn(session.run(incoming, replies));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// One node's stream: batches of records to JetStream, then an acknowledgement.
-struct Pump {
-    node: String,
-    sink: Arc<Sink>,
-    metrics: Arc<CollectorMetrics>,
-    /// The highest offset held for this node: records at or below it are not written again.
-    held: Option<u64>,
+/// One node's push: batches of records to JetStream, each acknowledged once stored.
+struct PushSession {
+    pump: Pump,
 }
 
-impl Pump {
+impl PushSession {
     async fn run(
         mut self,
         mut incoming: Streaming<pb::PushMessage>,
         replies: mpsc::Sender<Result<pb::PushReply, Status>>,
     ) {
-        let mut context = ContextRestorer::default();
+        let node = self.pump.node().to_string();
         let mut last_received: Option<u64> = None;
         loop {
-            // Wait for one record, then take whatever else has already arrived.
-            let mut batch = Vec::new();
-            let mut ended = None;
-            match incoming.message().await {
-                Ok(Some(message)) => batch.push(message),
-                Ok(None) => return,
-                Err(status) => {
-                    tracing::info!(node = %self.node, %status, "push stream ended");
-                    return;
-                }
-            }
-            while batch.len() < BATCH_MAX {
-                match futures_now(incoming.message()) {
-                    Some(Ok(Some(message))) => batch.push(message),
-                    Some(Ok(None)) => {
-                        ended = Some(None);
-                        break;
-                    }
-                    Some(Err(status)) => {
-                        ended = Some(Some(status));
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            let mut outgoing: Vec<Outgoing> = Vec::with_capacity(batch.len());
-            let mut newest = None;
+            let Some((batch, ended)) = next_batch(&mut incoming).await else {
+                self.pump.note().await;
+                return;
+            };
+            let mut records = Vec::with_capacity(batch.len());
             for message in batch {
-                let Some(pb::push_message::Kind::Record(mut record)) = message.kind else {
+                let Some(pb::push_message::Kind::Record(record)) = message.kind else {
                     let _ = replies
                         .send(Err(Status::invalid_argument(
                             "after the hello, a push sends only records",
@@ -154,7 +119,7 @@ impl Pump {
                         .await;
                     return;
                 };
-                let offset = record.gap.as_ref().map_or(record.offset, |gap| gap.last_offset);
+                let offset = offset_of(&record);
                 if last_received.is_some_and(|last| offset <= last) {
                     let _ = replies
                         .send(Err(Status::invalid_argument(format!(
@@ -165,82 +130,30 @@ impl Pump {
                     return;
                 }
                 last_received = Some(offset);
-                newest = Some(offset);
-                if self.held.is_some_and(|held| offset <= held) {
-                    continue; // held already: acknowledged again below, not written again
-                }
-                if record.gap.is_none() {
-                    context.restore(&mut record);
-                }
-                outgoing.push(self.sink.outgoing(&self.node, &record));
+                records.push(record);
             }
-            let records = outgoing.len() as u64;
-            let metrics = &self.metrics;
-            let node = &self.node;
-            let written = self
-                .sink
-                .write(&outgoing, |err| {
-                    metrics.jetstream_waits.inc();
-                    tracing::warn!(%node, %err, "JetStream is not storing: holding this node's records");
-                })
-                .await;
-            if let Err(err) = written {
-                let _ = replies.send(Err(Status::from(err))).await;
-                return;
-            }
-            metrics.records.inc_by(records);
-            if let Some(newest) = newest {
-                if self.held < Some(newest) {
-                    if let Err(err) = self.sink.hold_through(&self.node, newest).await {
-                        // JetStream holds the records; the bucket catches up with the next batch,
-                        // and a record sent again meanwhile is dropped by its id.
-                        tracing::warn!(node = %self.node, %err, "the offset held was not recorded");
-                    }
-                    self.held = Some(newest);
-                }
-                if replies
-                    .send(Ok(pb::PushReply {
-                        stored_through: Some(newest),
-                    }))
-                    .await
-                    .is_err()
-                {
+            match self.pump.store(records).await {
+                Err(err) => {
+                    let _ = replies.send(Err(Status::from(err))).await;
                     return;
                 }
+                Ok(Some(newest)) => {
+                    let reply = pb::PushReply {
+                        stored_through: Some(newest),
+                    };
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
             }
             if let Some(end) = ended {
                 if let Some(status) = end {
-                    tracing::info!(node = %self.node, %status, "push stream ended");
+                    tracing::info!(%node, %status, "push stream ended");
                 }
+                self.pump.note().await;
                 return;
             }
-        }
-    }
-}
-
-/// The next message if it has already arrived, without waiting.
-fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let waker = std::task::Waker::noop();
-    match future.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
-}
-
-/// Fills in the context fields a node sent only when they changed, so that every record in
-/// JetStream stands alone: a consumer may start anywhere.
-#[derive(Default)]
-struct ContextRestorer {
-    per_camera: HashMap<String, pb::FrameDescriptor>,
-}
-
-impl ContextRestorer {
-    fn restore(&mut self, record: &mut pb::FrameDescriptor) {
-        if record.detector.is_some() {
-            self.per_camera.insert(record.camera_id.clone(), context_of(record));
-        } else if let Some(context) = self.per_camera.get(&record.camera_id) {
-            copy_context(context, record);
         }
     }
 }

@@ -13,6 +13,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use prost::Message;
 use prost::bytes::Bytes;
+use tokio_stream::StreamExt as _;
 
 use crate::config::NatsConfig;
 use crate::error::{Error, Result, redact_uri};
@@ -21,9 +22,17 @@ use crate::pb;
 /// The header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
 
+/// Records published at once, and awaiting confirmation at once over all nodes: below the 5,000
+/// the client allows (`max_ack_inflight`), leaving room for the offset notes and node infos.
+const CHUNK: usize = 256;
+const IN_FLIGHT: usize = 4096;
+
 pub struct Sink {
     jetstream: jetstream::Context,
+    in_flight: tokio::sync::Semaphore,
     offsets: stream::Stream,
+    /// The records' stream.
+    stream: String,
     offsets_prefix: String,
     prefix: String,
 }
@@ -105,22 +114,51 @@ impl Sink {
             .map_err(|e| unavailable(&format!("opening stream {}", config.offsets_stream), &e))?;
         Ok(Sink {
             jetstream,
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
             offsets,
+            stream: config.stream.clone(),
             offsets_prefix,
             prefix: config.subject_prefix.clone(),
         })
     }
 
-    /// The highest offset held for `node`, if any.
+    /// The highest offset held for `node`, if any: the last one noted, or the newest record of
+    /// the node's in the stream, whichever is higher. Notes are made at most twice a second
+    /// (`pump::NOTE_INTERVAL`), so after a kill the records say more; once retention has removed
+    /// a node's records, the note still does.
     pub async fn held_through(&self, node: &str) -> Result<Option<u64>> {
+        let failed = |e: &dyn std::fmt::Display| Error::Unavailable(format!("reading the offset held for {node}: {e}"));
         let subject = self.offsets_subject(node);
-        match self.offsets.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => Ok(std::str::from_utf8(&message.payload)
+        let noted = match self.offsets.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => std::str::from_utf8(&message.payload)
                 .ok()
-                .and_then(|text| text.parse().ok())),
-            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(err) => Err(Error::Unavailable(format!("reading the offset held for {node}: {err}"))),
+                .and_then(|text| text.parse::<u64>().ok()),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(err) => return Err(failed(&err)),
+        };
+        // The newest record on each of the node's subjects (one per camera, and gap notices).
+        let records = self.jetstream.get_stream(&self.stream).await.map_err(|e| failed(&e))?;
+        let mut subjects = records
+            .info_with_subjects(format!("{}.{}.>", self.prefix, subject_token(node)))
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut newest = noted;
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) = entry.map_err(|e| failed(&e))?;
+            if subject.ends_with("._node") {
+                continue;
+            }
+            let message = match records.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message,
+                // Removed by retention since the listing.
+                Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
+                Err(err) => return Err(failed(&err)),
+            };
+            if let Ok(record) = pb::FrameDescriptor::decode(message.payload.as_ref()) {
+                newest = newest.max(Some(super::pump::offset_of(&record)));
+            }
         }
+        Ok(newest)
     }
 
     fn offsets_subject(&self, node: &str) -> String {
@@ -199,6 +237,27 @@ impl Sink {
     /// Publishes all of `records`, then waits for each confirmation in order; on a failure,
     /// how many in a row from the start were confirmed.
     async fn publish_from(&self, records: &[Outgoing]) -> std::result::Result<(), (usize, Error)> {
+        let mut confirmed = 0;
+        for chunk in records.chunks(CHUNK) {
+            self.publish_chunk(chunk)
+                .await
+                .map_err(|(stored, err)| (confirmed + stored, err))?;
+            confirmed += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// [`Sink::publish_from`] for at most [`CHUNK`] records. The client lets at most 5,000
+    /// publications await their confirmation and makes a publication wait for a place, which an
+    /// awaited confirmation frees: many nodes' batches, each holding places while publishing the
+    /// rest, would take them all and wait for each other forever (a benchmark with 100 nodes did).
+    /// So a chunk takes all the places it needs at once, from a budget below the client's.
+    async fn publish_chunk(&self, records: &[Outgoing]) -> std::result::Result<(), (usize, Error)> {
+        let _places = self
+            .in_flight
+            .acquire_many(records.len() as u32)
+            .await
+            .map_err(|_| (0, Error::Internal("the publication budget was closed".into())))?;
         let mut pending = Vec::with_capacity(records.len());
         for record in records {
             let mut headers = HeaderMap::new();

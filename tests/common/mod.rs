@@ -122,6 +122,7 @@ pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<
         .map(|(scores, boxes)| (load(scores), load(boxes)))
         .collect()
 }
+pub mod nats;
 pub mod python;
 pub mod rtsp;
 pub mod sources;
