@@ -28,6 +28,8 @@ use crate::pb::{CameraState, TimeSource};
 use crate::shutdown::Shutdown;
 
 const BUS_POLL: Duration = Duration::from_millis(100);
+/// The longest a looping file waits at its end for the clock (a bound on a wrong duration).
+const MAX_TAIL_WAIT: Duration = Duration::from_secs(10);
 /// A live source's permanent-looking failure must happen this many times in a row before the
 /// camera is `FAILED`.
 const LIVE_PERMANENT_AFTER: u32 = 3;
@@ -250,6 +252,35 @@ impl Supervisor {
         self.status.set_state(CameraState::Stopped, None);
     }
 
+    /// Back to the start of a looping file. A flushing seek: segment seeks (which would carry
+    /// running time on) are refused by some demuxers (MPEG-TS). Time starts from zero again
+    /// after it, and the rate gate carries it on (`RateGate::restart`).
+    fn loop_back(&self, pipeline: &gst::Pipeline) -> Result<()> {
+        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
+        pipeline
+            .seek_simple(flags, gst::ClockTime::ZERO)
+            .map_err(|_| Error::Camera {
+                camera: self.status.id.clone(),
+                message: "cannot seek back to the start of the file".into(),
+            })
+    }
+
+    /// How long until the end of a file played in real time is due. Frames the rate gate
+    /// skips never reach the synchronised sink, so at EOS the clock is only as far as the last
+    /// analysed frame: looping at once ran a short clip at 2.4 times real time.
+    fn tail_left(&self, pipeline: &gst::Pipeline) -> Duration {
+        if !self.spec.sync {
+            return Duration::ZERO;
+        }
+        let end = pipeline
+            .query_duration::<gst::ClockTime>()
+            .or_else(|| pipeline.query_position::<gst::ClockTime>());
+        match (end, pipeline.current_running_time()) {
+            (Some(end), Some(now)) => Duration::from_nanos(end.saturating_sub(now).nseconds()).min(MAX_TAIL_WAIT),
+            _ => Duration::ZERO,
+        }
+    }
+
     fn run_once(&self, clock: &Arc<Mutex<CaptureClock>>) -> Result<RunEnd> {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
         let stream_status = self.status.clone();
@@ -283,9 +314,15 @@ impl Supervisor {
             });
         }
 
+        // When a looping file, at its end, goes back to the start.
+        let mut loop_due: Option<Instant> = None;
         loop {
             if self.stop.is_triggered() {
                 return Ok(RunEnd::Finished);
+            }
+            if loop_due.is_some_and(|due| Instant::now() >= due) {
+                loop_due = None;
+                self.loop_back(&pipeline.pipeline)?;
             }
             // Silent since the last decoded frame of this run, or since the run began. Decoded,
             // not analysed: at a low analysis rate, analysed frames may come further apart than
@@ -331,14 +368,7 @@ impl Supervisor {
                 }
                 gst::MessageView::Eos(_) => match self.kind {
                     SourceKind::File if self.loop_file => {
-                        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT;
-                        pipeline
-                            .pipeline
-                            .seek_simple(flags, gst::ClockTime::ZERO)
-                            .map_err(|_| Error::Camera {
-                                camera: self.status.id.clone(),
-                                message: "cannot seek back to the start of the file".into(),
-                            })?;
+                        loop_due = Some(Instant::now() + self.tail_left(&pipeline.pipeline));
                     }
                     SourceKind::File => {
                         tracing::info!(camera = %self.status.id, "end of file");

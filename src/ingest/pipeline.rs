@@ -181,6 +181,10 @@ pub struct RateGate {
     /// First frame's time and the slot of the last frame kept.
     anchor: Option<(Duration, u64)>,
     last_kept: Duration,
+    /// Added to every time after a loop, so that time goes on where the last loop ended.
+    offset: Duration,
+    /// The end of the latest frame seen (offset included).
+    seen_until: Duration,
 }
 
 impl RateGate {
@@ -191,10 +195,23 @@ impl RateGate {
             interval,
             anchor: None,
             last_kept: Duration::ZERO,
+            offset: Duration::ZERO,
+            seen_until: Duration::ZERO,
         }
     }
 
-    pub fn admit(&mut self, time: Duration) -> bool {
+    /// After a flushing seek (a file that loops) times start again from zero: they are carried
+    /// on from the end of the last frame seen. Otherwise a clip no longer than one interval
+    /// replays the times of the slot already used and is never analysed again, and restarting
+    /// the slots instead would analyse a clip of a few frames once per loop, far above the rate.
+    pub fn restart(&mut self) {
+        self.offset = self.seen_until;
+    }
+
+    /// `duration`: the frame's, or zero if unknown.
+    pub fn admit(&mut self, time: Duration, duration: Duration) -> bool {
+        let time = time + self.offset;
+        self.seen_until = self.seen_until.max(time + duration);
         let Some(interval) = self.interval else {
             return true;
         };
@@ -392,19 +409,38 @@ pub fn build(
         .static_pad("sink")
         .ok_or_else(|| Error::Gstreamer("videoscale has no sink pad".into()))?;
     let gate = Mutex::new(RateGate::new(spec.analysis_fps));
-    scale_sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        on_stream_frame(StreamFrame::Decoded);
-        let Some(buffer) = info.buffer() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        match stream_time(pad, buffer) {
-            // `Handled`, not `Drop`: gstreamer-rs takes the buffer out of the probe info, so on
-            // `Drop` GStreamer 1.22 unrefs a NULL pointer, a GLib critical per dropped frame (seen
-            // through the log bridge). `Handled` says the probe consumed it; Rust unrefs it.
-            Some(time) if !gate.lock().unwrap_or_else(|p| p.into_inner()).admit(time) => gst::PadProbeReturn::Handled,
-            _ => gst::PadProbeReturn::Ok,
-        }
-    });
+    scale_sink.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
+        move |pad, info| {
+            if let Some(gst::PadProbeData::Event(event)) = &info.data {
+                if event.type_() == gst::EventType::FlushStop {
+                    gate.lock().unwrap_or_else(|p| p.into_inner()).restart();
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            on_stream_frame(StreamFrame::Decoded);
+            let Some(buffer) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            match stream_time(pad, buffer) {
+                // `Handled`, not `Drop`: gstreamer-rs takes the buffer out of the probe info, so on
+                // `Drop` GStreamer 1.22 unrefs a NULL pointer, a GLib critical per dropped frame (seen
+                // through the log bridge). `Handled` says the probe consumed it; Rust unrefs it.
+                Some(time) => {
+                    let duration = buffer
+                        .duration()
+                        .map_or(Duration::ZERO, |d| Duration::from_nanos(d.nseconds()));
+                    let admitted = gate.lock().unwrap_or_else(|p| p.into_inner()).admit(time, duration);
+                    if admitted {
+                        gst::PadProbeReturn::Ok
+                    } else {
+                        gst::PadProbeReturn::Handled
+                    }
+                }
+                _ => gst::PadProbeReturn::Ok,
+            }
+        },
+    );
     let scale_weak = scale.downgrade();
     let pad_facts = facts.clone();
     decode.connect_pad_added(move |_, pad| {
@@ -612,7 +648,7 @@ mod tests {
     fn kept(gate: &mut RateGate, times_ms: impl IntoIterator<Item = u64>) -> Vec<u64> {
         times_ms
             .into_iter()
-            .filter(|&t| gate.admit(Duration::from_millis(t)))
+            .filter(|&t| gate.admit(Duration::from_millis(t), Duration::ZERO))
             .collect()
     }
 
@@ -626,6 +662,30 @@ mod tests {
             kept(&mut gate, frames),
             [0, 480, 960, 1480, 1960, 2480, 2960, 3480, 3960]
         );
+    }
+
+    #[test]
+    fn a_looping_clip_keeps_the_rate_however_short_it_is() {
+        // 4 frames at 1 fps analysed at 0.25 fps: every loop replays times 0..3 s. Without
+        // carrying time on at each seek, only the very first frame was ever analysed.
+        let second = Duration::from_secs(1);
+        let mut gate = RateGate::new(0.25);
+        let mut kept = 0;
+        for _ in 0..10 {
+            kept += (0..4).filter(|&i| gate.admit(i * second, second)).count();
+            gate.restart();
+        }
+        assert_eq!(kept, 10, "one frame per 4 s over 40 s");
+        // 2 frames at 25 fps, looped for 10 s at 0.25 fps: restarting the slots at each loop
+        // would keep one frame per 80 ms loop.
+        let frame = Duration::from_millis(40);
+        let mut gate = RateGate::new(0.25);
+        let mut kept = 0;
+        for _ in 0..125 {
+            kept += (0..2).filter(|&i| gate.admit(i * frame, frame)).count();
+            gate.restart();
+        }
+        assert_eq!(kept, 3, "at 0, 3.6 and 7.6 s of 10 s");
     }
 
     #[test]
@@ -750,7 +810,12 @@ mod tests {
         let kept = jitter
             .iter()
             .enumerate()
-            .filter(|&(i, &j)| gate.admit(Duration::from_millis((1000 + i as i64 * 500 + j) as u64)))
+            .filter(|&(i, &j)| {
+                gate.admit(
+                    Duration::from_millis((1000 + i as i64 * 500 + j) as u64),
+                    Duration::ZERO,
+                )
+            })
             .count();
         assert_eq!(kept, jitter.len());
     }
