@@ -138,6 +138,20 @@ pub struct PushConfig {
     pub reconnect_max_seconds: f64,
 }
 
+impl PushConfig {
+    /// The CA certificate, and the client certificate with its key, with `resolve` applied
+    /// (`credential:NAME` and relative paths).
+    pub fn tls_files(&self, resolve: impl Fn(&Path) -> PathBuf) -> (Option<PathBuf>, Option<(PathBuf, PathBuf)>) {
+        let ca_cert = self.ca_cert.as_deref().map(&resolve);
+        let client_cert = self
+            .cert
+            .as_deref()
+            .map(&resolve)
+            .zip(self.key.as_deref().map(&resolve));
+        (ca_cert, client_cert)
+    }
+}
+
 fn default_push_reconnect_initial_seconds() -> f64 {
     1.0
 }

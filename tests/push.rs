@@ -53,6 +53,15 @@ async fn stored_records(url: &str) -> Vec<(String, pb::FrameDescriptor)> {
     records
 }
 
+/// A node that listens on `addr` and keeps its cameras in `dir`, as a node restarted by a test
+/// must (the same port, the same camera state).
+fn node_config(dir: &Path, cameras: &str, addr: &str) -> PathBuf {
+    let path = dir.join("node.toml");
+    let state = format!("camera_state_file = \"{}\"", dir.join("cameras.toml").display());
+    std::fs::write(&path, common::config_toml(cameras, &state).replace("127.0.0.1:0", addr)).unwrap();
+    path
+}
+
 fn offset_of(record: &pb::FrameDescriptor) -> u64 {
     record.gap.as_ref().map_or(record.offset, |gap| gap.last_offset)
 }
@@ -361,17 +370,8 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
         log.display(),
         dir.path().join("push.token").display(),
     );
-    let node_toml = dir.path().join("node.toml");
     let node_addr = format!("127.0.0.1:{}", common::free_port());
-    std::fs::write(
-        &node_toml,
-        common::config_toml(
-            &cameras,
-            &format!("camera_state_file = \"{}\"", dir.path().join("cameras.toml").display()),
-        )
-        .replace("127.0.0.1:0", &node_addr),
-    )
-    .unwrap();
+    let node_toml = node_config(dir.path(), &cameras, &node_addr);
     let mut node = common::spawn_retina("run", &node_toml);
     until_more_stored(&nats_url, 10, "first records").await;
 
@@ -624,16 +624,7 @@ async fn a_collector_pulls_a_node_it_can_reach_through_kills_of_both() {
         common::sample_clip().display(),
         log.display(),
     );
-    let node_toml = dir.path().join("node.toml");
-    std::fs::write(
-        &node_toml,
-        common::config_toml(
-            &cameras,
-            &format!("camera_state_file = \"{}\"", dir.path().join("cameras.toml").display()),
-        )
-        .replace("127.0.0.1:0", &node_addr),
-    )
-    .unwrap();
+    let node_toml = node_config(dir.path(), &cameras, &node_addr);
     let mut node = common::spawn_retina("run", &node_toml);
     until_more_stored(&nats.url(), 10, "first records pulled").await;
     let connected = collector_metric(metrics_port, "", "retina_collect_pull_connected{target=\"box\"}").await;

@@ -40,16 +40,13 @@ pub fn start(
     targets
         .iter()
         .map(|config| {
+            let (ca_cert, client_cert) = config.tls_files(&resolve);
             let target = Target {
                 name: config.name.clone(),
                 address: config.address.clone(),
                 credentials: Credentials {
-                    ca_cert: config.ca_cert.as_deref().map(&resolve),
-                    client_cert: config
-                        .cert
-                        .as_deref()
-                        .map(&resolve)
-                        .zip(config.key.as_deref().map(&resolve)),
+                    ca_cert,
+                    client_cert,
                     token: None,
                 },
                 token_file: config.token_file.as_deref().map(&resolve),

@@ -193,7 +193,7 @@ impl Printer {
         if let Some(gap) = descriptor.gap {
             let line = gap_line(&gap);
             match self.output {
-                Output::Json => writeln!(stdout.lock(), "{}", json!({ "gap": line }))?,
+                Output::Json => writeln!(stdout.lock(), "{}", gap_json(&descriptor.node_id, &gap, &line))?,
                 Output::Quiet => {}
                 Output::Events | Output::Frames => writeln!(stdout.lock(), "{line}")?,
             }
@@ -298,6 +298,25 @@ fn gap_line(gap: &pb::LogGap) -> String {
         "gap: offsets {}..={} will not arrive ({why})",
         gap.first_offset, gap.last_offset
     )
+}
+
+/// A gap notice as one JSON object; `node_id` is empty in a node's own stream.
+fn gap_json(node_id: &str, gap: &pb::LogGap, text: &str) -> serde_json::Value {
+    let reason = match pb::LogGapReason::try_from(gap.reason) {
+        Ok(pb::LogGapReason::Evicted) => "evicted",
+        Ok(pb::LogGapReason::NotStored) => "not_stored",
+        Ok(pb::LogGapReason::LostInCrash) => "lost_in_crash",
+        _ => "unknown",
+    };
+    json!({
+        "gap": {
+            "node_id": node_id,
+            "first_offset": gap.first_offset,
+            "last_offset": gap.last_offset,
+            "reason": reason,
+            "text": text,
+        }
+    })
 }
 
 /// An unknown kind prints as "unspecified".
@@ -623,10 +642,117 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         "time_source": time_source_name(d.time_source),
         "sampling": sampling_name(d.sampling),
         "frame": [d.frame_width, d.frame_height],
+        "camera_position": d.camera_position.as_ref().map(|p| json!({
+            "latitude": p.latitude,
+            "longitude": p.longitude,
+            "heading_degrees": p.heading_degrees,
+            "description": p.description,
+        })),
         "detector": d.detector.as_ref().map(|m| format!("{}@{}", m.id, m.version)),
         "embedder": d.embedder.as_ref().map(|m| format!("{}@{}", m.id, m.version)),
         "tracks": tracks,
         "track_events": events,
         "objects": objects,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{box_q16, score_q8};
+
+    /// The JSON rendering the README documents, field by field.
+    #[test]
+    fn a_descriptor_renders_as_the_documented_json() {
+        let frame = (1000, 500);
+        let vector = [0.6f32, 0.8];
+        let embedding = pb::Embedding {
+            codec: pb::EmbeddingCodec::F32 as i32,
+            dimension: 2,
+            data: vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        let descriptor = pb::FrameDescriptor {
+            node_id: "box-0417".into(),
+            camera_id: "gate-north".into(),
+            offset: 42,
+            capture_time: Some(prost_types::Timestamp {
+                seconds: 1_764_000_000,
+                nanos: 250_000_000,
+            }),
+            time_source: pb::TimeSource::CameraNtp as i32,
+            frame_width: frame.0,
+            frame_height: frame.1,
+            camera_position: Some(pb::CameraPosition {
+                latitude: 48.1,
+                longitude: 11.5,
+                heading_degrees: 270.0,
+                description: "pole 3".into(),
+            }),
+            detector: Some(pb::ModelRef {
+                id: "nanodet-g-416".into(),
+                version: "1".into(),
+            }),
+            tracks: vec![pb::TrackedObject {
+                track_id: 7,
+                class_id: 1,
+                score_q8: score_q8(0.8),
+                box_q16: box_q16([100.0, 50.0, 600.0, 450.0], frame),
+            }],
+            track_events: vec![pb::TrackEvent {
+                track_id: 7,
+                class_id: 1,
+                kind: pb::TrackEventKind::Confirmed as i32,
+                view: Some(pb::TrackView {
+                    appearance: Some(embedding),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = to_json(&descriptor, &Decoder::new(vec!["person".into(), "car".into()]));
+        assert_eq!(json["node_id"], "box-0417");
+        assert_eq!(json["camera_id"], "gate-north");
+        assert_eq!(json["offset"], 42);
+        assert_eq!(json["capture_time"], "2025-11-24T16:00:00.250Z");
+        assert_eq!(json["time_source"], "camera NTP");
+        assert_eq!(json["frame"], json!([1000, 500]));
+        assert_eq!(json["camera_position"]["heading_degrees"], 270.0);
+        assert_eq!(json["camera_position"]["description"], "pole 3");
+        assert_eq!(json["detector"], "nanodet-g-416@1");
+        let track = &json["tracks"][0];
+        assert_eq!(
+            (track["track_id"].as_u64(), track["class_name"].as_str()),
+            (Some(7), Some("car"))
+        );
+        let corners: Vec<f64> = track["box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (got, want) in corners.iter().zip([0.1, 0.1, 0.6, 0.9]) {
+            assert!((got - want).abs() < 1e-4, "{corners:?}");
+        }
+        let event = &json["track_events"][0];
+        assert_eq!(event["kind"], "confirmed");
+        assert_eq!(event["view"]["appearance"]["codec"], "f32");
+        assert_eq!(event["view"]["appearance"]["vector"], json!([0.6f32, 0.8f32]));
+
+        let gap = pb::LogGap {
+            first_offset: 3,
+            last_offset: 9,
+            reason: pb::LogGapReason::Evicted as i32,
+        };
+        let json = gap_json("box-0417", &gap, &gap_line(&gap));
+        assert_eq!(json["gap"]["reason"], "evicted");
+        assert_eq!(
+            (
+                json["gap"]["first_offset"].as_u64(),
+                json["gap"]["last_offset"].as_u64()
+            ),
+            (Some(3), Some(9))
+        );
+    }
 }

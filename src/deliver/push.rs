@@ -120,15 +120,12 @@ pub fn start(
             path: PathBuf::from(format!("push {:?}", config.name)),
             message: status.message().to_string(),
         })?;
+        let (ca_cert, client_cert) = config.tls_files(&resolve);
         let target = Target {
             name: config.name.clone(),
             address: config.address.clone(),
-            ca_cert: config.ca_cert.as_deref().map(&resolve),
-            client_cert: config
-                .cert
-                .as_deref()
-                .map(&resolve)
-                .zip(config.key.as_deref().map(&resolve)),
+            ca_cert,
+            client_cert,
             token_file: config.token_file.as_deref().map(&resolve),
             filter_request,
             backoff: (
