@@ -13,19 +13,22 @@ use prost::Message;
 use retina_edge::access::{self, Scope};
 use retina_edge::pb;
 
-/// A collector config on `port` writing to `nats`, taking tokens from `tokens`.
-fn collector_config(dir: &Path, port: u16, nats: &Nats, tokens: &Path) -> PathBuf {
+/// A collector config on `port` (and its metrics on `metrics_port`) writing to `nats_url`, with
+/// further `sections` (`[auth]`, `[[pull]]`).
+fn collector_config(dir: &Path, port: u16, metrics_port: Option<u16>, nats_url: &str, sections: &str) -> PathBuf {
+    let metrics = metrics_port.map_or(String::new(), |p| format!("metrics_listen = \"127.0.0.1:{p}\"\n"));
     let path = dir.join("collector.toml");
     std::fs::write(
         &path,
-        format!(
-            "[collector]\nlisten = \"127.0.0.1:{port}\"\n\n[nats]\nurl = \"{}\"\n\n[auth]\ntokens_file = \"{}\"\n",
-            nats.url(),
-            tokens.display()
-        ),
+        format!("[collector]\nlisten = \"127.0.0.1:{port}\"\n{metrics}\n[nats]\nurl = \"{nats_url}\"\n\n{sections}"),
     )
     .unwrap();
     path
+}
+
+/// The `[auth]` section of a collector taking its tokens from `tokens`.
+fn auth_section(tokens: &Path) -> String {
+    format!("[auth]\ntokens_file = \"{}\"\n", tokens.display())
 }
 
 /// Every record in the stream (not the nodes' `_node` messages): (subject, record), in stream
@@ -84,7 +87,10 @@ async fn a_pushing_node_lands_every_offset_in_jetstream_exactly_once() {
     secret(&dir.path().join("good.token"), &good);
     secret(&dir.path().join("impostor.token"), &impostor);
     let port = common::free_port();
-    let _collector = common::spawn_retina("collect", &collector_config(dir.path(), port, &nats, &tokens));
+    let _collector = common::spawn_retina(
+        "collect",
+        &collector_config(dir.path(), port, None, &nats.url(), &auth_section(&tokens)),
+    );
     wait_for_port(port, "the collector").await;
 
     let clip = common::sample_clip();
@@ -344,16 +350,7 @@ async fn kills_of_the_collector_nats_and_the_node_lose_nothing_and_store_nothing
     secret(&dir.path().join("push.token"), &token);
     let port = common::free_port();
     let metrics_port = common::free_port();
-    let collector_toml = dir.path().join("collector.toml");
-    std::fs::write(
-        &collector_toml,
-        format!(
-            "[collector]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
-             [nats]\nurl = \"{nats_url}\"\n\n[auth]\ntokens_file = \"{}\"\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
+    let collector_toml = collector_config(dir.path(), port, Some(metrics_port), &nats_url, &auth_section(&tokens));
     let metrics_token = access::add_token(&tokens, "prometheus", &[Scope::Metrics]).unwrap();
     let mut collector = common::spawn_retina("collect", &collector_toml);
     wait_for_port(port, "the collector").await;
@@ -453,7 +450,10 @@ async fn a_record_sent_twice_is_stored_once() {
     let tokens = dir.path().join("collector-tokens.toml");
     let token = access::add_token(&tokens, "test-node", &[Scope::Push]).unwrap();
     let port = common::free_port();
-    let _collector = common::spawn_retina("collect", &collector_config(dir.path(), port, &nats, &tokens));
+    let _collector = common::spawn_retina(
+        "collect",
+        &collector_config(dir.path(), port, None, &nats.url(), &auth_section(&tokens)),
+    );
     wait_for_port(port, "the collector").await;
 
     let record = |offset: u64| pb::FrameDescriptor {
@@ -603,18 +603,11 @@ async fn a_collector_pulls_a_node_it_can_reach_through_kills_of_both() {
     let node_addr = format!("127.0.0.1:{}", common::free_port());
     let port = common::free_port();
     let metrics_port = common::free_port();
-    let collector_toml = dir.path().join("collector.toml");
-    std::fs::write(
-        &collector_toml,
-        format!(
-            "[collector]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
-             [nats]\nurl = \"{}\"\n\n\
-             [[pull]]\nname = \"box\"\naddress = \"http://{node_addr}\"\ninclude_empty_frames = true\n\
-             reconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n",
-            nats.url()
-        ),
-    )
-    .unwrap();
+    let pull = format!(
+        "[[pull]]\nname = \"box\"\naddress = \"http://{node_addr}\"\ninclude_empty_frames = true\n\
+         reconnect_initial_seconds = 0.2\nreconnect_max_seconds = 1.0\n"
+    );
+    let collector_toml = collector_config(dir.path(), port, Some(metrics_port), &nats.url(), &pull);
     let mut collector = common::spawn_retina("collect", &collector_toml);
     wait_for_port(port, "the collector").await;
 

@@ -664,28 +664,27 @@ mod tests {
         );
     }
 
+    /// Frames kept of a clip of `frames` frames of `frame` each, looped `loops` times.
+    fn kept_over_loops(analysis_fps: f64, frames: u32, frame: Duration, loops: usize) -> usize {
+        let mut gate = RateGate::new(analysis_fps);
+        let mut kept = 0;
+        for _ in 0..loops {
+            kept += (0..frames).filter(|&i| gate.admit(i * frame, frame)).count();
+            gate.restart();
+        }
+        kept
+    }
+
     #[test]
     fn a_looping_clip_keeps_the_rate_however_short_it_is() {
         // 4 frames at 1 fps analysed at 0.25 fps: every loop replays times 0..3 s. Without
         // carrying time on at each seek, only the very first frame was ever analysed.
-        let second = Duration::from_secs(1);
-        let mut gate = RateGate::new(0.25);
-        let mut kept = 0;
-        for _ in 0..10 {
-            kept += (0..4).filter(|&i| gate.admit(i * second, second)).count();
-            gate.restart();
-        }
-        assert_eq!(kept, 10, "one frame per 4 s over 40 s");
+        let one_per_interval = kept_over_loops(0.25, 4, Duration::from_secs(1), 10);
+        assert_eq!(one_per_interval, 10, "one frame per 4 s over 40 s");
         // 2 frames at 25 fps, looped for 10 s at 0.25 fps: restarting the slots at each loop
         // would keep one frame per 80 ms loop.
-        let frame = Duration::from_millis(40);
-        let mut gate = RateGate::new(0.25);
-        let mut kept = 0;
-        for _ in 0..125 {
-            kept += (0..2).filter(|&i| gate.admit(i * frame, frame)).count();
-            gate.restart();
-        }
-        assert_eq!(kept, 3, "at 0, 3.6 and 7.6 s of 10 s");
+        let short = kept_over_loops(0.25, 2, Duration::from_millis(40), 125);
+        assert_eq!(short, 3, "at 0, 3.6 and 7.6 s of 10 s");
     }
 
     #[test]
