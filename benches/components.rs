@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 use retina_edge::describe::codec;
-use retina_edge::infer::decode::NanodetGfl;
+use retina_edge::infer::decode::Decoder;
 use retina_edge::infer::manifest::Manifest;
 use retina_edge::infer::preprocess::{Rect, fill_input, item_len};
 
@@ -48,12 +48,14 @@ fn preprocessing(c: &mut Criterion) {
 }
 
 fn decoding(c: &mut Criterion) {
-    let gfl = NanodetGfl::from_manifest(&manifest("nanodet-g-416.toml")).expect("bundled detector has a GFL decoder");
+    let decoder = Decoder::from_manifest(&manifest("nanodet-g-416.toml"))
+        .ok()
+        .flatten()
+        .expect("the bundled detector's manifest has a detector decoder");
     // Real outputs of the model on dog.jpg.
-    let tensors = common::nanodet_dog_outputs(&gfl);
-    let levels: Vec<(&[f32], &[f32])> = tensors.iter().map(|(s, b)| (s.as_slice(), b.as_slice())).collect();
+    let tensors = common::nanodet_dog_outputs(&decoder);
     c.bench_function("decode/nanodet_gfl_416_dog", |b| {
-        b.iter(|| gfl.decode(black_box(&levels)))
+        b.iter(|| decoder.decode(black_box(&tensors)))
     });
 }
 

@@ -443,8 +443,8 @@ fn main() {
     )
     .ok();
     let threshold = match &f32_model.manifest.decoder {
-        retina_edge::infer::manifest::DecoderSpec::NanodetGfl { score_threshold, .. } => *score_threshold,
-        _ => f32::NAN,
+        retina_edge::infer::manifest::DecoderSpec::Detector { selection, .. } => selection.score_threshold,
+        retina_edge::infer::manifest::DecoderSpec::Embedding { .. } => f32::NAN,
     };
     let near = |scores: &[f32]| scores.iter().filter(|&&s| s < threshold + 0.05).count();
     writeln!(

@@ -7,7 +7,9 @@
 #      its f32 embedding, and collects the vectors with scripts/central/retina_client.py --save,
 #   3. learns the projection from the detections of the first 5 s only (the rest is held out)
 #      with scripts/learn_projection.py, fixed seed, single-threaded BLAS.
-# Usage: scripts/learn-projection.sh [--node BIN] [--out FILE]
+# Usage: scripts/learn-projection.sh [--node BIN] [--out FILE] [--embedder MANIFEST]
+# (--embedder: another embedder's manifest, e.g. a new model before it has a projection; then give
+# --out too, and add a [projection] section with a new id to that manifest.)
 # Its working files (configs, node logs and descriptor logs, the .npz of every run, a plot) stay in
 # .deps/learn-projection/, so the last step can be rerun alone on the same embeddings.
 set -euo pipefail
@@ -15,11 +17,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 node=""
 out="$repo/models/mobilenetv2-1280.projection.safetensors"
+embedder="$repo/models/mobilenetv2-1280.toml"
 while [ $# -gt 0 ]; do
   case "$1" in
     --node) node=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: $0 [--node BIN] [--out FILE]" >&2; exit 2 ;;
+    --embedder) embedder=$(realpath "$2"); shift 2 ;;
+    *) echo "usage: $0 [--node BIN] [--out FILE] [--embedder MANIFEST]" >&2; exit 2 ;;
   esac
 done
 
@@ -64,7 +68,7 @@ exit_when_cameras_end = true
 [inference]
 onnxruntime_library = "$ort_library"
 detector_manifest = "$repo/models/nanodet-g-416.toml"
-embedder_manifest = "$repo/models/mobilenetv2-1280.toml"
+embedder_manifest = "$embedder"
 score_threshold = $threshold
 workers = 2
 intra_op_threads = 1
@@ -102,6 +106,7 @@ done
 log "learning from the first 5 s"
 OPENBLAS_NUM_THREADS=1 "$python" "$repo/scripts/learn_projection.py" --out "$out" \
   --train-seconds 5 --components 128 --bits 32,64,128 --iterations 50 --seed 0 \
+  --embedder "$("$python" -c 'import sys, tomllib; m = tomllib.load(open(sys.argv[1], "rb"))["model"]; print(m["id"] + "@" + m["version"])' "$embedder")" \
   --plot "$work/projection.png" "${npz[@]}"
 log "plot: $work/projection.png"
 sha256sum "$out"

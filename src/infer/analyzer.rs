@@ -7,8 +7,8 @@ use ndarray::Array2;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::decode::{NanodetGfl, RawDetection};
-use super::manifest::{DecoderSpec, Layout};
+use super::decode::{Decoder, RawDetection, Tensor};
+use super::manifest::{DecoderSpec, ElementType, Layout};
 use super::model::{ModelFile, SessionOptions};
 use super::preprocess::{Rect, crop_sharpness, fill_input, item_len};
 use crate::error::{Error, Result};
@@ -50,10 +50,16 @@ impl EmbedFilter {
 struct Detector {
     session: Session,
     model_id: String,
-    input_name: String,
-    input: ndarray::Array4<f32>,
+    input: DetectorInput,
     spec: super::manifest::InputSpec,
-    gfl: NanodetGfl,
+    decoder: Decoder,
+}
+
+/// The detector's input tensor, reused across frames, in the element type its manifest names.
+#[derive(Clone)]
+enum DetectorInput {
+    Float32(ndarray::Array4<f32>),
+    Uint8(ndarray::Array4<u8>),
 }
 
 struct Embedder {
@@ -76,15 +82,16 @@ impl Analyzer {
         embed_min_score: f32,
         options: SessionOptions,
     ) -> Result<Analyzer> {
-        let mut gfl = NanodetGfl::from_manifest(&detector.manifest).ok_or_else(|| Error::Manifest {
+        let mut decoder = Decoder::from_manifest(&detector.manifest)?.ok_or_else(|| Error::Manifest {
             path: detector.manifest.path.clone(),
             message: format!(
-                "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl)",
+                "decoder {:?} cannot be used as the detector (detector decoders: nanodet-gfl, yolo, \
+                 boxes-scores, detections)",
                 detector.manifest.decoder.kind()
             ),
         })?;
         if let Some(threshold) = score_threshold {
-            gfl.score_threshold = threshold;
+            decoder.selection.score_threshold = threshold;
         }
         let class_names = detector.manifest.decoder.class_names();
         let spec = detector.manifest.input.clone();
@@ -92,12 +99,15 @@ impl Analyzer {
             Layout::Nchw => (1, 3, spec.height as usize, spec.width as usize),
             Layout::Nhwc => (1, spec.height as usize, spec.width as usize, 3),
         };
+        let input = match spec.element_type {
+            ElementType::Float32 => DetectorInput::Float32(ndarray::Array4::zeros(shape)),
+            ElementType::Uint8 => DetectorInput::Uint8(ndarray::Array4::zeros(shape)),
+        };
         let detector_stage = Detector {
             session: detector.open_session(env, options)?,
             model_id: detector.card.id.clone(),
-            input_name: spec.name.clone(),
-            input: ndarray::Array4::zeros(shape),
-            gfl,
+            input,
+            decoder,
             spec,
         };
         let embed_class = class_names.iter().map(|name| embed_classes.contains(name)).collect();
@@ -138,7 +148,10 @@ impl Analyzer {
     /// arenas and memory plans on first use of each shape: doing it now means the node reaches
     /// its steady memory before the first frame, and no frame pays for a first-time shape.
     pub fn warm_up(&mut self) -> Result<()> {
-        self.detector.input.fill(0.0);
+        self.detector.input = match &self.detector.input {
+            DetectorInput::Float32(a) => DetectorInput::Float32(ndarray::Array4::zeros(a.raw_dim())),
+            DetectorInput::Uint8(a) => DetectorInput::Uint8(ndarray::Array4::zeros(a.raw_dim())),
+        };
         self.detector.run()?;
         if let Some(embedder) = &mut self.embedder {
             embedder.batch.fill(0.0);
@@ -189,7 +202,7 @@ impl Analyzer {
 
     /// Runs only the sessions on inputs prepared beforehand: the benchmark's physical limit.
     pub fn infer_prepared(&mut self, prepared: &Prepared) -> Result<()> {
-        self.detector.input.assign(&prepared.detector_input);
+        self.detector.input.clone_from(&prepared.detector_input);
         self.detector.run()?;
         if let Some(embedder) = &mut self.embedder {
             for batch in &prepared.crop_batches {
@@ -233,7 +246,7 @@ impl Analyzer {
 
 /// Model inputs of one frame, ready to run.
 pub struct Prepared {
-    detector_input: ndarray::Array4<f32>,
+    detector_input: DetectorInput,
     crop_batches: Vec<Array2<f32>>,
 }
 
@@ -253,11 +266,19 @@ fn inference_error(model: &str) -> impl Fn(ort::Error) -> Error + '_ {
 
 impl Detector {
     fn detect(&mut self, image: &image::RgbImage) -> Result<Vec<Detection>> {
-        let dst = self.input.as_slice_mut().ok_or_else(|| Error::Inference {
+        let not_contiguous = || Error::Inference {
             model: self.model_id.clone(),
             message: "input buffer is not contiguous".into(),
-        })?;
-        let placement = fill_input(image, Rect::of_image(image), &self.spec, dst);
+        };
+        let whole = Rect::of_image(image);
+        let placement = match &mut self.input {
+            DetectorInput::Float32(a) => {
+                fill_input(image, whole, &self.spec, a.as_slice_mut().ok_or_else(not_contiguous)?)
+            }
+            DetectorInput::Uint8(a) => {
+                fill_input(image, whole, &self.spec, a.as_slice_mut().ok_or_else(not_contiguous)?)
+            }
+        };
         let raw = self.run()?;
         let (w, h) = (image.width() as f32, image.height() as f32);
         Ok(raw
@@ -284,24 +305,46 @@ impl Detector {
 
     fn run(&mut self) -> Result<Vec<RawDetection>> {
         let err = inference_error(&self.model_id);
-        let input = TensorRef::from_array_view(&self.input).map_err(&err)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(&err)?;
-        let tensor = |name: &str| -> Result<&[f32]> {
+        let name = self.spec.name.as_str();
+        let outputs = match &self.input {
+            DetectorInput::Float32(a) => self
+                .session
+                .run(ort::inputs![name => TensorRef::from_array_view(a).map_err(&err)?]),
+            DetectorInput::Uint8(a) => self
+                .session
+                .run(ort::inputs![name => TensorRef::from_array_view(a).map_err(&err)?]),
+        }
+        .map_err(&err)?;
+        let mut tensors = Vec::with_capacity(self.decoder.outputs().len());
+        for name in self.decoder.outputs() {
             let value = outputs.get(name).ok_or_else(|| Error::Inference {
                 model: self.model_id.clone(),
                 message: format!("output {name:?} missing from the run"),
             })?;
-            Ok(value.try_extract_tensor::<f32>().map_err(&err)?.1)
-        };
-        let mut levels = Vec::with_capacity(self.gfl.outputs.len());
-        for (scores, boxes) in &self.gfl.outputs {
-            levels.push((tensor(scores)?, tensor(boxes)?));
+            tensors.push(as_f32(value).map_err(&err)?);
         }
-        Ok(self.gfl.decode(&levels))
+        self.decoder.decode(&tensors).map_err(|message| Error::Inference {
+            model: self.model_id.clone(),
+            message,
+        })
     }
+}
+
+/// An output as f32: borrowed when it is f32, converted when it is a small integer output such
+/// as the class or count output of a detections model.
+fn as_f32(value: &ort::value::DynValue) -> std::result::Result<Tensor<'_>, ort::Error> {
+    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+        return Ok(Tensor::borrowed(shape, data));
+    }
+    let converted = |shape: &ort::value::Shape, data: Vec<f32>| Tensor {
+        dims: shape.to_vec(),
+        data: std::borrow::Cow::Owned(data),
+    };
+    if let Ok((shape, data)) = value.try_extract_tensor::<i64>() {
+        return Ok(converted(shape, data.iter().map(|&v| v as f32).collect()));
+    }
+    let (shape, data) = value.try_extract_tensor::<i32>()?;
+    Ok(converted(shape, data.iter().map(|&v| v as f32).collect()))
 }
 
 impl Embedder {

@@ -70,6 +70,18 @@ pub struct InputSpec {
     /// Most images per run; more than 1 needs a dynamic batch dimension in the model.
     #[serde(default = "one_usize")]
     pub max_batch: usize,
+    #[serde(default)]
+    pub element_type: ElementType,
+}
+
+/// The element type of the image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElementType {
+    #[default]
+    Float32,
+    /// Raw 0..255 pixel values: graphs that normalise (and often resize) inside.
+    Uint8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,9 +107,26 @@ pub enum ResizeMode {
     Stretch,
 }
 
+/// How a model's outputs are read: an object detector's head and what every detector shares, or
+/// an embedding. `[decoder]` in the manifest: `kind` picks the head, the other keys are the
+/// head's plus the shared ones ([`Selection`]).
+#[derive(Debug, Clone)]
+pub enum DecoderSpec {
+    Detector {
+        head: Head,
+        selection: SelectionSpec,
+    },
+    /// One appearance vector per input image: output `[batch, dimension]`.
+    Embedding {
+        output: String,
+        dimension: usize,
+    },
+}
+
+/// The output layout of a detector.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum DecoderSpec {
+pub enum Head {
     /// NanoDet's generalised-focal-loss head: per stride, class scores (sigmoid applied) and
     /// per-side distance distributions over `reg_max + 1` bins.
     NanodetGfl {
@@ -107,27 +136,227 @@ pub enum DecoderSpec {
         score_outputs: Vec<String>,
         /// Per stride, the output holding box distributions `[1, cells, 4 * (reg_max + 1)]`.
         box_outputs: Vec<String>,
-        score_threshold: f32,
-        nms_iou_threshold: f32,
-        #[serde(default = "default_max_detections")]
-        max_detections: usize,
-        class_names: Vec<String>,
     },
-    /// One appearance vector per input image: output `[batch, dimension]`.
-    Embedding { output: String, dimension: usize },
+    /// YOLOv5/v8/YOLOX-style dense candidates: per candidate 4 box values, an optional
+    /// objectness, then one score per class. NMS runs in the node.
+    Yolo {
+        output: String,
+        /// `rows`: `[1, candidates, values]`; `columns`: `[1, values, candidates]` (YOLOv8).
+        orientation: Orientation,
+        /// An objectness value follows the box; a candidate's score is objectness x class score.
+        #[serde(default)]
+        objectness: bool,
+        /// The graph emits logits: the node applies the sigmoid to objectness and class scores.
+        #[serde(default)]
+        sigmoid: bool,
+        #[serde(rename = "box", default = "cxcywh")]
+        box_format: BoxOrder,
+        #[serde(default)]
+        coordinates: Coordinates,
+        /// Empty: boxes are decoded in the graph. Otherwise a YOLOX raw head: candidates are the
+        /// cells of each stride's grid in turn (row-major), `cx = (raw + x) * stride`,
+        /// `w = exp(raw) * stride`.
+        #[serde(default)]
+        grid_strides: Vec<u32>,
+    },
+    /// SSD-style: a box tensor and a score tensor, one row per anchor; boxes decoded in the graph,
+    /// or offsets against priors shipped beside the manifest. NMS runs in the node.
+    BoxesScores {
+        /// `[1, anchors, 4]` or `[1, anchors, 1, 4]`.
+        boxes: String,
+        /// `[1, anchors, columns]`.
+        scores: String,
+        #[serde(default = "xyxy")]
+        box_order: BoxOrder,
+        #[serde(default = "normalized")]
+        coordinates: Coordinates,
+        #[serde(default)]
+        activation: Activation,
+        /// A column holding the background score: dropped after the activation; the remaining
+        /// columns are the classes, in order.
+        #[serde(default)]
+        background_column: Option<usize>,
+        /// A safetensors file beside the manifest with one f32 tensor `priors` `[anchors, 4]` =
+        /// (cx, cy, w, h): the box output then holds SSD offsets in `box_order` order.
+        #[serde(default)]
+        priors: Option<PathBuf>,
+        #[serde(default = "default_variances")]
+        prior_variances: [f32; 4],
+    },
+    /// NMS already in the graph: either one output of rows (`output` + `columns`), or separate
+    /// `boxes` `[1, k, 4]`, `scores` `[1, k]`, optional `classes` `[1, k]` and `count` `[1]`
+    /// outputs as in TensorFlow Object Detection exports.
+    Detections {
+        #[serde(default)]
+        output: Option<String>,
+        /// What each column of a row is.
+        #[serde(default)]
+        columns: Option<Vec<Column>>,
+        #[serde(default)]
+        boxes: Option<String>,
+        #[serde(default)]
+        scores: Option<String>,
+        #[serde(default)]
+        classes: Option<String>,
+        #[serde(default)]
+        count: Option<String>,
+        #[serde(default = "xyxy")]
+        box_order: BoxOrder,
+        #[serde(default)]
+        coordinates: Coordinates,
+    },
+}
+
+impl Head {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Head::NanodetGfl { .. } => "nanodet-gfl",
+            Head::Yolo { .. } => "yolo",
+            Head::BoxesScores { .. } => "boxes-scores",
+            Head::Detections { .. } => "detections",
+        }
+    }
+
+    /// NMS when the manifest does not say: graphs with NMS inside need none.
+    fn default_nms(&self) -> Nms {
+        match self {
+            Head::Detections { .. } => Nms::None,
+            _ => Nms::PerClass,
+        }
+    }
+}
+
+/// What every detector shares: its classes, and which candidates become detections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSpec {
+    /// The node's classes: a detection's class id is its position in this list.
+    pub class_names: Vec<String>,
+    /// The model's own class for each name (its score column, or the value of its class output),
+    /// for maps with gaps or offsets such as COCO's 90 ids; absent: the position itself. Model
+    /// classes not listed are dropped.
+    #[serde(default)]
+    pub class_ids: Option<Vec<i64>>,
+    pub score_threshold: f32,
+    #[serde(default)]
+    pub nms: Option<Nms>,
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou_threshold: f32,
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+}
+
+/// The keys of `[decoder]` that belong to [`SelectionSpec`] rather than to the head.
+const SELECTION_KEYS: [&str; 6] = [
+    "class_names",
+    "class_ids",
+    "score_threshold",
+    "nms",
+    "nms_iou_threshold",
+    "max_detections",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingSpec {
+    output: String,
+    dimension: usize,
+}
+
+impl<'de> Deserialize<'de> for DecoderSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        if table.get("kind").and_then(toml::Value::as_str) == Some("embedding") {
+            table.remove("kind");
+            let EmbeddingSpec { output, dimension } = table.try_into().map_err(D::Error::custom)?;
+            return Ok(DecoderSpec::Embedding { output, dimension });
+        }
+        let mut shared = toml::Table::new();
+        for key in SELECTION_KEYS {
+            if let Some(value) = table.remove(key) {
+                shared.insert(key.to_string(), value);
+            }
+        }
+        let head: Head = table.try_into().map_err(D::Error::custom)?;
+        let mut selection: SelectionSpec = shared.try_into().map_err(D::Error::custom)?;
+        selection.nms.get_or_insert(head.default_nms());
+        Ok(DecoderSpec::Detector { head, selection })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nms {
+    None,
+    /// Overlapping boxes of one class: the best stays.
+    PerClass,
+    /// Overlapping boxes of any classes: the best stays (models that report one object under
+    /// two classes, such as car and truck).
+    ClassAgnostic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Orientation {
+    Rows,
+    Columns,
+}
+
+/// The order of a box's four values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoxOrder {
+    Xyxy,
+    /// `[ymin, xmin, ymax, xmax]` (TensorFlow).
+    Yxyx,
+    Cxcywh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coordinates {
+    /// Pixels of the model's input.
+    #[default]
+    Pixels,
+    /// Fractions of the input's width and height.
+    #[serde(alias = "normalised")]
+    Normalized,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    None,
+    Sigmoid,
+    /// Over each anchor's columns (background included).
+    Softmax,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Column {
+    X1,
+    Y1,
+    X2,
+    Y2,
+    Score,
+    Class,
+    Ignore,
 }
 
 impl DecoderSpec {
     pub fn kind(&self) -> &'static str {
         match self {
-            DecoderSpec::NanodetGfl { .. } => "nanodet-gfl",
+            DecoderSpec::Detector { head, .. } => head.kind(),
             DecoderSpec::Embedding { .. } => "embedding",
         }
     }
 
     pub fn class_names(&self) -> &[String] {
         match self {
-            DecoderSpec::NanodetGfl { class_names, .. } => class_names,
+            DecoderSpec::Detector { selection, .. } => &selection.class_names,
             DecoderSpec::Embedding { .. } => &[],
         }
     }
@@ -144,6 +373,21 @@ fn one_usize() -> usize {
 }
 fn default_max_detections() -> usize {
     100
+}
+fn default_nms_iou() -> f32 {
+    0.5
+}
+fn default_variances() -> [f32; 4] {
+    [0.1, 0.1, 0.2, 0.2]
+}
+fn cxcywh() -> BoxOrder {
+    BoxOrder::Cxcywh
+}
+fn xyxy() -> BoxOrder {
+    BoxOrder::Xyxy
+}
+fn normalized() -> Coordinates {
+    Coordinates::Normalized
 }
 
 impl Manifest {
@@ -171,7 +415,7 @@ impl Manifest {
     }
 
     /// A file named by the manifest: relative to the manifest's directory.
-    fn beside(&self, file: &Path) -> PathBuf {
+    pub fn beside(&self, file: &Path) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join(file)
     }
 
@@ -190,37 +434,15 @@ impl Manifest {
         if input.max_batch == 0 || input.max_batch > 256 {
             return Err(format!("input.max_batch = {} (expected 1..=256)", input.max_batch));
         }
+        if input.element_type == ElementType::Uint8
+            && (input.pixel_scale != 1.0 || input.mean != [0.0; 3] || input.std != [1.0; 3])
+        {
+            return Err("a uint8 input takes raw pixel values: leave pixel_scale, mean and std out".into());
+        }
         match &self.decoder {
-            DecoderSpec::NanodetGfl {
-                strides,
-                reg_max,
-                score_outputs,
-                box_outputs,
-                score_threshold,
-                nms_iou_threshold,
-                class_names,
-                ..
-            } => {
-                if strides.is_empty() || strides.contains(&0) {
-                    return Err("decoder.strides must be non-empty and positive".into());
-                }
-                if score_outputs.len() != strides.len() || box_outputs.len() != strides.len() {
-                    return Err(format!(
-                        "decoder: {} strides but {} score_outputs and {} box_outputs (one each per stride)",
-                        strides.len(),
-                        score_outputs.len(),
-                        box_outputs.len()
-                    ));
-                }
-                if *reg_max == 0 || *reg_max > 64 {
-                    return Err(format!("decoder.reg_max = {reg_max} (expected 1..=64)"));
-                }
-                if class_names.is_empty() {
-                    return Err("decoder.class_names must list the model's classes".into());
-                }
-                if !(0.0..=1.0).contains(score_threshold) || !(0.0..=1.0).contains(nms_iou_threshold) {
-                    return Err("decoder thresholds must lie in 0..=1".into());
-                }
+            DecoderSpec::Detector { head, selection } => {
+                check_head(head)?;
+                check_selection(selection)?;
                 if input.max_batch != 1 {
                     return Err("a detector analyses one frame per run: input.max_batch must be 1".into());
                 }
@@ -229,10 +451,123 @@ impl Manifest {
                 if *dimension == 0 {
                     return Err("decoder.dimension must be positive".into());
                 }
+                if input.element_type != ElementType::Float32 {
+                    return Err("an embedder's input must be float32".into());
+                }
             }
         }
         Ok(())
     }
+}
+
+fn check_head(head: &Head) -> std::result::Result<(), String> {
+    match head {
+        Head::NanodetGfl {
+            strides,
+            reg_max,
+            score_outputs,
+            box_outputs,
+        } => {
+            if strides.is_empty() || strides.contains(&0) {
+                return Err("decoder.strides must be non-empty and positive".into());
+            }
+            if score_outputs.len() != strides.len() || box_outputs.len() != strides.len() {
+                return Err(format!(
+                    "decoder: {} strides but {} score_outputs and {} box_outputs (one each per stride)",
+                    strides.len(),
+                    score_outputs.len(),
+                    box_outputs.len()
+                ));
+            }
+            if *reg_max == 0 || *reg_max > 64 {
+                return Err(format!("decoder.reg_max = {reg_max} (expected 1..=64)"));
+            }
+        }
+        Head::Yolo { grid_strides, .. } => {
+            if grid_strides.contains(&0) {
+                return Err("decoder.grid_strides must be positive".into());
+            }
+        }
+        Head::BoxesScores { prior_variances, .. } => {
+            if prior_variances.iter().any(|v| !v.is_finite()) {
+                return Err("decoder.prior_variances must be finite".into());
+            }
+        }
+        Head::Detections {
+            output,
+            columns,
+            boxes,
+            scores,
+            classes,
+            count,
+            ..
+        } => match (output, boxes, scores) {
+            (Some(_), None, None) => {
+                if classes.is_some() || count.is_some() {
+                    return Err("decoder: classes and count go with boxes and scores, not with output".into());
+                }
+                let columns = columns.as_deref().unwrap_or(&DEFAULT_COLUMNS);
+                for needed in [Column::X1, Column::Y1, Column::X2, Column::Y2, Column::Score] {
+                    if columns.iter().filter(|&&c| c == needed).count() != 1 {
+                        return Err(format!("decoder.columns must name {needed:?} exactly once").to_lowercase());
+                    }
+                }
+                if columns.iter().filter(|&&c| c == Column::Class).count() > 1 {
+                    return Err("decoder.columns names class more than once".into());
+                }
+            }
+            (None, Some(_), Some(_)) => {
+                if columns.is_some() {
+                    return Err("decoder.columns goes with output, not with boxes and scores".into());
+                }
+            }
+            _ => {
+                return Err(
+                    "decoder: a detections decoder reads either output (rows) or boxes and scores (separate outputs)"
+                        .into(),
+                );
+            }
+        },
+    }
+    Ok(())
+}
+
+/// The columns of a detections row when the manifest does not list them.
+pub const DEFAULT_COLUMNS: [Column; 6] = [
+    Column::X1,
+    Column::Y1,
+    Column::X2,
+    Column::Y2,
+    Column::Score,
+    Column::Class,
+];
+
+fn check_selection(selection: &SelectionSpec) -> std::result::Result<(), String> {
+    if selection.class_names.is_empty() {
+        return Err("decoder.class_names must list the model's classes".into());
+    }
+    if let Some(ids) = &selection.class_ids {
+        if ids.len() != selection.class_names.len() {
+            return Err(format!(
+                "decoder.class_ids has {} entries for {} class_names (one model class per name)",
+                ids.len(),
+                selection.class_names.len()
+            ));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) || sorted.first().is_some_and(|&id| id < 0) {
+            return Err("decoder.class_ids must be distinct and not negative".into());
+        }
+    }
+    let (score, iou) = (selection.score_threshold, selection.nms_iou_threshold);
+    if !(0.0..=1.0).contains(&score) || !(0.0..=1.0).contains(&iou) {
+        return Err("decoder thresholds must lie in 0..=1".into());
+    }
+    if selection.max_detections == 0 {
+        return Err("decoder.max_detections must be positive".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -276,10 +611,18 @@ mod tests {
     #[test]
     fn unknown_decoder_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
+        let err = Manifest::load(&write(
+            dir.path(),
+            &EMBEDDER.replace("\"embedding\"\n", "\"yolo-v9\"\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("yolo-v9") && err.contains("boxes-scores"), "{err}");
+        // A known head with a key of another: the key is named.
         let err = Manifest::load(&write(dir.path(), &EMBEDDER.replace("\"embedding\"\n", "\"yolo\"\n")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("yolo"), "{err}");
+        assert!(err.contains("dimension") || err.contains("orientation"), "{err}");
         let err = Manifest::load(&write(
             dir.path(),
             &EMBEDDER.replace("layout = \"nchw\"", "layout = \"chw\""),

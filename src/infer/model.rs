@@ -9,7 +9,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{DecoderSpec, Layout, Manifest};
+use super::manifest::{DecoderSpec, ElementType, Head, Layout, Manifest};
 use crate::error::{Error, Result};
 
 /// Thread settings shared by every session of the node.
@@ -168,7 +168,18 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
                 Layout::Nchw => [None, Some(3), Some(h), Some(w)],
                 Layout::Nhwc => [None, Some(h), Some(w), Some(3)],
             };
-            check_tensor(&mut differences, "input", &input.name, model_input.dtype(), &expected);
+            let element = match input.element_type {
+                ElementType::Float32 => TensorElementType::Float32,
+                ElementType::Uint8 => TensorElementType::Uint8,
+            };
+            check_tensor(
+                &mut differences,
+                "input",
+                &input.name,
+                model_input.dtype(),
+                &[element],
+                Some(&expected),
+            );
             if let Some(shape) = model_input.dtype().tensor_shape()
                 && shape.len() == 4
                 && shape[0] > 0
@@ -181,31 +192,71 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
             }
         }
     }
-    let mut expect_output =
-        |name: &str, expected: &[Option<i64>]| match session.outputs().iter().find(|o| o.name() == name) {
-            None => differences.push(format!(
-                "output {name:?} named in the manifest is not in the model (model outputs: {})",
-                names(session.outputs().iter().map(|o| o.name()))
-            )),
-            Some(output) => check_tensor(&mut differences, "output", name, output.dtype(), expected),
-        };
+    const FLOAT: &[TensorElementType] = &[TensorElementType::Float32];
+    const NUMBER: &[TensorElementType] = &[
+        TensorElementType::Float32,
+        TensorElementType::Int64,
+        TensorElementType::Int32,
+    ];
+    let mut expect_output = |name: &str, types: &[TensorElementType], expected: Option<&[Option<i64>]>| match session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == name)
+    {
+        None => differences.push(format!(
+            "output {name:?} named in the manifest is not in the model (model outputs: {})",
+            names(session.outputs().iter().map(|o| o.name()))
+        )),
+        Some(output) => check_tensor(&mut differences, "output", name, output.dtype(), types, expected),
+    };
+    // Shapes the manifest implies are checked here; the rest, which depends on the run, when the
+    // node warms the model up with one run before it takes frames.
     match &manifest.decoder {
-        DecoderSpec::NanodetGfl {
-            strides,
-            reg_max,
-            score_outputs,
-            box_outputs,
-            class_names,
-            ..
-        } => {
-            for ((stride, scores), boxes) in strides.iter().zip(score_outputs).zip(box_outputs) {
-                let cells = i64::from(input.width.div_ceil(*stride) * input.height.div_ceil(*stride));
-                expect_output(scores, &[Some(1), Some(cells), Some(class_names.len() as i64)]);
-                expect_output(boxes, &[Some(1), Some(cells), Some(4 * (*reg_max as i64 + 1))]);
+        DecoderSpec::Detector { head, selection } => match head {
+            Head::NanodetGfl {
+                strides,
+                reg_max,
+                score_outputs,
+                box_outputs,
+            } => {
+                // With a class map, the model may have more columns than the node names.
+                let classes = selection
+                    .class_ids
+                    .is_none()
+                    .then_some(selection.class_names.len() as i64);
+                for ((stride, scores), boxes) in strides.iter().zip(score_outputs).zip(box_outputs) {
+                    let cells = i64::from(input.width.div_ceil(*stride) * input.height.div_ceil(*stride));
+                    expect_output(scores, FLOAT, Some(&[Some(1), Some(cells), classes]));
+                    expect_output(
+                        boxes,
+                        FLOAT,
+                        Some(&[Some(1), Some(cells), Some(4 * (*reg_max as i64 + 1))]),
+                    );
+                }
             }
-        }
+            Head::Yolo { output, .. } => expect_output(output, FLOAT, Some(&[Some(1), None, None])),
+            Head::BoxesScores { boxes, scores, .. } => {
+                expect_output(boxes, FLOAT, None);
+                expect_output(scores, FLOAT, Some(&[Some(1), None, None]));
+            }
+            Head::Detections {
+                output,
+                boxes,
+                scores,
+                classes,
+                count,
+                ..
+            } => {
+                for name in [output, boxes, scores].into_iter().flatten() {
+                    expect_output(name, FLOAT, None);
+                }
+                for name in [classes, count].into_iter().flatten() {
+                    expect_output(name, NUMBER, None);
+                }
+            }
+        },
         DecoderSpec::Embedding { output, dimension } => {
-            expect_output(output, &[None, Some(*dimension as i64)]);
+            expect_output(output, FLOAT, Some(&[None, Some(*dimension as i64)]));
         }
     }
     if differences.is_empty() {
@@ -218,14 +269,25 @@ fn verify(manifest: &Manifest, path: &Path, session: &Session) -> Result<()> {
     }
 }
 
-/// `expected`: per dimension, the size the manifest implies; `None` = any. A dynamic model
-/// dimension (-1) matches anything.
-fn check_tensor(differences: &mut Vec<String>, role: &str, name: &str, dtype: &ValueType, expected: &[Option<i64>]) {
-    if dtype.tensor_type() != Some(TensorElementType::Float32) {
-        differences.push(format!("{role} {name:?} is {dtype}, not a float32 tensor"));
+/// `types`: the element types that will do. `expected`: per dimension, the size the manifest
+/// implies, `None` = any (and no list: any shape). A dynamic model dimension (-1) matches anything.
+fn check_tensor(
+    differences: &mut Vec<String>,
+    role: &str,
+    name: &str,
+    dtype: &ValueType,
+    types: &[TensorElementType],
+    expected: Option<&[Option<i64>]>,
+) {
+    if !dtype.tensor_type().is_some_and(|t| types.contains(&t)) {
+        let wanted: Vec<String> = types.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        differences.push(format!(
+            "{role} {name:?} is {dtype}, not a {} tensor",
+            wanted.join(" or ")
+        ));
         return;
     }
-    let Some(shape) = dtype.tensor_shape() else {
+    let (Some(shape), Some(expected)) = (dtype.tensor_shape(), expected) else {
         return;
     };
     let fits = shape.len() == expected.len()

@@ -51,10 +51,30 @@ pub fn item_len(spec: &InputSpec) -> usize {
     3 * spec.width as usize * spec.height as usize
 }
 
+/// An element of an input tensor: what a normalised pixel value is stored as.
+pub trait InputElement: Copy + Default {
+    fn from_value(value: f32) -> Self;
+}
+
+impl InputElement for f32 {
+    #[inline]
+    fn from_value(value: f32) -> f32 {
+        value
+    }
+}
+
+impl InputElement for u8 {
+    /// Interpolated values round to the nearest level (the cast saturates).
+    #[inline]
+    fn from_value(value: f32) -> u8 {
+        (value + 0.5) as u8
+    }
+}
+
 /// Fills `dst` (one batch item, `item_len(spec)` values) from `roi` of `image`.
 /// Pixels of the input outside the resized image (letterbox padding) get the normalised zero,
-/// i.e. the mean colour.
-pub fn fill_input(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mut [f32]) -> Placement {
+/// i.e. the mean colour (black for raw uint8 inputs).
+pub fn fill_input<T: InputElement>(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mut [T]) -> Placement {
     let (in_w, in_h) = (spec.width as usize, spec.height as usize);
     debug_assert_eq!(dst.len(), item_len(spec));
     let roi = clamp_roi(roi, image);
@@ -68,7 +88,7 @@ pub fn fill_input(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mu
     let out_w = ((roi.width * scale_x).round() as usize).clamp(1, in_w);
     let out_h = ((roi.height * scale_y).round() as usize).clamp(1, in_h);
     if out_w < in_w || out_h < in_h {
-        dst.fill(0.0);
+        dst.fill(T::default());
     }
 
     // value = pixel * a[c] + b[c], folding pixel_scale, mean and std into one multiply-add.
@@ -101,13 +121,13 @@ pub fn fill_input(image: &image::RgbImage, roi: Rect, spec: &InputSpec, dst: &mu
                 Layout::Nchw => {
                     let at = y * in_w + x;
                     for c in 0..3 {
-                        dst[c * plane + at] = rgb[source_channel[c]] * a[c] + b[c];
+                        dst[c * plane + at] = T::from_value(rgb[source_channel[c]] * a[c] + b[c]);
                     }
                 }
                 Layout::Nhwc => {
                     let at = (y * in_w + x) * 3;
                     for c in 0..3 {
-                        dst[at + c] = rgb[source_channel[c]] * a[c] + b[c];
+                        dst[at + c] = T::from_value(rgb[source_channel[c]] * a[c] + b[c]);
                     }
                 }
             }
@@ -220,7 +240,22 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
             max_batch: 1,
+            element_type: crate::infer::manifest::ElementType::Float32,
         }
+    }
+
+    #[test]
+    fn uint8_inputs_get_the_pixel_values_themselves() {
+        let image = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 60 + 15, y as u8 * 255, 7]));
+        let s = spec(Layout::Nhwc, ChannelOrder::Rgb, ResizeMode::Stretch, 4, 2);
+        let mut dst = vec![0u8; item_len(&s)];
+        fill_input(&image, Rect::of_image(&image), &s, &mut dst);
+        assert_eq!(&dst[..], image.as_raw().as_slice());
+        // Halving interpolates: (15 + 75) / 2 = 45, (135 + 195) / 2 = 165, exactly.
+        let half = spec(Layout::Nhwc, ChannelOrder::Rgb, ResizeMode::Stretch, 2, 1);
+        let mut dst = vec![0u8; item_len(&half)];
+        fill_input(&image, Rect::of_image(&image), &half, &mut dst);
+        assert_eq!((dst[0], dst[3], dst[1]), (45, 165, 128));
     }
 
     #[test]

@@ -106,9 +106,12 @@ pub fn fresh_log_path() -> PathBuf {
     path
 }
 
-/// The real NanoDet outputs on dog.jpg (tests/fixtures/nanodet_dog), per level of `gfl`:
-/// files are named after the outputs with ':' -> '_' ("Identity:0" -> "Identity_0.bin").
-pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<(Vec<f32>, Vec<f32>)> {
+/// The real NanoDet outputs on dog.jpg (tests/fixtures/nanodet_dog), in the order `decoder`
+/// takes them (per level: 80 class scores, then 4 x 11 box bins per cell); files are named after
+/// the outputs with ':' -> '_' ("Identity:0" -> "Identity_0.bin").
+pub fn nanodet_dog_outputs(
+    decoder: &retina_edge::infer::decode::Decoder,
+) -> Vec<retina_edge::infer::decode::Tensor<'static>> {
     let load = |name: &str| -> Vec<f32> {
         let file = fixture(&format!("nanodet_dog/{}.bin", name.replace(':', "_")));
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -117,9 +120,17 @@ pub fn nanodet_dog_outputs(gfl: &retina_edge::infer::decode::NanodetGfl) -> Vec<
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    gfl.outputs
+    decoder
+        .outputs()
         .iter()
-        .map(|(scores, boxes)| (load(scores), load(boxes)))
+        .zip([80usize, 44].iter().cycle())
+        .map(|(name, &columns)| {
+            let data = load(name);
+            retina_edge::infer::decode::Tensor {
+                dims: vec![1, (data.len() / columns) as i64, columns as i64],
+                data: std::borrow::Cow::Owned(data),
+            }
+        })
         .collect()
 }
 pub mod nats;
