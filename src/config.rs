@@ -280,6 +280,11 @@ pub struct InferenceConfig {
     /// that another session needs (measured: 71 ms vs 32 ms per frame on 2 cores).
     #[serde(default)]
     pub allow_spinning: bool,
+    /// Where models installed on the node are kept, by content hash, with the active set. When a
+    /// set was activated, it replaces the two manifests above. Default: `<config name>.models`
+    /// beside the config.
+    #[serde(default)]
+    pub model_store: Option<PathBuf>,
     /// Frames waiting for inference, per camera. When full, the oldest waiting frame of that
     /// camera is dropped (live sources) or decoding waits (files that are not paced).
     #[serde(default = "default_queue_frames_per_camera")]
@@ -802,6 +807,14 @@ impl Config {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading camera state {}", path.display()), e)),
+        }
+    }
+
+    /// The model store's directory (see `inference.model_store`).
+    pub fn model_store_path(&self) -> PathBuf {
+        match &self.inference.model_store {
+            Some(path) => self.resolve(path),
+            None => self.beside_config("models"),
         }
     }
 

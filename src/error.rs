@@ -34,6 +34,9 @@ pub enum Error {
     #[error("model {path} could not be loaded by ONNX Runtime: {message}")]
     ModelLoad { path: PathBuf, message: String },
 
+    #[error("model store {path}: {message}")]
+    ModelStore { path: PathBuf, message: String },
+
     #[error("ONNX Runtime library {path} could not be loaded: {message}")]
     RuntimeLibrary { path: PathBuf, message: String },
 
@@ -103,7 +106,7 @@ impl Error {
             | Error::Access(_) => Kind::InvalidArgument,
             Error::CameraExists(_) => Kind::AlreadyExists,
             Error::NoSuchCamera(_) => Kind::NotFound,
-            Error::ModelLoad { .. } => Kind::InvalidArgument,
+            Error::ModelLoad { .. } | Error::ModelStore { .. } => Kind::InvalidArgument,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
             Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) | Error::Log { .. } => {
                 Kind::Unavailable

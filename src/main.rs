@@ -50,6 +50,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Manage the models installed on the node: install (copied into the node's model store by
+    /// content hash), list, activate, roll back. An activation is checked first (ONNX Runtime
+    /// opens each model and runs it once) and takes effect at the node's next start.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Manage the tokens a node accepts (`[auth] tokens_file`); a running node picks up changes
     /// within seconds.
     Token {
@@ -150,6 +157,41 @@ struct CentralArgs {
 }
 
 #[derive(Subcommand)]
+enum ModelAction {
+    /// Copy a model (a manifest, or a directory holding one) with its files into the store.
+    Install {
+        #[arg(long, short)]
+        config: PathBuf,
+        path: PathBuf,
+        /// Also make it the active detector or embedder (by its role).
+        #[arg(long)]
+        activate: bool,
+    },
+    /// Every stored model: hash, role, id@version, decoder; the active ones marked.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make stored models (by hash, or its first 8 or more digits) the active set.
+    Activate {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        detector: Option<String>,
+        #[arg(long, conflicts_with = "no_embedder")]
+        embedder: Option<String>,
+        /// Run without an embedder (no appearance vectors).
+        #[arg(long)]
+        no_embedder: bool,
+    },
+    /// Make the set active before the current one active again.
+    Rollback {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenAction {
     /// Make a token, store its hash, and print the token: it is shown this once only.
     Add {
@@ -207,6 +249,88 @@ fn parse_scope(text: &str) -> Result<retina_edge::access::Scope, String> {
         let names: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
         format!("one of {}", names.join(", "))
     })
+}
+
+fn model(action: ModelAction) -> anyhow::Result<()> {
+    use retina_edge::infer::registry::{ModelStore, Role};
+    let load = |path: &PathBuf| Config::load(path).with_context(|| format!("loading {}", path.display()));
+    let show = |set: &retina_edge::infer::registry::ModelSet| {
+        let embedder = if set.embedder.is_empty() {
+            "none"
+        } else {
+            &set.embedder[..12]
+        };
+        eprintln!(
+            "active: detector {}, embedder {embedder}; the node runs them from its next start",
+            &set.detector[..12]
+        );
+    };
+    match action {
+        ModelAction::Install { config, path, activate } => {
+            let config = load(&config)?;
+            let model = node::install_model(&config, &path)?;
+            println!(
+                "{}	{}	{}@{}	{}",
+                model.hash,
+                model.role.as_str(),
+                model.id,
+                model.version,
+                model.decoder
+            );
+            if activate {
+                let set = match model.role {
+                    Role::Detector => node::activate_models(&config, Some(&model.hash), None)?,
+                    Role::Embedder => node::activate_models(&config, None, Some(&model.hash))?,
+                };
+                show(&set);
+            }
+        }
+        ModelAction::List { config } => {
+            let config = load(&config)?;
+            let store = ModelStore::new(config.model_store_path());
+            let active = store.active()?.unwrap_or_default();
+            for entry in store.list()? {
+                match entry {
+                    Ok(m) => {
+                        let mark = if m.hash == active.detector || m.hash == active.embedder {
+                            "*"
+                        } else {
+                            ""
+                        };
+                        println!(
+                            "{}{mark}	{}	{}@{}	{}",
+                            m.hash,
+                            m.role.as_str(),
+                            m.id,
+                            m.version,
+                            m.decoder
+                        );
+                    }
+                    Err(e) => eprintln!("unreadable: {e}"),
+                }
+            }
+        }
+        ModelAction::Activate {
+            config,
+            detector,
+            embedder,
+            no_embedder,
+        } => {
+            let config = load(&config)?;
+            let embedder = if no_embedder { Some(String::new()) } else { embedder };
+            anyhow::ensure!(
+                detector.is_some() || embedder.is_some(),
+                "name a --detector, an --embedder or --no-embedder"
+            );
+            show(&node::activate_models(
+                &config,
+                detector.as_deref(),
+                embedder.as_deref(),
+            )?);
+        }
+        ModelAction::Rollback { config } => show(&node::roll_back_models(&load(&config)?)?),
+    }
+    Ok(())
 }
 
 fn token(action: TokenAction) -> anyhow::Result<()> {
@@ -277,6 +401,7 @@ fn main() -> ExitCode {
         Command::Collect { config } => runtime.block_on(collect(config)),
         Command::ResetLog { config } => reset_log(config),
         Command::Token { action } => token(action),
+        Command::Model { action } => model(action),
         Command::Subscribe {
             addr,
             frames,

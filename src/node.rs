@@ -25,6 +25,7 @@ use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
+use crate::infer::registry::{ModelSet, ModelStore, StoredModel};
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
 use crate::log::Log;
@@ -226,6 +227,93 @@ fn starting_cameras(config: &mut Config) -> Result<StartingCameras> {
     })
 }
 
+/// Replaces the config's model manifests with those of the model store's active set, if a set
+/// was ever activated: an activation outlives restarts.
+fn apply_active_models(config: &mut Config) -> Result<Option<ModelSet>> {
+    let store = ModelStore::new(config.model_store_path());
+    let Some(set) = store.active()? else {
+        return Ok(None);
+    };
+    let (detector, embedder) = store.manifests(&set)?;
+    config.inference.detector_manifest = detector;
+    config.inference.embedder_manifest = embedder;
+    Ok(Some(set))
+}
+
+/// Copies a model (its manifest, or a directory holding one manifest) into the node's store.
+pub fn install_model(config: &Config, path: &std::path::Path) -> Result<StoredModel> {
+    let manifest = if path.is_dir() {
+        let manifests: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("listing {}", path.display()), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        match manifests.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                return Err(Error::ModelStore {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "expected one manifest (*.toml) in the directory, found {}",
+                        manifests.len()
+                    ),
+                });
+            }
+        }
+    } else {
+        path.to_path_buf()
+    };
+    ModelStore::new(config.model_store_path()).install(&manifest)
+}
+
+/// Makes a set of stored models the one the node runs from its next start, after checking it as
+/// `check` does (ONNX Runtime opens each model and runs it once). `embedder`: `None` keeps the
+/// current one, `Some("")` runs without. The first activation also stores the config's own
+/// models, so that rollback can return to them.
+pub fn activate_models(config: &Config, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
+    let store = ModelStore::new(config.model_store_path());
+    let current = match store.active()? {
+        Some(set) => set,
+        None => ModelSet {
+            detector: store
+                .install(&config.resolve(&config.inference.detector_manifest))?
+                .hash,
+            embedder: match &config.inference.embedder_manifest {
+                Some(path) => store.install(&config.resolve(path))?.hash,
+                None => String::new(),
+            },
+        },
+    };
+    let wanted = store.resolve_set(&ModelSet {
+        detector: detector.map_or_else(|| current.detector.clone(), str::to_string),
+        embedder: embedder.map_or_else(|| current.embedder.clone(), str::to_string),
+    })?;
+    verify_set(config, &store, &wanted)?;
+    store.activate(&wanted, &current)
+}
+
+/// Returns the node to the set active before the current one (checked as on activation).
+pub fn roll_back_models(config: &Config) -> Result<ModelSet> {
+    let store = ModelStore::new(config.model_store_path());
+    let back = store.previous()?;
+    verify_set(config, &store, &back)?;
+    store.roll_back()
+}
+
+fn verify_set(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()> {
+    let mut trial = config.clone();
+    let (detector, embedder) = store.manifests(set)?;
+    trial.inference.detector_manifest = detector;
+    trial.inference.embedder_manifest = embedder;
+    let mut facts = Vec::new();
+    let mut problems = Vec::new();
+    check_models(&trial, &mut facts, &mut problems);
+    match problems.into_iter().next() {
+        None => Ok(()),
+        Some(problem) => Err(problem),
+    }
+}
+
 /// When the node's certificate expires, or a problem if it has.
 fn certificate_expiry(
     cert: &std::path::Path,
@@ -281,6 +369,20 @@ pub fn check(config: &Config) -> std::result::Result<Vec<String>, Vec<Error>> {
         Err(e) => problems.push(e),
     }
     let mut config = config.clone();
+    match apply_active_models(&mut config) {
+        Ok(Some(set)) => facts.push(format!(
+            "models: the set activated in {} (detector {}{}), not the config's",
+            config.model_store_path().display(),
+            &set.detector[..12],
+            if set.embedder.is_empty() {
+                String::new()
+            } else {
+                format!(", embedder {}", &set.embedder[..12])
+            }
+        )),
+        Ok(None) => {}
+        Err(e) => problems.push(e),
+    }
     match starting_cameras(&mut config) {
         Ok(cameras) => {
             if let Some(path) = &cameras.from_state_file {
@@ -425,6 +527,7 @@ impl Node {
         gst::init()?;
         crate::ingest::gst_log::install();
         let starting = starting_cameras(&mut config)?;
+        apply_active_models(&mut config)?;
         // The config file is the operator's: a camera there that cannot start refuses the start,
         // at once. Cameras saved over gRPC must never keep the node from coming up: they start
         // as FAILED, with the reason.

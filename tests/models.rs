@@ -570,3 +570,134 @@ fn real_detectors_of_every_decoder_find_what_python_finds() {
         }
     }
 }
+
+/// `retina-edge <args>`: (succeeded, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_retina-edge"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The detector a node started from `config` runs.
+async fn running_detector(config: &std::path::Path) -> String {
+    let mut parsed = common::parse_config(&std::fs::read_to_string(config).unwrap());
+    parsed.base_dir = config.parent().unwrap().to_path_buf();
+    parsed.origin = config.to_path_buf();
+    let (node, mut client) = common::start_node(parsed).await;
+    let info = common::node_info(&mut client).await;
+    common::stop_node(node).await;
+    info.models.into_iter().find(|m| m.role == "detector").unwrap().id
+}
+
+/// An operator installs the SSDLite detector into the node's model store with the CLI and
+/// activates it: the node runs it from its next start and after every restart, until rolled back
+/// to the config's own; a model that fails the check is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installed_and_activated_model_survives_restarts_until_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let cameras = format!(
+        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\n",
+        common::sample_clip().display()
+    );
+    std::fs::write(&config, common::config_toml(&cameras, "")).unwrap();
+    let config_arg = config.to_str().unwrap();
+    assert_eq!(running_detector(&config).await, "nanodet-g-416");
+
+    // A model directory as an integrator hands it over: the ONNX file and its manifest.
+    let package = dir.path().join("ssdlite");
+    std::fs::create_dir(&package).unwrap();
+    for file in ["ssdlite-mobilenetv2-coco.onnx", "ssdlite-mobilenetv2-coco.toml"] {
+        std::fs::copy(common::repo().join("models").join(file), package.join(file)).unwrap();
+    }
+    let (ok, out, err) = cli(&[
+        "model",
+        "install",
+        "--config",
+        config_arg,
+        package.to_str().unwrap(),
+        "--activate",
+    ]);
+    assert!(ok, "{out}{err}");
+    let hash = out.split('\t').next().unwrap().to_string();
+    assert_eq!(hash.len(), 64, "{out}");
+    assert!(
+        out.contains("detector\tssdlite-mobilenetv2-coco@1.0.0\tboxes-scores"),
+        "{out}"
+    );
+    assert!(
+        dir.path()
+            .join("node.models")
+            .join(&hash)
+            .join("manifest.toml")
+            .is_file()
+    );
+    // The package may go: the store holds its own copy.
+    std::fs::remove_dir_all(&package).unwrap();
+
+    let (ok, out, err) = cli(&["check", "--config", config_arg]);
+    assert!(
+        ok && out.contains("the set activated in") && out.contains("ssdlite-mobilenetv2-coco@1.0.0"),
+        "{out}{err}"
+    );
+    assert_eq!(running_detector(&config).await, "ssdlite-mobilenetv2-coco");
+    assert_eq!(
+        running_detector(&config).await,
+        "ssdlite-mobilenetv2-coco",
+        "after a restart"
+    );
+
+    // A model whose manifest names an output the file does not have: installed, never activated.
+    let broken = dir.path().join("broken.toml");
+    let text = std::fs::read_to_string(common::repo().join("models/nanodet-g-416.toml")).unwrap();
+    let onnx = common::repo().join("models/nanodet-g-416.onnx");
+    std::fs::write(
+        &broken,
+        text.replace("\"Identity_5:0\"", "\"Identity_9:0\"").replace(
+            "file = \"nanodet-g-416.onnx\"",
+            &format!("file = \"{}\"", onnx.display()),
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&[
+        "model",
+        "install",
+        "--config",
+        config_arg,
+        broken.to_str().unwrap(),
+        "--activate",
+    ]);
+    assert!(
+        !ok && err.contains("Identity_9:0") && err.contains("not in the model"),
+        "{out}{err}"
+    );
+    assert_eq!(running_detector(&config).await, "ssdlite-mobilenetv2-coco");
+
+    let (ok, out, _) = cli(&["model", "list", "--config", config_arg]);
+    assert!(ok);
+    let active: Vec<&str> = out
+        .lines()
+        .filter(|l| l.split('\t').next().unwrap().ends_with('*'))
+        .collect();
+    assert_eq!(active.len(), 2, "the detector and the embedder are marked: {out}");
+    assert!(active.iter().any(|l| l.starts_with(&hash)), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        4,
+        "the config's two, SSDLite and the broken one: {out}"
+    );
+
+    let (ok, out, err) = cli(&["model", "rollback", "--config", config_arg]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(running_detector(&config).await, "nanodet-g-416");
+    let (ok, _, err) = cli(&["model", "rollback", "--config", config_arg]);
+    assert!(!ok && err.contains("no earlier model set"), "{err}");
+    let (ok, _, err) = cli(&["model", "activate", "--config", config_arg, "--detector", "abc"]);
+    assert!(!ok && err.contains("not a model hash"), "{err}");
+}

@@ -8,6 +8,7 @@ pub mod manifest;
 mod model;
 pub(crate) use model::sha256_hex;
 pub mod preprocess;
+pub mod registry;
 
 use std::sync::Arc;
 use std::sync::mpsc;
