@@ -285,6 +285,10 @@ pub struct InferenceConfig {
     /// beside the config.
     #[serde(default)]
     pub model_store: Option<PathBuf>,
+    /// The centre's Ed25519 public key (64 hex digits): when set, only models signed by it are
+    /// installed or activated (besides the two manifests above).
+    #[serde(default)]
+    pub model_signing_key: Option<PathBuf>,
     /// Frames waiting for inference, per camera. When full, the oldest waiting frame of that
     /// camera is dropped (live sources) or decoding waits (files that are not paced).
     #[serde(default = "default_queue_frames_per_camera")]

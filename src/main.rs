@@ -189,6 +189,21 @@ enum ModelAction {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// For the centre: make an Ed25519 key pair to sign models with (the private key is written
+    /// owner-only; give nodes the public key as `inference.model_signing_key`).
+    Keygen {
+        #[arg(long)]
+        private: PathBuf,
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// For the centre: sign a model (its manifest and every file it names) with a private key;
+    /// writes `<manifest>.sig` beside the manifest.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        manifest: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -329,6 +344,17 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
             )?);
         }
         ModelAction::Rollback { config } => show(&node::roll_back_models(&load(&config)?)?),
+        ModelAction::Keygen { private, public } => {
+            retina_edge::infer::signing::SigningKey::generate(&private, &public)?;
+            eprintln!("private key {}, public key {}", private.display(), public.display());
+        }
+        ModelAction::Sign { key, manifest } => {
+            let package = retina_edge::infer::registry::Package::read(&manifest)?;
+            let signature = retina_edge::infer::signing::SigningKey::load(&key)?.sign(&package.hash);
+            let at = retina_edge::infer::registry::signature_path(&manifest);
+            std::fs::write(&at, signature).with_context(|| format!("writing {}", at.display()))?;
+            println!("{}\t{}", package.hash, at.display());
+        }
     }
     Ok(())
 }

@@ -25,7 +25,8 @@ use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, Origin};
 use crate::error::{Error, Result};
-use crate::infer::registry::{ModelSet, ModelStore, StoredModel};
+use crate::infer::registry::{ModelSet, ModelStore, Package, StoredModel};
+use crate::infer::signing::VerifyingKey;
 use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
 use crate::log::Log;
@@ -263,7 +264,16 @@ pub fn install_model(config: &Config, path: &std::path::Path) -> Result<StoredMo
     } else {
         path.to_path_buf()
     };
-    ModelStore::new(config.model_store_path()).install(&manifest)
+    ModelStore::new(config.model_store_path()).install(&manifest, signing_key(config)?.as_ref())
+}
+
+fn signing_key(config: &Config) -> Result<Option<VerifyingKey>> {
+    config
+        .inference
+        .model_signing_key
+        .as_ref()
+        .map(|path| VerifyingKey::load(&config.resolve(path)))
+        .transpose()
 }
 
 /// Makes a set of stored models the one the node runs from its next start, after checking it as
@@ -272,16 +282,19 @@ pub fn install_model(config: &Config, path: &std::path::Path) -> Result<StoredMo
 /// models, so that rollback can return to them.
 pub fn activate_models(config: &Config, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
     let store = ModelStore::new(config.model_store_path());
+    // The config's own models are the operator's: they need no signature.
+    let own = |path: &std::path::Path| store.install(&config.resolve(path), None).map(|m| m.hash);
     let current = match store.active()? {
         Some(set) => set,
         None => ModelSet {
-            detector: store
-                .install(&config.resolve(&config.inference.detector_manifest))?
-                .hash,
-            embedder: match &config.inference.embedder_manifest {
-                Some(path) => store.install(&config.resolve(path))?.hash,
-                None => String::new(),
-            },
+            detector: own(&config.inference.detector_manifest)?,
+            embedder: config
+                .inference
+                .embedder_manifest
+                .as_deref()
+                .map(own)
+                .transpose()?
+                .unwrap_or_default(),
         },
     };
     let wanted = store.resolve_set(&ModelSet {
@@ -301,6 +314,17 @@ pub fn roll_back_models(config: &Config) -> Result<ModelSet> {
 }
 
 fn verify_set(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()> {
+    if let Some(key) = signing_key(config)? {
+        let own: Vec<String> = std::iter::once(&config.inference.detector_manifest)
+            .chain(&config.inference.embedder_manifest)
+            .map(|path| Package::read(&config.resolve(path)).map(|p| p.hash))
+            .collect::<Result<_>>()?;
+        for hash in [&set.detector, &set.embedder] {
+            if !hash.is_empty() && !own.contains(hash) {
+                store.verify_stored(hash, &key)?;
+            }
+        }
+    }
     let mut trial = config.clone();
     let (detector, embedder) = store.manifests(set)?;
     trial.inference.detector_manifest = detector;

@@ -701,3 +701,80 @@ async fn an_installed_and_activated_model_survives_restarts_until_rolled_back() 
     let (ok, _, err) = cli(&["model", "activate", "--config", config_arg, "--detector", "abc"]);
     assert!(!ok && err.contains("not a model hash"), "{err}");
 }
+
+/// The centre signs models with its own key; a node given the public key installs and activates
+/// only what that key signed: an unsigned model, one changed after signing, and one installed
+/// before the key was configured are refused, and the active set does not move.
+#[test]
+fn a_node_with_the_centres_key_runs_only_models_it_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = (dir.path().join("centre.key"), dir.path().join("centre.pub"));
+    let (ok, _, err) = cli(&[
+        "model",
+        "keygen",
+        "--private",
+        private.to_str().unwrap(),
+        "--public",
+        public.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let config = dir.path().join("node.toml");
+    let plain = common::config_toml("", "");
+    std::fs::write(&config, &plain).unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    let package = dir.path().join("ssdlite");
+    std::fs::create_dir(&package).unwrap();
+    for file in ["ssdlite-mobilenetv2-coco.onnx", "ssdlite-mobilenetv2-coco.toml"] {
+        std::fs::copy(common::repo().join("models").join(file), package.join(file)).unwrap();
+    }
+    let manifest = package.join("ssdlite-mobilenetv2-coco.toml");
+    // Installed while the node took anything: stored, but unsigned.
+    let (ok, out, err) = cli(&["model", "install", "--config", config_arg, manifest.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let unsigned = out.split('\t').next().unwrap().to_string();
+
+    let signed = plain.replace(
+        "[inference]\n",
+        &format!("[inference]\nmodel_signing_key = \"{}\"\n", public.display()),
+    );
+    std::fs::write(&config, signed).unwrap();
+    let (ok, _, err) = cli(&["model", "activate", "--config", config_arg, "--detector", &unsigned]);
+    assert!(!ok && err.contains("carries no signature"), "{err}");
+    let (ok, _, err) = cli(&["model", "install", "--config", config_arg, manifest.to_str().unwrap()]);
+    assert!(!ok && err.contains("must be signed"), "{err}");
+
+    let (ok, out, err) = cli(&[
+        "model",
+        "sign",
+        "--key",
+        private.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.starts_with(&unsigned),
+        "the signed package is the same package: {out}{err}"
+    );
+    // A changed threshold after signing is another package: refused.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("score_threshold = 0.4", "score_threshold = 0.2"),
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["model", "install", "--config", config_arg, manifest.to_str().unwrap()]);
+    assert!(!ok && err.contains("does not verify"), "{err}");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, out, err) = cli(&[
+        "model",
+        "install",
+        "--config",
+        config_arg,
+        manifest.to_str().unwrap(),
+        "--activate",
+    ]);
+    assert!(
+        ok && err.contains(&format!("detector {}", &unsigned[..12])),
+        "{out}{err}"
+    );
+}

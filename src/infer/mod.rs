@@ -9,6 +9,7 @@ mod model;
 pub(crate) use model::sha256_hex;
 pub mod preprocess;
 pub mod registry;
+pub mod signing;
 
 use std::sync::Arc;
 use std::sync::mpsc;

@@ -19,12 +19,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{DecoderSpec, Manifest};
+use super::signing::VerifyingKey;
 use crate::error::{Error, Result};
 
 /// Sets kept for rollback beyond the active one.
 const HISTORY: usize = 8;
 const ACTIVE_FILE: &str = "active.toml";
 const MANIFEST_FILE: &str = "manifest.toml";
+const SIGNATURE_FILE: &str = "signature";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,52 +107,51 @@ impl ModelStore {
 
     /// Copies the model a manifest describes into the store; returns it (the one already there
     /// if it was installed before). The manifest is checked first, as the node checks it; the
-    /// model file is not opened here (activation does that, with ONNX Runtime).
-    pub fn install(&self, manifest_path: &Path) -> Result<StoredModel> {
-        let manifest = Manifest::load(manifest_path)?;
-        let text = std::fs::read_to_string(manifest_path)
-            .map_err(|e| Error::io(format!("reading model manifest {}", manifest_path.display()), e))?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| Error::Manifest {
-            path: manifest_path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        // Every file the manifest names is stored beside it under its own name.
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        for (section, key) in [("model", "file"), ("projection", "file"), ("decoder", "priors")] {
-            let Some(value) = table.get_mut(section).and_then(|s| s.get_mut(key)) else {
-                continue;
-            };
-            let Some(named) = value.as_str().map(PathBuf::from) else {
-                continue;
-            };
-            let source = manifest.beside(&named);
-            let name = stored_name(&named).ok_or_else(|| Error::Manifest {
-                path: manifest_path.to_path_buf(),
-                message: format!("{section}.{key}: {} has no usable file name", named.display()),
-            })?;
-            if name == MANIFEST_FILE || files.iter().any(|(n, _)| *n == name) {
-                return Err(Error::Manifest {
-                    path: manifest_path.to_path_buf(),
-                    message: format!("{section}.{key}: two files would be stored as {name:?}"),
-                });
+    /// model file is not opened here (activation does that, with ONNX Runtime). With a `key`,
+    /// the package must carry a signature by it (`<manifest>.sig`), which is stored with it.
+    pub fn install(&self, manifest_path: &Path, key: Option<&VerifyingKey>) -> Result<StoredModel> {
+        let package = Package::read(manifest_path)?;
+        let signature = match key {
+            None => None,
+            Some(key) => {
+                let at = signature_path(manifest_path);
+                let signature = std::fs::read(&at).map_err(|e| {
+                    Error::Access(format!(
+                        "models must be signed on this node, and {} cannot be read: {e}",
+                        at.display()
+                    ))
+                })?;
+                key.verify(&package.hash, &signature, &at)?;
+                Some(signature)
             }
-            let bytes = std::fs::read(&source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
-            *value = toml::Value::String(name.clone());
-            files.push((name, bytes));
-        }
-        let stored_manifest = toml::to_string(&table).map_err(|e| self.error(e.to_string()))?;
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let hash = package_hash(&stored_manifest, &files);
-        let dir = self.dir.join(&hash);
+        };
+        let dir = self.dir.join(&package.hash);
         if !dir.join(MANIFEST_FILE).is_file() {
-            self.write_package(&hash, &stored_manifest, &files)?;
+            self.write_package(&package)?;
         }
-        self.get(&hash)
+        if let Some(signature) = signature {
+            std::fs::write(dir.join(SIGNATURE_FILE), signature)
+                .map_err(|e| Error::io(format!("storing the signature in {}", dir.display()), e))?;
+        }
+        self.get(&package.hash)
+    }
+
+    /// Checks the signature stored with a model.
+    pub fn verify_stored(&self, hash: &str, key: &VerifyingKey) -> Result<()> {
+        let at = self.dir.join(hash).join(SIGNATURE_FILE);
+        let signature = std::fs::read(&at).map_err(|e| {
+            Error::Access(format!(
+                "model {} carries no signature ({e})",
+                &hash[..12.min(hash.len())]
+            ))
+        })?;
+        key.verify(hash, &signature, &at)
     }
 
     /// Writes the package into a temporary directory, then renames it into place: a crash leaves
     /// either nothing or the whole model.
-    fn write_package(&self, hash: &str, manifest: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+    fn write_package(&self, package: &Package) -> Result<()> {
+        let (hash, manifest, files) = (&package.hash, &package.manifest, &package.files);
         let io = |what: String| move |e| Error::io(what, e);
         std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
         let tmp = self.dir.join(format!(".{hash}.tmp"));
@@ -338,6 +339,60 @@ impl ModelStore {
     }
 }
 
+/// A model as the store keeps it: the manifest naming its files by their own names, the files,
+/// and the hash over both.
+pub struct Package {
+    pub hash: String,
+    manifest: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl Package {
+    /// Reads the manifest (checked as the node checks it) and every file it names.
+    pub fn read(manifest_path: &Path) -> Result<Package> {
+        let manifest = Manifest::load(manifest_path)?;
+        let text = std::fs::read_to_string(manifest_path)
+            .map_err(|e| Error::io(format!("reading model manifest {}", manifest_path.display()), e))?;
+        let bad = |message: String| Error::Manifest {
+            path: manifest_path.to_path_buf(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for (section, key) in [("model", "file"), ("projection", "file"), ("decoder", "priors")] {
+            let Some(value) = table.get_mut(section).and_then(|s| s.get_mut(key)) else {
+                continue;
+            };
+            let Some(named) = value.as_str().map(PathBuf::from) else {
+                continue;
+            };
+            let source = manifest.beside(&named);
+            let name = stored_name(&named)
+                .ok_or_else(|| bad(format!("{section}.{key}: {} has no usable file name", named.display())))?;
+            if [MANIFEST_FILE, SIGNATURE_FILE].contains(&name.as_str()) || files.iter().any(|(n, _)| *n == name) {
+                return Err(bad(format!("{section}.{key}: two files would be stored as {name:?}")));
+            }
+            let bytes = std::fs::read(&source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+            *value = toml::Value::String(name.clone());
+            files.push((name, bytes));
+        }
+        let manifest = toml::to_string(&table).map_err(|e| bad(e.to_string()))?;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Package {
+            hash: package_hash(&manifest, &files),
+            manifest,
+            files,
+        })
+    }
+}
+
+/// Where the signature of a manifest's package is: `<manifest file name>.sig` beside it.
+pub fn signature_path(manifest_path: &Path) -> PathBuf {
+    let mut name = manifest_path.file_name().unwrap_or_default().to_os_string();
+    name.push(".sig");
+    manifest_path.with_file_name(name)
+}
+
 /// The name a file named by a manifest is stored under: its own file name.
 fn stored_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
@@ -383,10 +438,10 @@ mod tests {
     fn installs_by_content_activates_and_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = ModelStore::new(dir.path().join("store"));
-        let nanodet = store.install(&bundled(dir.path(), "nanodet-g-416")).unwrap();
-        let again = store.install(&bundled(dir.path(), "nanodet-g-416")).unwrap();
+        let nanodet = store.install(&bundled(dir.path(), "nanodet-g-416"), None).unwrap();
+        let again = store.install(&bundled(dir.path(), "nanodet-g-416"), None).unwrap();
         assert_eq!(nanodet.hash, again.hash, "installing twice stores once");
-        let embedder = store.install(&bundled(dir.path(), "mobilenetv2-1280")).unwrap();
+        let embedder = store.install(&bundled(dir.path(), "mobilenetv2-1280"), None).unwrap();
         assert_eq!((nanodet.role, embedder.role), (Role::Detector, Role::Embedder));
         // The projection came along and the stored manifest loads from the store alone.
         let stored = Manifest::load(&embedder.manifest_path).unwrap();
@@ -396,7 +451,7 @@ mod tests {
         let edited = bundled(dir.path(), "nanodet-g-416");
         let text = std::fs::read_to_string(&edited).unwrap();
         std::fs::write(&edited, text.replace("score_threshold = 0.4", "score_threshold = 0.5")).unwrap();
-        let stricter = store.install(&edited).unwrap();
+        let stricter = store.install(&edited, None).unwrap();
         assert_ne!(stricter.hash, nanodet.hash);
         assert_eq!(store.list().unwrap().len(), 3);
 
@@ -438,5 +493,40 @@ mod tests {
         let store = ModelStore::new(dir.path().to_path_buf());
         std::fs::create_dir(dir.path().join(format!(".{}.tmp", "a".repeat(64)))).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn with_a_key_only_packages_signed_by_it_are_installed() {
+        use super::super::signing::SigningKey;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path().join("store"));
+        let (private, public) = (dir.path().join("centre.key"), dir.path().join("centre.pub"));
+        SigningKey::generate(&private, &public).unwrap();
+        let key = VerifyingKey::load(&public).unwrap();
+        let manifest = bundled(dir.path(), "nanodet-g-416");
+
+        let err = store.install(&manifest, Some(&key)).unwrap_err().to_string();
+        assert!(
+            err.contains("must be signed") && err.contains("model.toml.sig"),
+            "{err}"
+        );
+        let hash = Package::read(&manifest).unwrap().hash;
+        std::fs::write(
+            signature_path(&manifest),
+            SigningKey::load(&private).unwrap().sign(&hash),
+        )
+        .unwrap();
+        let model = store.install(&manifest, Some(&key)).unwrap();
+        store.verify_stored(&model.hash, &key).unwrap();
+
+        // One byte of the model changed after signing: another package, refused.
+        let onnx = manifest.with_file_name("nanodet-g-416.onnx");
+        let mut bytes = std::fs::read(&onnx).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&onnx, bytes).unwrap();
+        let err = store.install(&manifest, Some(&key)).unwrap_err().to_string();
+        assert!(err.contains("does not verify"), "{err}");
+        assert_eq!(store.list().unwrap().len(), 1);
     }
 }
