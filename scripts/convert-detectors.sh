@@ -60,27 +60,8 @@ CONVERT_PKGS=(tensorflow-cpu==2.15.1 tf2onnx==1.16.1 numpy==1.26.4 onnx==1.16.2 
 # onnx builds the constructed decoder graphs.
 RUNTIME_PKGS=(onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 onnx==1.16.2)
 
-WORK="$(mktemp -d -t retina-detectors.XXXXXX)"
-trap 'rm -rf "$WORK"' EXIT
-log() { printf '\n== %s\n' "$*"; }
-
-check_sha() {  # file expected-sha256
-  local got
-  got="$(sha256sum "$1" | cut -d' ' -f1)"
-  if [[ "$got" != "$2" ]]; then
-    echo "sha256 mismatch for $1: got $got, expected $2" >&2
-    exit 1
-  fi
-}
-
-make_venv() {  # dir packages...
-  local dir="$1"; shift
-  "$PYTHON" -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
-}
-
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-  || { echo "need Python 3.11 (set PYTHON=...)" >&2; exit 1; }
+# shellcheck source=convert/lib.sh
+source "$CONVERT/lib.sh" retina-detectors
 
 log "fetching dog.jpg and person.jpg from Debian package darknet"
 (cd "$WORK" && apt-get download darknet >/dev/null)

@@ -584,6 +584,16 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A model directory as an integrator hands it over: the SSDLite ONNX file and its manifest.
+fn ssdlite_package(dir: &std::path::Path) -> std::path::PathBuf {
+    let package = dir.join("ssdlite");
+    std::fs::create_dir(&package).unwrap();
+    for file in ["ssdlite-mobilenetv2-coco.onnx", "ssdlite-mobilenetv2-coco.toml"] {
+        std::fs::copy(common::repo().join("models").join(file), package.join(file)).unwrap();
+    }
+    package
+}
+
 /// The detector a node started from `config` runs.
 async fn running_detector(config: &std::path::Path) -> String {
     let mut parsed = common::parse_config(&std::fs::read_to_string(config).unwrap());
@@ -610,12 +620,7 @@ async fn an_installed_and_activated_model_survives_restarts_until_rolled_back() 
     let config_arg = config.to_str().unwrap();
     assert_eq!(running_detector(&config).await, "nanodet-g-416");
 
-    // A model directory as an integrator hands it over: the ONNX file and its manifest.
-    let package = dir.path().join("ssdlite");
-    std::fs::create_dir(&package).unwrap();
-    for file in ["ssdlite-mobilenetv2-coco.onnx", "ssdlite-mobilenetv2-coco.toml"] {
-        std::fs::copy(common::repo().join("models").join(file), package.join(file)).unwrap();
-    }
+    let package = ssdlite_package(dir.path());
     let (ok, out, err) = cli(&[
         "model",
         "install",
@@ -723,12 +728,7 @@ fn a_node_with_the_centres_key_runs_only_models_it_signed() {
     std::fs::write(&config, &plain).unwrap();
     let config_arg = config.to_str().unwrap();
 
-    let package = dir.path().join("ssdlite");
-    std::fs::create_dir(&package).unwrap();
-    for file in ["ssdlite-mobilenetv2-coco.onnx", "ssdlite-mobilenetv2-coco.toml"] {
-        std::fs::copy(common::repo().join("models").join(file), package.join(file)).unwrap();
-    }
-    let manifest = package.join("ssdlite-mobilenetv2-coco.toml");
+    let manifest = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
     // Installed while the node took anything: stored, but unsigned.
     let (ok, out, err) = cli(&["model", "install", "--config", config_arg, manifest.to_str().unwrap()]);
     assert!(ok, "{out}{err}");

@@ -44,6 +44,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+# The same JSON layout as the constructed fixtures (this directory is on sys.path when run).
+from make_decoder_graphs import write_json
+
 COCO80 = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -184,19 +187,6 @@ def decode_pedestrian(out, w, h, s):
 DECODERS = {"centernet-mnv3-512": decode_centernet,
             "ssdlite-mobilenetv2-coco": decode_ssdlite,
             "pedestrian-ssdlite": decode_pedestrian}
-
-
-def write_json(path, doc):
-    """JSON with one detection per line (readable diffs), keys in the order given."""
-    parts = []
-    for k, v in doc.items():
-        if k == "detections":
-            body = ",\n".join("  " + json.dumps(d) for d in v)
-            parts.append(' "detections": [' + ("\n" + body + "\n ]" if v else "]"))
-        else:
-            parts.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    with open(path, "w") as f:
-        f.write("{\n" + ",\n".join(parts) + "\n}\n")
 
 
 def main():
