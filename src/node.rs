@@ -23,11 +23,11 @@ use crate::config::{Config, Probation};
 use crate::deliver::{Limits, NodeFacts};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
-use crate::describe::{Describer, Origin};
+use crate::describe::{Describer, ModelContext, ModelContexts, Origin};
 use crate::error::{Error, Result};
 use crate::infer::registry::{ModelSet, ModelStore, Package, StoredModel};
 use crate::infer::signing::VerifyingKey;
-use crate::infer::{self, Analyzer, ModelFile, SessionOptions, manifest::Manifest};
+use crate::infer::{self, Analyzer, ModelFile, ModelSetInfo, ModelSwap, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
 use crate::log::Log;
 use crate::metrics::{self, Metrics};
@@ -81,6 +81,27 @@ impl Models {
     }
 
     /// The embedding encoder the config asks for, checked against the models.
+    /// Registers this set's describe context under `generation` and returns what each analysis
+    /// of the set carries.
+    fn set_info(&self, config: &Config, generation: u64, contexts: &ModelContexts) -> Result<Arc<ModelSetInfo>> {
+        let model_ref = |m: &ModelFile| pb::ModelRef {
+            id: m.card.id.clone(),
+            version: m.card.version.clone(),
+        };
+        contexts.add(ModelContext {
+            generation,
+            detector: model_ref(&self.detector),
+            embedder: self.embedder.as_ref().map(model_ref),
+            class_names: self.detector.card.class_names.clone(),
+            encoder: self.encoder(config)?,
+        });
+        Ok(Arc::new(ModelSetInfo {
+            generation,
+            detector: self.detector.card.clone(),
+            embedder: self.embedder.as_ref().map(|m| m.card.clone()),
+        }))
+    }
+
     pub fn encoder(&self, config: &Config) -> Result<Encoder> {
         let describe = &config.describe;
         if self.embedder.is_none() {
@@ -281,6 +302,17 @@ fn signing_key(config: &Config) -> Result<Option<VerifyingKey>> {
 /// current one, `Some("")` runs without. The first activation also stores the config's own
 /// models, so that rollback can return to them.
 pub fn activate_models(config: &Config, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
+    let (store, current, wanted) = chosen_set(config, detector, embedder)?;
+    store.activate(&wanted, &current)
+}
+
+/// The store, its active set (the config's own models on the first activation) and the set
+/// `detector` and `embedder` choose, checked.
+fn chosen_set(
+    config: &Config,
+    detector: Option<&str>,
+    embedder: Option<&str>,
+) -> Result<(ModelStore, ModelSet, ModelSet)> {
     let store = ModelStore::new(config.model_store_path());
     // The config's own models are the operator's: they need no signature.
     let own = |path: &std::path::Path| store.install(&config.resolve(path), None).map(|m| m.hash);
@@ -302,7 +334,7 @@ pub fn activate_models(config: &Config, detector: Option<&str>, embedder: Option
         embedder: embedder.map_or_else(|| current.embedder.clone(), str::to_string),
     })?;
     verify_set(config, &store, &wanted)?;
-    store.activate(&wanted, &current)
+    Ok((store, current, wanted))
 }
 
 /// Returns the node to the set active before the current one (checked as on activation).
@@ -540,8 +572,58 @@ pub struct Node {
     /// What `/metrics` serves; it outlives the endpoint, so a caller can read the final counts.
     pub metrics: Arc<Metrics>,
     queue: Arc<FrameQueue>,
+    /// Switches the model set of the running node.
+    pub models: Arc<LiveModels>,
     stop: Shutdown,
     finished: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// The running node's model set, and the way to replace it between frames.
+pub struct LiveModels {
+    config: Arc<Config>,
+    swap: ModelSwap,
+    contexts: ModelContexts,
+    /// The running set's generation; held while a switch is prepared, so two never race.
+    generation: std::sync::Mutex<u64>,
+}
+
+impl LiveModels {
+    /// Switches the running node to a set of stored models (see [`activate_models`] for the
+    /// arguments): checked as an activation is, loaded and run once per worker, handed to every
+    /// worker to take between two frames (no camera restarts; every track ends with
+    /// `MODEL_CHANGED`), then made the active set, so it also survives restarts. Blocking for
+    /// as long as loading takes (seconds): call it from a blocking task.
+    pub fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
+        let mut generation = self
+            .generation
+            .lock()
+            .map_err(|_| Error::Internal("a model switch panicked".into()))?;
+        let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
+        let mut trial = (*self.config).clone();
+        let (detector, embedder) = store.manifests(&wanted)?;
+        trial.inference.detector_manifest = detector;
+        trial.inference.embedder_manifest = embedder;
+        check_embed_classes(
+            &trial,
+            &Manifest::load(&trial.resolve(&trial.inference.detector_manifest))?,
+        )?;
+        let mut models = Models::load(&trial)?;
+        let analyzers = (0..self.swap.workers())
+            .map(|_| {
+                let mut analyzer = models.analyzer(&trial)?;
+                analyzer.warm_up()?;
+                Ok(analyzer)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        models.release_file_bytes();
+        let next = *generation + 1;
+        let info = models.set_info(&trial, next, &self.contexts)?;
+        self.swap.hand_over(analyzers, info)?;
+        *generation = next;
+        tracing::info!(generation = next, detector = %wanted.detector, embedder = %wanted.embedder,
+            "model set handed to the workers");
+        store.activate(&wanted, &current)
+    }
 }
 
 impl Node {
@@ -626,7 +708,7 @@ impl Node {
         )
         .await;
         match started {
-            Ok((metrics_addr, manager, queue)) => {
+            Ok((metrics_addr, manager, queue, live)) => {
                 tracing::info!(node = %config.node.id, %grpc_addr, metrics = ?metrics_addr,
                     cameras = config.cameras.len(), workers = config.inference.workers, "node started");
                 let finished = tokio::spawn(run_until_stopped(Stopping {
@@ -641,6 +723,7 @@ impl Node {
                     cameras,
                     metrics,
                     queue,
+                    models: live,
                     stop,
                     finished,
                 })
@@ -672,7 +755,7 @@ impl Node {
         metrics: &Arc<Metrics>,
         stop: &Shutdown,
         parts: &mut Parts,
-    ) -> Result<(Option<SocketAddr>, Arc<CameraManager>, Arc<FrameQueue>)> {
+    ) -> Result<(Option<SocketAddr>, Arc<CameraManager>, Arc<FrameQueue>, Arc<LiveModels>)> {
         let log_path = config.log_path();
         let (log, mut appender) = {
             let (config, metrics) = (config.clone(), metrics.clone());
@@ -688,25 +771,27 @@ impl Node {
         parts.queue = Some(queue.clone());
         let run_id = now_unix_nanos() as u64;
 
-        let model_ref = |m: &ModelFile| pb::ModelRef {
-            id: m.card.id.clone(),
-            version: m.card.version.clone(),
-        };
         let class_names = models.detector.card.class_names.clone();
+        let contexts = ModelContexts::default();
+        let first_set = models.set_info(&config, 0, &contexts)?;
         let describer = Describer::new(
             Origin {
                 node_id: config.node.id.clone(),
                 node_run_id: run_id,
-                detector: model_ref(&models.detector),
-                embedder: models.embedder.as_ref().map(model_ref),
-                class_names: class_names.clone(),
             },
-            models.encoder(&config)?,
+            contexts.clone(),
             config.describe.clone(),
             appender.take_resume_counters(),
         );
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
-        parts.workers = infer::spawn_workers(analyzers, queue.clone(), results_tx, metrics.clone())?;
+        let (workers, swap) = infer::spawn_workers(analyzers, first_set, queue.clone(), results_tx, metrics.clone())?;
+        parts.workers = workers;
+        let live = Arc::new(LiveModels {
+            config: config.clone(),
+            swap,
+            contexts,
+            generation: std::sync::Mutex::new(0),
+        });
         // The appender moves into the describe thread; if that thread cannot start, it is dropped
         // with the closure, which lets the log's writer end.
         parts.describer_thread = Some({
@@ -803,7 +888,7 @@ impl Node {
         };
 
         manager.start_configured(starting.resolved, probation)?;
-        Ok((metrics_addr, manager, queue))
+        Ok((metrics_addr, manager, queue, live))
     }
 
     /// What a watchdog looks at, usable while [`wait`](Self::wait) holds the node.

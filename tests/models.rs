@@ -778,3 +778,128 @@ fn a_node_with_the_centres_key_runs_only_models_it_signed() {
         "{out}{err}"
     );
 }
+
+/// A node streaming a looping real clip to a subscriber switches its detector NanoDet → SSDLite
+/// while it runs: the camera is not restarted, the subscriber's stream goes on with contiguous
+/// sequences, the tracks open at the switch end with MODEL_CHANGED in a descriptor that still
+/// names NanoDet, every descriptor after it names SSDLite, and the switch is the active set at
+/// the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_switches_its_detector_between_frames() {
+    use retina_edge::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    let cameras = format!(
+        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
+        common::sample_clip().display()
+    );
+    std::fs::write(&config_path, common::config_toml(&cameras, "")).unwrap();
+    let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
+    config.base_dir = dir.path().to_path_buf();
+    config.origin = config_path.clone();
+    let ssdlite = retina_edge::node::install_model(&config, &ssdlite_package(dir.path())).unwrap();
+    let (node, client) = common::start_node(config).await;
+
+    // The whole stream, from the log's first descriptor to the node's stop.
+    let subscriber = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let request = pb::SubscribeRequest {
+                include_empty_frames: true,
+                full_context: true,
+                ..Default::default()
+            };
+            common::subscribe_until_end(&mut client, request).await
+        })
+    };
+    // A live subscription paces the test.
+    let mut pacing = client.clone();
+    let mut live = pacing
+        .subscribe(pb::SubscribeRequest {
+            include_empty_frames: true,
+            full_context: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Switch while the camera has a confirmed track in view.
+    loop {
+        let d = live.message().await.unwrap().expect("the stream goes on");
+        if !d.tracks.is_empty() {
+            break;
+        }
+    }
+    let models = node.models.clone();
+    let hash = ssdlite.hash.clone();
+    let set = tokio::task::spawn_blocking(move || models.switch(Some(&hash), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.detector, ssdlite.hash);
+    // Ten frames of the new set.
+    let mut new_frames = 0;
+    while new_frames < 10 {
+        let d = live.message().await.unwrap().expect("the stream goes on");
+        if d.detector.as_ref().is_some_and(|m| m.id == "ssdlite-mobilenetv2-coco") {
+            new_frames += 1;
+        }
+    }
+    let mut client = client;
+    let camera = common::camera_info(&mut client, "bikes").await;
+    assert_eq!((camera.restarts, camera.reconnect_attempts), (0, 0), "{camera:?}");
+    common::stop_node(node).await;
+    let stream = subscriber.await.unwrap();
+
+    for (i, pair) in stream.windows(2).enumerate() {
+        assert_eq!(pair[1].sequence, pair[0].sequence + 1, "contiguous at {i}");
+    }
+    let detector = |d: &pb::FrameDescriptor| d.detector.as_ref().unwrap().id.clone();
+    let first_new = stream
+        .iter()
+        .position(|d| detector(d) == "ssdlite-mobilenetv2-coco")
+        .expect("descriptors of the new detector");
+    assert!(stream[..first_new].iter().all(|d| detector(d) == "nanodet-g-416"));
+    assert!(
+        stream[first_new..]
+            .iter()
+            .all(|d| detector(d) == "ssdlite-mobilenetv2-coco")
+    );
+    // The descriptor just before the first of the new set ends every track then open.
+    let reason = |e: &pb::TrackEvent| e.summary.as_ref().map(|s| s.end_reason());
+    let closing = &stream[first_new - 1];
+    let changed: Vec<u64> = closing
+        .track_events
+        .iter()
+        .filter(|e| reason(e) == Some(pb::TrackEndReason::ModelChanged))
+        .map(|e| e.track_id)
+        .collect();
+    let mut open = std::collections::BTreeSet::new();
+    for d in &stream[..first_new - 1] {
+        for e in &d.track_events {
+            match e.kind() {
+                pb::TrackEventKind::Confirmed => {
+                    open.insert(e.track_id);
+                }
+                pb::TrackEventKind::Ended => {
+                    open.remove(&e.track_id);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(!open.is_empty(), "a track was open at the switch");
+    assert_eq!(changed, open.into_iter().collect::<Vec<_>>(), "{closing:?}");
+    assert_eq!(
+        stream
+            .iter()
+            .flat_map(|d| &d.track_events)
+            .filter(|e| reason(e) == Some(pb::TrackEndReason::ModelChanged))
+            .count(),
+        changed.len(),
+        "only the switch ends tracks for a model change"
+    );
+
+    // The next start runs the switched set.
+    assert_eq!(running_detector(&config_path).await, "ssdlite-mobilenetv2-coco");
+}

@@ -181,6 +181,7 @@ impl Emitter {
                     EndReason::Lost => pb::TrackEndReason::Lost,
                     EndReason::ClockStep => pb::TrackEndReason::ClockStep,
                     EndReason::Finished => pb::TrackEndReason::Stopped,
+                    EndReason::ModelChanged => pb::TrackEndReason::ModelChanged,
                 } as i32,
                 trajectory_offsets_ms: ended
                     .trajectory

@@ -9,12 +9,12 @@ pub mod projection;
 pub mod track;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
+use std::sync::{Arc, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use self::codec::Encoder;
 use self::emit::{Emission, Emitter};
-use self::track::Tracker;
+use self::track::{EndReason, Tracker};
 use crate::clock::to_timestamp;
 use crate::config::DescribeConfig;
 use crate::infer::{Analysis, Detection};
@@ -34,9 +34,34 @@ const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Origin {
     pub node_id: String,
     pub node_run_id: u64,
+}
+
+/// What descriptors of one model set say about their models, and how its embeddings are
+/// encoded (a new embedder brings its own projection).
+pub struct ModelContext {
+    /// [`crate::infer::ModelSetInfo::generation`] of the set.
+    pub generation: u64,
     pub detector: pb::ModelRef,
     pub embedder: Option<pb::ModelRef>,
     pub class_names: Vec<String>,
+    pub encoder: Encoder,
+}
+
+/// The contexts of the model sets the node has run, by generation: the node adds a set's before
+/// any worker analyses a frame with it.
+#[derive(Clone, Default)]
+pub struct ModelContexts(Arc<RwLock<BTreeMap<u64, Arc<ModelContext>>>>);
+
+impl ModelContexts {
+    pub fn add(&self, context: ModelContext) {
+        if let Ok(mut all) = self.0.write() {
+            all.insert(context.generation, Arc::new(context));
+        }
+    }
+
+    fn get(&self, generation: u64) -> Option<Arc<ModelContext>> {
+        self.0.read().ok()?.get(&generation).cloned()
+    }
 }
 
 /// What a camera has handed out so far: the log keeps it with every commit, so that numbering
@@ -57,7 +82,7 @@ pub struct Resume {
 
 pub struct Describer {
     origin: Origin,
-    encoder: Encoder,
+    contexts: ModelContexts,
     config: DescribeConfig,
     cameras: HashMap<String, CameraState>,
     /// Where each camera's numbering resumes (from the log), for cameras not seen yet this run.
@@ -70,6 +95,8 @@ struct CameraState {
     next_ticket: u64,
     next_sequence: u64,
     waiting: BTreeMap<u64, Analysis>,
+    /// The model set of the last frame described; `None` before the first.
+    models: Option<Arc<ModelContext>>,
     tracker: Tracker,
     emitter: Emitter,
     /// The last frame described, for the descriptor that ends the camera's tracks.
@@ -81,10 +108,10 @@ struct CameraState {
 }
 
 impl Describer {
-    pub fn new(origin: Origin, encoder: Encoder, config: DescribeConfig, resume: Resume) -> Self {
+    pub fn new(origin: Origin, contexts: ModelContexts, config: DescribeConfig, resume: Resume) -> Self {
         Describer {
             origin,
-            encoder,
+            contexts,
             config,
             cameras: HashMap::new(),
             resume,
@@ -129,7 +156,7 @@ impl Describer {
             if streaming || state.last_result_at.elapsed() <= max_silence {
                 continue;
             }
-            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
                 tracing::info!(camera = %last.camera_id, tracks = last.track_events.len(),
                     "camera stopped delivering frames: its tracks are ended");
                 publish(last, state.counters());
@@ -159,6 +186,7 @@ impl Describer {
                 next_ticket: 0,
                 next_sequence: resume.next_sequence,
                 waiting: BTreeMap::new(),
+                models: None,
                 tracker,
                 emitter: Emitter::new(self.config.emission.clone()),
                 last_frame: None,
@@ -173,7 +201,7 @@ impl Describer {
             }
             // The camera was removed and added again: its tickets start afresh, its old tracks end;
             // its sequence numbers and track ids go on, so subscribers still see one stream per id.
-            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
                 publish(last, state.counters());
             }
             state.instance = instance;
@@ -198,8 +226,32 @@ impl Describer {
                 metrics.frame_failed();
                 continue;
             }
+            let generation = analysis.models.generation;
+            let current = state.models.as_ref().map_or(generation, |m| m.generation);
+            if generation < current {
+                // Analysed by the set before a swap after a frame of the new set: describing it
+                // would take the camera's tracks back to the old model.
+                tracing::debug!(camera = %analysis.camera.id, generation, "a frame of a replaced model set; dropped");
+                metrics.frame_failed();
+                continue;
+            }
+            if state.models.is_none() || generation > current {
+                let Some(context) = self.contexts.get(generation) else {
+                    tracing::error!(generation, "no describe context for a model set; frame dropped");
+                    metrics.frame_failed();
+                    continue;
+                };
+                // Appearance vectors of two embedders are not comparable, nor boxes of two
+                // detectors: every track of the camera ends where the set changed.
+                if generation > current
+                    && let Some(last) = state.end_tracks(&self.origin, EndReason::ModelChanged)
+                {
+                    publish(last, state.counters());
+                }
+                state.models = Some(context);
+            }
             let captured = analysis.capture_time;
-            let descriptor = state.describe(analysis, &self.origin, &self.encoder, &self.config);
+            let descriptor = state.describe(analysis, &self.origin, &self.config);
             publish(descriptor, state.counters());
             // A capture time ahead of the node's clock (a camera's own clock) counts as 0.
             let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0);
@@ -210,7 +262,7 @@ impl Describer {
     /// Ends the tracks of every camera (the node is stopping).
     pub fn finish(&mut self, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
         for state in self.cameras.values_mut() {
-            if let Some(last) = state.end_tracks(&self.origin, &self.encoder) {
+            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
                 publish(last, state.counters());
             }
         }
@@ -237,13 +289,11 @@ impl CameraState {
         }
     }
 
-    fn describe(
-        &mut self,
-        analysis: Analysis,
-        origin: &Origin,
-        encoder: &Encoder,
-        config: &DescribeConfig,
-    ) -> pb::FrameDescriptor {
+    /// `self.models` must be set.
+    fn describe(&mut self, analysis: Analysis, origin: &Origin, config: &DescribeConfig) -> pb::FrameDescriptor {
+        let Some(models) = self.models.clone() else {
+            return self.descriptor(&analysis, origin);
+        };
         CameraStatus::count(&analysis.camera.frames_analysed);
         let detections = analysis.detections.as_deref().unwrap_or_default();
         let update = self.tracker.update(analysis.capture_time, detections);
@@ -252,7 +302,7 @@ impl CameraState {
                 "malformed detections skipped by the tracker");
         }
         let frame = (analysis.frame_width, analysis.frame_height);
-        let mut encode = encoder_fn(encoder);
+        let mut encode = encoder_fn(&models.encoder);
         let Emission { tracks, events } =
             self.emitter
                 .frame(analysis.capture_time, frame, &update, detections, &mut encode);
@@ -266,7 +316,7 @@ impl CameraState {
             detections
                 .iter()
                 .zip(track_of)
-                .map(|(d, track_id)| detected_object(d, frame, track_id, &origin.class_names, &mut encode))
+                .map(|(d, track_id)| detected_object(d, frame, track_id, &models.class_names, &mut encode))
                 .collect()
         } else {
             Vec::new()
@@ -284,11 +334,12 @@ impl CameraState {
 
     /// A descriptor without tracks carrying the summaries of every track of the camera, dated at
     /// its last frame; `None` if there were none.
-    fn end_tracks(&mut self, origin: &Origin, encoder: &Encoder) -> Option<pb::FrameDescriptor> {
-        let ended = self.tracker.finish();
+    fn end_tracks(&mut self, origin: &Origin, reason: EndReason) -> Option<pb::FrameDescriptor> {
+        let ended = self.tracker.finish_because(reason);
         let last = self.last_frame.take()?;
+        let models = self.models.clone()?;
         let frame = (last.frame_width, last.frame_height);
-        let events = self.emitter.finish(&ended, frame, &mut encoder_fn(encoder));
+        let events = self.emitter.finish(&ended, frame, &mut encoder_fn(&models.encoder));
         if events.is_empty() {
             return None;
         }
@@ -297,8 +348,10 @@ impl CameraState {
         Some(descriptor)
     }
 
-    /// The next numbered descriptor of this camera, context filled in, nothing seen yet.
+    /// The next numbered descriptor of this camera, context filled in (the models of the
+    /// camera's current set), nothing seen yet.
     fn descriptor(&mut self, analysis: &Analysis, origin: &Origin) -> pb::FrameDescriptor {
+        let models = self.models.as_deref();
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         pb::FrameDescriptor {
@@ -309,8 +362,8 @@ impl CameraState {
             time_source: analysis.time_source as i32,
             frame_width: analysis.frame_width,
             frame_height: analysis.frame_height,
-            detector: Some(origin.detector.clone()),
-            embedder: origin.embedder.clone(),
+            detector: models.map(|m| m.detector.clone()),
+            embedder: models.and_then(|m| m.embedder.clone()),
             objects: Vec::new(),
             node_run_id: origin.node_run_id,
             camera_position: analysis.camera.position(),
@@ -373,23 +426,50 @@ mod tests {
         let origin = Origin {
             node_id: "n".into(),
             node_run_id: 1_780_000_000_000_000_000,
-            detector: pb::ModelRef {
-                id: "d".into(),
-                version: "1".into(),
-            },
-            embedder: None,
-            class_names,
         };
         let config = DescribeConfig {
             send_detections,
             ..DescribeConfig::default()
         };
-        let encoder = Encoder::new(codec::CodecKind::Int8, None, None).unwrap();
-        Describer::new(origin, encoder, config, Resume::default())
+        let contexts = ModelContexts::default();
+        for (generation, detector) in [(0, "d"), (1, "d2")] {
+            contexts.add(ModelContext {
+                generation,
+                detector: pb::ModelRef {
+                    id: detector.into(),
+                    version: "1".into(),
+                },
+                embedder: None,
+                class_names: class_names.clone(),
+                encoder: Encoder::new(codec::CodecKind::Int8, None, None).unwrap(),
+            });
+        }
+        Describer::new(origin, contexts, config, Resume::default())
+    }
+
+    fn models(generation: u64) -> Arc<crate::infer::ModelSetInfo> {
+        let card = crate::infer::ModelCard {
+            id: "d".into(),
+            version: "1".into(),
+            decoder: "yolo".into(),
+            sha256: String::new(),
+            input_shape: Vec::new(),
+            class_names: Vec::new(),
+        };
+        Arc::new(crate::infer::ModelSetInfo {
+            generation,
+            detector: card,
+            embedder: None,
+        })
     }
 
     fn analysis(camera: &Arc<CameraStatus>, ticket: u64, ok: bool) -> Analysis {
+        analysis_of(camera, ticket, ok, 0)
+    }
+
+    fn analysis_of(camera: &Arc<CameraStatus>, ticket: u64, ok: bool, generation: u64) -> Analysis {
         Analysis {
+            models: models(generation),
             camera: camera.clone(),
             ticket,
             capture_time: ticket as i64,
@@ -478,5 +558,49 @@ mod tests {
         assert_eq!((b.x_min, b.y_min, b.x_max, b.y_max), (0.1, 0.1, 0.6, 1.0));
         let v = codec::decode(object.embedding.as_ref().unwrap()).unwrap();
         assert!((v[0] - 0.6).abs() < 0.01 && (v[1] - 0.8).abs() < 0.01);
+    }
+
+    /// Frames of a new model set end every track of the camera (`MODEL_CHANGED`) in a descriptor
+    /// that still names the old models; the frames after it name the new ones; a late frame of
+    /// the old set, after one of the new, is dropped rather than reviving the old tracks.
+    #[test]
+    fn a_new_model_set_ends_the_tracks_and_a_late_old_frame_is_dropped() {
+        let camera = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
+        let metrics = Metrics::new(Cameras::default());
+        let mut describer = describer(vec!["person".into(), "bicycle".into(), "car".into()], false);
+        let mut out = Vec::new();
+        // Enough frames of one object for its track to be confirmed.
+        for ticket in 0..5 {
+            describer.accept(analysis_of(&camera, ticket, true, 0), &metrics, &mut |d, _| out.push(d));
+        }
+        let confirmed = out.iter().flat_map(|d| &d.track_events).count();
+        assert!(confirmed >= 1, "the object's track is confirmed: {out:#?}");
+        out.clear();
+        // Ticket 6 (new set) arrives before ticket 5 (old set, analysed by a slower worker).
+        describer.accept(analysis_of(&camera, 6, true, 1), &metrics, &mut |d, _| out.push(d));
+        describer.accept(analysis_of(&camera, 5, true, 0), &metrics, &mut |d, _| out.push(d));
+        describer.accept(analysis_of(&camera, 7, true, 0), &metrics, &mut |d, _| out.push(d));
+        describer.accept(analysis_of(&camera, 8, true, 1), &metrics, &mut |d, _| out.push(d));
+        let summary: Vec<(u64, String, Vec<pb::TrackEndReason>)> = out
+            .iter()
+            .map(|d| {
+                let reasons = d
+                    .track_events
+                    .iter()
+                    .filter_map(|e| e.summary.as_ref().map(|s| s.end_reason()))
+                    .collect();
+                (d.sequence, d.detector.as_ref().unwrap().id.clone(), reasons)
+            })
+            .collect();
+        let sequences: Vec<u64> = summary.iter().map(|s| s.0).collect();
+        assert_eq!(sequences, vec![5, 6, 7, 8], "contiguous: {summary:?}");
+        assert_eq!(summary[0].1, "d", "ticket 5 is the old set's last frame");
+        assert_eq!(summary[1], (6, "d".into(), vec![pb::TrackEndReason::ModelChanged]));
+        assert_eq!(summary[2].1, "d2");
+        assert!(
+            summary[2].2.is_empty() && summary[3].1 == "d2",
+            "ticket 7 (old set) dropped: {summary:?}"
+        );
+        assert_eq!(out[3].capture_time.unwrap().nanos, 8);
     }
 }

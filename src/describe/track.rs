@@ -115,6 +115,9 @@ pub enum EndReason {
     ClockStep,
     /// [`Tracker::finish`] was called, e.g. because the camera stopped.
     Finished,
+    /// The node switched to another model set: boxes and appearance vectors of two sets are not
+    /// comparable, so no track goes on across the switch.
+    ModelChanged,
 }
 
 /// A confirmed track's summary, once it has ended.
@@ -366,8 +369,13 @@ impl Tracker {
     /// Ends every confirmed track (and drops tentative ones), e.g. when the camera stops. The
     /// tracker can go on afterwards; its ids keep counting.
     pub fn finish(&mut self) -> Vec<TrackEvent> {
+        self.finish_because(EndReason::Finished)
+    }
+
+    /// [`finish`](Self::finish), saying why.
+    pub fn finish_because(&mut self, reason: EndReason) -> Vec<TrackEvent> {
         let mut events = Vec::new();
-        self.end_all(EndReason::Finished, &mut events);
+        self.end_all(reason, &mut events);
         events
     }
 

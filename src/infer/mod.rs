@@ -32,6 +32,15 @@ pub fn release_free_memory() {
     }
 }
 
+/// The models that analysed a frame. The node swaps whole sets, between frames, and numbers
+/// them: a higher generation is a later set.
+#[derive(Debug)]
+pub struct ModelSetInfo {
+    pub generation: u64,
+    pub detector: ModelCard,
+    pub embedder: Option<ModelCard>,
+}
+
 /// The result of analysing one frame.
 pub struct Analysis {
     pub camera: Arc<CameraStatus>,
@@ -43,7 +52,48 @@ pub struct Analysis {
     pub keyframes_only: bool,
     pub frame_width: u32,
     pub frame_height: u32,
+    pub models: Arc<ModelSetInfo>,
     pub detections: Result<Vec<Detection>>,
+}
+
+/// Where a worker finds the analyzer it is to use from its next frame on.
+#[derive(Default)]
+struct NextAnalyzer(std::sync::Mutex<Option<(Analyzer, Arc<ModelSetInfo>)>>);
+
+/// Hands a new model set to every worker. Each worker takes its analyzer (its own sessions of
+/// the whole set) between two frames, so no frame is analysed by a mix of two sets, and no
+/// camera, queue or track is touched: frames waiting in the queue are analysed by whichever set
+/// the worker holds when it takes them, and each result says which.
+pub struct ModelSwap {
+    next: Vec<Arc<NextAnalyzer>>,
+}
+
+impl ModelSwap {
+    /// How many analyzers [`hand_over`](Self::hand_over) takes: one per worker.
+    pub fn workers(&self) -> usize {
+        self.next.len()
+    }
+
+    pub fn hand_over(&self, analyzers: Vec<Analyzer>, models: Arc<ModelSetInfo>) -> Result<()> {
+        if analyzers.len() != self.next.len() {
+            return Err(Error::Internal(format!(
+                "{} analyzers for {} workers",
+                analyzers.len(),
+                self.next.len()
+            )));
+        }
+        for (slot, analyzer) in self.next.iter().zip(analyzers) {
+            // A set handed over before a worker took the previous one replaces it: only the
+            // newest matters, and the older one's sessions are freed here.
+            let replaced = slot
+                .0
+                .lock()
+                .map_err(|_| Error::Internal("a worker panicked".into()))?
+                .replace((analyzer, models.clone()));
+            drop(replaced);
+        }
+        Ok(())
+    }
 }
 
 /// Starts `analyzers.len()` inference threads. They stop when the queue is closed and drained,
@@ -51,16 +101,21 @@ pub struct Analysis {
 /// already started are joined before the error returns: none is left running unowned.
 pub fn spawn_workers(
     analyzers: Vec<Analyzer>,
+    models: Arc<ModelSetInfo>,
     queue: Arc<FrameQueue>,
     results: mpsc::SyncSender<Analysis>,
     metrics: Arc<Metrics>,
-) -> Result<Vec<std::thread::JoinHandle<()>>> {
+) -> Result<(Vec<std::thread::JoinHandle<()>>, ModelSwap)> {
     let mut workers = Vec::with_capacity(analyzers.len());
+    let mut swap = ModelSwap { next: Vec::new() };
     for (i, analyzer) in analyzers.into_iter().enumerate() {
         let (own_queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
+        let next = Arc::new(NextAnalyzer::default());
+        swap.next.push(next.clone());
+        let models = models.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("infer-{i}"))
-            .spawn(move || work(analyzer, &own_queue, &results, &metrics));
+            .spawn(move || work(analyzer, models, &next, &own_queue, &results, &metrics));
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(e) => {
@@ -72,12 +127,32 @@ pub fn spawn_workers(
             }
         }
     }
-    Ok(workers)
+    Ok((workers, swap))
 }
 
-fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<Analysis>, metrics: &Metrics) {
-    let recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
+fn work(
+    mut analyzer: Analyzer,
+    mut models: Arc<ModelSetInfo>,
+    next: &NextAnalyzer,
+    queue: &FrameQueue,
+    results: &mpsc::SyncSender<Analysis>,
+    metrics: &Metrics,
+) {
+    let mut recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
     while let Some((frame, ticket)) = queue.pop() {
+        // Uncontended but for the moment of a swap: one lock per frame costs nothing.
+        let handed = next.0.lock().ok().and_then(|mut slot| slot.take());
+        if let Some((new_analyzer, new_models)) = handed {
+            // The old sessions are dropped here, by the worker that used them, between frames.
+            analyzer = new_analyzer;
+            models = new_models;
+            recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
+            tracing::info!(
+                generation = models.generation,
+                detector = analyzer.detector_id(),
+                "worker switched model set"
+            );
+        }
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {
                 recorder.observe(&timings);
@@ -96,6 +171,7 @@ fn work(mut analyzer: Analyzer, queue: &FrameQueue, results: &mpsc::SyncSender<A
             keyframes_only: frame.keyframes_only,
             frame_width: frame.image.width(),
             frame_height: frame.image.height(),
+            models: models.clone(),
             detections,
         };
         crate::ingest::pool::give(frame.image.into_raw());
