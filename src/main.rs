@@ -189,6 +189,16 @@ enum ModelAction {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Send a model (a manifest and the files it names, with `<manifest>.sig` if there is one)
+    /// to a running node's store over gRPC (admin scope).
+    Upload {
+        #[command(flatten)]
+        node: NodeArgs,
+        manifest: PathBuf,
+        /// Then switch the node to it, between two frames (no restart).
+        #[arg(long)]
+        activate: bool,
+    },
     /// For the centre: make an Ed25519 key pair to sign models with (the private key is written
     /// owner-only; give nodes the public key as `inference.model_signing_key`).
     Keygen {
@@ -204,6 +214,50 @@ enum ModelAction {
         key: PathBuf,
         manifest: PathBuf,
     },
+}
+
+/// How a client reaches a node.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The node's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// CA certificate (PEM) the node's certificate must chain to: TLS to an https:// node.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// This client's certificate (PEM), for a node that asks for client certificates.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// A file holding the token (or set RETINA_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    fn credentials(self) -> anyhow::Result<client::Credentials> {
+        Ok(client::Credentials {
+            ca_cert: self.ca_cert,
+            client_cert: self.cert.zip(self.key),
+            token: read_token(self.token_file)?,
+        })
+    }
+}
+
+/// The token from its file, or else from RETINA_TOKEN: never from the command line, where other
+/// users of the box can read it.
+fn read_token(token_file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    Ok(match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("RETINA_TOKEN").ok(),
+    })
 }
 
 #[derive(Subcommand)]
@@ -344,6 +398,33 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
             )?);
         }
         ModelAction::Rollback { config } => show(&node::roll_back_models(&load(&config)?)?),
+        ModelAction::Upload {
+            node,
+            manifest,
+            activate,
+        } => {
+            let addr = node.addr.clone();
+            let credentials = node.credentials()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stored, activated) =
+                runtime.block_on(client::upload_model(&addr, &credentials, &manifest, activate))?;
+            println!(
+                "{}\t{}\t{}@{}\t{}",
+                stored.hash, stored.role, stored.id, stored.version, stored.decoder
+            );
+            if let Some(set) = activated {
+                eprintln!(
+                    "running: detector {}, embedder {} (model generation {})",
+                    &set.detector[..12.min(set.detector.len())],
+                    if set.embedder.is_empty() {
+                        "none"
+                    } else {
+                        &set.embedder[..12.min(set.embedder.len())]
+                    },
+                    set.model_generation
+                );
+            }
+        }
         ModelAction::Keygen { private, public } => {
             retina_edge::infer::signing::SigningKey::generate(&private, &public)?;
             eprintln!("private key {}, public key {}", private.display(), public.display());
@@ -475,15 +556,7 @@ fn main() -> ExitCode {
                 };
                 return read::read(options).await.map(|_| ());
             }
-            let token = match token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading token file {}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => std::env::var("RETINA_TOKEN").ok(),
-            };
+            let token = read_token(token_file)?;
             let start = match (from_earliest, after_offset, from_time) {
                 (true, _, _) => pb::StartPosition::Earliest,
                 (_, Some(_), _) => pb::StartPosition::AfterOffset,

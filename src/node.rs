@@ -20,12 +20,12 @@ use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
 use crate::config::{Config, Probation};
-use crate::deliver::{Limits, NodeFacts};
+use crate::deliver::{Limits, NodeFacts, RunningModels};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
 use crate::describe::{Describer, ModelContext, ModelContexts, Origin};
 use crate::error::{Error, Result};
-use crate::infer::registry::{ModelSet, ModelStore, Package, StoredModel};
+use crate::infer::registry::{ModelSet, ModelStore, Package, RunningSet, StoredModel};
 use crate::infer::signing::VerifyingKey;
 use crate::infer::{self, Analyzer, ModelFile, ModelSetInfo, ModelSwap, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
@@ -100,6 +100,19 @@ impl Models {
             detector: self.detector.card.clone(),
             embedder: self.embedder.as_ref().map(|m| m.card.clone()),
         }))
+    }
+
+    /// The set as `GetNodeInfo` reports it.
+    fn running(&self, generation: u64) -> RunningModels {
+        let mut models = vec![("detector".to_string(), self.detector.card.clone(), None)];
+        if let Some(embedder) = &self.embedder {
+            models.push(("embedder".to_string(), embedder.card.clone(), self.projection.clone()));
+        }
+        RunningModels {
+            generation,
+            models,
+            class_names: self.detector.card.class_names.clone(),
+        }
     }
 
     pub fn encoder(&self, config: &Config) -> Result<Encoder> {
@@ -578,11 +591,35 @@ pub struct Node {
     finished: tokio::task::JoinHandle<Result<()>>,
 }
 
+impl crate::deliver::ModelControl for LiveModels {
+    fn staging_dir(&self) -> PathBuf {
+        LiveModels::staging_dir(self)
+    }
+
+    fn install_received(&self, manifest: &std::path::Path) -> Result<StoredModel> {
+        LiveModels::install_received(self, manifest)
+    }
+
+    fn stored(&self) -> Result<(Vec<StoredModel>, Option<ModelSet>)> {
+        LiveModels::stored(self)
+    }
+
+    fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
+        LiveModels::switch(self, detector, embedder)
+    }
+
+    fn roll_back(&self) -> Result<RunningSet> {
+        LiveModels::roll_back(self)
+    }
+}
+
 /// The running node's model set, and the way to replace it between frames.
 pub struct LiveModels {
     config: Arc<Config>,
     swap: ModelSwap,
     contexts: ModelContexts,
+    /// Where `GetNodeInfo` learns of the switch.
+    facts: Arc<NodeFacts>,
     /// The running set's generation; held while a switch is prepared, so two never race.
     generation: std::sync::Mutex<u64>,
 }
@@ -593,14 +630,62 @@ impl LiveModels {
     /// worker to take between two frames (no camera restarts; every track ends with
     /// `MODEL_CHANGED`), then made the active set, so it also survives restarts. Blocking for
     /// as long as loading takes (seconds): call it from a blocking task.
-    pub fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
-        let mut generation = self
-            .generation
-            .lock()
-            .map_err(|_| Error::Internal("a model switch panicked".into()))?;
+    pub fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
+        let mut generation = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
+        self.hand_over(&mut generation, &wanted)?;
+        let set = store.activate(&wanted, &current)?;
+        Ok(RunningSet {
+            set,
+            generation: *generation,
+        })
+    }
+
+    /// Switches back to the set active before the last activation, as [`switch`](Self::switch)
+    /// does.
+    pub fn roll_back(&self) -> Result<RunningSet> {
+        let mut generation = self.lock()?;
+        let store = ModelStore::new(self.config.model_store_path());
+        let back = store.previous()?;
+        verify_set(&self.config, &store, &back)?;
+        self.hand_over(&mut generation, &back)?;
+        let set = store.roll_back()?;
+        Ok(RunningSet {
+            set,
+            generation: *generation,
+        })
+    }
+
+    /// Stores a package received over the network (see [`install_model`]); nothing runs it
+    /// until a switch.
+    pub fn install_received(&self, manifest: &std::path::Path) -> Result<StoredModel> {
+        ModelStore::new(self.config.model_store_path()).install_received(manifest, signing_key(&self.config)?.as_ref())
+    }
+
+    /// The store's packages that load, and its active set.
+    pub fn stored(&self) -> Result<(Vec<StoredModel>, Option<ModelSet>)> {
+        let store = ModelStore::new(self.config.model_store_path());
+        let models = store.list()?.into_iter().filter_map(Result::ok).collect();
+        Ok((models, store.active()?))
+    }
+
+    /// Where uploads are put together before [`install`](Self::install): inside the store, so
+    /// storing them is a rename on the same file system.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.config.model_store_path()
+    }
+
+    /// The running set's generation, held while a switch is prepared, so two never race.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, u64>> {
+        self.generation
+            .lock()
+            .map_err(|_| Error::Internal("a model switch panicked".into()))
+    }
+
+    fn hand_over(&self, generation: &mut u64, set: &ModelSet) -> Result<()> {
+        let store = ModelStore::new(self.config.model_store_path());
         let mut trial = (*self.config).clone();
-        let (detector, embedder) = store.manifests(&wanted)?;
+        let (detector, embedder) = store.manifests(set)?;
         trial.inference.detector_manifest = detector;
         trial.inference.embedder_manifest = embedder;
         check_embed_classes(
@@ -619,10 +704,11 @@ impl LiveModels {
         let next = *generation + 1;
         let info = models.set_info(&trial, next, &self.contexts)?;
         self.swap.hand_over(analyzers, info)?;
+        self.facts.set_models(models.running(next));
         *generation = next;
-        tracing::info!(generation = next, detector = %wanted.detector, embedder = %wanted.embedder,
+        tracing::info!(generation = next, detector = %set.detector, embedder = %set.embedder,
             "model set handed to the workers");
-        store.activate(&wanted, &current)
+        Ok(())
     }
 }
 
@@ -771,7 +857,6 @@ impl Node {
         parts.queue = Some(queue.clone());
         let run_id = now_unix_nanos() as u64;
 
-        let class_names = models.detector.card.class_names.clone();
         let contexts = ModelContexts::default();
         let first_set = models.set_info(&config, 0, &contexts)?;
         let describer = Describer::new(
@@ -786,10 +871,18 @@ impl Node {
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
         let (workers, swap) = infer::spawn_workers(analyzers, first_set, queue.clone(), results_tx, metrics.clone())?;
         parts.workers = workers;
+        let facts = Arc::new(NodeFacts::new(
+            config.node.id.clone(),
+            run_id,
+            now_unix_nanos(),
+            cameras.clone(),
+            models.running(0),
+        ));
         let live = Arc::new(LiveModels {
             config: config.clone(),
             swap,
             contexts,
+            facts: facts.clone(),
             generation: std::sync::Mutex::new(0),
         });
         // The appender moves into the describe thread; if that thread cannot start, it is dropped
@@ -800,19 +893,6 @@ impl Node {
                 .name("describe".into())
                 .spawn(move || describer.run(results_rx, &metrics, |d, counters| appender.append(d, counters)))
                 .map_err(|e| Error::io("starting describe thread", e))?
-        });
-
-        let mut models_info = vec![("detector".to_string(), models.detector.card.clone(), None)];
-        if let Some(embedder) = &models.embedder {
-            models_info.push(("embedder".to_string(), embedder.card.clone(), models.projection.clone()));
-        }
-        let facts = Arc::new(NodeFacts {
-            node_id: config.node.id.clone(),
-            run_id,
-            started_at: now_unix_nanos(),
-            cameras: cameras.clone(),
-            models: models_info,
-            class_names,
         });
 
         let manager = Arc::new(CameraManager::new(
@@ -865,6 +945,7 @@ impl Node {
             facts,
             metrics.clone(),
             manager.clone(),
+            live.clone(),
             guarded,
             stop.clone(),
             parts.servers_stop.clone(),

@@ -800,10 +800,9 @@ async fn a_running_node_switches_its_detector_between_frames() {
         config.origin = config_path.clone();
         config
     };
-    let ssdlite = retina_edge::node::install_model(&node_config(), &ssdlite_package(dir.path())).unwrap();
-    let nanodet =
-        retina_edge::node::install_model(&node_config(), &common::repo().join("models/nanodet-g-416.toml")).unwrap();
     let (node, client) = common::start_node(node_config()).await;
+    let mut admin = common::admin(&node).await;
+    let addr = format!("http://{}", node.grpc_addr);
 
     // The whole stream, from the log's first descriptor to the node's stop.
     let subscriber = {
@@ -829,10 +828,12 @@ async fn a_running_node_switches_its_detector_between_frames() {
         .unwrap()
         .into_inner();
     // Switch while the camera has a confirmed track in view; a track can end in the seconds a
-    // switch takes, so switch back and forth (NanoDet is the config's own, stored by the first
-    // activation) until one switch ends open tracks: at most 6.
+    // switch takes, so switch back and forth until one switch ends open tracks: at most 6. The
+    // first is the operator's CLI sending SSDLite and activating it; then ActivateModels and
+    // RollbackModels (back to the config's own NanoDet, which the first activation stored).
     let reason = |e: &pb::TrackEvent| e.summary.as_ref().map(|s| s.end_reason());
     let mut switches = 0;
+    let mut ssdlite_hash = String::new();
     let mut ended_by_a_switch = false;
     while !ended_by_a_switch && switches < 6 {
         loop {
@@ -841,21 +842,65 @@ async fn a_running_node_switches_its_detector_between_frames() {
                 break;
             }
         }
-        let target = if switches % 2 == 0 { &ssdlite } else { &nanodet };
-        let models = node.models.clone();
-        let hash = target.hash.clone();
-        let set = tokio::task::spawn_blocking(move || models.switch(Some(&hash), None))
+        let target = if switches % 2 == 0 {
+            "ssdlite-mobilenetv2-coco"
+        } else {
+            "nanodet-g-416"
+        };
+        let running = if switches == 0 {
+            let manifest = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
+            let addr = addr.clone();
+            let (ok, out, err) = tokio::task::spawn_blocking(move || {
+                cli(&[
+                    "model",
+                    "upload",
+                    "--addr",
+                    &addr,
+                    manifest.to_str().unwrap(),
+                    "--activate",
+                ])
+            })
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(set.detector, target.hash);
+            assert!(ok && err.contains("model generation 1"), "{out}{err}");
+            ssdlite_hash = out.split('\t').next().unwrap().to_string();
+            None
+        } else if switches % 2 == 1 {
+            Some(
+                admin
+                    .rollback_models(pb::RollbackModelsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+        } else {
+            let request = pb::ActivateModelsRequest {
+                detector: ssdlite_hash[..10].to_string(),
+                ..Default::default()
+            };
+            Some(admin.activate_models(request).await.unwrap().into_inner())
+        };
         switches += 1;
+        let info = common::node_info(&mut client.clone()).await;
+        let detector = info.models.iter().find(|m| m.role == "detector").unwrap();
+        assert_eq!(
+            (detector.id.as_str(), info.model_generation),
+            (target, switches),
+            "{info:?}"
+        );
+        if let Some(running) = running {
+            assert_eq!(running.model_generation, switches);
+            assert_eq!(running.detector == ssdlite_hash, target.starts_with("ssdlite"));
+        }
         // Ten frames of the new set.
         let mut new_frames = 0;
         while new_frames < 10 {
             let d = live.message().await.unwrap().expect("the stream goes on");
-            ended_by_a_switch |= d.track_events.iter().any(|e| reason(e) == Some(pb::TrackEndReason::ModelChanged));
-            if d.detector.as_ref().is_some_and(|m| m.id == target.id) {
+            ended_by_a_switch |= d
+                .track_events
+                .iter()
+                .any(|e| reason(e) == Some(pb::TrackEndReason::ModelChanged));
+            if d.detector.as_ref().is_some_and(|m| m.id == target) {
                 new_frames += 1;
             }
         }
@@ -908,9 +953,160 @@ async fn a_running_node_switches_its_detector_between_frames() {
         }
     }
     assert_eq!(switches_seen, switches, "every switch shows in the stream");
-    let last = if switches % 2 == 1 { "ssdlite-mobilenetv2-coco" } else { "nanodet-g-416" };
+    let last = if switches % 2 == 1 {
+        "ssdlite-mobilenetv2-coco"
+    } else {
+        "nanodet-g-416"
+    };
     assert_eq!(detector(stream.last().unwrap()), last);
 
     // The next start runs the set switched to last.
     assert_eq!(running_detector(&config_path).await, last);
+}
+
+/// Models sent over gRPC are checked before anything is stored: every file against the header's
+/// size and SHA-256, the manifest's files confined to the upload, the centre's signature on a
+/// node with its key. A refused upload or activation leaves the running set as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_sent_over_grpc_are_checked_before_they_are_stored_or_run() {
+    use retina_edge::deliver::client::{Credentials, upload_model};
+    use retina_edge::pb::{self, upload_model_request::Part};
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = (dir.path().join("centre.key"), dir.path().join("centre.pub"));
+    retina_edge::infer::signing::SigningKey::generate(&private, &public).unwrap();
+    let config_path = dir.path().join("node.toml");
+    let text = common::config_toml("", "").replace(
+        "[inference]\n",
+        &format!("[inference]\nmodel_signing_key = \"{}\"\n", public.display()),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
+    config.base_dir = dir.path().to_path_buf();
+    config.origin = config_path.clone();
+    let store = config.model_store_path();
+    let (node, mut client) = common::start_node(config).await;
+    let mut admin = common::admin(&node).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    let manifest = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
+
+    let err = upload_model(&addr, &Credentials::default(), &manifest, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("must be signed"), "{err:#}");
+
+    // Hand-made uploads: one file, the manifest, with whatever header the case needs.
+    let send = |header: pb::ModelUploadHeader, data: Vec<u8>| {
+        let mut admin = admin.clone();
+        async move {
+            let chunk = pb::ModelFileChunk {
+                name: "manifest.toml".into(),
+                data,
+            };
+            let messages = vec![
+                pb::UploadModelRequest {
+                    part: Some(Part::Header(header)),
+                },
+                pb::UploadModelRequest {
+                    part: Some(Part::Chunk(chunk)),
+                },
+            ];
+            admin.upload_model(tokio_stream::iter(messages)).await.unwrap_err()
+        }
+    };
+    let header = |bytes: &[u8], sha256: String| pb::ModelUploadHeader {
+        manifest: "manifest.toml".into(),
+        files: vec![pb::ModelUploadFile {
+            name: "manifest.toml".into(),
+            size: bytes.len() as u64,
+            sha256,
+        }],
+        signature: Vec::new(),
+    };
+    let outside = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("ssdlite-mobilenetv2-coco.onnx", "/etc/hostname")
+        .into_bytes();
+    let sha = |bytes: &[u8]| data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes));
+    let status = send(header(&outside, "0".repeat(64)), outside.clone()).await;
+    assert!(
+        status.code() == tonic::Code::InvalidArgument && status.message().contains("SHA-256"),
+        "{status:?}"
+    );
+    let status = send(header(&outside, sha(&outside)), outside.clone()).await;
+    assert!(
+        status.code() == tonic::Code::InvalidArgument && status.message().contains("not one of the files sent"),
+        "{status:?}"
+    );
+    let mut short = header(&outside, sha(&outside));
+    short.files[0].size -= 1;
+    let status = send(short, outside.clone()).await;
+    assert!(status.message().contains("longer than"), "{status:?}");
+    let mut escaping = header(&outside, sha(&outside));
+    escaping.files[0].name = "../manifest.toml".into();
+    let status = send(escaping, outside).await;
+    assert!(status.message().contains("not a plain file name"), "{status:?}");
+
+    let listed = admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    assert!(listed.models.is_empty(), "nothing refused is stored: {listed:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&store)
+        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "refused uploads leave nothing behind: {leftovers:?}"
+    );
+
+    // Signed by the centre: stored, listed, not yet running.
+    let (ok, out, err) = cli(&[
+        "model",
+        "sign",
+        "--key",
+        private.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let (stored, activated) = upload_model(&addr, &Credentials::default(), &manifest, false)
+        .await
+        .unwrap();
+    assert!(activated.is_none());
+    assert_eq!(
+        (stored.role.as_str(), stored.id.as_str()),
+        ("detector", "ssdlite-mobilenetv2-coco")
+    );
+    let listed = admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        listed.models.iter().map(|m| &m.hash).collect::<Vec<_>>(),
+        [&stored.hash]
+    );
+    assert_eq!(common::node_info(&mut client).await.model_generation, 0);
+
+    // Refused activations change nothing.
+    let status = admin
+        .activate_models(pb::ActivateModelsRequest {
+            detector: "00000000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("no model 00000000"), "{status:?}");
+    let status = admin.rollback_models(pb::RollbackModelsRequest {}).await.unwrap_err();
+    assert!(status.message().contains("nothing to roll back"), "{status:?}");
+    let info = common::node_info(&mut client).await;
+    let detector = info.models.iter().find(|m| m.role == "detector").unwrap();
+    assert_eq!((detector.id.as_str(), info.model_generation), ("nanodet-g-416", 0));
+
+    let running = admin
+        .activate_models(pb::ActivateModelsRequest {
+            detector: stored.hash.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (running.detector.as_str(), running.model_generation),
+        (stored.hash.as_str(), 1)
+    );
+    common::stop_node(node).await;
 }

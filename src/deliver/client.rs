@@ -266,6 +266,80 @@ pub async fn channel(addr: &str, credentials: &Credentials) -> anyhow::Result<to
     Ok(endpoint.connect().await?)
 }
 
+/// Sends a model package (its manifest, the files it names and `<manifest>.sig` if there is one)
+/// to a node's store, in chunks; returns what the node stored. With `activate`, the node then
+/// switches to it, between two frames.
+pub async fn upload_model(
+    addr: &str,
+    credentials: &Credentials,
+    manifest: &std::path::Path,
+    activate: bool,
+) -> anyhow::Result<(pb::StoredModelInfo, Option<pb::ActivateModelsResponse>)> {
+    use anyhow::Context;
+    use pb::upload_model_request::Part;
+    use sha2::Digest;
+    let package = crate::infer::registry::Package::read(manifest)?;
+    let signature_at = crate::infer::registry::signature_path(manifest);
+    let signature = match std::fs::read(&signature_at) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", signature_at.display())),
+    };
+    let files: Vec<pb::ModelUploadFile> = package
+        .stored_files()
+        .map(|(name, bytes)| pb::ModelUploadFile {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            sha256: data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes)),
+        })
+        .collect();
+    let mut messages = vec![pb::UploadModelRequest {
+        part: Some(Part::Header(pb::ModelUploadHeader {
+            manifest: files[0].name.clone(),
+            files,
+            signature,
+        })),
+    }];
+    for (name, bytes) in package.stored_files() {
+        for chunk in bytes.chunks(crate::deliver::models::MAX_CHUNK_BYTES) {
+            messages.push(pb::UploadModelRequest {
+                part: Some(Part::Chunk(pb::ModelFileChunk {
+                    name: name.to_string(),
+                    data: chunk.to_vec(),
+                })),
+            });
+        }
+    }
+    let mut admin = pb::admin_client::AdminClient::with_interceptor(
+        channel(addr, credentials).await?,
+        BearerToken::new(credentials.token.as_deref())?,
+    );
+    let stored = admin
+        .upload_model(tokio_stream::iter(messages))
+        .await
+        .map_err(|status| anyhow::anyhow!("the node refused the model: {}", status.message()))?
+        .into_inner();
+    if !activate {
+        return Ok((stored, None));
+    }
+    let request = match stored.role.as_str() {
+        "embedder" => pb::ActivateModelsRequest {
+            embedder: stored.hash.clone(),
+            ..Default::default()
+        },
+        _ => pb::ActivateModelsRequest {
+            detector: stored.hash.clone(),
+            ..Default::default()
+        },
+    };
+    let activated = admin
+        .activate_models(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("the node stored the model but refused to run it: {}", status.message()))?
+        .into_inner();
+    Ok((stored, Some(activated)))
+}
+
 async fn connect(
     addr: &str,
     credentials: &Credentials,

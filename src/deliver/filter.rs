@@ -127,12 +127,13 @@ impl Filter {
 /// Detector class ids of `names`; an unknown name is an error listing the known ones.
 fn class_ids(names: &[String], facts: &NodeFacts) -> Result<HashSet<u32>, Status> {
     let mut ids = HashSet::new();
+    let running = facts.models();
     for class in names {
-        let Some(id) = facts.class_names.iter().position(|c| c == class) else {
+        let Some(id) = running.class_names.iter().position(|c| c == class) else {
             return Err(Status::invalid_argument(format!(
                 "unknown class {}; the detector's classes are: {}",
                 crate::error::quoted(class),
-                facts.class_names.join(", ")
+                running.class_names.join(", ")
             )));
         };
         ids.insert(id as u32);

@@ -1,11 +1,13 @@
 //! Deliver: descriptors leave the node. The gRPC service streams them from the log to central
 //! systems (subscriptions that resume, queries of the recent past) and takes camera changes;
 //! [`client`] is the central side. Everything here reads the log, nothing reaches back into the
-//! stages before it.
+//! stages before it; model changes go through [`ModelControl`], which the node provides.
 
 pub mod client;
 mod filter;
+pub(crate) mod models;
 pub mod push;
 mod service;
 
-pub use service::{AdminService, Guarded, Limits, NodeFacts, RetinaService, SourcePolicy, serve};
+pub use models::ModelControl;
+pub use service::{AdminService, Guarded, Limits, NodeFacts, RetinaService, RunningModels, SourcePolicy, serve};

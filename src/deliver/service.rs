@@ -19,6 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::filter::{Filter, SentContext, gap_notice};
+use super::models::{MAX_CHUNK_BYTES, ModelControl};
 use crate::clock::{UnixNanos, timestamp_nanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
 use crate::describe::projection::Projection;
@@ -77,16 +78,44 @@ impl From<&DeliverConfig> for Limits {
     }
 }
 
-/// What `GetNodeInfo` reports; fixed at start except the cameras' live state.
+/// What `GetNodeInfo` reports; fixed at start except the cameras' live state and the model set,
+/// which a live switch replaces.
 pub struct NodeFacts {
     pub node_id: String,
     pub run_id: u64,
     pub started_at: UnixNanos,
     pub cameras: Cameras,
+    models: std::sync::RwLock<Arc<RunningModels>>,
+}
+
+/// The model set the workers run.
+pub struct RunningModels {
+    /// 0 for the set the node started with, one more for every live switch.
+    pub generation: u64,
     /// (role, model, its projection)
     pub models: Vec<(String, ModelCard, Option<Arc<Projection>>)>,
     /// Detector class names, to validate subscription filters.
     pub class_names: Vec<String>,
+}
+
+impl NodeFacts {
+    pub fn new(node_id: String, run_id: u64, started_at: UnixNanos, cameras: Cameras, models: RunningModels) -> Self {
+        NodeFacts {
+            node_id,
+            run_id,
+            started_at,
+            cameras,
+            models: std::sync::RwLock::new(Arc::new(models)),
+        }
+    }
+
+    pub fn models(&self) -> Arc<RunningModels> {
+        self.models.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_models(&self, models: RunningModels) {
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(models);
+    }
 }
 
 pub struct RetinaService {
@@ -101,6 +130,9 @@ pub struct RetinaService {
 pub struct AdminService {
     manager: Arc<CameraManager>,
     sources: Arc<SourcePolicy>,
+    models: Arc<dyn ModelControl>,
+    /// One upload at a time: each may hold hundreds of MB on disk until it is stored.
+    upload_slot: Arc<Semaphore>,
 }
 
 /// What the gRPC listener enforces: TLS, tokens, and where cameras added over it may point.
@@ -267,7 +299,8 @@ pub(super) fn node_info(facts: &NodeFacts) -> pb::NodeInfo {
         .iter()
         .map(|camera| camera_info(camera))
         .collect();
-    let models = facts
+    let running = facts.models();
+    let models = running
         .models
         .iter()
         .map(|(role, card, projection)| pb::ModelInfo {
@@ -289,6 +322,7 @@ pub(super) fn node_info(facts: &NodeFacts) -> pb::NodeInfo {
         started_at: Some(to_timestamp(facts.started_at)),
         cameras,
         models,
+        model_generation: running.generation,
     }
 }
 
@@ -338,6 +372,58 @@ impl Admin for AdminService {
         blocking(move || manager.remove(&id)).await?;
         Ok(Response::new(pb::RemoveCameraResponse {}))
     }
+
+    async fn upload_model(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadModelRequest>>,
+    ) -> Result<Response<pb::StoredModelInfo>, Status> {
+        let _slot = self
+            .upload_slot
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("another model upload is in progress; try again after it"))?;
+        let who = caller_name(&request);
+        let stored = super::models::receive(self.models.clone(), request.into_inner()).await?;
+        tracing::info!(hash = %stored.hash, id = %stored.id, version = %stored.version, caller = ?who,
+            "model package received and stored");
+        Ok(Response::new(stored))
+    }
+
+    async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self.models.clone();
+        let (stored, active) = blocking(move || models.stored()).await?;
+        let active = active.unwrap_or_default();
+        Ok(Response::new(pb::ListModelsResponse {
+            models: stored.iter().map(super::models::stored_info).collect(),
+            active_detector: active.detector,
+            active_embedder: active.embedder,
+        }))
+    }
+
+    async fn activate_models(
+        &self,
+        request: Request<pb::ActivateModelsRequest>,
+    ) -> Result<Response<pb::ActivateModelsResponse>, Status> {
+        let who = caller_name(&request);
+        let request = request.into_inner();
+        let wanted = |hash: String| (!hash.is_empty()).then_some(hash);
+        let (detector, embedder) = (wanted(request.detector), wanted(request.embedder));
+        let models = self.models.clone();
+        let running = blocking(move || models.switch(detector.as_deref(), embedder.as_deref())).await?;
+        tracing::info!(generation = running.generation, caller = ?who, "model set activated over gRPC");
+        Ok(Response::new(super::models::activated(running)))
+    }
+
+    async fn rollback_models(
+        &self,
+        request: Request<pb::RollbackModelsRequest>,
+    ) -> Result<Response<pb::ActivateModelsResponse>, Status> {
+        let who = caller_name(&request);
+        let models = self.models.clone();
+        let running = blocking(move || models.roll_back()).await?;
+        tracing::info!(generation = running.generation, caller = ?who, "model set rolled back over gRPC");
+        Ok(Response::new(super::models::activated(running)))
+    }
 }
 
 /// The name of the token the call came with, if the node checks tokens.
@@ -348,11 +434,14 @@ fn caller_name<T>(request: &Request<T>) -> Option<String> {
         .map(|caller| caller.name.clone())
 }
 
-/// Camera changes start and stop pipelines and write files: never on an async worker.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> crate::Result<T> + Send + 'static) -> Result<T, Status> {
+/// Camera and model changes start and stop pipelines, load models and write files: never on an
+/// async worker.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, Status> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Status::internal(format!("camera change task: {e}")))?
+        .map_err(|e| Status::internal(format!("admin task: {e}")))?
         .map_err(Status::from)
 }
 
@@ -540,6 +629,7 @@ pub async fn serve(
     facts: Arc<NodeFacts>,
     metrics: Arc<Metrics>,
     manager: Arc<CameraManager>,
+    models: Arc<dyn ModelControl>,
     guarded: Guarded,
     stopping: Shutdown,
     shutdown: Shutdown,
@@ -579,6 +669,8 @@ pub async fn serve(
     let admin = AdminService {
         manager,
         sources: Arc::new(guarded.sources),
+        models,
+        upload_slot: Arc::new(Semaphore::new(1)),
     };
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive))
@@ -590,7 +682,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RetinaServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES));
+        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES + MAX_CHUNK_BYTES));
     let stopped = async move { shutdown.wait().await };
     match guarded.tls {
         Some(tls) => {

@@ -110,7 +110,32 @@ impl ModelStore {
     /// model file is not opened here (activation does that, with ONNX Runtime). With a `key`,
     /// the package must carry a signature by it (`<manifest>.sig`), which is stored with it.
     pub fn install(&self, manifest_path: &Path, key: Option<&VerifyingKey>) -> Result<StoredModel> {
+        self.install_package(Package::read(manifest_path)?, manifest_path, key)
+    }
+
+    /// [`install`](Self::install) for a package received from afar: the manifest may name only
+    /// files beside it, so that it cannot pull other files of the node into the store.
+    pub fn install_received(&self, manifest_path: &Path, key: Option<&VerifyingKey>) -> Result<StoredModel> {
         let package = Package::read(manifest_path)?;
+        let beside = manifest_path.parent();
+        if let Some(outside) = package.sources.iter().find(|source| source.parent() != beside) {
+            return Err(Error::Manifest {
+                path: manifest_path.to_path_buf(),
+                message: format!(
+                    "names {}, which is not one of the files sent with it",
+                    crate::error::quoted(&outside.display().to_string())
+                ),
+            });
+        }
+        self.install_package(package, manifest_path, key)
+    }
+
+    fn install_package(
+        &self,
+        package: Package,
+        manifest_path: &Path,
+        key: Option<&VerifyingKey>,
+    ) -> Result<StoredModel> {
         let signature = match key {
             None => None,
             Some(key) => {
@@ -339,12 +364,21 @@ impl ModelStore {
     }
 }
 
+/// A set a live switch made active, and its generation (`NodeInfo.model_generation`).
+#[derive(Debug, Clone)]
+pub struct RunningSet {
+    pub set: ModelSet,
+    pub generation: u64,
+}
+
 /// A model as the store keeps it: the manifest naming its files by their own names, the files,
 /// and the hash over both.
 pub struct Package {
     pub hash: String,
     manifest: String,
     files: Vec<(String, Vec<u8>)>,
+    /// Where the files were read from.
+    sources: Vec<PathBuf>,
 }
 
 impl Package {
@@ -359,6 +393,7 @@ impl Package {
         };
         let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut sources = Vec::new();
         for (section, key) in [("model", "file"), ("projection", "file"), ("decoder", "priors")] {
             let Some(value) = table.get_mut(section).and_then(|s| s.get_mut(key)) else {
                 continue;
@@ -375,6 +410,7 @@ impl Package {
             let bytes = std::fs::read(&source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
             *value = toml::Value::String(name.clone());
             files.push((name, bytes));
+            sources.push(source);
         }
         let manifest = toml::to_string(&table).map_err(|e| bad(e.to_string()))?;
         files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -382,7 +418,17 @@ impl Package {
             hash: package_hash(&manifest, &files),
             manifest,
             files,
+            sources,
         })
+    }
+}
+
+impl Package {
+    /// The files as the store will hold them, the manifest (as [`MANIFEST_FILE`]) first; what a
+    /// client sends to a node.
+    pub fn stored_files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        std::iter::once((MANIFEST_FILE, self.manifest.as_bytes()))
+            .chain(self.files.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())))
     }
 }
 
