@@ -403,6 +403,7 @@ fn end_reason_name(reason: i32) -> &'static str {
         Ok(pb::TrackEndReason::Lost) => "lost",
         Ok(pb::TrackEndReason::ClockStep) => "clock step",
         Ok(pb::TrackEndReason::Stopped) => "stopped",
+        Ok(pb::TrackEndReason::ModelChanged) => "model changed",
         _ => "unknown",
     }
 }
