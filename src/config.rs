@@ -293,6 +293,33 @@ pub struct InferenceConfig {
     /// camera is dropped (live sources) or decoding waits (files that are not paced).
     #[serde(default = "default_queue_frames_per_camera")]
     pub queue_frames_per_camera: usize,
+    /// What a new model set must show on this node's own recent frames before it replaces the
+    /// running one (README: "Model updates").
+    #[serde(default)]
+    pub self_test: SelfTestConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfTestConfig {
+    /// The new set's median time per frame (detector and embedder) on the recent frames.
+    pub latency_budget_ms: f64,
+    /// On the recent frames, the new detector must find at least this share of the objects the
+    /// running one found there (counting the classes both know) ... A check against a collapse,
+    /// not a comparison of quality: a weaker detector may well find half as much.
+    pub min_detection_ratio: f64,
+    /// ... when the running one found at least this many; fewer say too little to judge by.
+    pub min_reference_objects: usize,
+}
+
+impl Default for SelfTestConfig {
+    fn default() -> Self {
+        SelfTestConfig {
+            latency_budget_ms: 500.0,
+            min_detection_ratio: 0.25,
+            min_reference_objects: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -712,6 +739,13 @@ impl Config {
             inference.intra_op_threads,
             "1..=64",
         )?;
+        let self_test = &inference.self_test;
+        if !(self_test.latency_budget_ms > 0.0 && self_test.latency_budget_ms.is_finite()) {
+            return Err("inference.self_test.latency_budget_ms must be a positive number".into());
+        }
+        if !(0.0..=1.0).contains(&self_test.min_detection_ratio) {
+            return Err("inference.self_test.min_detection_ratio must lie in 0..1".into());
+        }
         if inference.queue_frames_per_camera == 0 {
             return Err("inference.queue_frames_per_camera must be at least 1".into());
         }

@@ -37,6 +37,10 @@ pub enum Error {
     #[error("model store {path}: {message}")]
     ModelStore { path: PathBuf, message: String },
 
+    /// A model set that failed its self-test on the node's own recent frames.
+    #[error("model self-test failed: {0}")]
+    SelfTest(String),
+
     #[error("ONNX Runtime library {path} could not be loaded: {message}")]
     RuntimeLibrary { path: PathBuf, message: String },
 
@@ -106,7 +110,7 @@ impl Error {
             | Error::Access(_) => Kind::InvalidArgument,
             Error::CameraExists(_) => Kind::AlreadyExists,
             Error::NoSuchCamera(_) => Kind::NotFound,
-            Error::ModelLoad { .. } | Error::ModelStore { .. } => Kind::InvalidArgument,
+            Error::ModelLoad { .. } | Error::ModelStore { .. } | Error::SelfTest(_) => Kind::InvalidArgument,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Kind::NotFound,
             Error::Io { .. } | Error::RuntimeLibrary { .. } | Error::Transport(_) | Error::Log { .. } => {
                 Kind::Unavailable

@@ -413,6 +413,18 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
                 stored.hash, stored.role, stored.id, stored.version, stored.decoder
             );
             if let Some(set) = activated {
+                if let Some(report) = &set.self_test {
+                    eprintln!(
+                        "self-test: {} recent frames of {} cameras: {} objects found where the running set found {}; \
+                         median {:.1} ms per frame against {:.1} ms",
+                        report.frames,
+                        report.cameras,
+                        report.objects_new,
+                        report.objects_running,
+                        report.median_latency_ms_new,
+                        report.median_latency_ms_running
+                    );
+                }
                 eprintln!(
                     "running: detector {}, embedder {} (model generation {})",
                     &set.detector[..12.min(set.detector.len())],

@@ -26,6 +26,7 @@ use crate::describe::projection::Projection;
 use crate::describe::{Describer, ModelContext, ModelContexts, Origin};
 use crate::error::{Error, Result};
 use crate::infer::registry::{ModelSet, ModelStore, Package, RunningSet, StoredModel};
+use crate::infer::self_test::SelfTestReport;
 use crate::infer::signing::VerifyingKey;
 use crate::infer::{self, Analyzer, ModelFile, ModelSetInfo, ModelSwap, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
@@ -626,18 +627,20 @@ pub struct LiveModels {
 
 impl LiveModels {
     /// Switches the running node to a set of stored models (see [`activate_models`] for the
-    /// arguments): checked as an activation is, loaded and run once per worker, handed to every
+    /// arguments): checked as an activation is, loaded and run once per worker, tried on the
+    /// node's recent frames ([`infer::self_test`]), handed to every
     /// worker to take between two frames (no camera restarts; every track ends with
     /// `MODEL_CHANGED`), then made the active set, so it also survives restarts. Blocking for
     /// as long as loading takes (seconds): call it from a blocking task.
     pub fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
         let mut generation = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
-        self.hand_over(&mut generation, &wanted)?;
+        let self_test = self.hand_over(&mut generation, &wanted)?;
         let set = store.activate(&wanted, &current)?;
         Ok(RunningSet {
             set,
             generation: *generation,
+            self_test,
         })
     }
 
@@ -648,11 +651,12 @@ impl LiveModels {
         let store = ModelStore::new(self.config.model_store_path());
         let back = store.previous()?;
         verify_set(&self.config, &store, &back)?;
-        self.hand_over(&mut generation, &back)?;
+        let self_test = self.hand_over(&mut generation, &back)?;
         let set = store.roll_back()?;
         Ok(RunningSet {
             set,
             generation: *generation,
+            self_test,
         })
     }
 
@@ -682,7 +686,8 @@ impl LiveModels {
             .map_err(|_| Error::Internal("a model switch panicked".into()))
     }
 
-    fn hand_over(&self, generation: &mut u64, set: &ModelSet) -> Result<()> {
+    /// Loads `set` for every worker, tries it on the recent frames, and hands it over.
+    fn hand_over(&self, generation: &mut u64, set: &ModelSet) -> Result<SelfTestReport> {
         let store = ModelStore::new(self.config.model_store_path());
         let mut trial = (*self.config).clone();
         let (detector, embedder) = store.manifests(set)?;
@@ -693,22 +698,34 @@ impl LiveModels {
             &Manifest::load(&trial.resolve(&trial.inference.detector_manifest))?,
         )?;
         let mut models = Models::load(&trial)?;
-        let analyzers = (0..self.swap.workers())
+        let mut analyzers = (0..self.swap.workers())
             .map(|_| {
                 let mut analyzer = models.analyzer(&trial)?;
                 analyzer.warm_up()?;
                 Ok(analyzer)
             })
             .collect::<Result<Vec<_>>>()?;
+        let recent = self.swap.recent_frames().snapshot();
+        let report = match analyzers.first_mut() {
+            Some(analyzer) => infer::self_test::self_test(
+                analyzer,
+                &models.detector.card.class_names,
+                &recent,
+                &self.config.inference.self_test,
+            )?,
+            None => SelfTestReport::default(),
+        };
+        tracing::info!(%report, "model set passed its self-test");
         models.release_file_bytes();
         let next = *generation + 1;
         let info = models.set_info(&trial, next, &self.contexts)?;
         self.swap.hand_over(analyzers, info)?;
+        self.swap.recent_frames().clear();
         self.facts.set_models(models.running(next));
         *generation = next;
         tracing::info!(generation = next, detector = %set.detector, embedder = %set.embedder,
             "model set handed to the workers");
-        Ok(())
+        Ok(report)
     }
 }
 

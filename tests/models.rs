@@ -890,6 +890,10 @@ async fn a_running_node_switches_its_detector_between_frames() {
         );
         if let Some(running) = running {
             assert_eq!(running.model_generation, switches);
+            // Tried on the frames since the last switch (kept 2 s apart): at least one.
+            let report = running.self_test.unwrap();
+            eprintln!("switch {switches}: self-test {report:?}");
+            assert!(report.frames >= 1 && report.median_latency_ms_new > 0.0, "{report:?}");
             assert_eq!(running.detector == ssdlite_hash, target.starts_with("ssdlite"));
         }
         // Ten frames of the new set.
@@ -1108,5 +1112,136 @@ async fn models_sent_over_grpc_are_checked_before_they_are_stored_or_run() {
         (running.detector.as_str(), running.model_generation),
         (stored.hash.as_str(), 1)
     );
+    common::stop_node(node).await;
+}
+
+/// A set is tried on the node's own recent frames before it runs, and refused, with the running
+/// set untouched, when it finds nothing where the running set found objects (NanoDet's manifest
+/// with its pixels scaled twice, a common integrator's slip that runs without error on a blank
+/// frame), when an output is not finite (a constructed model that outputs NaN), or when it is
+/// over the latency budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
+    use retina_edge::deliver::client::{Credentials, upload_model};
+    use retina_edge::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    let cameras = format!(
+        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
+        common::sample_clip().display()
+    );
+    // The NaN model knows three classes; every class embedded must be one of them. Judged by
+    // whatever the running set found on the recent frames, however few.
+    let text = common::config_toml(&cameras, "").replace(
+        "[inference]\n",
+        "[inference]\nembed_classes = [\"person\", \"car\", \"bicycle\"]\n",
+    );
+    let judging = format!("{text}\n[inference.self_test]\nmin_reference_objects = 1\n");
+    std::fs::write(&config_path, &judging).unwrap();
+    let node_config = || {
+        let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
+        config.base_dir = dir.path().to_path_buf();
+        config.origin = config_path.clone();
+        config
+    };
+    let package = |name: &str, files: &[(std::path::PathBuf, &str)]| {
+        let package = dir.path().join(name);
+        std::fs::create_dir(&package).unwrap();
+        for (from, to) in files {
+            std::fs::copy(from, package.join(to)).unwrap();
+        }
+        package
+    };
+    let double_scaled = package(
+        "double-scaled",
+        &[(common::repo().join("models/nanodet-g-416.onnx"), "nanodet-g-416.onnx")],
+    )
+    .join("nanodet.toml");
+    let manifest = std::fs::read_to_string(common::repo().join("models/nanodet-g-416.toml")).unwrap();
+    assert!(manifest.contains("pixel_scale = 1.0\n"));
+    std::fs::write(
+        &double_scaled,
+        manifest.replace("pixel_scale = 1.0\n", "pixel_scale = 0.00392156862745098\n"),
+    )
+    .unwrap();
+    let nan = package(
+        "nan",
+        &[
+            (common::fixture("decoders/nan-output/model.onnx"), "model.onnx"),
+            (common::fixture("decoders/nan-output/model.toml"), "model.toml"),
+        ],
+    )
+    .join("model.toml");
+
+    let (node, mut client) = common::start_node(node_config()).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    // Frames are kept 2 s apart: wait for 7 s of footage, in which NanoDet finds the cars.
+    let mut live = client
+        .subscribe(pb::SubscribeRequest {
+            include_empty_frames: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = live.message().await.unwrap().unwrap();
+    loop {
+        let d = live.message().await.unwrap().unwrap();
+        if common::nanos(d.capture_time) - common::nanos(first.capture_time) > 7_000_000_000 {
+            break;
+        }
+    }
+    let refused = |manifest: std::path::PathBuf| {
+        let addr = addr.clone();
+        async move {
+            match upload_model(&addr, &Credentials::default(), &manifest, true).await {
+                Ok(passed) => panic!("{} passed its self-test: {passed:?}", manifest.display()),
+                Err(err) => format!("{err:#}"),
+            }
+        }
+    };
+    let err = refused(double_scaled).await;
+    assert!(
+        err.contains("self-test failed") && err.contains("0 objects found"),
+        "{err}"
+    );
+    let err = refused(nan).await;
+    assert!(err.contains("self-test failed") && err.contains("non-finite"), "{err}");
+    let info = common::node_info(&mut client).await;
+    let detector = info.models.iter().find(|m| m.role == "detector").unwrap();
+    assert_eq!((detector.id.as_str(), info.model_generation), ("nanodet-g-416", 0));
+    let camera = common::camera_info(&mut client, "bikes").await;
+    assert_eq!(camera.restarts, 0);
+    live.message().await.unwrap().expect("the running set goes on");
+    common::stop_node(node).await;
+
+    // The same node with a latency budget no model meets refuses SSDLite for it.
+    std::fs::write(
+        &config_path,
+        format!("{text}\n[inference.self_test]\nlatency_budget_ms = 0.5\n"),
+    )
+    .unwrap();
+    let ssdlite = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
+    let (node, mut client) = common::start_node(node_config()).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    let mut live = client
+        .subscribe(pb::SubscribeRequest {
+            include_empty_frames: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        live.message().await.unwrap().unwrap();
+    }
+    let err = upload_model(&addr, &Credentials::default(), &ssdlite, true)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("over the latency budget of 0.5 ms"),
+        "{err:#}"
+    );
+    assert_eq!(common::node_info(&mut client).await.model_generation, 0);
     common::stop_node(node).await;
 }

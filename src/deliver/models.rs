@@ -44,10 +44,20 @@ pub(super) fn stored_info(model: &StoredModel) -> pb::StoredModelInfo {
 }
 
 pub(super) fn activated(running: RunningSet) -> pb::ActivateModelsResponse {
+    let report = &running.self_test;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     pb::ActivateModelsResponse {
+        model_generation: running.generation,
+        self_test: Some(pb::ModelSelfTest {
+            frames: report.frames as u32,
+            cameras: report.cameras as u32,
+            objects_running: report.objects_running as u32,
+            objects_new: report.objects_new as u32,
+            median_latency_ms_running: ms(report.median_latency_running),
+            median_latency_ms_new: ms(report.median_latency_new),
+        }),
         detector: running.set.detector,
         embedder: running.set.embedder,
-        model_generation: running.generation,
     }
 }
 

@@ -53,6 +53,8 @@ struct Detector {
     input: DetectorInput,
     spec: super::manifest::InputSpec,
     decoder: Decoder,
+    /// A non-finite output value is an error (the self-test; a scan too costly for every frame).
+    strict: bool,
 }
 
 /// The detector's input tensor, reused across frames, in the element type its manifest names.
@@ -70,6 +72,7 @@ struct Embedder {
     dimension: usize,
     /// Reused across frames: `[max_batch, item]`.
     batch: Array2<f32>,
+    strict: bool,
 }
 
 impl Analyzer {
@@ -109,6 +112,7 @@ impl Analyzer {
             input,
             decoder,
             spec,
+            strict: false,
         };
         let embed_class = class_names.iter().map(|name| embed_classes.contains(name)).collect();
         let embedder_stage = match embedder {
@@ -131,6 +135,7 @@ impl Analyzer {
                     output: output.clone(),
                     dimension: *dimension,
                     spec,
+                    strict: false,
                 })
             }
         };
@@ -162,6 +167,14 @@ impl Analyzer {
             result?;
         }
         Ok(())
+    }
+
+    /// From now on, a non-finite value in any model output is an error.
+    pub fn set_strict(&mut self, strict: bool) {
+        self.detector.strict = strict;
+        if let Some(embedder) = &mut self.embedder {
+            embedder.strict = strict;
+        }
     }
 
     pub fn analyze(&mut self, image: &image::RgbImage) -> Result<(Vec<Detection>, Timings)> {
@@ -321,12 +334,26 @@ impl Detector {
                 model: self.model_id.clone(),
                 message: format!("output {name:?} missing from the run"),
             })?;
-            tensors.push(as_f32(value).map_err(&err)?);
+            let tensor = as_f32(value).map_err(&err)?;
+            if self.strict {
+                check_finite(&self.model_id, name, &tensor.data)?;
+            }
+            tensors.push(tensor);
         }
         self.decoder.decode(&tensors).map_err(|message| Error::Inference {
             model: self.model_id.clone(),
             message,
         })
+    }
+}
+
+fn check_finite(model: &str, output: &str, data: &[f32]) -> Result<()> {
+    match data.iter().filter(|v| !v.is_finite()).count() {
+        0 => Ok(()),
+        bad => Err(Error::Inference {
+            model: model.to_string(),
+            message: format!("output {output:?} holds {bad} non-finite values of {}", data.len()),
+        }),
     }
 }
 
@@ -403,6 +430,9 @@ impl Embedder {
             message: format!("output {:?} missing from the run", self.output),
         })?;
         let (_, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
+        if self.strict {
+            check_finite(&self.model_id, &self.output, data)?;
+        }
         if data.len() != n * self.dimension {
             return Err(Error::Inference {
                 model: self.model_id.clone(),

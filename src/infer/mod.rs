@@ -9,6 +9,7 @@ mod model;
 pub(crate) use model::sha256_hex;
 pub mod preprocess;
 pub mod registry;
+pub mod self_test;
 pub mod signing;
 
 use std::sync::Arc;
@@ -66,9 +67,15 @@ struct NextAnalyzer(std::sync::Mutex<Option<(Analyzer, Arc<ModelSetInfo>)>>);
 /// the worker holds when it takes them, and each result says which.
 pub struct ModelSwap {
     next: Vec<Arc<NextAnalyzer>>,
+    recent: Arc<self_test::RecentFrames>,
 }
 
 impl ModelSwap {
+    /// Frames the workers analysed lately, for the next set's self-test.
+    pub fn recent_frames(&self) -> &self_test::RecentFrames {
+        &self.recent
+    }
+
     /// How many analyzers [`hand_over`](Self::hand_over) takes: one per worker.
     pub fn workers(&self) -> usize {
         self.next.len()
@@ -107,15 +114,18 @@ pub fn spawn_workers(
     metrics: Arc<Metrics>,
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, ModelSwap)> {
     let mut workers = Vec::with_capacity(analyzers.len());
-    let mut swap = ModelSwap { next: Vec::new() };
+    let mut swap = ModelSwap {
+        next: Vec::new(),
+        recent: Arc::default(),
+    };
     for (i, analyzer) in analyzers.into_iter().enumerate() {
         let (own_queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
         let next = Arc::new(NextAnalyzer::default());
         swap.next.push(next.clone());
-        let models = models.clone();
+        let (models, recent) = (models.clone(), swap.recent.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("infer-{i}"))
-            .spawn(move || work(analyzer, models, &next, &own_queue, &results, &metrics));
+            .spawn(move || work(analyzer, models, &next, &own_queue, &results, &metrics, &recent));
         match spawned {
             Ok(worker) => workers.push(worker),
             Err(e) => {
@@ -137,6 +147,7 @@ fn work(
     queue: &FrameQueue,
     results: &mpsc::SyncSender<Analysis>,
     metrics: &Metrics,
+    recent: &self_test::RecentFrames,
 ) {
     let mut recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
     while let Some((frame, ticket)) = queue.pop() {
@@ -156,6 +167,14 @@ fn work(
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {
                 recorder.observe(&timings);
+                recent.offer(
+                    &frame.camera.id,
+                    &frame.image,
+                    &detections,
+                    &models.detector.class_names,
+                    timings.detector + timings.embedder,
+                    std::time::Instant::now(),
+                );
                 Ok(detections)
             }
             Err(err) => {

@@ -369,6 +369,8 @@ impl ModelStore {
 pub struct RunningSet {
     pub set: ModelSet,
     pub generation: u64,
+    /// How the set did on the node's recent frames before it was switched to.
+    pub self_test: super::self_test::SelfTestReport,
 }
 
 /// A model as the store keeps it: the manifest naming its files by their own names, the files,

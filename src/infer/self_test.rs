@@ -1,0 +1,219 @@
+//! A new model set is tried on this node's own recent frames before it may replace the running
+//! one: the workers keep a few frames they analysed (with what the running set found there and
+//! how long it took), and the new set must analyse the same frames without an error or a
+//! non-finite output, within the latency budget, and find a fair share of the objects the
+//! running set found. Real frames catch what a blank frame cannot: a manifest with the wrong
+//! normalisation or channel order runs, but finds nothing.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::analyzer::{Analyzer, Detection};
+use crate::config::SelfTestConfig;
+use crate::error::{Error, Result};
+
+/// Frames kept for the next self-test, across all cameras.
+const KEPT_FRAMES: usize = 12;
+/// Of one camera, at most this many, so that one busy camera does not crowd out the rest.
+const KEPT_PER_CAMERA: usize = 3;
+/// A camera's frames are kept at most this often, so that they span some seconds of scene.
+const KEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A frame the running set analysed.
+pub struct Sample {
+    pub camera: String,
+    pub image: Arc<image::RgbImage>,
+    /// The class names of what the running set found in it.
+    pub found: Vec<String>,
+    /// How long the running set took for it (detector and embedder).
+    pub latency: Duration,
+    taken: Instant,
+}
+
+/// The frames kept for self-tests; the workers offer, a model switch reads.
+#[derive(Default)]
+pub struct RecentFrames {
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+impl RecentFrames {
+    /// Keeps a copy of the frame if its camera has none from the last [`KEEP_INTERVAL`]; cheap
+    /// otherwise (one uncontended lock).
+    pub fn offer(
+        &self,
+        camera: &str,
+        image: &image::RgbImage,
+        found: &[Detection],
+        class_names: &[String],
+        latency: Duration,
+        now: Instant,
+    ) {
+        let Ok(mut samples) = self.samples.lock() else {
+            return;
+        };
+        let of_camera = || samples.iter().filter(|s| s.camera == camera);
+        if of_camera().any(|s| now.saturating_duration_since(s.taken) < KEEP_INTERVAL) {
+            return;
+        }
+        if of_camera().count() >= KEPT_PER_CAMERA
+            && let Some(oldest) = samples.iter().position(|s| s.camera == camera)
+        {
+            samples.remove(oldest);
+        }
+        if samples.len() >= KEPT_FRAMES {
+            samples.pop_front();
+        }
+        let name = |d: &Detection| class_names.get(d.class_id as usize).cloned().unwrap_or_default();
+        samples.push_back(Sample {
+            camera: camera.to_string(),
+            image: Arc::new(image.clone()),
+            found: found.iter().map(name).collect(),
+            latency,
+            taken: now,
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, Arc<image::RgbImage>, Vec<String>, Duration)> {
+        self.samples
+            .lock()
+            .map(|samples| {
+                samples
+                    .iter()
+                    .map(|s| (s.camera.clone(), s.image.clone(), s.found.clone(), s.latency))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// After a switch: what the old set found is no reference for the next one.
+    pub fn clear(&self) {
+        if let Ok(mut samples) = self.samples.lock() {
+            samples.clear();
+        }
+    }
+}
+
+/// What the self-test measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelfTestReport {
+    pub frames: usize,
+    pub cameras: usize,
+    /// Objects of the classes both detectors know: found by the running set, and by the new one.
+    pub objects_running: usize,
+    pub objects_new: usize,
+    pub median_latency_running: Duration,
+    pub median_latency_new: Duration,
+}
+
+impl std::fmt::Display for SelfTestReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} recent frames of {} cameras: {} objects found where the running set found {}; median {:.1} ms per \
+             frame against {:.1} ms",
+            self.frames,
+            self.cameras,
+            self.objects_new,
+            self.objects_running,
+            self.median_latency_new.as_secs_f64() * 1e3,
+            self.median_latency_running.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// Runs `analyzer` (the new set) on the `samples`; refuses the set, with the figures, when it
+/// fails one of the checks of `limits`. Without samples (no camera has delivered a frame yet)
+/// there is nothing to judge by and the report says 0 frames.
+pub fn self_test(
+    analyzer: &mut Analyzer,
+    new_class_names: &[String],
+    samples: &[(String, Arc<image::RgbImage>, Vec<String>, Duration)],
+    limits: &SelfTestConfig,
+) -> Result<SelfTestReport> {
+    let refuse = |message: String| Error::SelfTest(message);
+    let mut latencies_new = Vec::with_capacity(samples.len());
+    let mut report = SelfTestReport {
+        frames: samples.len(),
+        ..SelfTestReport::default()
+    };
+    let mut cameras: Vec<&str> = samples.iter().map(|s| s.0.as_str()).collect();
+    cameras.sort_unstable();
+    cameras.dedup();
+    report.cameras = cameras.len();
+    analyzer.set_strict(true);
+    for (camera, image, found, _) in samples {
+        let started = Instant::now();
+        let (detections, _) = analyzer
+            .analyze(image)
+            .map_err(|e| refuse(format!("on a recent frame of camera {camera}: {e}")))?;
+        latencies_new.push(started.elapsed());
+        let known = |name: &String| new_class_names.contains(name);
+        report.objects_running += found.iter().filter(|name| known(name)).count();
+        report.objects_new += detections.len();
+    }
+    analyzer.set_strict(false);
+    report.median_latency_new = median(&mut latencies_new);
+    report.median_latency_running = median(&mut samples.iter().map(|s| s.3).collect::<Vec<_>>());
+    if report.median_latency_new.as_secs_f64() * 1e3 > limits.latency_budget_ms {
+        return Err(refuse(format!(
+            "{report}: over the latency budget of {} ms",
+            limits.latency_budget_ms
+        )));
+    }
+    if report.objects_running >= limits.min_reference_objects
+        && (report.objects_new as f64) < limits.min_detection_ratio * report.objects_running as f64
+    {
+        return Err(refuse(format!(
+            "{report}: fewer than {} of them",
+            limits.min_detection_ratio
+        )));
+    }
+    Ok(report)
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detection(class_id: u32) -> Detection {
+        Detection {
+            class_id,
+            score: 0.9,
+            bbox: [0.0, 0.0, 1.0, 1.0],
+            embedding: None,
+            sharpness: 0.0,
+        }
+    }
+
+    #[test]
+    fn frames_are_kept_spread_over_time_and_cameras() {
+        let recent = RecentFrames::default();
+        let image = image::RgbImage::new(4, 4);
+        let names = ["person".to_string(), "car".to_string()];
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let ms = Duration::from_millis(50);
+        recent.offer("a", &image, &[detection(1), detection(0)], &names, ms, at(0));
+        // Within the interval: not kept.
+        recent.offer("a", &image, &[], &names, ms, at(1));
+        assert_eq!(recent.snapshot().len(), 1);
+        assert_eq!(recent.snapshot()[0].2, ["car", "person"]);
+        for s in 1..10 {
+            recent.offer("a", &image, &[], &names, ms, at(2 * s));
+        }
+        let kept = recent.snapshot();
+        assert_eq!(kept.len(), KEPT_PER_CAMERA, "one camera keeps its newest few");
+        for s in 0..20 {
+            recent.offer(&format!("cam{s}"), &image, &[], &names, ms, at(100));
+        }
+        assert_eq!(recent.snapshot().len(), KEPT_FRAMES);
+        recent.clear();
+        assert!(recent.snapshot().is_empty());
+    }
+}
