@@ -18,8 +18,9 @@ use crate::pb;
 const MAX_FILES: usize = 8;
 /// The most a package may weigh: the largest detectors here are tens of MB.
 pub const MAX_PACKAGE_BYTES: u64 = 512 * 1024 * 1024;
-/// The largest chunk a client may send; the Admin service accepts messages this large.
-pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest chunk a client sends: a message of it stays within the 64 KiB every request to
+/// the node is held to.
+pub const MAX_CHUNK_BYTES: usize = 60 * 1024;
 const MAX_NAME_CHARS: usize = 128;
 
 /// What the model RPCs need of the node (`node::LiveModels`): the store, and the live switch.

@@ -19,7 +19,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::filter::{Filter, SentContext, gap_notice};
-use super::models::{MAX_CHUNK_BYTES, ModelControl};
+use super::models::ModelControl;
 use crate::clock::{UnixNanos, timestamp_nanos, to_timestamp};
 use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
 use crate::describe::projection::Projection;
@@ -682,7 +682,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RetinaServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES + MAX_CHUNK_BYTES));
+        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES));
     let stopped = async move { shutdown.wait().await };
     match guarded.tls {
         Some(tls) => {
