@@ -66,9 +66,8 @@ enum Command {
     /// Subscribe to a node and print what it streams: one line per track event by default. With
     /// --nats, read what collectors stored in JetStream instead, decoded the same way.
     Subscribe {
-        /// The node's gRPC address.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        node: NodeArgs,
         /// Print every descriptor: its tracks, events and any detections.
         #[arg(long, conflicts_with_all = ["json", "quiet"])]
         frames: bool,
@@ -115,19 +114,6 @@ enum Command {
         /// names it by its token instead).
         #[arg(long, default_value = "retina-edge-cli")]
         name: String,
-        /// CA certificate (PEM) the node's certificate must chain to: TLS to an https:// node.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// This client's certificate (PEM), for a node that asks for client certificates.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// The key of --cert (PEM).
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
-        /// A file holding the token (or set RETINA_TOKEN): never on the command line, where
-        /// other users of the box can read it.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
         #[command(flatten)]
         central: CentralArgs,
     },
@@ -231,7 +217,8 @@ struct NodeArgs {
     /// The key of --cert (PEM).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// A file holding the token (or set RETINA_TOKEN).
+    /// A file holding the token (or set RETINA_TOKEN): never on the command line, where other
+    /// users of the box can read it.
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
@@ -414,16 +401,7 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
             );
             if let Some(set) = activated {
                 if let Some(report) = &set.self_test {
-                    eprintln!(
-                        "self-test: {} recent frames of {} cameras: {} objects found where the running set found {}; \
-                         median {:.1} ms per frame against {:.1} ms",
-                        report.frames,
-                        report.cameras,
-                        report.objects_new,
-                        report.objects_running,
-                        report.median_latency_ms_new,
-                        report.median_latency_ms_running
-                    );
+                    eprintln!("self-test: {}", retina_edge::deliver::self_test_report(report));
                 }
                 eprintln!(
                     "running: detector {}, embedder {} (model generation {})",
@@ -522,7 +500,7 @@ fn main() -> ExitCode {
         Command::Token { action } => token(action),
         Command::Model { action } => model(action),
         Command::Subscribe {
-            addr,
+            node,
             frames,
             json,
             quiet,
@@ -538,10 +516,6 @@ fn main() -> ExitCode {
             connect_timeout_seconds,
             compare_video,
             name,
-            ca_cert,
-            cert,
-            key,
-            token_file,
             central,
         } => runtime.block_on(async move {
             let output = match (frames, json, quiet) {
@@ -568,7 +542,8 @@ fn main() -> ExitCode {
                 };
                 return read::read(options).await.map(|_| ());
             }
-            let token = read_token(token_file)?;
+            let addr = node.addr.clone();
+            let credentials = node.credentials()?;
             let start = match (from_earliest, after_offset, from_time) {
                 (true, _, _) => pb::StartPosition::Earliest,
                 (_, Some(_), _) => pb::StartPosition::AfterOffset,
@@ -592,11 +567,7 @@ fn main() -> ExitCode {
                 connect_timeout: Duration::from_secs(connect_timeout_seconds),
                 max_frames,
                 compare_video,
-                credentials: client::Credentials {
-                    ca_cert,
-                    client_cert: cert.zip(key),
-                    token,
-                },
+                credentials,
             };
             client::subscribe(options).await.map(|_| ())
         }),

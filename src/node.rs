@@ -81,7 +81,6 @@ impl Models {
         })
     }
 
-    /// The embedding encoder the config asks for, checked against the models.
     /// Registers this set's describe context under `generation` and returns what each analysis
     /// of the set carries.
     fn set_info(&self, config: &Config, generation: u64, contexts: &ModelContexts) -> Result<Arc<ModelSetInfo>> {
@@ -116,6 +115,7 @@ impl Models {
         }
     }
 
+    /// The embedding encoder the config asks for, checked against the models.
     pub fn encoder(&self, config: &Config) -> Result<Encoder> {
         let describe = &config.describe;
         if self.embedder.is_none() {
@@ -317,11 +317,12 @@ fn signing_key(config: &Config) -> Result<Option<VerifyingKey>> {
 /// models, so that rollback can return to them.
 pub fn activate_models(config: &Config, detector: Option<&str>, embedder: Option<&str>) -> Result<ModelSet> {
     let (store, current, wanted) = chosen_set(config, detector, embedder)?;
+    check_set(config, &store, &wanted)?;
     store.activate(&wanted, &current)
 }
 
 /// The store, its active set (the config's own models on the first activation) and the set
-/// `detector` and `embedder` choose, checked.
+/// `detector` and `embedder` choose, its signatures checked.
 fn chosen_set(
     config: &Config,
     detector: Option<&str>,
@@ -347,7 +348,7 @@ fn chosen_set(
         detector: detector.map_or_else(|| current.detector.clone(), str::to_string),
         embedder: embedder.map_or_else(|| current.embedder.clone(), str::to_string),
     })?;
-    verify_set(config, &store, &wanted)?;
+    verify_signatures(config, &store, &wanted)?;
     Ok((store, current, wanted))
 }
 
@@ -355,11 +356,14 @@ fn chosen_set(
 pub fn roll_back_models(config: &Config) -> Result<ModelSet> {
     let store = ModelStore::new(config.model_store_path());
     let back = store.previous()?;
-    verify_set(config, &store, &back)?;
+    verify_signatures(config, &store, &back)?;
+    check_set(config, &store, &back)?;
     store.roll_back()
 }
 
-fn verify_set(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()> {
+/// On a node with the centre's key, every model of `set` but the config's own must carry its
+/// signature.
+fn verify_signatures(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()> {
     if let Some(key) = signing_key(config)? {
         let own: Vec<String> = std::iter::once(&config.inference.detector_manifest)
             .chain(&config.inference.embedder_manifest)
@@ -371,6 +375,13 @@ fn verify_set(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()>
             }
         }
     }
+    Ok(())
+}
+
+/// Checks `set` as `retina-edge check` checks models: ONNX Runtime opens each one, compares it
+/// with its manifest and runs it once. (A live switch needs no such check: it loads the set
+/// for its workers, which checks the same, and runs it on real frames.)
+fn check_set(config: &Config, store: &ModelStore, set: &ModelSet) -> Result<()> {
     let mut trial = config.clone();
     let (detector, embedder) = store.manifests(set)?;
     trial.inference.detector_manifest = detector;
@@ -592,28 +603,6 @@ pub struct Node {
     finished: tokio::task::JoinHandle<Result<()>>,
 }
 
-impl crate::deliver::ModelControl for LiveModels {
-    fn staging_dir(&self) -> PathBuf {
-        LiveModels::staging_dir(self)
-    }
-
-    fn install_received(&self, manifest: &std::path::Path) -> Result<StoredModel> {
-        LiveModels::install_received(self, manifest)
-    }
-
-    fn stored(&self) -> Result<(Vec<StoredModel>, Option<ModelSet>)> {
-        LiveModels::stored(self)
-    }
-
-    fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
-        LiveModels::switch(self, detector, embedder)
-    }
-
-    fn roll_back(&self) -> Result<RunningSet> {
-        LiveModels::roll_back(self)
-    }
-}
-
 /// The running node's model set, and the way to replace it between frames.
 pub struct LiveModels {
     config: Arc<Config>,
@@ -625,14 +614,14 @@ pub struct LiveModels {
     generation: std::sync::Mutex<u64>,
 }
 
-impl LiveModels {
+impl crate::deliver::ModelControl for LiveModels {
     /// Switches the running node to a set of stored models (see [`activate_models`] for the
-    /// arguments): checked as an activation is, loaded and run once per worker, tried on the
-    /// node's recent frames ([`infer::self_test`]), handed to every
-    /// worker to take between two frames (no camera restarts; every track ends with
+    /// arguments): its signatures checked, loaded for every worker (which checks each model
+    /// against its manifest) and run once, tried on the node's recent frames
+    /// ([`infer::self_test`]), handed to every worker to take between two frames (no camera restarts; every track ends with
     /// `MODEL_CHANGED`), then made the active set, so it also survives restarts. Blocking for
     /// as long as loading takes (seconds): call it from a blocking task.
-    pub fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
+    fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
         let mut generation = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
         let self_test = self.hand_over(&mut generation, &wanted)?;
@@ -644,13 +633,12 @@ impl LiveModels {
         })
     }
 
-    /// Switches back to the set active before the last activation, as [`switch`](Self::switch)
-    /// does.
-    pub fn roll_back(&self) -> Result<RunningSet> {
+    /// Switches back to the set active before the last activation, as a switch does.
+    fn roll_back(&self) -> Result<RunningSet> {
         let mut generation = self.lock()?;
         let store = ModelStore::new(self.config.model_store_path());
         let back = store.previous()?;
-        verify_set(&self.config, &store, &back)?;
+        verify_signatures(&self.config, &store, &back)?;
         let self_test = self.hand_over(&mut generation, &back)?;
         let set = store.roll_back()?;
         Ok(RunningSet {
@@ -662,23 +650,24 @@ impl LiveModels {
 
     /// Stores a package received over the network (see [`install_model`]); nothing runs it
     /// until a switch.
-    pub fn install_received(&self, manifest: &std::path::Path) -> Result<StoredModel> {
+    fn install_received(&self, manifest: &std::path::Path) -> Result<StoredModel> {
         ModelStore::new(self.config.model_store_path()).install_received(manifest, signing_key(&self.config)?.as_ref())
     }
 
     /// The store's packages that load, and its active set.
-    pub fn stored(&self) -> Result<(Vec<StoredModel>, Option<ModelSet>)> {
+    fn stored(&self) -> Result<(Vec<StoredModel>, Option<ModelSet>)> {
         let store = ModelStore::new(self.config.model_store_path());
         let models = store.list()?.into_iter().filter_map(Result::ok).collect();
         Ok((models, store.active()?))
     }
 
-    /// Where uploads are put together before [`install`](Self::install): inside the store, so
-    /// storing them is a rename on the same file system.
-    pub fn staging_dir(&self) -> PathBuf {
+    /// Inside the store, so that storing an upload is a rename on the same file system.
+    fn staging_dir(&self) -> PathBuf {
         self.config.model_store_path()
     }
+}
 
+impl LiveModels {
     /// The running set's generation, held while a switch is prepared, so two never race.
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, u64>> {
         self.generation
@@ -693,10 +682,6 @@ impl LiveModels {
         let (detector, embedder) = store.manifests(set)?;
         trial.inference.detector_manifest = detector;
         trial.inference.embedder_manifest = embedder;
-        check_embed_classes(
-            &trial,
-            &Manifest::load(&trial.resolve(&trial.inference.detector_manifest))?,
-        )?;
         let mut models = Models::load(&trial)?;
         let mut analyzers = (0..self.swap.workers())
             .map(|_| {

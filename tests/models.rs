@@ -594,12 +594,38 @@ fn ssdlite_package(dir: &std::path::Path) -> std::path::PathBuf {
     package
 }
 
+/// The config file at `path`, read as the node reads it: its files (log, model store) beside it.
+fn config_at(path: &std::path::Path) -> retina_edge::config::Config {
+    let mut config = common::parse_config(&std::fs::read_to_string(path).unwrap());
+    config.base_dir = path.parent().unwrap().to_path_buf();
+    config.origin = path.to_path_buf();
+    config
+}
+
+/// One camera playing the sample clip in a loop, analysed at 5 frames a second.
+fn looping_clip() -> String {
+    format!(
+        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
+        common::sample_clip().display()
+    )
+}
+
+/// Every descriptor from now on, empty ones too.
+async fn live_stream(
+    client: &mut common::Client,
+    full_context: bool,
+) -> tonic::Streaming<retina_edge::pb::FrameDescriptor> {
+    let request = retina_edge::pb::SubscribeRequest {
+        include_empty_frames: true,
+        full_context,
+        ..Default::default()
+    };
+    client.subscribe(request).await.unwrap().into_inner()
+}
+
 /// The detector a node started from `config` runs.
 async fn running_detector(config: &std::path::Path) -> String {
-    let mut parsed = common::parse_config(&std::fs::read_to_string(config).unwrap());
-    parsed.base_dir = config.parent().unwrap().to_path_buf();
-    parsed.origin = config.to_path_buf();
-    let (node, mut client) = common::start_node(parsed).await;
+    let (node, mut client) = common::start_node(config_at(config)).await;
     let info = common::node_info(&mut client).await;
     common::stop_node(node).await;
     info.models.into_iter().find(|m| m.role == "detector").unwrap().id
@@ -789,18 +815,8 @@ async fn a_running_node_switches_its_detector_between_frames() {
     use retina_edge::pb;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("node.toml");
-    let cameras = format!(
-        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
-        common::sample_clip().display()
-    );
-    std::fs::write(&config_path, common::config_toml(&cameras, "")).unwrap();
-    let node_config = || {
-        let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
-        config.base_dir = dir.path().to_path_buf();
-        config.origin = config_path.clone();
-        config
-    };
-    let (node, client) = common::start_node(node_config()).await;
+    std::fs::write(&config_path, common::config_toml(&looping_clip(), "")).unwrap();
+    let (node, client) = common::start_node(config_at(&config_path)).await;
     let mut admin = common::admin(&node).await;
     let addr = format!("http://{}", node.grpc_addr);
 
@@ -817,16 +833,7 @@ async fn a_running_node_switches_its_detector_between_frames() {
         })
     };
     // A live subscription paces the test.
-    let mut pacing = client.clone();
-    let mut live = pacing
-        .subscribe(pb::SubscribeRequest {
-            include_empty_frames: true,
-            full_context: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut live = live_stream(&mut client.clone(), true).await;
     // Switch while the camera has a confirmed track in view; a track can end in the seconds a
     // switch takes, so switch back and forth until one switch ends open tracks: at most 6. The
     // first is the operator's CLI sending SSDLite and activating it; then ActivateModels and
@@ -985,9 +992,7 @@ async fn models_sent_over_grpc_are_checked_before_they_are_stored_or_run() {
         &format!("[inference]\nmodel_signing_key = \"{}\"\n", public.display()),
     );
     std::fs::write(&config_path, text).unwrap();
-    let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
-    config.base_dir = dir.path().to_path_buf();
-    config.origin = config_path.clone();
+    let config = config_at(&config_path);
     let store = config.model_store_path();
     let (node, mut client) = common::start_node(config).await;
     let mut admin = common::admin(&node).await;
@@ -1123,27 +1128,16 @@ async fn models_sent_over_grpc_are_checked_before_they_are_stored_or_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
     use retina_edge::deliver::client::{Credentials, upload_model};
-    use retina_edge::pb;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("node.toml");
-    let cameras = format!(
-        "[[cameras]]\nid = \"bikes\"\nuri = \"{}\"\nloop_file = true\nanalysis_fps = 5.0\n",
-        common::sample_clip().display()
-    );
     // The NaN model knows three classes; every class embedded must be one of them. Judged by
     // whatever the running set found on the recent frames, however few.
-    let text = common::config_toml(&cameras, "").replace(
+    let text = common::config_toml(&looping_clip(), "").replace(
         "[inference]\n",
         "[inference]\nembed_classes = [\"person\", \"car\", \"bicycle\"]\n",
     );
     let judging = format!("{text}\n[inference.self_test]\nmin_reference_objects = 1\n");
     std::fs::write(&config_path, &judging).unwrap();
-    let node_config = || {
-        let mut config = common::parse_config(&std::fs::read_to_string(&config_path).unwrap());
-        config.base_dir = dir.path().to_path_buf();
-        config.origin = config_path.clone();
-        config
-    };
     let package = |name: &str, files: &[(std::path::PathBuf, &str)]| {
         let package = dir.path().join(name);
         std::fs::create_dir(&package).unwrap();
@@ -1173,17 +1167,10 @@ async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
     )
     .join("model.toml");
 
-    let (node, mut client) = common::start_node(node_config()).await;
+    let (node, mut client) = common::start_node(config_at(&config_path)).await;
     let addr = format!("http://{}", node.grpc_addr);
     // Frames are kept 2 s apart: wait for 7 s of footage, in which NanoDet finds the cars.
-    let mut live = client
-        .subscribe(pb::SubscribeRequest {
-            include_empty_frames: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut live = live_stream(&mut client, false).await;
     let first = live.message().await.unwrap().unwrap();
     loop {
         let d = live.message().await.unwrap().unwrap();
@@ -1222,16 +1209,9 @@ async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
     )
     .unwrap();
     let ssdlite = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
-    let (node, mut client) = common::start_node(node_config()).await;
+    let (node, mut client) = common::start_node(config_at(&config_path)).await;
     let addr = format!("http://{}", node.grpc_addr);
-    let mut live = client
-        .subscribe(pb::SubscribeRequest {
-            include_empty_frames: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut live = live_stream(&mut client, false).await;
     for _ in 0..3 {
         live.message().await.unwrap().unwrap();
     }

@@ -285,31 +285,35 @@ pub async fn upload_model(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", signature_at.display())),
     };
-    let files: Vec<pb::ModelUploadFile> = package
-        .stored_files()
-        .map(|(name, bytes)| pb::ModelUploadFile {
-            name: name.to_string(),
-            size: bytes.len() as u64,
-            sha256: data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes)),
-        })
-        .collect();
-    let mut messages = vec![pb::UploadModelRequest {
-        part: Some(Part::Header(pb::ModelUploadHeader {
-            manifest: files[0].name.clone(),
-            files,
-            signature,
-        })),
-    }];
-    for (name, bytes) in package.stored_files() {
-        for chunk in bytes.chunks(crate::deliver::models::MAX_CHUNK_BYTES) {
-            messages.push(pb::UploadModelRequest {
-                part: Some(Part::Chunk(pb::ModelFileChunk {
-                    name: name.to_string(),
-                    data: chunk.to_vec(),
-                })),
-            });
-        }
-    }
+    let files = package.into_stored_files();
+    let header = pb::ModelUploadHeader {
+        manifest: files[0].0.clone(),
+        files: files
+            .iter()
+            .map(|(name, bytes)| pb::ModelUploadFile {
+                name: name.clone(),
+                size: bytes.len() as u64,
+                sha256: data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes)),
+            })
+            .collect(),
+        signature,
+    };
+    // Chunks are cut as the stream is sent, so a package is in memory once.
+    let chunks = files.into_iter().flat_map(|(name, bytes)| {
+        let len = bytes.len();
+        (0..len)
+            .step_by(crate::deliver::models::MAX_CHUNK_BYTES)
+            .map(move |start| {
+                let end = (start + crate::deliver::models::MAX_CHUNK_BYTES).min(len);
+                Part::Chunk(pb::ModelFileChunk {
+                    name: name.clone(),
+                    data: bytes[start..end].to_vec(),
+                })
+            })
+    });
+    let messages = std::iter::once(Part::Header(header))
+        .chain(chunks)
+        .map(|part| pb::UploadModelRequest { part: Some(part) });
     let mut admin = pb::admin_client::AdminClient::with_interceptor(
         channel(addr, credentials).await?,
         BearerToken::new(credentials.token.as_deref())?,

@@ -12,6 +12,7 @@ use tonic::{Status, Streaming};
 
 use crate::error::{Result, quoted};
 use crate::infer::registry::{ModelSet, RunningSet, StoredModel};
+use crate::infer::self_test::SelfTestReport;
 use crate::pb;
 
 /// A package may have the manifest and this many files besides.
@@ -59,6 +60,19 @@ pub(super) fn activated(running: RunningSet) -> pb::ActivateModelsResponse {
         }),
         detector: running.set.detector,
         embedder: running.set.embedder,
+    }
+}
+
+/// The report a node sent, to print as the node logs it.
+pub fn self_test_report(sent: &pb::ModelSelfTest) -> SelfTestReport {
+    let duration = |ms: f64| std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
+    SelfTestReport {
+        frames: sent.frames as usize,
+        cameras: sent.cameras as usize,
+        objects_running: sent.objects_running as usize,
+        objects_new: sent.objects_new as usize,
+        median_latency_running: duration(sent.median_latency_ms_running),
+        median_latency_new: duration(sent.median_latency_ms_new),
     }
 }
 

@@ -428,9 +428,10 @@ impl Package {
 impl Package {
     /// The files as the store will hold them, the manifest (as [`MANIFEST_FILE`]) first; what a
     /// client sends to a node.
-    pub fn stored_files(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        std::iter::once((MANIFEST_FILE, self.manifest.as_bytes()))
-            .chain(self.files.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())))
+    pub fn into_stored_files(self) -> Vec<(String, Vec<u8>)> {
+        std::iter::once((MANIFEST_FILE.to_string(), self.manifest.into_bytes()))
+            .chain(self.files)
+            .collect()
     }
 }
 

@@ -21,6 +21,7 @@ const KEPT_PER_CAMERA: usize = 3;
 const KEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A frame the running set analysed.
+#[derive(Clone)]
 pub struct Sample {
     pub camera: String,
     pub image: Arc<image::RgbImage>,
@@ -52,11 +53,14 @@ impl RecentFrames {
         let Ok(mut samples) = self.samples.lock() else {
             return;
         };
-        let of_camera = || samples.iter().filter(|s| s.camera == camera);
-        if of_camera().any(|s| now.saturating_duration_since(s.taken) < KEEP_INTERVAL) {
-            return;
+        let mut kept_of_camera = 0;
+        for sample in samples.iter().filter(|s| s.camera == camera) {
+            if now.saturating_duration_since(sample.taken) < KEEP_INTERVAL {
+                return;
+            }
+            kept_of_camera += 1;
         }
-        if of_camera().count() >= KEPT_PER_CAMERA
+        if kept_of_camera >= KEPT_PER_CAMERA
             && let Some(oldest) = samples.iter().position(|s| s.camera == camera)
         {
             samples.remove(oldest);
@@ -74,15 +78,11 @@ impl RecentFrames {
         });
     }
 
-    pub fn snapshot(&self) -> Vec<(String, Arc<image::RgbImage>, Vec<String>, Duration)> {
+    /// The frames kept now (the images are shared, not copied).
+    pub fn snapshot(&self) -> Vec<Sample> {
         self.samples
             .lock()
-            .map(|samples| {
-                samples
-                    .iter()
-                    .map(|s| (s.camera.clone(), s.image.clone(), s.found.clone(), s.latency))
-                    .collect()
-            })
+            .map(|samples| samples.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -128,7 +128,7 @@ impl std::fmt::Display for SelfTestReport {
 pub fn self_test(
     analyzer: &mut Analyzer,
     new_class_names: &[String],
-    samples: &[(String, Arc<image::RgbImage>, Vec<String>, Duration)],
+    samples: &[Sample],
     limits: &SelfTestConfig,
 ) -> Result<SelfTestReport> {
     let refuse = |message: String| Error::SelfTest(message);
@@ -137,24 +137,24 @@ pub fn self_test(
         frames: samples.len(),
         ..SelfTestReport::default()
     };
-    let mut cameras: Vec<&str> = samples.iter().map(|s| s.0.as_str()).collect();
+    let mut cameras: Vec<&str> = samples.iter().map(|s| s.camera.as_str()).collect();
     cameras.sort_unstable();
     cameras.dedup();
     report.cameras = cameras.len();
     analyzer.set_strict(true);
-    for (camera, image, found, _) in samples {
+    for sample in samples {
         let started = Instant::now();
         let (detections, _) = analyzer
-            .analyze(image)
-            .map_err(|e| refuse(format!("on a recent frame of camera {camera}: {e}")))?;
+            .analyze(&sample.image)
+            .map_err(|e| refuse(format!("on a recent frame of camera {}: {e}", sample.camera)))?;
         latencies_new.push(started.elapsed());
         let known = |name: &String| new_class_names.contains(name);
-        report.objects_running += found.iter().filter(|name| known(name)).count();
+        report.objects_running += sample.found.iter().filter(|name| known(name)).count();
         report.objects_new += detections.len();
     }
     analyzer.set_strict(false);
     report.median_latency_new = median(&mut latencies_new);
-    report.median_latency_running = median(&mut samples.iter().map(|s| s.3).collect::<Vec<_>>());
+    report.median_latency_running = median(&mut samples.iter().map(|s| s.latency).collect::<Vec<_>>());
     if report.median_latency_new.as_secs_f64() * 1e3 > limits.latency_budget_ms {
         return Err(refuse(format!(
             "{report}: over the latency budget of {} ms",
@@ -203,7 +203,7 @@ mod tests {
         // Within the interval: not kept.
         recent.offer("a", &image, &[], &names, ms, at(1));
         assert_eq!(recent.snapshot().len(), 1);
-        assert_eq!(recent.snapshot()[0].2, ["car", "person"]);
+        assert_eq!(recent.snapshot()[0].found, ["car", "person"]);
         for s in 1..10 {
             recent.offer("a", &image, &[], &names, ms, at(2 * s));
         }
