@@ -297,6 +297,37 @@ pub struct InferenceConfig {
     /// running one (README: "Model updates").
     #[serde(default)]
     pub self_test: SelfTestConfig,
+    /// How long, and by what, a set that was switched to is watched, with the set before it
+    /// kept loaded for an instant rollback (README: "Model updates").
+    #[serde(default)]
+    pub watch: WatchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// The watch period; 0: no watch, and the set before is freed at once.
+    pub seconds: f64,
+    /// Frames the new set must have analysed before it is judged.
+    pub min_frames: u64,
+    /// Share of failed frames that rolls back.
+    pub max_error_ratio: f64,
+    /// Median time per frame (detector and embedder) that rolls back.
+    pub latency_budget_ms: f64,
+    /// Objects per frame, as a share of the rate before the switch, below which it rolls back.
+    pub min_detection_ratio: f64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            seconds: 60.0,
+            min_frames: 20,
+            max_error_ratio: 0.05,
+            latency_budget_ms: 500.0,
+            min_detection_ratio: 0.25,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -745,6 +776,16 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self_test.min_detection_ratio) {
             return Err("inference.self_test.min_detection_ratio must lie in 0..1".into());
+        }
+        let watch = &inference.watch;
+        if !(watch.seconds >= 0.0 && watch.seconds.is_finite()) {
+            return Err("inference.watch.seconds must be 0 or more".into());
+        }
+        if !(watch.latency_budget_ms > 0.0 && watch.latency_budget_ms.is_finite()) {
+            return Err("inference.watch.latency_budget_ms must be a positive number".into());
+        }
+        if !(0.0..=1.0).contains(&watch.max_error_ratio) || !(0.0..=1.0).contains(&watch.min_detection_ratio) {
+            return Err("inference.watch.max_error_ratio and min_detection_ratio must lie in 0..1".into());
         }
         if inference.queue_frames_per_camera == 0 {
             return Err("inference.queue_frames_per_camera must be at least 1".into());

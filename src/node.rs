@@ -99,6 +99,7 @@ impl Models {
             generation,
             detector: self.detector.card.clone(),
             embedder: self.embedder.as_ref().map(|m| m.card.clone()),
+            health: Default::default(),
         }))
     }
 
@@ -605,45 +606,71 @@ pub struct Node {
 
 /// The running node's model set, and the way to replace it between frames.
 pub struct LiveModels {
+    /// For the watch thread, which must not keep the node's models alive.
+    me: std::sync::Weak<LiveModels>,
     config: Arc<Config>,
     swap: ModelSwap,
     contexts: ModelContexts,
     /// Where `GetNodeInfo` learns of the switch.
     facts: Arc<NodeFacts>,
-    /// The running set's generation; held while a switch is prepared, so two never race.
-    generation: std::sync::Mutex<u64>,
+    /// Held while a switch is prepared, so two never race.
+    state: std::sync::Mutex<SwitchState>,
 }
+
+struct SwitchState {
+    generation: u64,
+    running: Arc<ModelSetInfo>,
+    watching: Option<Watching>,
+}
+
+/// A set switched to, in its watch period: the set before it is still loaded in the workers.
+struct Watching {
+    before: ModelSet,
+    before_info: Arc<ModelSetInfo>,
+    before_facts: Arc<RunningModels>,
+    /// How the store goes back: a rollback undoes an activation; after a rollback, the set
+    /// before is activated again.
+    came_by_rollback: bool,
+    until: std::time::Instant,
+}
+
+/// How often the watch looks at the new set's health.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl crate::deliver::ModelControl for LiveModels {
     /// Switches the running node to a set of stored models (see [`activate_models`] for the
     /// arguments): its signatures checked, loaded for every worker (which checks each model
     /// against its manifest) and run once, tried on the node's recent frames
-    /// ([`infer::self_test`]), handed to every worker to take between two frames (no camera restarts; every track ends with
-    /// `MODEL_CHANGED`), then made the active set, so it also survives restarts. Blocking for
-    /// as long as loading takes (seconds): call it from a blocking task.
+    /// ([`infer::self_test`]), handed to every worker to take between two frames (no camera
+    /// restarts; every track ends with `MODEL_CHANGED`), then made the active set, so it also
+    /// survives restarts. Then watched for `inference.watch.seconds`, with the set before kept
+    /// loaded, and rolled back at once if it fails, is slow or stops finding objects
+    /// ([`infer::watch::judge`]). Blocking for as long as loading takes (seconds): call it from
+    /// a blocking task.
     fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
-        let mut generation = self.lock()?;
+        let mut state = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
-        let self_test = self.hand_over(&mut generation, &wanted)?;
+        let self_test = self.hand_over(&mut state, &wanted, current.clone(), false)?;
         let set = store.activate(&wanted, &current)?;
         Ok(RunningSet {
             set,
-            generation: *generation,
+            generation: state.generation,
             self_test,
         })
     }
 
     /// Switches back to the set active before the last activation, as a switch does.
     fn roll_back(&self) -> Result<RunningSet> {
-        let mut generation = self.lock()?;
+        let mut state = self.lock()?;
         let store = ModelStore::new(self.config.model_store_path());
         let back = store.previous()?;
         verify_signatures(&self.config, &store, &back)?;
-        let self_test = self.hand_over(&mut generation, &back)?;
+        let current = store.active()?.unwrap_or_default();
+        let self_test = self.hand_over(&mut state, &back, current, true)?;
         let set = store.roll_back()?;
         Ok(RunningSet {
             set,
-            generation: *generation,
+            generation: state.generation,
             self_test,
         })
     }
@@ -668,15 +695,22 @@ impl crate::deliver::ModelControl for LiveModels {
 }
 
 impl LiveModels {
-    /// The running set's generation, held while a switch is prepared, so two never race.
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, u64>> {
-        self.generation
+    /// The switch state, held while a switch is prepared, so two never race.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SwitchState>> {
+        self.state
             .lock()
             .map_err(|_| Error::Internal("a model switch panicked".into()))
     }
 
-    /// Loads `set` for every worker, tries it on the recent frames, and hands it over.
-    fn hand_over(&self, generation: &mut u64, set: &ModelSet) -> Result<SelfTestReport> {
+    /// Loads `set` for every worker, tries it on the recent frames, hands it over and starts
+    /// its watch.
+    fn hand_over(
+        &self,
+        state: &mut SwitchState,
+        set: &ModelSet,
+        before: ModelSet,
+        came_by_rollback: bool,
+    ) -> Result<SelfTestReport> {
         let store = ModelStore::new(self.config.model_store_path());
         let mut trial = (*self.config).clone();
         let (detector, embedder) = store.manifests(set)?;
@@ -702,15 +736,122 @@ impl LiveModels {
         };
         tracing::info!(%report, "model set passed its self-test");
         models.release_file_bytes();
-        let next = *generation + 1;
+        let next = state.generation + 1;
         let info = models.set_info(&trial, next, &self.contexts)?;
-        self.swap.hand_over(analyzers, info)?;
+        let watch_seconds = self.config.inference.watch.seconds;
+        self.swap.hand_over(analyzers, info.clone(), watch_seconds > 0.0)?;
         self.swap.recent_frames().clear();
+        let before_facts = self.facts.models();
         self.facts.set_models(models.running(next));
-        *generation = next;
+        let before_info = std::mem::replace(&mut state.running, info);
+        state.generation = next;
+        state.watching = (watch_seconds > 0.0).then(|| Watching {
+            before,
+            before_info,
+            before_facts,
+            came_by_rollback,
+            until: std::time::Instant::now() + Duration::from_secs_f64(watch_seconds),
+        });
         tracing::info!(generation = next, detector = %set.detector, embedder = %set.embedder,
             "model set handed to the workers");
+        if watch_seconds > 0.0 {
+            let live = self.me.clone();
+            let spawned = std::thread::Builder::new()
+                .name("model-watch".into())
+                .spawn(move || watch(live, next));
+            if let Err(e) = spawned {
+                tracing::warn!(%e, "the new model set is not watched: no thread for it");
+            }
+        }
         Ok(report)
+    }
+
+    /// One look at the set of `generation` in its watch period; false once the watch is over
+    /// (ended, rolled back, or overtaken by another switch).
+    fn watch_once(&self, generation: u64) -> Result<bool> {
+        let mut state = self.lock()?;
+        if state.generation != generation {
+            return Ok(false);
+        }
+        let Some(watching) = &state.watching else {
+            return Ok(false);
+        };
+        let limits = &self.config.inference.watch;
+        let verdict = infer::watch::judge(
+            limits,
+            &state.running.health.snapshot(),
+            &watching.before_info.health.snapshot(),
+        );
+        match verdict {
+            None if std::time::Instant::now() < watching.until => Ok(true),
+            None => {
+                self.swap.release_kept();
+                state.watching = None;
+                tracing::info!(generation, "model set watched without fault; the set before is freed");
+                Ok(false)
+            }
+            Some(reason) => {
+                self.roll_back_to_kept(&mut state, &reason)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The automatic rollback: the workers go back to the sessions they kept, under a new
+    /// generation (so tracks end with `MODEL_CHANGED` again), and the store goes back too.
+    fn roll_back_to_kept(&self, state: &mut SwitchState, reason: &str) -> Result<()> {
+        let Some(watching) = state.watching.take() else {
+            return Ok(());
+        };
+        let next = state.generation + 1;
+        let old = &watching.before_info;
+        let info = Arc::new(ModelSetInfo {
+            generation: next,
+            detector: old.detector.clone(),
+            embedder: old.embedder.clone(),
+            health: Default::default(),
+        });
+        self.contexts.renumber(old.generation, next);
+        self.swap.roll_back_to_kept(info.clone())?;
+        self.swap.recent_frames().clear();
+        self.facts.set_models(RunningModels {
+            generation: next,
+            ..(*watching.before_facts).clone()
+        });
+        state.running = info;
+        state.generation = next;
+        tracing::warn!(
+            generation = next,
+            reason,
+            "model set rolled back automatically in its watch period"
+        );
+        let store = ModelStore::new(self.config.model_store_path());
+        let current = store.active()?.unwrap_or_default();
+        if watching.came_by_rollback {
+            store.activate(&watching.before, &current)?;
+        } else {
+            store.roll_back()?;
+        }
+        Ok(())
+    }
+}
+
+/// The watch of one switch, on its own thread; ends with the watch period, or when the node is
+/// gone.
+fn watch(live: std::sync::Weak<LiveModels>, generation: u64) {
+    loop {
+        std::thread::sleep(WATCH_INTERVAL);
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        match live.watch_once(generation) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(%e, "model watch ended");
+                return;
+            }
+        }
     }
 }
 
@@ -871,7 +1012,8 @@ impl Node {
             appender.take_resume_counters(),
         );
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
-        let (workers, swap) = infer::spawn_workers(analyzers, first_set, queue.clone(), results_tx, metrics.clone())?;
+        let (workers, swap) =
+            infer::spawn_workers(analyzers, first_set.clone(), queue.clone(), results_tx, metrics.clone())?;
         parts.workers = workers;
         let facts = Arc::new(NodeFacts::new(
             config.node.id.clone(),
@@ -880,12 +1022,17 @@ impl Node {
             cameras.clone(),
             models.running(0),
         ));
-        let live = Arc::new(LiveModels {
+        let live = Arc::new_cyclic(|me| LiveModels {
+            me: me.clone(),
             config: config.clone(),
             swap,
             contexts,
             facts: facts.clone(),
-            generation: std::sync::Mutex::new(0),
+            state: std::sync::Mutex::new(SwitchState {
+                generation: 0,
+                running: first_set,
+                watching: None,
+            }),
         });
         // The appender moves into the describe thread; if that thread cannot start, it is dropped
         // with the closure, which lets the log's writer end.

@@ -1225,3 +1225,54 @@ async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
     assert_eq!(common::node_info(&mut client).await.model_generation, 0);
     common::stop_node(node).await;
 }
+
+/// After a switch the new set is watched with the set before it kept loaded: a set that passes
+/// its self-test but then runs over the watch's latency budget is rolled back automatically,
+/// without loading anything, and the store goes back with it, so the next start runs the set
+/// from before too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_set_over_the_watch_budget_is_rolled_back_automatically() {
+    use retina_edge::deliver::client::{Credentials, upload_model};
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    let text = format!(
+        "{}\n[inference.watch]\nlatency_budget_ms = 0.5\nmin_frames = 3\n",
+        common::config_toml(&looping_clip(), "")
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let (node, mut client) = common::start_node(config_at(&config_path)).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    let mut live = live_stream(&mut client, false).await;
+    for _ in 0..3 {
+        live.message().await.unwrap().unwrap();
+    }
+    let ssdlite = ssdlite_package(dir.path()).join("ssdlite-mobilenetv2-coco.toml");
+    let (_, activated) = upload_model(&addr, &Credentials::default(), &ssdlite, true)
+        .await
+        .unwrap();
+    assert_eq!(activated.unwrap().model_generation, 1, "it passes its self-test");
+    // Back within a few frames of SSDLite: generation 2, NanoDet.
+    common::wait_for(
+        &mut client,
+        std::time::Duration::from_secs(60),
+        "an automatic rollback",
+        |info| {
+            let detector = info.models.iter().find(|m| m.role == "detector").unwrap();
+            info.model_generation == 2 && detector.id == "nanodet-g-416"
+        },
+    )
+    .await;
+    let mut ran_ssdlite = false;
+    loop {
+        let d = live.message().await.unwrap().unwrap();
+        match d.detector.as_ref().map(|m| m.id.as_str()) {
+            Some("ssdlite-mobilenetv2-coco") => ran_ssdlite = true,
+            Some("nanodet-g-416") if ran_ssdlite => break,
+            _ => {}
+        }
+    }
+    let camera = common::camera_info(&mut client, "bikes").await;
+    assert_eq!(camera.restarts, 0);
+    common::stop_node(node).await;
+    assert_eq!(running_detector(&config_path).await, "nanodet-g-416");
+}

@@ -89,6 +89,7 @@ pub struct NodeFacts {
 }
 
 /// The model set the workers run.
+#[derive(Clone)]
 pub struct RunningModels {
     /// 0 for the set the node started with, one more for every live switch.
     pub generation: u64,

@@ -38,6 +38,7 @@ pub struct Origin {
 
 /// What descriptors of one model set say about their models, and how its embeddings are
 /// encoded (a new embedder brings its own projection).
+#[derive(Clone)]
 pub struct ModelContext {
     /// [`crate::infer::ModelSetInfo::generation`] of the set.
     pub generation: u64,
@@ -56,6 +57,16 @@ impl ModelContexts {
     pub fn add(&self, context: ModelContext) {
         if let Ok(mut all) = self.0.write() {
             all.insert(context.generation, Arc::new(context));
+        }
+    }
+
+    /// The context of `from` again, as generation `to`: a set that comes back.
+    pub fn renumber(&self, from: u64, to: u64) {
+        if let Some(context) = self.get(from) {
+            self.add(ModelContext {
+                generation: to,
+                ..(*context).clone()
+            });
         }
     }
 
@@ -460,6 +471,7 @@ mod tests {
             generation,
             detector: card,
             embedder: None,
+            health: Default::default(),
         })
     }
 

@@ -11,6 +11,7 @@ pub mod preprocess;
 pub mod registry;
 pub mod self_test;
 pub mod signing;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -40,6 +41,8 @@ pub struct ModelSetInfo {
     pub generation: u64,
     pub detector: ModelCard,
     pub embedder: Option<ModelCard>,
+    /// What the workers saw while they ran this set.
+    pub health: watch::SetHealth,
 }
 
 /// The result of analysing one frame.
@@ -57,16 +60,33 @@ pub struct Analysis {
     pub detections: Result<Vec<Detection>>,
 }
 
-/// Where a worker finds the analyzer it is to use from its next frame on.
+/// What a worker is handed between two frames.
+enum Handover {
+    /// A whole new set: its own sessions.
+    Set(Box<Analyzer>, Arc<ModelSetInfo>),
+    /// Keep the sessions, under another generation: a rollback reaching a worker that had not
+    /// yet taken the set rolled back from.
+    Renumber(Arc<ModelSetInfo>),
+}
+
+/// One worker's mailbox: what it is to use from its next frame on, and the set it ran before its
+/// last switch while that is kept loaded (the watch period), so that going back needs no load.
 #[derive(Default)]
-struct NextAnalyzer(std::sync::Mutex<Option<(Analyzer, Arc<ModelSetInfo>)>>);
+struct WorkerSlot(std::sync::Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    next: Option<Handover>,
+    keep_previous: bool,
+    previous: Option<(Analyzer, Arc<ModelSetInfo>)>,
+}
 
 /// Hands a new model set to every worker. Each worker takes its analyzer (its own sessions of
 /// the whole set) between two frames, so no frame is analysed by a mix of two sets, and no
 /// camera, queue or track is touched: frames waiting in the queue are analysed by whichever set
 /// the worker holds when it takes them, and each result says which.
 pub struct ModelSwap {
-    next: Vec<Arc<NextAnalyzer>>,
+    slots: Vec<Arc<WorkerSlot>>,
     recent: Arc<self_test::RecentFrames>,
 }
 
@@ -78,28 +98,63 @@ impl ModelSwap {
 
     /// How many analyzers [`hand_over`](Self::hand_over) takes: one per worker.
     pub fn workers(&self) -> usize {
-        self.next.len()
+        self.slots.len()
     }
 
-    pub fn hand_over(&self, analyzers: Vec<Analyzer>, models: Arc<ModelSetInfo>) -> Result<()> {
-        if analyzers.len() != self.next.len() {
+    fn lock(slot: &WorkerSlot) -> Result<std::sync::MutexGuard<'_, SlotState>> {
+        slot.0.lock().map_err(|_| Error::Internal("a worker panicked".into()))
+    }
+
+    /// Hands `analyzers` over, one per worker. With `keep_previous`, each worker keeps the set
+    /// it leaves loaded, for [`roll_back_to_kept`](Self::roll_back_to_kept), until
+    /// [`release_kept`](Self::release_kept).
+    pub fn hand_over(&self, analyzers: Vec<Analyzer>, models: Arc<ModelSetInfo>, keep_previous: bool) -> Result<()> {
+        if analyzers.len() != self.slots.len() {
             return Err(Error::Internal(format!(
                 "{} analyzers for {} workers",
                 analyzers.len(),
-                self.next.len()
+                self.slots.len()
             )));
         }
-        for (slot, analyzer) in self.next.iter().zip(analyzers) {
+        for (slot, analyzer) in self.slots.iter().zip(analyzers) {
             // A set handed over before a worker took the previous one replaces it: only the
             // newest matters, and the older one's sessions are freed here.
-            let replaced = slot
-                .0
-                .lock()
-                .map_err(|_| Error::Internal("a worker panicked".into()))?
-                .replace((analyzer, models.clone()));
-            drop(replaced);
+            let mut state = Self::lock(slot)?;
+            state.previous = None;
+            state.keep_previous = keep_previous;
+            state.next = Some(Handover::Set(Box::new(analyzer), models.clone()));
         }
         Ok(())
+    }
+
+    /// Every worker goes back to the set it ran before the last hand-over, without loading it:
+    /// the kept sessions, or, for a worker that has not taken the new set yet, its own.
+    pub fn roll_back_to_kept(&self, models: Arc<ModelSetInfo>) -> Result<()> {
+        for slot in &self.slots {
+            let state = Self::lock(slot)?;
+            if state.next.is_none() && state.previous.is_none() {
+                return Err(Error::Internal("the set to go back to is no longer loaded".into()));
+            }
+        }
+        for slot in &self.slots {
+            let mut state = Self::lock(slot)?;
+            state.keep_previous = false;
+            state.next = Some(match state.previous.take() {
+                Some((analyzer, _)) => Handover::Set(Box::new(analyzer), models.clone()),
+                None => Handover::Renumber(models.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The watch period is over: the sets kept for a rollback are freed.
+    pub fn release_kept(&self) {
+        for slot in &self.slots {
+            if let Ok(mut state) = slot.0.lock() {
+                state.keep_previous = false;
+                state.previous = None;
+            }
+        }
     }
 }
 
@@ -115,13 +170,13 @@ pub fn spawn_workers(
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, ModelSwap)> {
     let mut workers = Vec::with_capacity(analyzers.len());
     let mut swap = ModelSwap {
-        next: Vec::new(),
+        slots: Vec::new(),
         recent: Arc::default(),
     };
     for (i, analyzer) in analyzers.into_iter().enumerate() {
         let (own_queue, results, metrics) = (queue.clone(), results.clone(), metrics.clone());
-        let next = Arc::new(NextAnalyzer::default());
-        swap.next.push(next.clone());
+        let next = Arc::new(WorkerSlot::default());
+        swap.slots.push(next.clone());
         let (models, recent) = (models.clone(), swap.recent.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("infer-{i}"))
@@ -143,7 +198,7 @@ pub fn spawn_workers(
 fn work(
     mut analyzer: Analyzer,
     mut models: Arc<ModelSetInfo>,
-    next: &NextAnalyzer,
+    next: &WorkerSlot,
     queue: &FrameQueue,
     results: &mpsc::SyncSender<Analysis>,
     metrics: &Metrics,
@@ -152,10 +207,22 @@ fn work(
     let mut recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
     while let Some((frame, ticket)) = queue.pop() {
         // Uncontended but for the moment of a swap: one lock per frame costs nothing.
-        let handed = next.0.lock().ok().and_then(|mut slot| slot.take());
-        if let Some((new_analyzer, new_models)) = handed {
-            // The old sessions are dropped here, by the worker that used them, between frames.
-            analyzer = new_analyzer;
+        if let Ok(mut state) = next.0.lock()
+            && let Some(handed) = state.next.take()
+        {
+            let new_models = match handed {
+                Handover::Set(new_analyzer, new_models) => {
+                    let old = std::mem::replace(&mut analyzer, *new_analyzer);
+                    // Otherwise the old sessions are dropped here, by the worker that used
+                    // them, between frames.
+                    if state.keep_previous {
+                        state.previous = Some((old, models.clone()));
+                    }
+                    new_models
+                }
+                Handover::Renumber(new_models) => new_models,
+            };
+            drop(state);
             models = new_models;
             recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
             tracing::info!(
@@ -164,6 +231,7 @@ fn work(
                 "worker switched model set"
             );
         }
+        let started = std::time::Instant::now();
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {
                 recorder.observe(&timings);
@@ -175,10 +243,12 @@ fn work(
                     timings.detector + timings.embedder,
                     std::time::Instant::now(),
                 );
+                models.health.record(Some(detections.len()), started.elapsed());
                 Ok(detections)
             }
             Err(err) => {
                 tracing::warn!(camera = %frame.camera.id, %err, "frame analysis failed");
+                models.health.record(None, started.elapsed());
                 Err(err)
             }
         };
