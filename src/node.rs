@@ -83,7 +83,15 @@ impl Models {
 
     /// Registers this set's describe context under `generation` and returns what each analysis
     /// of the set carries.
-    fn set_info(&self, config: &Config, generation: u64, contexts: &ModelContexts) -> Result<Arc<ModelSetInfo>> {
+    /// Registers the set's describe context under `generation`, with why the node switched to
+    /// it (empty for the set it starts with).
+    fn set_info(
+        &self,
+        config: &Config,
+        generation: u64,
+        switch_reason: &str,
+        contexts: &ModelContexts,
+    ) -> Result<Arc<ModelSetInfo>> {
         let model_ref = |m: &ModelFile| pb::ModelRef {
             id: m.card.id.clone(),
             version: m.card.version.clone(),
@@ -94,6 +102,7 @@ impl Models {
             embedder: self.embedder.as_ref().map(model_ref),
             class_names: self.detector.card.class_names.clone(),
             encoder: self.encoder(config)?,
+            switch_reason: switch_reason.to_string(),
         });
         Ok(Arc::new(ModelSetInfo {
             generation,
@@ -737,7 +746,8 @@ impl LiveModels {
         tracing::info!(%report, "model set passed its self-test");
         models.release_file_bytes();
         let next = state.generation + 1;
-        let info = models.set_info(&trial, next, &self.contexts)?;
+        let reason = if came_by_rollback { "rolled back" } else { "activated" };
+        let info = models.set_info(&trial, next, reason, &self.contexts)?;
         let watch_seconds = self.config.inference.watch.seconds;
         self.swap.hand_over(analyzers, info.clone(), watch_seconds > 0.0)?;
         self.swap.recent_frames().clear();
@@ -811,7 +821,8 @@ impl LiveModels {
             embedder: old.embedder.clone(),
             health: Default::default(),
         });
-        self.contexts.renumber(old.generation, next);
+        self.contexts
+            .renumber(old.generation, next, &format!("rolled back automatically: {reason}"));
         self.swap.roll_back_to_kept(info.clone())?;
         self.swap.recent_frames().clear();
         self.facts.set_models(RunningModels {
@@ -1001,7 +1012,7 @@ impl Node {
         let run_id = now_unix_nanos() as u64;
 
         let contexts = ModelContexts::default();
-        let first_set = models.set_info(&config, 0, &contexts)?;
+        let first_set = models.set_info(&config, 0, "", &contexts)?;
         let describer = Describer::new(
             Origin {
                 node_id: config.node.id.clone(),

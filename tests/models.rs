@@ -940,8 +940,24 @@ async fn a_running_node_switches_its_detector_between_frames() {
             .filter(|e| reason(e) == Some(pb::TrackEndReason::ModelChanged))
             .map(|e| e.track_id)
             .collect();
+        let change = stream.get(i + 1).and_then(|next| next.model_change.as_ref());
+        assert_eq!(
+            change.is_some(),
+            changes_next,
+            "a change record where the set changes, at {}",
+            i + 1
+        );
         if changes_next {
             switches_seen += 1;
+            // Odd switches activate SSDLite, even ones roll back to NanoDet.
+            let reason = if switches_seen % 2 == 1 {
+                "activated"
+            } else {
+                "rolled back"
+            };
+            let change = change.unwrap();
+            assert_eq!((change.generation, change.reason.as_str()), (switches_seen, reason));
+            assert_eq!(change.previous_detector.as_ref().unwrap().id, detector(d));
             if !changed.is_empty() {
                 assert_eq!(changed, open.iter().copied().collect::<Vec<_>>(), "at {i}: {d:?}");
             }
@@ -1267,7 +1283,13 @@ async fn a_switched_set_over_the_watch_budget_is_rolled_back_automatically() {
         let d = live.message().await.unwrap().unwrap();
         match d.detector.as_ref().map(|m| m.id.as_str()) {
             Some("ssdlite-mobilenetv2-coco") => ran_ssdlite = true,
-            Some("nanodet-g-416") if ran_ssdlite => break,
+            Some("nanodet-g-416") if ran_ssdlite => {
+                let change = d.model_change.expect("the rollback is a change record");
+                assert_eq!(change.generation, 2);
+                assert!(change.reason.starts_with("rolled back automatically: "), "{change:?}");
+                assert!(change.reason.contains("over the budget"), "it says why: {change:?}");
+                break;
+            }
             _ => {}
         }
     }

@@ -109,7 +109,11 @@ pub struct Summary {
 /// Carries each camera's context fields forward and names classes.
 #[derive(Default)]
 pub struct Decoder {
+    /// Class names of the detector running when the reader started.
     class_names: Vec<String>,
+    /// Class names of the detectors switched to since (`id@version`), from model-change records:
+    /// a class id means what the descriptor's own detector says.
+    switched_to: HashMap<String, Vec<String>>,
     context: HashMap<String, pb::FrameDescriptor>,
 }
 
@@ -117,6 +121,7 @@ impl Decoder {
     pub fn new(class_names: Vec<String>) -> Self {
         Decoder {
             class_names,
+            switched_to: HashMap::new(),
             context: HashMap::new(),
         }
     }
@@ -132,7 +137,8 @@ impl Decoder {
         Decoder::new(class_names)
     }
 
-    /// Fills in the context fields the node left out because they had not changed.
+    /// Fills in the context fields the node left out because they had not changed, and learns
+    /// the class names of a detector switched to.
     pub fn restore_context(&mut self, d: &mut pb::FrameDescriptor) {
         if d.detector.is_some() {
             let context = context_of(d);
@@ -140,14 +146,28 @@ impl Decoder {
         } else if let Some(c) = self.context.get(&d.camera_id) {
             copy_context(c, d);
         }
+        if let (Some(change), Some(detector)) = (&d.model_change, &d.detector) {
+            self.switched_to
+                .insert(model_name(detector), change.class_names.clone());
+        }
     }
 
-    pub fn class_name(&self, class_id: u32) -> String {
-        self.class_names
+    /// The name of `class_id` in `d` (whose context is restored).
+    pub fn class_name(&self, d: &pb::FrameDescriptor, class_id: u32) -> String {
+        let names = d
+            .detector
+            .as_ref()
+            .and_then(|detector| self.switched_to.get(&model_name(detector)))
+            .unwrap_or(&self.class_names);
+        names
             .get(class_id as usize)
             .cloned()
             .unwrap_or_else(|| format!("class {class_id}"))
     }
+}
+
+fn model_name(model: &pb::ModelRef) -> String {
+    format!("{}@{}", model.id, model.version)
 }
 
 pub async fn subscribe(options: SubscribeOptions) -> anyhow::Result<Summary> {
@@ -207,14 +227,18 @@ impl Printer {
             descriptor.camera_id.clone()
         };
         // Counted as sent, before the context is filled in.
-        self.summary
-            .record(&descriptor, camera, decoder, &mut self.first_capture);
+        let sent_bytes = descriptor.encoded_len();
         decoder.restore_context(&mut descriptor);
+        self.summary
+            .record(&descriptor, sent_bytes, camera, decoder, &mut self.first_capture);
         let mut out = stdout.lock();
         match self.output {
             Output::Events => {
                 for event in &descriptor.track_events {
                     writeln!(out, "{}", event_line(&descriptor, event, decoder))?;
+                }
+                if let Some(change) = &descriptor.model_change {
+                    writeln!(out, "{}", model_change_line(&descriptor, change))?;
                 }
             }
             Output::Frames => write!(out, "{}", to_text(&descriptor, decoder))?,
@@ -365,6 +389,22 @@ async fn connect(
     }
 }
 
+/// Where a camera's descriptors start coming from another model set.
+fn model_change_line(d: &pb::FrameDescriptor, change: &pb::ModelChange) -> String {
+    let name = |m: &Option<pb::ModelRef>| m.as_ref().map_or("none".into(), model_name);
+    format!(
+        "{} {} models changed: detector {} (was {}), embedder {} (was {}); generation {}, {}",
+        d.camera_id,
+        rfc3339(d.capture_time),
+        name(&d.detector),
+        name(&change.previous_detector),
+        name(&d.embedder),
+        name(&change.previous_embedder),
+        change.generation,
+        change.reason
+    )
+}
+
 fn gap_line(gap: &pb::LogGap) -> String {
     let why = match pb::LogGapReason::try_from(gap.reason) {
         Ok(pb::LogGapReason::Evicted) => "evicted by retention",
@@ -416,13 +456,14 @@ impl Summary {
     fn record(
         &mut self,
         d: &pb::FrameDescriptor,
+        sent_bytes: usize,
         camera: String,
         decoder: &Decoder,
         first_capture: &mut HashMap<String, i64>,
     ) {
         self.descriptors += 1;
         self.last_offset = Some(d.offset);
-        self.descriptor_bytes += d.encoded_len() as u64;
+        self.descriptor_bytes += sent_bytes as u64;
         self.track_records += d.tracks.len() as u64;
         self.objects += d.objects.len() as u64;
         for e in appearances(d) {
@@ -437,7 +478,7 @@ impl Summary {
             if event.kind == pb::TrackEventKind::Confirmed as i32 {
                 *self
                     .tracks_per_class
-                    .entry(decoder.class_name(event.class_id))
+                    .entry(decoder.class_name(d, event.class_id))
                     .or_default() += 1;
             }
         }
@@ -580,7 +621,7 @@ pub fn event_line(d: &pb::FrameDescriptor, e: &pb::TrackEvent, decoder: &Decoder
         d.camera_id,
         rfc3339(d.capture_time),
         short_track_id(e.track_id),
-        decoder.class_name(e.class_id),
+        decoder.class_name(d, e.class_id),
         event_kind_name(e.kind),
     );
     if let Some(summary) = &e.summary {
@@ -622,13 +663,16 @@ pub fn to_text(d: &pb::FrameDescriptor, decoder: &Decoder) -> String {
         s += &format!(
             "    track {:<5} {:<12} {:.2}  box {}\n",
             short_track_id(t.track_id),
-            decoder.class_name(t.class_id),
+            decoder.class_name(d, t.class_id),
             t.score_q8 as f32 / 255.0,
             box_text(decode_box_q16(t.box_q16))
         );
     }
     for e in &d.track_events {
         s += &format!("    event {}\n", event_line(d, e, decoder));
+    }
+    if let Some(change) = &d.model_change {
+        s += &format!("    {}\n", model_change_line(d, change));
     }
     for o in &d.objects {
         let b = o.r#box.unwrap_or_default();
@@ -669,7 +713,7 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         .map(|t| {
             json!({
                 "track_id": t.track_id,
-                "class_name": decoder.class_name(t.class_id),
+                "class_name": decoder.class_name(d, t.class_id),
                 "score": t.score_q8 as f32 / 255.0,
                 "box": decode_box_q16(t.box_q16),
             })
@@ -681,7 +725,7 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         .map(|e| {
             json!({
                 "track_id": e.track_id,
-                "class_name": decoder.class_name(e.class_id),
+                "class_name": decoder.class_name(d, e.class_id),
                 "kind": event_kind_name(e.kind),
                 "view": e.view.as_ref().map(view_json),
                 "summary": e.summary.as_ref().map(|s| json!({
@@ -732,6 +776,13 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
         "tracks": tracks,
         "track_events": events,
         "objects": objects,
+        "model_change": d.model_change.as_ref().map(|c| json!({
+            "generation": c.generation,
+            "reason": c.reason,
+            "previous_detector": c.previous_detector.as_ref().map(model_name),
+            "previous_embedder": c.previous_embedder.as_ref().map(model_name),
+            "class_names": c.class_names,
+        })),
     })
 }
 
@@ -832,6 +883,61 @@ mod tests {
                 json["gap"]["last_offset"].as_u64()
             ),
             (Some(3), Some(9))
+        );
+    }
+    /// A reader names classes by each descriptor's own detector: after a camera's change record,
+    /// by the class names it brings; the other cameras' descriptors, still from the set before,
+    /// by those the reader started with.
+    #[test]
+    fn classes_are_named_by_the_detector_of_each_descriptor_across_a_model_change() {
+        let model = |id: &str| {
+            Some(pb::ModelRef {
+                id: id.into(),
+                version: "1".into(),
+            })
+        };
+        let mut decoder = Decoder::new(vec!["person".into(), "bicycle".into(), "car".into()]);
+        let mut before = pb::FrameDescriptor {
+            camera_id: "a".into(),
+            detector: model("nanodet"),
+            ..Default::default()
+        };
+        decoder.restore_context(&mut before);
+        let mut change = pb::FrameDescriptor {
+            camera_id: "a".into(),
+            detector: model("ssd"),
+            model_change: Some(pb::ModelChange {
+                generation: 1,
+                reason: "activated".into(),
+                previous_detector: model("nanodet"),
+                previous_embedder: None,
+                class_names: vec!["background".into(), "person".into(), "bicycle".into(), "car".into()],
+            }),
+            ..Default::default()
+        };
+        decoder.restore_context(&mut change);
+        // The next descriptor of camera a leaves its unchanged context out.
+        let mut after = pb::FrameDescriptor {
+            camera_id: "a".into(),
+            ..Default::default()
+        };
+        decoder.restore_context(&mut after);
+        let mut other_camera = pb::FrameDescriptor {
+            camera_id: "b".into(),
+            detector: model("nanodet"),
+            ..Default::default()
+        };
+        decoder.restore_context(&mut other_camera);
+        assert_eq!(decoder.class_name(&after, 3), "car");
+        assert_eq!(decoder.class_name(&other_camera, 2), "car");
+        assert_eq!(decoder.class_name(&other_camera, 3), "class 3");
+        let json = to_json(&change, &decoder);
+        assert_eq!(json["model_change"]["previous_detector"], "nanodet@1");
+        assert_eq!(json["model_change"]["reason"], "activated");
+        assert_eq!(json["model_change"]["class_names"][3], "car");
+        assert!(
+            model_change_line(&change, change.model_change.as_ref().unwrap())
+                .contains("detector ssd@1 (was nanodet@1)")
         );
     }
 }

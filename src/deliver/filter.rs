@@ -101,7 +101,9 @@ impl Filter {
             .filter(|e| keep_event(e))
             .cloned()
             .collect();
-        if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames {
+        // A model change is where a consumer's descriptors change meaning: never filtered out.
+        let change = descriptor.model_change.is_some();
+        if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames && !change {
             return None;
         }
         let d = descriptor;
@@ -115,9 +117,11 @@ impl Filter {
             objects,
             tracks,
             track_events,
+            model_change: d.model_change.clone(),
             ..Default::default()
         };
-        if self.full_context || sent.changed(d) {
+        let context_changed = !self.full_context && sent.changed(d);
+        if self.full_context || context_changed || change {
             copy_context(d, &mut message);
         }
         Some(message)
@@ -177,5 +181,62 @@ pub(super) fn gap_notice(gap: Gap) -> pb::FrameDescriptor {
             reason: reason as i32,
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(camera: &str, detector: &str) -> pb::FrameDescriptor {
+        pb::FrameDescriptor {
+            camera_id: camera.into(),
+            node_id: "n".into(),
+            detector: Some(pb::ModelRef {
+                id: detector.into(),
+                version: "1".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A subscriber that asked for cars only, without empty frames, still gets the record where
+    /// the models change, with the new models named; not the empty frames around it, nor other
+    /// cameras' records.
+    #[test]
+    fn a_model_change_passes_every_filter_but_the_camera_one() {
+        let filter = Filter {
+            cameras: ["a".to_string()].into(),
+            class_ids: [2].into(),
+            min_score: 0.5,
+            min_score_q8: score_q8(0.5),
+            include_empty_frames: false,
+            full_context: false,
+        };
+        let mut sent = SentContext::default();
+        let mut change = descriptor("a", "new");
+        change.model_change = Some(pb::ModelChange {
+            generation: 1,
+            reason: "activated".into(),
+            previous_detector: Some(pb::ModelRef {
+                id: "old".into(),
+                version: "1".into(),
+            }),
+            previous_embedder: None,
+            class_names: vec!["car".into()],
+        });
+        assert!(
+            filter.apply(&descriptor("a", "old"), &mut sent).is_none(),
+            "an empty frame"
+        );
+        let delivered = filter.apply(&change, &mut sent).expect("the change record");
+        assert_eq!(delivered.model_change, change.model_change);
+        assert_eq!(delivered.detector.unwrap().id, "new");
+        // Sent once: the next change record repeats the context although it did not change.
+        let again = filter.apply(&change, &mut sent).unwrap();
+        assert_eq!(again.detector.unwrap().id, "new");
+        let mut elsewhere = change.clone();
+        elsewhere.camera_id = "b".into();
+        assert!(filter.apply(&elsewhere, &mut sent).is_none(), "another camera");
     }
 }

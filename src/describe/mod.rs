@@ -46,6 +46,9 @@ pub struct ModelContext {
     pub embedder: Option<pb::ModelRef>,
     pub class_names: Vec<String>,
     pub encoder: Encoder,
+    /// Why the node switched to this set, for [`pb::ModelChange::reason`]; empty for the set it
+    /// started with.
+    pub switch_reason: String,
 }
 
 /// The contexts of the model sets the node has run, by generation: the node adds a set's before
@@ -61,10 +64,11 @@ impl ModelContexts {
     }
 
     /// The context of `from` again, as generation `to`: a set that comes back.
-    pub fn renumber(&self, from: u64, to: u64) {
+    pub fn renumber(&self, from: u64, to: u64, switch_reason: &str) {
         if let Some(context) = self.get(from) {
             self.add(ModelContext {
                 generation: to,
+                switch_reason: switch_reason.to_string(),
                 ..(*context).clone()
             });
         }
@@ -246,6 +250,7 @@ impl Describer {
                 metrics.frame_failed();
                 continue;
             }
+            let mut change = None;
             if state.models.is_none() || generation > current {
                 let Some(context) = self.contexts.get(generation) else {
                     tracing::error!(generation, "no describe context for a model set; frame dropped");
@@ -259,10 +264,19 @@ impl Describer {
                 {
                     publish(last, state.counters());
                 }
-                state.models = Some(context);
+                if let Some(before) = state.models.replace(context.clone()) {
+                    change = Some(pb::ModelChange {
+                        generation,
+                        reason: context.switch_reason.clone(),
+                        previous_detector: Some(before.detector.clone()),
+                        previous_embedder: before.embedder.clone(),
+                        class_names: context.class_names.clone(),
+                    });
+                }
             }
             let captured = analysis.capture_time;
-            let descriptor = state.describe(analysis, &self.origin, &self.config);
+            let mut descriptor = state.describe(analysis, &self.origin, &self.config);
+            descriptor.model_change = change;
             publish(descriptor, state.counters());
             // A capture time ahead of the node's clock (a camera's own clock) counts as 0.
             let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0);
@@ -383,6 +397,8 @@ impl CameraState {
             offset: 0,
             gap: None,
             sampling: crate::wire::sampling(analysis.keyframes_only) as i32,
+            // Set by `accept` on the camera's first frame of a set switched to.
+            model_change: None,
         }
     }
 }
@@ -453,6 +469,7 @@ mod tests {
                 embedder: None,
                 class_names: class_names.clone(),
                 encoder: Encoder::new(codec::CodecKind::Int8, None, None).unwrap(),
+                switch_reason: "activated".into(),
             });
         }
         Describer::new(origin, contexts, config, Resume::default())
@@ -609,6 +626,16 @@ mod tests {
         assert_eq!(summary[0].1, "d", "ticket 5 is the old set's last frame");
         assert_eq!(summary[1], (6, "d".into(), vec![pb::TrackEndReason::ModelChanged]));
         assert_eq!(summary[2].1, "d2");
+        let change = out[2]
+            .model_change
+            .as_ref()
+            .expect("the first descriptor of the new set marks the change");
+        assert_eq!((change.generation, change.reason.as_str()), (1, "activated"));
+        assert_eq!(change.previous_detector.as_ref().unwrap().id, "d");
+        assert!(
+            out.iter().filter(|d| d.model_change.is_some()).count() == 1,
+            "one change record per camera and switch: {out:#?}"
+        );
         assert!(
             summary[2].2.is_empty() && summary[3].1 == "d2",
             "ticket 7 (old set) dropped: {summary:?}"
