@@ -301,6 +301,40 @@ pub struct InferenceConfig {
     /// kept loaded for an instant rollback (README: "Model updates").
     #[serde(default)]
     pub watch: WatchConfig,
+    /// Whether, and for how many frames, a new set runs beside the running one before a switch,
+    /// and how far they must agree (README: "Model updates").
+    #[serde(default)]
+    pub shadow: ShadowConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Live frames both sets analyse before a switch; 0: no shadow run.
+    pub frames: usize,
+    /// A shadow run that has not seen `frames` frames by then refuses the set.
+    pub timeout_seconds: f64,
+    /// Detection agreement is judged only when the two sets found at least this many objects.
+    pub min_objects: usize,
+    /// Matched objects (same class, IoU 0.5) over all objects found, `2m / (a + b)`.
+    pub min_detection_agreement: f64,
+    /// Share of matched objects whose nearest other object is the same under both embedders.
+    pub min_rank_agreement: f64,
+    /// The new set's median time per frame over the running set's.
+    pub max_latency_ratio: f64,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            frames: 0,
+            timeout_seconds: 60.0,
+            min_objects: 4,
+            min_detection_agreement: 0.5,
+            min_rank_agreement: 0.5,
+            max_latency_ratio: 4.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -776,6 +810,16 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self_test.min_detection_ratio) {
             return Err("inference.self_test.min_detection_ratio must lie in 0..1".into());
+        }
+        let shadow = &inference.shadow;
+        if !(shadow.timeout_seconds > 0.0 && shadow.timeout_seconds.is_finite()) {
+            return Err("inference.shadow.timeout_seconds must be a positive number".into());
+        }
+        if !(0.0..=1.0).contains(&shadow.min_detection_agreement) || !(0.0..=1.0).contains(&shadow.min_rank_agreement) {
+            return Err("inference.shadow.min_detection_agreement and min_rank_agreement must lie in 0..1".into());
+        }
+        if !(shadow.max_latency_ratio > 0.0 && shadow.max_latency_ratio.is_finite()) {
+            return Err("inference.shadow.max_latency_ratio must be a positive number".into());
         }
         let watch = &inference.watch;
         if !(watch.seconds >= 0.0 && watch.seconds.is_finite()) {

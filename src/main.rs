@@ -403,6 +403,9 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
                 if let Some(report) = &set.self_test {
                     eprintln!("self-test: {}", retina_edge::deliver::self_test_report(report));
                 }
+                if let Some(report) = &set.shadow {
+                    eprintln!("{}", retina_edge::deliver::shadow_report(report));
+                }
                 eprintln!(
                     "running: detector {}, embedder {} (model generation {})",
                     &set.detector[..12.min(set.detector.len())],

@@ -27,6 +27,7 @@ use crate::describe::{Describer, ModelContext, ModelContexts, Origin};
 use crate::error::{Error, Result};
 use crate::infer::registry::{ModelSet, ModelStore, Package, RunningSet, StoredModel};
 use crate::infer::self_test::SelfTestReport;
+use crate::infer::shadow::ShadowReport;
 use crate::infer::signing::VerifyingKey;
 use crate::infer::{self, Analyzer, ModelFile, ModelSetInfo, ModelSwap, SessionOptions, manifest::Manifest};
 use crate::ingest::{CameraManager, Cameras, FrameQueue, SourceUri, StartingCamera};
@@ -650,7 +651,8 @@ impl crate::deliver::ModelControl for LiveModels {
     /// Switches the running node to a set of stored models (see [`activate_models`] for the
     /// arguments): its signatures checked, loaded for every worker (which checks each model
     /// against its manifest) and run once, tried on the node's recent frames
-    /// ([`infer::self_test`]), handed to every worker to take between two frames (no camera
+    /// ([`infer::self_test`]) and, with `inference.shadow.frames`, beside the running set on live
+    /// frames ([`infer::shadow`]), handed to every worker to take between two frames (no camera
     /// restarts; every track ends with `MODEL_CHANGED`), then made the active set, so it also
     /// survives restarts. Then watched for `inference.watch.seconds`, with the set before kept
     /// loaded, and rolled back at once if it fails, is slow or stops finding objects
@@ -659,12 +661,13 @@ impl crate::deliver::ModelControl for LiveModels {
     fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
         let mut state = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
-        let self_test = self.hand_over(&mut state, &wanted, current.clone(), false)?;
+        let (self_test, shadow) = self.hand_over(&mut state, &wanted, current.clone(), false)?;
         let set = store.activate(&wanted, &current)?;
         Ok(RunningSet {
             set,
             generation: state.generation,
             self_test,
+            shadow,
         })
     }
 
@@ -675,12 +678,13 @@ impl crate::deliver::ModelControl for LiveModels {
         let back = store.previous()?;
         verify_signatures(&self.config, &store, &back)?;
         let current = store.active()?.unwrap_or_default();
-        let self_test = self.hand_over(&mut state, &back, current, true)?;
+        let (self_test, shadow) = self.hand_over(&mut state, &back, current, true)?;
         let set = store.roll_back()?;
         Ok(RunningSet {
             set,
             generation: state.generation,
             self_test,
+            shadow,
         })
     }
 
@@ -711,15 +715,15 @@ impl LiveModels {
             .map_err(|_| Error::Internal("a model switch panicked".into()))
     }
 
-    /// Loads `set` for every worker, tries it on the recent frames, hands it over and starts
-    /// its watch.
+    /// Loads `set` for every worker, tries it on the recent frames and in a shadow run, hands it
+    /// over and starts its watch.
     fn hand_over(
         &self,
         state: &mut SwitchState,
         set: &ModelSet,
         before: ModelSet,
         came_by_rollback: bool,
-    ) -> Result<SelfTestReport> {
+    ) -> Result<(SelfTestReport, Option<ShadowReport>)> {
         let store = ModelStore::new(self.config.model_store_path());
         let mut trial = (*self.config).clone();
         let (detector, embedder) = store.manifests(set)?;
@@ -744,6 +748,16 @@ impl LiveModels {
             None => SelfTestReport::default(),
         };
         tracing::info!(%report, "model set passed its self-test");
+        let limits = &self.config.inference.shadow;
+        let shadow = match analyzers.first_mut() {
+            Some(analyzer) if limits.frames > 0 => {
+                let names = &models.detector.card.class_names;
+                let shadow = infer::shadow::shadow_run(analyzer, names, self.swap.recent_frames(), limits)?;
+                tracing::info!(%shadow, "model set passed its shadow run");
+                Some(shadow)
+            }
+            _ => None,
+        };
         models.release_file_bytes();
         let next = state.generation + 1;
         let reason = if came_by_rollback { "rolled back" } else { "activated" };
@@ -773,7 +787,7 @@ impl LiveModels {
                 tracing::warn!(%e, "the new model set is not watched: no thread for it");
             }
         }
-        Ok(report)
+        Ok((report, shadow))
     }
 
     /// One look at the set of `generation` in its watch period; false once the watch is over

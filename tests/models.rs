@@ -1136,6 +1136,32 @@ async fn models_sent_over_grpc_are_checked_before_they_are_stored_or_run() {
     common::stop_node(node).await;
 }
 
+/// A package directory `name` in `dir` with `files` (from, to) copied into it.
+fn package(dir: &std::path::Path, name: &str, files: &[(std::path::PathBuf, &str)]) -> std::path::PathBuf {
+    let package = dir.join(name);
+    std::fs::create_dir(&package).unwrap();
+    for (from, to) in files {
+        std::fs::copy(from, package.join(to)).unwrap();
+    }
+    package
+}
+
+/// NanoDet's manifest with its pixels scaled twice (`pixel_scale = 1/255` with means and
+/// deviations in 0-255 units): a common integrator's slip that runs without error on a blank
+/// frame, but finds nothing on real ones.
+fn double_scaled_nanodet(dir: &std::path::Path) -> std::path::PathBuf {
+    let onnx = [(common::repo().join("models/nanodet-g-416.onnx"), "nanodet-g-416.onnx")];
+    let manifest_path = package(dir, "double-scaled", &onnx).join("nanodet.toml");
+    let manifest = std::fs::read_to_string(common::repo().join("models/nanodet-g-416.toml")).unwrap();
+    assert!(manifest.contains("pixel_scale = 1.0\n"));
+    std::fs::write(
+        &manifest_path,
+        manifest.replace("pixel_scale = 1.0\n", "pixel_scale = 0.00392156862745098\n"),
+    )
+    .unwrap();
+    manifest_path
+}
+
 /// A set is tried on the node's own recent frames before it runs, and refused, with the running
 /// set untouched, when it finds nothing where the running set found objects (NanoDet's manifest
 /// with its pixels scaled twice, a common integrator's slip that runs without error on a blank
@@ -1154,27 +1180,9 @@ async fn a_set_that_fails_its_self_test_on_recent_frames_is_refused() {
     );
     let judging = format!("{text}\n[inference.self_test]\nmin_reference_objects = 1\n");
     std::fs::write(&config_path, &judging).unwrap();
-    let package = |name: &str, files: &[(std::path::PathBuf, &str)]| {
-        let package = dir.path().join(name);
-        std::fs::create_dir(&package).unwrap();
-        for (from, to) in files {
-            std::fs::copy(from, package.join(to)).unwrap();
-        }
-        package
-    };
-    let double_scaled = package(
-        "double-scaled",
-        &[(common::repo().join("models/nanodet-g-416.onnx"), "nanodet-g-416.onnx")],
-    )
-    .join("nanodet.toml");
-    let manifest = std::fs::read_to_string(common::repo().join("models/nanodet-g-416.toml")).unwrap();
-    assert!(manifest.contains("pixel_scale = 1.0\n"));
-    std::fs::write(
-        &double_scaled,
-        manifest.replace("pixel_scale = 1.0\n", "pixel_scale = 0.00392156862745098\n"),
-    )
-    .unwrap();
+    let double_scaled = double_scaled_nanodet(dir.path());
     let nan = package(
+        dir.path(),
         "nan",
         &[
             (common::fixture("decoders/nan-output/model.onnx"), "model.onnx"),
@@ -1297,4 +1305,72 @@ async fn a_switched_set_over_the_watch_budget_is_rolled_back_automatically() {
     assert_eq!(camera.restarts, 0);
     common::stop_node(node).await;
     assert_eq!(running_detector(&config_path).await, "nanodet-g-416");
+}
+
+/// With a shadow run, a new set analyses live frames beside the running one before the switch:
+/// the int8 NanoDet agrees with the f32 one it replaces (detections, appearance ranks, time) and
+/// is switched to, with the figures in the response; NanoDet with its pixels scaled twice, let
+/// through by a self-test that does not judge detections here, agrees on nothing and is refused,
+/// the running set untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_run_compares_the_new_set_with_the_running_one_on_live_frames() {
+    use retina_edge::deliver::client::{Credentials, upload_model};
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.toml");
+    let text = format!(
+        "{}\n[inference.self_test]\nmin_reference_objects = 1000000\n\n[inference.shadow]\nframes = 8\n",
+        common::config_toml(&looping_clip(), "")
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let double_scaled = double_scaled_nanodet(dir.path());
+    let int8 = package(
+        dir.path(),
+        "int8",
+        &[
+            (
+                common::repo().join("models/nanodet-g-416-int8.onnx"),
+                "nanodet-g-416-int8.onnx",
+            ),
+            (
+                common::repo().join("models/nanodet-g-416-int8.toml"),
+                "nanodet-g-416-int8.toml",
+            ),
+        ],
+    )
+    .join("nanodet-g-416-int8.toml");
+    let (node, mut client) = common::start_node(config_at(&config_path)).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    let mut live = live_stream(&mut client, false).await;
+    live.message().await.unwrap().unwrap();
+
+    let err = upload_model(&addr, &Credentials::default(), &double_scaled, true)
+        .await
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("shadow run on 8 live frames") && err.contains("detections agree less than 0.5"),
+        "{err}"
+    );
+    assert_eq!(common::node_info(&mut client).await.model_generation, 0);
+
+    let (_, activated) = upload_model(&addr, &Credentials::default(), &int8, true).await.unwrap();
+    let activated = activated.unwrap();
+    let shadow = activated.shadow.expect("a shadow run report");
+    eprintln!("{}", retina_edge::deliver::shadow_report(&shadow));
+    assert_eq!((activated.model_generation, shadow.frames, shadow.cameras), (1, 8, 1));
+    assert!(
+        shadow.objects_running >= 4 && shadow.detection_agreement >= 0.5,
+        "{shadow:?}"
+    );
+    assert!(
+        shadow.rank_objects >= 3 && shadow.rank_agreement.unwrap() >= 0.5,
+        "{shadow:?}"
+    );
+    assert!(
+        shadow.latency_ratio > 0.0 && shadow.latency_ratio.is_finite(),
+        "{shadow:?}"
+    );
+    let camera = common::camera_info(&mut client, "bikes").await;
+    assert_eq!(camera.restarts, 0);
+    common::stop_node(node).await;
 }

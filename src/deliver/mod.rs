@@ -9,5 +9,5 @@ pub(crate) mod models;
 pub mod push;
 mod service;
 
-pub use models::{ModelControl, self_test_report};
+pub use models::{ModelControl, self_test_report, shadow_report};
 pub use service::{AdminService, Guarded, Limits, NodeFacts, RetinaService, RunningModels, SourcePolicy, serve};

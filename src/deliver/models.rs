@@ -13,6 +13,7 @@ use tonic::{Status, Streaming};
 use crate::error::{Result, quoted};
 use crate::infer::registry::{ModelSet, RunningSet, StoredModel};
 use crate::infer::self_test::SelfTestReport;
+use crate::infer::shadow::ShadowReport;
 use crate::pb;
 
 /// A package may have the manifest and this many files besides.
@@ -58,14 +59,46 @@ pub(super) fn activated(running: RunningSet) -> pb::ActivateModelsResponse {
             median_latency_ms_running: ms(report.median_latency_running),
             median_latency_ms_new: ms(report.median_latency_new),
         }),
+        shadow: running.shadow.as_ref().map(|shadow| pb::ModelShadowRun {
+            frames: shadow.frames as u32,
+            cameras: shadow.cameras as u32,
+            objects_running: shadow.objects_running as u32,
+            objects_new: shadow.objects_new as u32,
+            matched: shadow.matched as u32,
+            detection_agreement: shadow.detection_agreement,
+            rank_objects: shadow.rank_objects as u32,
+            rank_agreement: shadow.rank_agreement,
+            latency_ratio: shadow.latency_ratio(),
+            median_latency_ms_running: ms(shadow.median_latency_running),
+            median_latency_ms_new: ms(shadow.median_latency_new),
+        }),
         detector: running.set.detector,
         embedder: running.set.embedder,
     }
 }
 
+fn duration(ms: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(if ms.is_finite() { ms.max(0.0) / 1e3 } else { 0.0 })
+}
+
+/// The shadow run a node reported, to print as the node logs it.
+pub fn shadow_report(sent: &pb::ModelShadowRun) -> ShadowReport {
+    ShadowReport {
+        frames: sent.frames as usize,
+        cameras: sent.cameras as usize,
+        objects_running: sent.objects_running as usize,
+        objects_new: sent.objects_new as usize,
+        matched: sent.matched as usize,
+        detection_agreement: sent.detection_agreement,
+        rank_objects: sent.rank_objects as usize,
+        rank_agreement: sent.rank_agreement,
+        median_latency_running: duration(sent.median_latency_ms_running),
+        median_latency_new: duration(sent.median_latency_ms_new),
+    }
+}
+
 /// The report a node sent, to print as the node logs it.
 pub fn self_test_report(sent: &pb::ModelSelfTest) -> SelfTestReport {
-    let duration = |ms: f64| std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
     SelfTestReport {
         frames: sent.frames as usize,
         cameras: sent.cameras as usize,

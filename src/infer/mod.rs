@@ -10,6 +10,7 @@ pub(crate) use model::sha256_hex;
 pub mod preprocess;
 pub mod registry;
 pub mod self_test;
+pub mod shadow;
 pub mod signing;
 pub mod watch;
 

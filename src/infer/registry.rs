@@ -371,6 +371,8 @@ pub struct RunningSet {
     pub generation: u64,
     /// How the set did on the node's recent frames before it was switched to.
     pub self_test: super::self_test::SelfTestReport,
+    /// Its shadow run beside the set before, when one was asked for.
+    pub shadow: Option<super::shadow::ShadowReport>,
 }
 
 /// A model as the store keeps it: the manifest naming its files by their own names, the files,

@@ -6,7 +6,7 @@
 //! normalisation or channel order runs, but finds nothing.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::analyzer::{Analyzer, Detection};
@@ -25,22 +25,54 @@ const KEEP_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Sample {
     pub camera: String,
     pub image: Arc<image::RgbImage>,
-    /// The class names of what the running set found in it.
-    pub found: Vec<String>,
+    /// What the running set found in it.
+    pub found: Vec<Found>,
     /// How long the running set took for it (detector and embedder).
     pub latency: Duration,
     taken: Instant,
 }
 
-/// The frames kept for self-tests; the workers offer, a model switch reads.
+/// An object the running set found.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub class_name: String,
+    /// As [`Detection::bbox`].
+    pub bbox: [f32; 4],
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// The frames kept for self-tests; the workers offer, a model switch reads. During a shadow run
+/// ([`super::shadow`]) every frame offered is also passed on, while the reader keeps up.
 #[derive(Default)]
 pub struct RecentFrames {
-    samples: Mutex<VecDeque<Sample>>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    samples: VecDeque<Sample>,
+    tap: Option<mpsc::SyncSender<Sample>>,
 }
 
 impl RecentFrames {
-    /// Keeps a copy of the frame if its camera has none from the last [`KEEP_INTERVAL`]; cheap
-    /// otherwise (one uncontended lock).
+    /// From now on, every frame offered while the receiver has room (one frame) is sent to it:
+    /// frames the reader cannot keep up with are not. Until [`untap`](Self::untap).
+    pub fn tap(&self) -> mpsc::Receiver<Sample> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.tap = Some(sender);
+        }
+        receiver
+    }
+
+    pub fn untap(&self) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.tap = None;
+        }
+    }
+
+    /// Keeps a copy of the frame if its camera has none from the last [`KEEP_INTERVAL`], and
+    /// passes one to a tap with room; cheap otherwise (one uncontended lock).
     pub fn offer(
         &self,
         camera: &str,
@@ -50,47 +82,73 @@ impl RecentFrames {
         latency: Duration,
         now: Instant,
     ) {
-        let Ok(mut samples) = self.samples.lock() else {
+        let Ok(mut kept) = self.kept.lock() else {
             return;
         };
-        let mut kept_of_camera = 0;
-        for sample in samples.iter().filter(|s| s.camera == camera) {
-            if now.saturating_duration_since(sample.taken) < KEEP_INTERVAL {
-                return;
-            }
-            kept_of_camera += 1;
+        let keep = kept.wants(camera, now);
+        if !keep && kept.tap.is_none() {
+            return;
         }
-        if kept_of_camera >= KEPT_PER_CAMERA
-            && let Some(oldest) = samples.iter().position(|s| s.camera == camera)
-        {
-            samples.remove(oldest);
-        }
-        if samples.len() >= KEPT_FRAMES {
-            samples.pop_front();
-        }
-        let name = |d: &Detection| class_names.get(d.class_id as usize).cloned().unwrap_or_default();
-        samples.push_back(Sample {
+        let found = found
+            .iter()
+            .map(|d| Found {
+                class_name: class_names.get(d.class_id as usize).cloned().unwrap_or_default(),
+                bbox: d.bbox,
+                embedding: d.embedding.clone(),
+            })
+            .collect();
+        let sample = Sample {
             camera: camera.to_string(),
             image: Arc::new(image.clone()),
-            found: found.iter().map(name).collect(),
+            found,
             latency,
             taken: now,
-        });
+        };
+        if let Some(tap) = &kept.tap
+            && let Err(mpsc::TrySendError::Disconnected(_)) = tap.try_send(sample.clone())
+        {
+            kept.tap = None;
+        }
+        if keep {
+            kept.samples.push_back(sample);
+        }
     }
 
     /// The frames kept now (the images are shared, not copied).
     pub fn snapshot(&self) -> Vec<Sample> {
-        self.samples
+        self.kept
             .lock()
-            .map(|samples| samples.iter().cloned().collect())
+            .map(|kept| kept.samples.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// After a switch: what the old set found is no reference for the next one.
     pub fn clear(&self) {
-        if let Ok(mut samples) = self.samples.lock() {
-            samples.clear();
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.samples.clear();
         }
+    }
+}
+
+impl Kept {
+    /// Whether a frame of `camera` at `now` is to be kept; if so, room is made for it.
+    fn wants(&mut self, camera: &str, now: Instant) -> bool {
+        let mut kept_of_camera = 0;
+        for sample in self.samples.iter().filter(|s| s.camera == camera) {
+            if now.saturating_duration_since(sample.taken) < KEEP_INTERVAL {
+                return false;
+            }
+            kept_of_camera += 1;
+        }
+        if kept_of_camera >= KEPT_PER_CAMERA
+            && let Some(oldest) = self.samples.iter().position(|s| s.camera == camera)
+        {
+            self.samples.remove(oldest);
+        }
+        if self.samples.len() >= KEPT_FRAMES {
+            self.samples.pop_front();
+        }
+        true
     }
 }
 
@@ -149,7 +207,7 @@ pub fn self_test(
             .map_err(|e| refuse(format!("on a recent frame of camera {}: {e}", sample.camera)))?;
         latencies_new.push(started.elapsed());
         let known = |name: &String| new_class_names.contains(name);
-        report.objects_running += sample.found.iter().filter(|name| known(name)).count();
+        report.objects_running += sample.found.iter().filter(|f| known(&f.class_name)).count();
         report.objects_new += detections.len();
     }
     analyzer.set_strict(false);
@@ -172,7 +230,7 @@ pub fn self_test(
     Ok(report)
 }
 
-fn median(values: &mut [Duration]) -> Duration {
+pub(super) fn median(values: &mut [Duration]) -> Duration {
     values.sort_unstable();
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
@@ -203,7 +261,12 @@ mod tests {
         // Within the interval: not kept.
         recent.offer("a", &image, &[], &names, ms, at(1));
         assert_eq!(recent.snapshot().len(), 1);
-        assert_eq!(recent.snapshot()[0].found, ["car", "person"]);
+        let names: Vec<_> = recent.snapshot()[0]
+            .found
+            .iter()
+            .map(|f| f.class_name.clone())
+            .collect();
+        assert_eq!(names, ["car", "person"]);
         for s in 1..10 {
             recent.offer("a", &image, &[], &names, ms, at(2 * s));
         }
