@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-model-swap bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -107,6 +107,12 @@ bench-collect: build
 ## after issue 10's changes; ~4 min. Writes benches/results/memory.md.
 bench-memory: build
 	@bash benches/memory.sh
+
+## The node's memory across a live model switch: VmRSS every 100 ms before, while and after the
+## node switches NanoDet -> SSDLite over gRPC, with and without a watch period; ~3 min. Writes
+## benches/results/model-swap.md.
+bench-model-swap: build
+	@bash benches/model_swap.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

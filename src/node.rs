@@ -661,7 +661,10 @@ impl crate::deliver::ModelControl for LiveModels {
     fn switch(&self, detector: Option<&str>, embedder: Option<&str>) -> Result<RunningSet> {
         let mut state = self.lock()?;
         let (store, current, wanted) = chosen_set(&self.config, detector, embedder)?;
-        let (self_test, shadow) = self.hand_over(&mut state, &wanted, current.clone(), false)?;
+        let handed = self.hand_over(&mut state, &wanted, current.clone(), false);
+        // What loading and trying the set took (or the refused set's sessions) goes back.
+        infer::release_free_memory();
+        let (self_test, shadow) = handed?;
         let set = store.activate(&wanted, &current)?;
         Ok(RunningSet {
             set,
@@ -678,7 +681,9 @@ impl crate::deliver::ModelControl for LiveModels {
         let back = store.previous()?;
         verify_signatures(&self.config, &store, &back)?;
         let current = store.active()?.unwrap_or_default();
-        let (self_test, shadow) = self.hand_over(&mut state, &back, current, true)?;
+        let handed = self.hand_over(&mut state, &back, current, true);
+        infer::release_free_memory();
+        let (self_test, shadow) = handed?;
         let set = store.roll_back()?;
         Ok(RunningSet {
             set,

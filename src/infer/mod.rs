@@ -151,11 +151,13 @@ impl ModelSwap {
     /// The watch period is over: the sets kept for a rollback are freed.
     pub fn release_kept(&self) {
         for slot in &self.slots {
-            if let Ok(mut state) = slot.0.lock() {
+            let kept = slot.0.lock().ok().and_then(|mut state| {
                 state.keep_previous = false;
-                state.previous = None;
-            }
+                state.previous.take()
+            });
+            drop(kept);
         }
+        release_free_memory();
     }
 }
 
@@ -211,19 +213,25 @@ fn work(
         if let Ok(mut state) = next.0.lock()
             && let Some(handed) = state.next.take()
         {
+            let mut unused = None;
             let new_models = match handed {
                 Handover::Set(new_analyzer, new_models) => {
                     let old = std::mem::replace(&mut analyzer, *new_analyzer);
-                    // Otherwise the old sessions are dropped here, by the worker that used
-                    // them, between frames.
                     if state.keep_previous {
                         state.previous = Some((old, models.clone()));
+                    } else {
+                        unused = Some(old);
                     }
                     new_models
                 }
                 Handover::Renumber(new_models) => new_models,
             };
             drop(state);
+            // The old sessions are freed by the worker that used them, between frames, and their
+            // pages given back: a node switching models for months must not keep every set.
+            if unused.take().is_some() {
+                release_free_memory();
+            }
             models = new_models;
             recorder = metrics.inference_recorder(analyzer.detector_id(), analyzer.embedder_id());
             tracing::info!(
