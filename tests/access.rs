@@ -748,7 +748,12 @@ async fn request_limits_answer_clients_that_exceed_them() {
 async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
     use proptest::prelude::*;
     use proptest::strategy::ValueTree;
-    let (node, mut client) = common::start_node(common::parse_config(&common::config_toml("", ""))).await;
+    // Its model store in a directory of its own: activations install the config's models there.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::parse_config(&common::config_toml("", ""));
+    config.base_dir = dir.path().to_path_buf();
+    config.origin = dir.path().join("node.toml");
+    let (node, mut client) = common::start_node(config).await;
     let mut admin = common::admin(&node).await;
     let text = || {
         prop_oneof![
@@ -844,6 +849,39 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
             ..Default::default()
         };
         check("UpdateCamera", admin.update_camera(request).await.map(drop));
+        // Model hashes and uploads: any names, sizes, digests, signatures and chunks. (Two empty
+        // hashes ask for the running set again: not a malformed request, and seconds of loading.)
+        let request = pb::ActivateModelsRequest {
+            detector: camera_id.clone(),
+            embedder: if fps.is_some() { uri.clone() } else { String::new() },
+        };
+        if !(request.detector.is_empty() && request.embedder.is_empty()) {
+            check("ActivateModels", admin.activate_models(request).await.map(drop));
+        }
+        let header = pb::ModelUploadHeader {
+            manifest: camera_id.clone(),
+            files: vec![pb::ModelUploadFile {
+                name: id.clone(),
+                size: after_offset,
+                sha256: uri.clone(),
+            }],
+            signature: camera_id.clone().into_bytes(),
+        };
+        let chunk = pb::ModelFileChunk {
+            name: id.clone(),
+            data: uri.clone().into_bytes(),
+        };
+        let parts = [
+            pb::upload_model_request::Part::Header(header),
+            pb::upload_model_request::Part::Chunk(chunk),
+        ];
+        let upload = parts
+            .into_iter()
+            .map(|part| pb::UploadModelRequest { part: Some(part) });
+        check(
+            "UploadModel",
+            admin.upload_model(tokio_stream::iter(upload)).await.map(drop),
+        );
         // Half the cameras get an allowed source, so that their other fields are checked too.
         let uri = if fps.is_some() {
             "rtsp://127.0.0.1:9/x".to_string()
@@ -871,6 +909,10 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
             Err(status) => check("AddCamera", Err(status)),
         }
     }
+    check(
+        "RollbackModels",
+        admin.rollback_models(pb::RollbackModelsRequest {}).await.map(drop),
+    );
     common::node_info(&mut client).await;
     common::stop_node(node).await;
 }

@@ -3,6 +3,7 @@
 //! compares the new set's record with the old one's until the watch period ends, rolling back
 //! when the new set fails, is slow, or stops finding what the old one found.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub struct SetHealth {
     frames: AtomicU64,
     errors: AtomicU64,
     objects: AtomicU64,
-    latencies: Mutex<Vec<Duration>>,
+    latencies: Mutex<VecDeque<Duration>>,
 }
 
 /// A moment's copy of a [`SetHealth`].
@@ -39,9 +40,9 @@ impl SetHealth {
                 self.objects.fetch_add(n as u64, Ordering::Relaxed);
                 if let Ok(mut latencies) = self.latencies.lock() {
                     if latencies.len() == LATENCIES_KEPT {
-                        latencies.remove(0);
+                        latencies.pop_front();
                     }
-                    latencies.push(latency);
+                    latencies.push_back(latency);
                 }
             }
             None => {
@@ -55,7 +56,7 @@ impl SetHealth {
             .latencies
             .lock()
             .map(|latencies| {
-                let mut sorted = latencies.clone();
+                let mut sorted = Vec::from(latencies.clone());
                 sorted.sort_unstable();
                 sorted.get(sorted.len() / 2).copied().unwrap_or_default()
             })
@@ -90,8 +91,9 @@ pub fn judge(limits: &WatchConfig, new: &HealthSnapshot, old: &HealthSnapshot) -
             new.frames
         ));
     }
-    let old_rate = share(old.objects, old.frames - old.errors);
-    let new_rate = share(new.objects, new.frames - new.errors);
+    // Saturating: a snapshot reads its counters one by one while workers add to them.
+    let old_rate = share(old.objects, old.frames.saturating_sub(old.errors));
+    let new_rate = share(new.objects, new.frames.saturating_sub(new.errors));
     if old.frames >= limits.min_frames && old_rate > 0.0 && new_rate < limits.min_detection_ratio * old_rate {
         return Some(format!(
             "{new_rate:.2} objects per frame where the set before found {old_rate:.2} (less than {})",
