@@ -426,6 +426,14 @@ pub struct Timings {
     pub crops: usize,
 }
 
+impl Timings {
+    /// A model set's time for the frame: what the self-test, the shadow run and the watch
+    /// compare between two sets.
+    pub fn models(&self) -> Duration {
+        self.detector + self.embedder
+    }
+}
+
 pub struct InferenceRecorder {
     detector: Histogram,
     embedder: Option<Histogram>,

@@ -111,9 +111,9 @@ pub struct Summary {
 pub struct Decoder {
     /// Class names of the detector running when the reader started.
     class_names: Vec<String>,
-    /// Class names of the detectors switched to since (`id@version`), from model-change records:
-    /// a class id means what the descriptor's own detector says.
-    switched_to: HashMap<String, Vec<String>>,
+    /// Class names of the detectors switched to since, from model-change records: a class id
+    /// means what the descriptor's own detector says. A few entries: one per switch seen.
+    switched_to: Vec<(pb::ModelRef, Vec<String>)>,
     context: HashMap<String, pb::FrameDescriptor>,
 }
 
@@ -121,7 +121,7 @@ impl Decoder {
     pub fn new(class_names: Vec<String>) -> Self {
         Decoder {
             class_names,
-            switched_to: HashMap::new(),
+            switched_to: Vec::new(),
             context: HashMap::new(),
         }
     }
@@ -147,8 +147,8 @@ impl Decoder {
             copy_context(c, d);
         }
         if let (Some(change), Some(detector)) = (&d.model_change, &d.detector) {
-            self.switched_to
-                .insert(model_name(detector), change.class_names.clone());
+            self.switched_to.retain(|(known, _)| known != detector);
+            self.switched_to.push((detector.clone(), change.class_names.clone()));
         }
     }
 
@@ -157,8 +157,8 @@ impl Decoder {
         let names = d
             .detector
             .as_ref()
-            .and_then(|detector| self.switched_to.get(&model_name(detector)))
-            .unwrap_or(&self.class_names);
+            .and_then(|detector| self.switched_to.iter().find(|(known, _)| known == detector))
+            .map_or(&self.class_names, |(_, names)| names);
         names
             .get(class_id as usize)
             .cloned()

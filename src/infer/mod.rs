@@ -121,9 +121,12 @@ impl ModelSwap {
             // A set handed over before a worker took the previous one replaces it: only the
             // newest matters, and the older one's sessions are freed here.
             let mut state = Self::lock(slot)?;
-            state.previous = None;
+            let replaced = (state.previous.take(), state.next.take());
             state.keep_previous = keep_previous;
             state.next = Some(Handover::Set(Box::new(analyzer), models.clone()));
+            // Freed without the lock the worker takes every frame.
+            drop(state);
+            drop(replaced);
         }
         Ok(())
     }
@@ -240,7 +243,6 @@ fn work(
                 "worker switched model set"
             );
         }
-        let started = std::time::Instant::now();
         let detections = match analyzer.analyze(&frame.image) {
             Ok((detections, timings)) => {
                 recorder.observe(&timings);
@@ -249,15 +251,15 @@ fn work(
                     &frame.image,
                     &detections,
                     &models.detector.class_names,
-                    timings.detector + timings.embedder,
+                    timings.models(),
                     std::time::Instant::now(),
                 );
-                models.health.record(Some(detections.len()), started.elapsed());
+                models.health.record_frame(detections.len(), timings.models());
                 Ok(detections)
             }
             Err(err) => {
                 tracing::warn!(camera = %frame.camera.id, %err, "frame analysis failed");
-                models.health.record(None, started.elapsed());
+                models.health.record_failure();
                 Err(err)
             }
         };

@@ -112,8 +112,7 @@ pub fn shadow_run(
                 sample.camera
             ))
         })?;
-        // Timed as the workers time the running set.
-        latencies_new.push(timings.detector + timings.embedder);
+        latencies_new.push(timings.models());
         latencies_running.push(sample.latency);
         if !cameras.contains(&sample.camera) {
             cameras.push(sample.camera.clone());

@@ -32,23 +32,22 @@ pub struct HealthSnapshot {
 }
 
 impl SetHealth {
-    /// One frame: `objects` found in it, or `None` when its analysis failed.
-    pub fn record(&self, objects: Option<usize>, latency: Duration) {
+    /// A frame analysed: `objects` found in it, in `latency` ([`crate::metrics::Timings::models`]).
+    pub fn record_frame(&self, objects: usize, latency: Duration) {
         self.frames.fetch_add(1, Ordering::Relaxed);
-        match objects {
-            Some(n) => {
-                self.objects.fetch_add(n as u64, Ordering::Relaxed);
-                if let Ok(mut latencies) = self.latencies.lock() {
-                    if latencies.len() == LATENCIES_KEPT {
-                        latencies.pop_front();
-                    }
-                    latencies.push_back(latency);
-                }
+        self.objects.fetch_add(objects as u64, Ordering::Relaxed);
+        if let Ok(mut latencies) = self.latencies.lock() {
+            if latencies.len() == LATENCIES_KEPT {
+                latencies.pop_front();
             }
-            None => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-            }
+            latencies.push_back(latency);
         }
+    }
+
+    /// A frame whose analysis failed.
+    pub fn record_failure(&self) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {
@@ -151,9 +150,9 @@ mod tests {
     fn the_health_record_counts_frames_errors_objects_and_the_median_latency() {
         let health = SetHealth::default();
         for ms in [30, 10, 20] {
-            health.record(Some(2), Duration::from_millis(ms));
+            health.record_frame(2, Duration::from_millis(ms));
         }
-        health.record(None, Duration::from_millis(999));
+        health.record_failure();
         assert_eq!(health.snapshot(), snapshot(4, 1, 6, 20));
     }
 }
