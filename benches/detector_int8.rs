@@ -90,8 +90,8 @@ realtime = false
     let source = SourceUri::resolve(&camera.uri, &config.base_dir).expect("clip uri");
     let status = Arc::new(CameraStatus::new(camera.id.clone(), CameraSettings::default()));
     let queue = FrameQueue::new(4);
-    let runner =
-        ingest::start_camera(camera, source, status, queue.clone(), ingest::Settled::default()).expect("camera starts");
+    let runner = ingest::start_camera(camera, source, status, queue.clone(), ingest::Settled::default(), None)
+        .expect("camera starts");
     let closer = {
         let queue = queue.clone();
         std::thread::spawn(move || {

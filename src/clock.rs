@@ -65,6 +65,8 @@ pub struct CaptureClock {
     /// source's clock fell behind the times already handed out (a wall-clock step, a camera
     /// whose NTP clock is behind the host's arrival stamps), then slewed back to zero.
     shift: i64,
+    /// Counts restarts: times of one generation share one anchor.
+    generation: u64,
 }
 
 impl CaptureClock {
@@ -75,6 +77,7 @@ impl CaptureClock {
             last: None,
             last_source: None,
             shift: 0,
+            generation: 0,
         }
     }
 
@@ -85,6 +88,7 @@ impl CaptureClock {
     /// A new pipeline run (reconnect, file loop) starts its running time afresh: re-anchor on
     /// its first frame.
     pub fn restart(&mut self) {
+        self.generation += 1;
         self.anchor = None;
         self.last_source = None;
         // The new run's anchor is the wall clock now; an offset carried over would be added on
@@ -99,6 +103,20 @@ impl CaptureClock {
         let offset = running_time.saturating_sub(anchor_running);
         let t = anchor_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
         self.monotonic(t)
+    }
+
+    /// Which anchor the clock is on: one per pipeline run, and per loop of a file.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The capture time `stamp` gives a frame of this running time (before keeping times
+    /// monotonic), once the current generation is anchored; for other streams of the same run,
+    /// such as the compressed frames the video ring keeps, which must carry the same times.
+    pub fn capture_time_of(&self, running_time: Duration) -> Option<UnixNanos> {
+        let (anchor_wall, anchor_running) = self.anchor?;
+        let offset = i64::try_from(running_time.as_nanos()).ok()? - i64::try_from(anchor_running.as_nanos()).ok()?;
+        Some(anchor_wall.saturating_add(offset).saturating_add(self.shift))
     }
 
     /// A capture time given by the sender (camera NTP), kept monotonic with the others.

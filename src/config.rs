@@ -43,6 +43,9 @@ pub struct Config {
     /// Collectors the node dials out to and streams its log to (push mode).
     #[serde(default)]
     pub push: Vec<PushConfig>,
+    /// The recent-video ring and what may be exported from it; absent: no video is kept.
+    #[serde(default)]
+    pub video: Option<VideoConfig>,
     /// Directory of the config file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -453,6 +456,103 @@ impl Default for LogConfig {
     }
 }
 
+/// The recent-video ring (`video` module): each camera's own compressed stream, kept on disk in
+/// short segments, and the snapshots and clips cut from it on request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoConfig {
+    /// One directory per camera below this. Default: `<config name>.video` beside the config.
+    pub dir: Option<PathBuf>,
+    /// A segment is closed at the first keyframe after this long; video becomes exportable when
+    /// its segment closes.
+    pub segment_seconds: f64,
+    /// Per camera: oldest segments are removed first once a camera's ring holds more.
+    pub max_bytes_per_camera: u64,
+    /// Per camera: segments that ended longer ago than this are removed.
+    pub max_age_hours: f64,
+    /// The longest interval one clip may cover.
+    pub max_clip_seconds: f64,
+    /// Exports (snapshots and clips) running at once; more are refused until one ends.
+    pub max_concurrent_exports: usize,
+    /// The face detector run on every exported frame (a model manifest, relative to the config):
+    /// required, since no pixels leave the node without it.
+    pub face_model: Option<PathBuf>,
+    /// A face's box is grown by this fraction of its size on each side before it is pixelated.
+    pub face_margin: f32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig {
+            dir: None,
+            segment_seconds: 4.0,
+            max_bytes_per_camera: 2 << 30,
+            max_age_hours: 24.0,
+            max_clip_seconds: 120.0,
+            max_concurrent_exports: 2,
+            face_model: None,
+            face_margin: 0.25,
+        }
+    }
+}
+
+impl VideoConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.face_model.is_none() {
+            return Err(
+                "video.face_model: name a face detector's manifest (e.g. models/blazeface-back-256.toml): \
+                 every frame exported has its faces pixelated"
+                    .into(),
+            );
+        }
+        check_field(
+            (1.0..=60.0).contains(&self.segment_seconds),
+            "video.segment_seconds",
+            self.segment_seconds,
+            "1..=60",
+        )?;
+        check_field(
+            self.max_bytes_per_camera >= 1 << 20,
+            "video.max_bytes_per_camera",
+            self.max_bytes_per_camera,
+            "at least 1048576 (1 MiB)",
+        )?;
+        check_field(
+            self.max_age_hours > 0.0 && self.max_age_hours <= 24.0 * 365.0,
+            "video.max_age_hours",
+            self.max_age_hours,
+            "(0, 8760]",
+        )?;
+        check_field(
+            (1.0..=3600.0).contains(&self.max_clip_seconds),
+            "video.max_clip_seconds",
+            self.max_clip_seconds,
+            "1..=3600",
+        )?;
+        check_field(
+            (1..=64).contains(&self.max_concurrent_exports),
+            "video.max_concurrent_exports",
+            self.max_concurrent_exports,
+            "1..=64",
+        )?;
+        check_field(
+            (0.0..=2.0).contains(&self.face_margin),
+            "video.face_margin",
+            self.face_margin,
+            "0..=2",
+        )
+    }
+}
+
+/// 1 to 64 letters, digits, '-', '_' or '.', not only dots: ids name files and directories
+/// ("." or ".." would name one above the camera's own in the video ring).
+pub fn is_valid_camera_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.chars().all(|c| c == '.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
@@ -524,6 +624,9 @@ pub struct CameraConfig {
     /// node can read to a server of its choosing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// Keep this camera's video in the ring, when the node has a `[video]` section.
+    #[serde(default = "default_true")]
+    pub record: bool,
 }
 
 /// Which frames of a camera's compressed stream reach the decoder.
@@ -654,17 +757,15 @@ impl CameraConfig {
             username: None,
             password: None,
             password_file: None,
+            record: true,
         }
     }
 
     /// Checks one camera's values; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let valid_id = !self.id.is_empty()
-            && self.id.len() <= 64
-            && self.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid_id {
+        if !is_valid_camera_id(&self.id) {
             return Err(format!(
-                "camera id {}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                "camera id {}: use 1 to 64 letters, digits, '-', '_' or '.', not only dots",
                 crate::error::quoted(&self.id)
             ));
         }
@@ -900,7 +1001,19 @@ impl Config {
                 return Err(format!("push {:?}: duplicate name", target.name));
             }
         }
+        if let Some(video) = &self.video {
+            video.validate()?;
+        }
         validate_cameras(&self.cameras)
+    }
+
+    /// The video ring's directory (see `video.dir`), if the node keeps video.
+    pub fn video_dir(&self) -> Option<PathBuf> {
+        let video = self.video.as_ref()?;
+        Some(match &video.dir {
+            Some(path) => self.resolve(path),
+            None => self.beside_config("video"),
+        })
     }
 
     /// The camera state file (see `node.camera_state_file`).
@@ -939,6 +1052,12 @@ impl Config {
             Some(path) => self.resolve(path),
             None => self.beside_config("models"),
         }
+    }
+
+    /// The face detector's manifest (see `video.face_model`), if the node keeps video.
+    pub fn face_model_path(&self) -> Option<PathBuf> {
+        let face_model = self.video.as_ref()?.face_model.as_ref()?;
+        Some(self.resolve(face_model))
     }
 
     /// The descriptor log's file (see `log.path`).

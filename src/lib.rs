@@ -18,7 +18,7 @@
 //! 1. `pb`, [`error`], [`files`] (secrets and files re-read when they change), [`clock`],
 //!    [`shutdown`], [`wire`] (the proto's compact fields, encoded and decoded) and [`config`]
 //!    (every section of the file as plain data, `[describe]` included) name nothing above them;
-//! 2. [`ingest`];
+//! 2. [`video`] (the recent-video ring: written from `ingest`, read by `deliver`), then [`ingest`];
 //! 3. [`metrics`], which reads the cameras' counters from `ingest` and which every later stage
 //!    records into;
 //! 4. [`infer`] → [`describe`] → [`log`] → [`deliver`], each naming only what comes before it;
@@ -40,6 +40,7 @@ pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod shutdown;
+pub mod video;
 pub mod wire;
 
 /// Generated from `proto/retina/v1/retina.proto`.

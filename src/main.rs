@@ -1,5 +1,6 @@
 //! The `retina-edge` command: run a node, check a config, or subscribe to a node.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,6 +64,27 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Save a JPEG of a camera at a time, or of a track's best view, faces pixelated
+    /// (pixels scope).
+    Snapshot {
+        #[command(flatten)]
+        pixels: PixelArgs,
+        /// Crop to the track's box grown by this fraction of its size on each side.
+        #[arg(long, default_value_t = 0.0)]
+        crop_margin: f32,
+        /// Draw the track's box.
+        #[arg(long)]
+        draw_box: bool,
+    },
+    /// Save an MP4 of a camera from --from to --to, or of a track's life, faces pixelated
+    /// (pixels scope).
+    Clip {
+        #[command(flatten)]
+        pixels: PixelArgs,
+        /// Seconds added before and after a track.
+        #[arg(long, default_value_t = 2.0)]
+        margin: f32,
+    },
     /// Subscribe to a node and print what it streams: one line per track event by default. With
     /// --nats, read what collectors stored in JetStream instead, decoded the same way.
     Subscribe {
@@ -117,6 +139,52 @@ enum Command {
         #[command(flatten)]
         central: CentralArgs,
     },
+}
+
+/// Which pixels: a camera at a time (or from it to --to), or a track.
+#[derive(clap::Args)]
+struct PixelArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The camera (with --time, or --from and --to).
+    #[arg(long, conflicts_with = "track", requires = "from")]
+    camera: Option<String>,
+    /// RFC 3339, e.g. 2026-12-02T08:00:00.5Z.
+    #[arg(long, alias = "time", value_parser = humantime::parse_rfc3339_weak)]
+    from: Option<std::time::SystemTime>,
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    to: Option<std::time::SystemTime>,
+    /// A track id, as `subscribe` prints it.
+    #[arg(long, required_unless_present = "camera")]
+    track: Option<u64>,
+    /// No face blurring (the token needs the pixels-raw scope; the node records who asked).
+    #[arg(long)]
+    raw: bool,
+    /// Write the picture or the clip here.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+impl PixelArgs {
+    fn target(&self, margin_seconds: f32) -> anyhow::Result<client::PixelTarget> {
+        Ok(match (&self.camera, self.track) {
+            (Some(camera_id), _) => {
+                let from = self
+                    .from
+                    .ok_or_else(|| anyhow::anyhow!("--camera needs --time (or --from)"))?;
+                client::PixelTarget::Camera {
+                    camera_id: camera_id.clone(),
+                    from,
+                    to: self.to.unwrap_or(from),
+                }
+            }
+            (None, Some(track_id)) => client::PixelTarget::Track {
+                track_id,
+                margin_seconds,
+            },
+            (None, None) => anyhow::bail!("name a --camera or a --track"),
+        })
+    }
 }
 
 /// Reading at the centre instead: the records collectors wrote into NATS JetStream.
@@ -502,6 +570,12 @@ fn main() -> ExitCode {
         Command::ResetLog { config } => reset_log(config),
         Command::Token { action } => token(action),
         Command::Model { action } => model(action),
+        Command::Snapshot {
+            pixels,
+            crop_margin,
+            draw_box,
+        } => runtime.block_on(save_snapshot(pixels, crop_margin, draw_box)),
+        Command::Clip { pixels, margin } => runtime.block_on(save_clip(pixels, margin)),
         Command::Subscribe {
             node,
             frames,
@@ -601,6 +675,69 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("{} has {} problem(s)", path.display(), problems.len())
         }
     }
+}
+
+async fn save_snapshot(args: PixelArgs, crop_margin: f32, draw_box: bool) -> anyhow::Result<()> {
+    let target = args.target(0.0)?;
+    let options = pb::SnapshotOptions {
+        crop_margin,
+        draw_box,
+        raw: args.raw,
+        quality: 0,
+    };
+    let (addr, out) = (args.node.addr.clone(), args.out);
+    let snapshot = client::snapshot(&addr, &args.node.credentials()?, target, options).await?;
+    std::fs::write(&out, &snapshot.jpeg).with_context(|| format!("writing {}", out.display()))?;
+    let time = snapshot.capture_time.map(format_timestamp).unwrap_or_default();
+    println!(
+        "{}: camera {} at {time}, frame {}x{}, {}",
+        out.display(),
+        snapshot.camera_id,
+        snapshot.frame_width,
+        snapshot.frame_height,
+        if snapshot.raw {
+            "not blurred".to_string()
+        } else {
+            format!("{} faces pixelated", snapshot.faces_blurred)
+        }
+    );
+    Ok(())
+}
+
+async fn save_clip(args: PixelArgs, margin: f32) -> anyhow::Result<()> {
+    let target = args.target(margin)?;
+    let (addr, out) = (args.node.addr.clone(), args.out);
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?);
+    let (info, summary) = client::clip(&addr, &args.node.credentials()?, target, args.raw, &mut file).await?;
+    file.flush()?;
+    let time = |t: Option<prost_types::Timestamp>| t.map(format_timestamp).unwrap_or_default();
+    println!(
+        "{}: camera {}, {} frames {}x{} from {} to {}, {} bytes, {}",
+        out.display(),
+        info.camera_id,
+        summary.frames,
+        info.frame_width,
+        info.frame_height,
+        time(summary.first_frame),
+        time(summary.last_frame),
+        summary.bytes,
+        if info.raw {
+            "not blurred".to_string()
+        } else {
+            format!("{} faces pixelated", summary.faces_blurred)
+        }
+    );
+    for gap in &info.gaps {
+        println!("no video from {} to {}", time(gap.from_time), time(gap.to_time));
+    }
+    Ok(())
+}
+
+fn format_timestamp(t: prost_types::Timestamp) -> String {
+    let nanos = retina_edge::clock::timestamp_nanos(t);
+    let time = std::time::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 async fn collect(path: PathBuf) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ use gstreamer as gst;
 
 use crate::clock::now_unix_nanos;
 use crate::config::{Config, Probation};
+use crate::deliver::pixels::{PixelsService, VideoExports};
 use crate::deliver::{Limits, NodeFacts, RunningModels};
 use crate::describe::codec::{CodecKind, Encoder};
 use crate::describe::projection::Projection;
@@ -35,6 +36,7 @@ use crate::log::Log;
 use crate::metrics::{self, Metrics};
 use crate::pb;
 use crate::shutdown::Shutdown;
+use crate::video::record::RecordSettings;
 
 /// Models loaded and verified against their manifests.
 pub struct Models {
@@ -998,6 +1000,24 @@ impl Node {
         }
     }
 
+    /// Snapshots and clips, if the node keeps video: its face detector is loaded here, so that a
+    /// node that could not blur faces does not start.
+    fn pixels_service(
+        config: &Config,
+        log: crate::log::LogReader,
+        notices: mpsc::SyncSender<crate::describe::ExportNotice>,
+    ) -> Result<PixelsService> {
+        let exports = match (&config.video, config.video_dir(), config.face_model_path()) {
+            (Some(video), Some(dir), Some(face_model)) => {
+                let environment = infer::environment(&config.resolve(&config.inference.onnxruntime_library))?;
+                Some(Arc::new(VideoExports::new(dir, video, face_model, environment)?))
+            }
+            _ => None,
+        };
+        let slots = config.video.as_ref().map_or(1, |v| v.max_concurrent_exports);
+        Ok(PixelsService::new(exports, slots, log, notices))
+    }
+
     /// The part of [`start`](Self::start) that sets threads and tasks running, each recorded in
     /// `parts` as soon as it runs. Returns the metrics endpoint's address and the camera manager.
     #[allow(clippy::too_many_arguments)]
@@ -1041,6 +1061,9 @@ impl Node {
             config.describe.clone(),
             appender.take_resume_counters(),
         );
+        let (notices_tx, notices_rx) = mpsc::sync_channel(EXPORT_NOTICES_QUEUED);
+        let describer = describer.with_notices(notices_rx);
+        let pixels = Self::pixels_service(&config, reader.clone(), notices_tx)?;
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
         let (workers, swap) =
             infer::spawn_workers(analyzers, first_set.clone(), queue.clone(), results_tx, metrics.clone())?;
@@ -1074,12 +1097,20 @@ impl Node {
                 .map_err(|e| Error::io("starting describe thread", e))?
         });
 
-        let manager = Arc::new(CameraManager::new(
-            queue.clone(),
-            config.base_dir.clone(),
-            config.camera_state_path(),
-            cameras.clone(),
-        ));
+        let record = config
+            .video
+            .as_ref()
+            .zip(config.video_dir())
+            .map(|(video, dir)| RecordSettings::from_config(dir, video));
+        let manager = Arc::new(
+            CameraManager::new(
+                queue.clone(),
+                config.base_dir.clone(),
+                config.camera_state_path(),
+                cameras.clone(),
+            )
+            .with_recording(record),
+        );
         parts.manager = Some(manager.clone());
         // Servers first, so the node is reachable before the first descriptor exists.
         let reloadable: Vec<_> = [("grpc", &guards.grpc_tls), ("metrics", &guards.metrics_tls)]
@@ -1125,6 +1156,7 @@ impl Node {
             metrics.clone(),
             manager.clone(),
             live.clone(),
+            pixels,
             guarded,
             stop.clone(),
             parts.servers_stop.clone(),
@@ -1219,6 +1251,9 @@ fn show_certificates(metrics: &Metrics, tls: &[(&'static str, Arc<crate::access:
         metrics.tls_certificate(listener, tls.not_after_unix());
     }
 }
+
+/// Export records waiting for the describe stage; more are said in the node's log, not stored.
+const EXPORT_NOTICES_QUEUED: usize = 256;
 
 /// How long push targets may take to send the last records and get them acknowledged.
 const PUSH_DRAIN: Duration = Duration::from_secs(8);

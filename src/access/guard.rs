@@ -29,6 +29,7 @@ pub fn required_scope(path: &str) -> Need {
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Need::AnyToken,
         ("retina.v1.Retina", "Subscribe" | "Query" | "GetNodeInfo") => Need::Scope(Scope::Subscribe),
         ("retina.v1.Collector", "Push") => Need::Scope(Scope::Push),
+        ("retina.v1.Pixels", _) => Need::Scope(Scope::Pixels),
         _ => Need::Scope(Scope::Admin),
     }
 }

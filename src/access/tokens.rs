@@ -28,10 +28,22 @@ pub enum Scope {
     /// Push a node's log to a collector (`retina-edge collect`), as the node the token is named
     /// after.
     Push,
+    /// Snapshots and clips (`Pixels`), faces pixelated.
+    Pixels,
+    /// Pixels without face blurring, with `pixels`.
+    #[serde(rename = "pixels-raw")]
+    PixelsRaw,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Subscribe, Scope::Admin, Scope::Metrics, Scope::Push];
+    pub const ALL: [Scope; 6] = [
+        Scope::Subscribe,
+        Scope::Admin,
+        Scope::Metrics,
+        Scope::Push,
+        Scope::Pixels,
+        Scope::PixelsRaw,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +51,8 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::Metrics => "metrics",
             Scope::Push => "push",
+            Scope::Pixels => "pixels",
+            Scope::PixelsRaw => "pixels-raw",
         }
     }
 

@@ -240,6 +240,9 @@ impl Printer {
                 if let Some(change) = &descriptor.model_change {
                     writeln!(out, "{}", model_change_line(&descriptor, change))?;
                 }
+                if let Some(export) = &descriptor.pixel_export {
+                    writeln!(out, "{}", export_line(&descriptor, export))?;
+                }
             }
             Output::Frames => write!(out, "{}", to_text(&descriptor, decoder))?,
             Output::Json => writeln!(out, "{}", to_json(&descriptor, decoder))?,
@@ -402,6 +405,32 @@ fn model_change_line(d: &pb::FrameDescriptor, change: &pb::ModelChange) -> Strin
         name(&change.previous_embedder),
         change.generation,
         change.reason
+    )
+}
+
+/// Pixels of a camera were asked for: by whom, what, and what they got.
+fn export_line(d: &pb::FrameDescriptor, e: &pb::PixelExport) -> String {
+    let who = if e.caller.is_empty() {
+        "a caller without token"
+    } else {
+        &e.caller
+    };
+    let what = match e.track_id {
+        0 => format!("{} to {}", rfc3339(e.from_time), rfc3339(e.to_time)),
+        track => format!("track {track}"),
+    };
+    let outcome = if !e.refused.is_empty() {
+        format!("refused: {}", e.refused)
+    } else if e.raw {
+        format!("{} frames, not blurred", e.frames)
+    } else {
+        format!("{} frames, {} faces pixelated", e.frames, e.faces_blurred)
+    };
+    format!(
+        "{} {} {} asked by {who}: {what}; {outcome}",
+        d.camera_id,
+        rfc3339(d.capture_time),
+        e.kind
     )
 }
 
@@ -674,6 +703,9 @@ pub fn to_text(d: &pb::FrameDescriptor, decoder: &Decoder) -> String {
     if let Some(change) = &d.model_change {
         s += &format!("    {}\n", model_change_line(d, change));
     }
+    if let Some(export) = &d.pixel_export {
+        s += &format!("    {}\n", export_line(d, export));
+    }
     for o in &d.objects {
         let b = o.r#box.unwrap_or_default();
         s += &format!(
@@ -782,6 +814,17 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
             "previous_detector": c.previous_detector.as_ref().map(model_name),
             "previous_embedder": c.previous_embedder.as_ref().map(model_name),
             "class_names": c.class_names,
+        })),
+        "pixel_export": d.pixel_export.as_ref().map(|e| json!({
+            "kind": e.kind,
+            "caller": e.caller,
+            "from_time": rfc3339(e.from_time),
+            "to_time": rfc3339(e.to_time),
+            "track_id": e.track_id,
+            "raw": e.raw,
+            "refused": e.refused,
+            "frames": e.frames,
+            "faces_blurred": e.faces_blurred,
         })),
     })
 }
@@ -939,5 +982,110 @@ mod tests {
             model_change_line(&change, change.model_change.as_ref().unwrap())
                 .contains("detector ssd@1 (was nanodet@1)")
         );
+    }
+}
+
+/// Which pixels to ask a node for: a camera at a time (or over an interval), or a track.
+#[derive(Debug, Clone)]
+pub enum PixelTarget {
+    /// A snapshot is of `from`.
+    Camera {
+        camera_id: String,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    },
+    Track {
+        track_id: u64,
+        margin_seconds: f32,
+    },
+}
+
+fn timestamp_of(t: std::time::SystemTime) -> prost_types::Timestamp {
+    crate::clock::to_timestamp(crate::clock::unix_nanos(t))
+}
+
+/// `GetSnapshot` (a camera at `from`) or `GetTrackSnapshot`.
+pub async fn snapshot(
+    addr: &str,
+    credentials: &Credentials,
+    target: PixelTarget,
+    options: pb::SnapshotOptions,
+) -> anyhow::Result<pb::Snapshot> {
+    let mut pixels = pb::pixels_client::PixelsClient::with_interceptor(
+        channel(addr, credentials).await?,
+        BearerToken::new(credentials.token.as_deref())?,
+    );
+    let answer = match target {
+        PixelTarget::Camera { camera_id, from, .. } => {
+            let request = pb::SnapshotRequest {
+                camera_id,
+                time: Some(timestamp_of(from)),
+                options: Some(options),
+                r#box: None,
+            };
+            pixels.get_snapshot(request).await
+        }
+        PixelTarget::Track { track_id, .. } => {
+            let request = pb::TrackSnapshotRequest {
+                track_id,
+                options: Some(options),
+            };
+            pixels.get_track_snapshot(request).await
+        }
+    };
+    answer
+        .map(tonic::Response::into_inner)
+        .map_err(|status| anyhow::anyhow!("the node sent no snapshot: {}", status.message()))
+}
+
+/// `GetClip` or `GetTrackClip`, the MP4 written to `out` as it arrives.
+pub async fn clip(
+    addr: &str,
+    credentials: &Credentials,
+    target: PixelTarget,
+    raw: bool,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<(pb::ClipInfo, pb::ClipSummary)> {
+    use pb::clip_chunk::Part;
+    let mut pixels = pb::pixels_client::PixelsClient::with_interceptor(
+        channel(addr, credentials).await?,
+        BearerToken::new(credentials.token.as_deref())?,
+    );
+    let answer = match target {
+        PixelTarget::Camera { camera_id, from, to } => {
+            let request = pb::ClipRequest {
+                camera_id,
+                from_time: Some(timestamp_of(from)),
+                to_time: Some(timestamp_of(to)),
+                raw,
+            };
+            pixels.get_clip(request).await
+        }
+        PixelTarget::Track {
+            track_id,
+            margin_seconds,
+        } => {
+            let request = pb::TrackClipRequest {
+                track_id,
+                margin_seconds,
+                raw,
+            };
+            pixels.get_track_clip(request).await
+        }
+    };
+    let refused = |status: tonic::Status| anyhow::anyhow!("the node sent no clip: {}", status.message());
+    let mut stream = answer.map_err(refused)?.into_inner();
+    let (mut info, mut summary) = (None, None);
+    while let Some(chunk) = stream.message().await.map_err(refused)? {
+        match chunk.part {
+            Some(Part::Info(i)) => info = Some(i),
+            Some(Part::Data(bytes)) => out.write_all(&bytes)?,
+            Some(Part::Summary(s)) => summary = Some(s),
+            None => {}
+        }
+    }
+    match (info, summary) {
+        (Some(info), Some(summary)) => Ok((info, summary)),
+        _ => anyhow::bail!("the clip ended before the node said it was complete"),
     }
 }

@@ -101,8 +101,9 @@ impl Filter {
             .filter(|e| keep_event(e))
             .cloned()
             .collect();
-        // A model change is where a consumer's descriptors change meaning: never filtered out.
-        let change = descriptor.model_change.is_some();
+        // A model change is where a consumer's descriptors change meaning, an export record who
+        // looked at the camera's pixels: never filtered out.
+        let change = descriptor.model_change.is_some() || descriptor.pixel_export.is_some();
         if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames && !change {
             return None;
         }
@@ -118,6 +119,7 @@ impl Filter {
             tracks,
             track_events,
             model_change: d.model_change.clone(),
+            pixel_export: d.pixel_export.clone(),
             ..Default::default()
         };
         let context_changed = !self.full_context && sent.changed(d);

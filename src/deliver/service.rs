@@ -631,6 +631,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     manager: Arc<CameraManager>,
     models: Arc<dyn ModelControl>,
+    pixels: super::pixels::PixelsService,
     guarded: Guarded,
     stopping: Shutdown,
     shutdown: Shutdown,
@@ -683,7 +684,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RetinaServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES));
+        .add_service(AdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(crate::pb::pixels_server::PixelsServer::new(pixels).max_decoding_message_size(MAX_REQUEST_BYTES));
     let stopped = async move { shutdown.wait().await };
     match guarded.tls {
         Some(tls) => {

@@ -95,8 +95,19 @@ pub struct Resume {
     pub floor: CameraCounters,
 }
 
+/// Pixels of a camera were asked for (`deliver::pixels`): a record in the camera's stream.
+#[derive(Debug, Clone)]
+pub struct ExportNotice {
+    pub camera_id: String,
+    /// When it was asked for: the record's capture time.
+    pub at: crate::clock::UnixNanos,
+    pub export: pb::PixelExport,
+}
+
 pub struct Describer {
     origin: Origin,
+    /// Export records to number and publish between frames.
+    notices: Option<mpsc::Receiver<ExportNotice>>,
     contexts: ModelContexts,
     config: DescribeConfig,
     cameras: HashMap<String, CameraState>,
@@ -126,11 +137,18 @@ impl Describer {
     pub fn new(origin: Origin, contexts: ModelContexts, config: DescribeConfig, resume: Resume) -> Self {
         Describer {
             origin,
+            notices: None,
             contexts,
             config,
             cameras: HashMap::new(),
             resume,
         }
+    }
+
+    /// Export records sent on `notices` become descriptors of their camera.
+    pub fn with_notices(mut self, notices: mpsc::Receiver<ExportNotice>) -> Self {
+        self.notices = Some(notices);
+        self
     }
 
     /// Consumes results until every worker is gone, publishing each descriptor in order; then
@@ -147,6 +165,9 @@ impl Describer {
                 Ok(analysis) => self.accept(analysis, metrics, &mut publish),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while let Some(notice) = self.notices.as_ref().and_then(|n| n.try_recv().ok()) {
+                self.note_export(notice, &mut publish);
             }
             if last_check.elapsed() >= SILENCE_CHECK_INTERVAL {
                 last_check = Instant::now();
@@ -177,6 +198,40 @@ impl Describer {
                 publish(last, state.counters());
             }
         }
+    }
+
+    /// The export record as the camera's next descriptor: numbered in its sequence, with the
+    /// models it runs, no objects.
+    fn note_export(&mut self, notice: ExportNotice, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
+        let (sequence, counters, models, position) = match self.cameras.get_mut(&notice.camera_id) {
+            Some(state) => {
+                let sequence = state.next_sequence;
+                state.next_sequence += 1;
+                let position = state.last_frame.as_ref().and_then(|f| f.camera.position());
+                (sequence, state.counters(), state.models.clone(), position)
+            }
+            // A camera without a frame this run: numbered on from where the log left it.
+            None => {
+                let floor = self.resume.floor;
+                let resume = self.resume.cameras.entry(notice.camera_id.clone()).or_insert(floor);
+                let sequence = resume.next_sequence;
+                resume.next_sequence += 1;
+                (sequence, *resume, None, None)
+            }
+        };
+        let descriptor = pb::FrameDescriptor {
+            node_id: self.origin.node_id.clone(),
+            camera_id: notice.camera_id,
+            sequence,
+            capture_time: Some(to_timestamp(notice.at)),
+            node_run_id: self.origin.node_run_id,
+            detector: models.as_ref().map(|m| m.detector.clone()),
+            embedder: models.as_ref().and_then(|m| m.embedder.clone()),
+            camera_position: position,
+            pixel_export: Some(notice.export),
+            ..Default::default()
+        };
+        publish(descriptor, counters);
     }
 
     pub fn accept(
@@ -399,6 +454,7 @@ impl CameraState {
             sampling: crate::wire::sampling(analysis.keyframes_only) as i32,
             // Set by `accept` on the camera's first frame of a set switched to.
             model_change: None,
+            pixel_export: None,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::manifest::{
-    Activation, BoxOrder, Column, Coordinates, DEFAULT_COLUMNS, DecoderSpec, Head, Manifest, Nms, Orientation,
+    Activation, AnchorGrid, BoxOrder, Column, Coordinates, DEFAULT_COLUMNS, DecoderSpec, Head, Manifest, Nms,
+    Orientation,
 };
 use crate::error::{Error, Result};
 
@@ -69,6 +70,7 @@ enum HeadDecoder {
     NanodetGfl(NanodetGfl),
     Yolo(Yolo),
     BoxesScores(BoxesScores),
+    Blazeface(Blazeface),
     Detections(Detections),
 }
 
@@ -192,6 +194,13 @@ impl Decoder {
                 )
             }
             Head::BoxesScores {
+                anchor_grid: Some(grid),
+                ..
+            } => (
+                HeadDecoder::Blazeface(Blazeface::new(grid, width, height).map_err(bad)?),
+                grid.score_outputs.iter().chain(&grid.box_outputs).cloned().collect(),
+            ),
+            Head::BoxesScores {
                 boxes,
                 scores,
                 box_order,
@@ -200,6 +209,7 @@ impl Decoder {
                 background_column,
                 priors,
                 prior_variances,
+                anchor_grid: None,
             } => {
                 let priors = match priors {
                     None => None,
@@ -296,6 +306,7 @@ impl Decoder {
             HeadDecoder::NanodetGfl(gfl) => gfl.candidates(tensors, selection)?,
             HeadDecoder::Yolo(yolo) => yolo.candidates(&tensors[0], selection)?,
             HeadDecoder::BoxesScores(ssd) => ssd.candidates(&tensors[0], &tensors[1], selection)?,
+            HeadDecoder::Blazeface(head) => head.candidates(tensors, selection)?,
             HeadDecoder::Detections(head) => head.candidates(tensors, selection)?,
         };
         Ok(selection.finish(candidates))
@@ -329,7 +340,14 @@ impl Selection {
             }
             Nms::PerClass => nms(candidates, self.nms_iou_threshold, self.max_detections, true),
             Nms::ClassAgnostic => nms(candidates, self.nms_iou_threshold, self.max_detections, false),
+            Nms::Weighted => weighted_nms(candidates, self.nms_iou_threshold, self.max_detections),
         }
+    }
+
+    /// The manifest's NMS over detections gathered from several runs (tiles of one frame, in
+    /// frame pixels); `Nms::None` keeps them all, best first, up to the cap.
+    pub fn merge(&self, candidates: Vec<RawDetection>) -> Vec<RawDetection> {
+        self.finish(candidates)
     }
 }
 
@@ -586,6 +604,96 @@ impl BoxesScores {
     }
 }
 
+/// BlazeFace's head ([`AnchorGrid`]): anchors generated once from the manifest's grid.
+#[derive(Debug, Clone)]
+struct Blazeface {
+    /// Per anchor, in output order: its centre in fractions of the input.
+    anchors: Vec<[f32; 2]>,
+    box_scale: f32,
+    /// The input's width and height in pixels: decoded boxes are fractions of it.
+    size: [f32; 2],
+    /// How many of the tensors `decode` takes are score outputs (the box outputs follow).
+    score_outputs: usize,
+}
+
+impl Blazeface {
+    fn new(grid: &AnchorGrid, width: u32, height: u32) -> std::result::Result<Blazeface, String> {
+        let sizes = grid.layer_sizes(width, height)?;
+        let mut anchors = Vec::with_capacity(sizes.iter().sum());
+        for (&stride, &per_cell) in grid.strides.iter().zip(&grid.anchors_per_cell) {
+            let (grid_w, grid_h) = (width.div_ceil(stride), height.div_ceil(stride));
+            for y in 0..grid_h {
+                for x in 0..grid_w {
+                    let centre = [(x as f32 + 0.5) / grid_w as f32, (y as f32 + 0.5) / grid_h as f32];
+                    anchors.extend(std::iter::repeat_n(centre, per_cell as usize));
+                }
+            }
+        }
+        Ok(Blazeface {
+            anchors,
+            box_scale: grid.box_scale,
+            size: [width as f32, height as f32],
+            score_outputs: grid.score_outputs.len(),
+        })
+    }
+
+    /// The rows of several `[1, n, m]` outputs read one after the other, with how many there are;
+    /// every row at least `min_width` values.
+    fn rows<'t>(
+        tensors: &'t [Tensor<'_>],
+        what: &str,
+        min_width: usize,
+    ) -> std::result::Result<(usize, Vec<&'t [f32]>), String> {
+        let mut rows = Vec::new();
+        for tensor in tensors {
+            let (n, width) = tensor.matrix(what)?;
+            if width < min_width {
+                return Err(format!(
+                    "{what} has {width} values per anchor; at least {min_width} needed"
+                ));
+            }
+            rows.extend(tensor.data.chunks_exact(width).take(n));
+        }
+        Ok((rows.len(), rows))
+    }
+
+    fn candidates(
+        &self,
+        tensors: &[Tensor<'_>],
+        selection: &Selection,
+    ) -> std::result::Result<Vec<RawDetection>, String> {
+        let (score_tensors, box_tensors) = tensors.split_at(self.score_outputs.min(tensors.len()));
+        let classes = selection.classes.columns_needed().max(1);
+        let (n_scores, scores) = Self::rows(score_tensors, "a score output", classes)?;
+        let (n_boxes, boxes) = Self::rows(box_tensors, "a box output", 4)?;
+        if n_scores != self.anchors.len() || n_boxes != self.anchors.len() {
+            return Err(format!(
+                "{n_scores} score rows and {n_boxes} box rows; the anchor grid has {} anchors",
+                self.anchors.len()
+            ));
+        }
+        let s = self.box_scale;
+        let mut candidates = Vec::new();
+        for ((row, b), &[ax, ay]) in scores.iter().zip(&boxes).zip(&self.anchors) {
+            // The sigmoid keeps the order: the best logit is the best score.
+            let Some((class_id, logit)) = selection.classes.best(|c| row[c]) else {
+                continue;
+            };
+            let score = sigmoid(logit);
+            if !selection.admits(score) {
+                continue;
+            }
+            let centred = [ax + b[0] / s, ay + b[1] / s, b[2] / s, b[3] / s];
+            candidates.push(RawDetection {
+                class_id,
+                score,
+                bbox: to_xyxy(BoxOrder::Cxcywh, centred, self.size),
+            });
+        }
+        Ok(candidates)
+    }
+}
+
 fn load_priors(path: &std::path::Path) -> std::result::Result<Vec<[f32; 4]>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading priors {}: {e}", path.display()))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
@@ -731,6 +839,45 @@ pub fn nms(
         if !suppressed {
             kept.push(candidate);
         }
+    }
+    kept
+}
+
+/// MediaPipe's weighted NMS, within each class: the best remaining box and every box of its
+/// class overlapping it by more than `iou_threshold` become one detection, with the best score
+/// and their score-weighted mean box.
+pub fn weighted_nms(mut candidates: Vec<RawDetection>, iou_threshold: f32, max_detections: usize) -> Vec<RawDetection> {
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<RawDetection> = Vec::new();
+    let mut merged = vec![false; candidates.len()];
+    for i in 0..candidates.len() {
+        if kept.len() >= max_detections {
+            break;
+        }
+        if merged[i] {
+            continue;
+        }
+        let best = candidates[i];
+        let (mut sum, mut weight, mut members) = ([0f32; 4], 0f32, 0usize);
+        for (j, other) in candidates.iter().enumerate().skip(i) {
+            if merged[j] || other.class_id != best.class_id || (j != i && iou(&best.bbox, &other.bbox) <= iou_threshold)
+            {
+                continue;
+            }
+            merged[j] = true;
+            for (s, v) in sum.iter_mut().zip(other.bbox) {
+                *s += other.score * v;
+            }
+            weight += other.score;
+            members += 1;
+        }
+        // A box alone keeps its own values (the mean of one would round them).
+        let bbox = if members > 1 && weight > 0.0 {
+            sum.map(|s| s / weight)
+        } else {
+            best.bbox
+        };
+        kept.push(RawDetection { bbox, ..best });
     }
     kept
 }
@@ -898,11 +1045,115 @@ mod tests {
         assert!(yolo.decode(&[]).is_err());
     }
 
+    /// An 8x8 input; layer 1: stride 4, a 2x2 grid, 1 anchor per cell (anchors 0-3); layer 2:
+    /// stride 8, one cell, 2 anchors (4-5). Box rows of 6 values (4 + one keypoint).
+    const BLAZEFACE: &str = "kind = \"blazeface\"\nstrides = [4, 8]\nanchors_per_cell = [1, 2]\nbox_scale = 8.0\n\
+                             score_outputs = [\"s1\", \"s2\"]\nbox_outputs = [\"b1\", \"b2\"]\n\
+                             score_threshold = 0.5\nclass_names = [\"face\"]\n";
+
+    /// Scores (logits) and box rows of the six anchors: anchor 3 (cell (1, 1) of layer 1, centre
+    /// (0.75, 0.75)) holds a face; anchor 4 (layer 2, centre (0.5, 0.5)) a weak one.
+    fn blazeface_outputs() -> (Vec<f32>, Vec<f32>) {
+        let mut scores = vec![-10.0f32; 6];
+        let mut boxes = vec![0.0f32; 6 * 6];
+        scores[3] = 2.0;
+        boxes[3 * 6..4 * 6].copy_from_slice(&[1.0, -2.0, 4.0, 2.0, 99.0, 99.0]);
+        scores[4] = -3.0;
+        boxes[4 * 6..5 * 6].copy_from_slice(&[0.0, 0.0, 8.0, 8.0, 0.0, 0.0]);
+        (scores, boxes)
+    }
+
+    #[test]
+    fn blazeface_decodes_a_known_anchor_and_regression_to_the_known_box() {
+        let head = decoder(BLAZEFACE);
+        assert_eq!(head.outputs(), ["s1", "s2", "b1", "b2"]);
+        assert_eq!(head.selection.nms, Nms::Weighted, "weighted by default");
+        let (scores, boxes) = blazeface_outputs();
+        let tensors = [
+            tensor(&[1, 4, 1], scores[..4].to_vec()),
+            tensor(&[1, 2, 1], scores[4..].to_vec()),
+            tensor(&[1, 4, 6], boxes[..24].to_vec()),
+            tensor(&[1, 2, 6], boxes[24..].to_vec()),
+        ];
+        let found = head.decode(&tensors).unwrap();
+        // Centre (0.75 + 1/8, 0.75 - 2/8) = (0.875, 0.5), size (4/8, 2/8), of 8 pixels:
+        // centre (7, 4), 4 x 2.
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].class_id, found[0].score), (0, sigmoid(2.0)));
+        for (got, want) in found[0].bbox.iter().zip([5.0, 3.0, 9.0, 5.0]) {
+            assert!((got - want).abs() < 1e-5, "{:?}", found[0].bbox);
+        }
+        // The weak face at anchor 4 (the whole input) comes in under a lower threshold.
+        let mut low = head.clone();
+        low.selection.score_threshold = 0.01;
+        let found = low.decode(&tensors).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].bbox, [0.0, 0.0, 8.0, 8.0]);
+        // The same anchors in one output per kind (MediaPipe's own exports): the same faces.
+        let one = decoder(
+            &BLAZEFACE
+                .replace("[\"s1\", \"s2\"]", "[\"s\"]")
+                .replace("[\"b1\", \"b2\"]", "[\"b\"]"),
+        );
+        assert_eq!(
+            one.decode(&[tensor(&[1, 6, 1], scores), tensor(&[1, 6, 6], boxes)])
+                .unwrap(),
+            head.decode(&tensors).unwrap()
+        );
+    }
+
+    #[test]
+    fn blazeface_outputs_that_do_not_fit_the_grid_are_errors() {
+        let head = decoder(BLAZEFACE);
+        let (scores, boxes) = blazeface_outputs();
+        let case = |s1: (&[i64], usize), b2: (&[i64], usize)| {
+            head.decode(&[
+                tensor(s1.0, scores[..s1.1].to_vec()),
+                tensor(&[1, 2, 1], scores[4..].to_vec()),
+                tensor(&[1, 4, 6], boxes[..24].to_vec()),
+                tensor(b2.0, vec![0.0; b2.1]),
+            ])
+        };
+        let err = case((&[1, 3, 1], 3), (&[1, 2, 6], 12)).unwrap_err();
+        assert!(err.contains("5 score rows") && err.contains("6 anchors"), "{err}");
+        let err = case((&[1, 4, 1], 4), (&[1, 2, 3], 6)).unwrap_err();
+        assert!(err.contains("3 values per anchor"), "{err}");
+        assert!(
+            case((&[1, 4, 1], 4), (&[1, 2, 6], 11)).is_err(),
+            "a shape its data does not fill"
+        );
+        assert!(head.decode(&[tensor(&[1, 4, 1], scores[..4].to_vec())]).is_err());
+    }
+
+    #[test]
+    fn weighted_nms_merges_overlaps_into_their_score_weighted_mean() {
+        let candidates = vec![
+            detection(0, 0.6, [2.0, 0.0, 12.0, 10.0]),
+            detection(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            detection(1, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            detection(0, 0.3, [50.0, 50.0, 60.0, 60.0]),
+        ];
+        let kept = weighted_nms(candidates, 0.3, 100);
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert_eq!((kept[0].class_id, kept[0].score), (0, 0.9));
+        // x: (0.9 * 0 + 0.6 * 2) / 1.5 = 0.8, and 10.8 on the right.
+        for (got, want) in kept[0].bbox.iter().zip([0.8, 0.0, 10.8, 10.0]) {
+            assert!((got - want).abs() < 1e-5, "{:?}", kept[0].bbox);
+        }
+        assert_eq!(
+            kept[1],
+            detection(1, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            "another class stays"
+        );
+        assert_eq!(kept[2].bbox, [50.0, 50.0, 60.0, 60.0]);
+        assert_eq!(weighted_nms(vec![detection(0, 0.5, [0.0; 4]); 3], 0.3, 1).len(), 1);
+    }
+
     proptest::proptest! {
         /// Whatever a model emits, every decoder returns detections or an error, never panics.
         #[test]
         fn any_output_decodes_or_is_refused(
-            kind in 0usize..4,
+            kind in 0usize..5,
             dims in proptest::collection::vec(-1i64..12, 0..5),
             values in proptest::collection::vec(proptest::num::f32::ANY, 0..200),
         ) {
@@ -913,6 +1164,7 @@ mod tests {
                  background_column = 0\nscore_threshold = 0.0\nclass_names = [\"a\"]\n".into(),
                 "kind = \"detections\"\noutput = \"o\"\nscore_threshold = 0.0\nnms = \"class-agnostic\"\n\
                  class_names = [\"a\", \"b\"]\n".into(),
+                BLAZEFACE.replace("score_threshold = 0.5", "score_threshold = 0.0"),
             ];
             let decoder = decoder(&table[kind]);
             let tensors: Vec<Tensor> = decoder.outputs().iter().map(|_| tensor(&dims, values.clone())).collect();

@@ -182,6 +182,12 @@ pub enum Head {
         priors: Option<PathBuf>,
         #[serde(default = "default_variances")]
         prior_variances: [f32; 4],
+        /// Set by `kind = "blazeface"` only (never by a `boxes-scores` manifest): the boxes are
+        /// offsets against anchors generated on a grid, and `boxes` and `scores` name the first
+        /// layer's outputs. BlazeFace is an SSD head like this one; it shares the variant because
+        /// `model.rs`'s load-time check matches every head by name, and sees the first layer.
+        #[serde(skip)]
+        anchor_grid: Option<Box<AnchorGrid>>,
     },
     /// NMS already in the graph: either one output of rows (`output` + `columns`), or separate
     /// `boxes` `[1, k, 4]`, `scores` `[1, k]`, optional `classes` `[1, k]` and `count` `[1]`
@@ -212,6 +218,9 @@ impl Head {
         match self {
             Head::NanodetGfl { .. } => "nanodet-gfl",
             Head::Yolo { .. } => "yolo",
+            Head::BoxesScores {
+                anchor_grid: Some(_), ..
+            } => "blazeface",
             Head::BoxesScores { .. } => "boxes-scores",
             Head::Detections { .. } => "detections",
         }
@@ -221,8 +230,69 @@ impl Head {
     fn default_nms(&self) -> Nms {
         match self {
             Head::Detections { .. } => Nms::None,
+            Head::BoxesScores {
+                anchor_grid: Some(_), ..
+            } => Nms::Weighted,
             _ => Nms::PerClass,
         }
+    }
+}
+
+/// A BlazeFace-style SSD head (MediaPipe's `SsdAnchorsCalculator` with a fixed anchor size, and
+/// its `TensorsToDetectionsCalculator`), `kind = "blazeface"` in a manifest. Per layer, a grid of
+/// `ceil(width / stride) x ceil(height / stride)` cells, row-major, each with
+/// `anchors_per_cell` anchors centred at `((x + 0.5) / grid_w, (y + 0.5) / grid_h)` (fractions of
+/// the input); the layers follow each other. Scores are logits (the node applies the sigmoid),
+/// one column per class. A box row starts `dx, dy, w, h` (then keypoints, ignored), in pixels of
+/// a `box_scale`-sized input: centre = anchor + (dx, dy) / box_scale, size = (w, h) / box_scale.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorGrid {
+    /// Input pixels per grid cell, one per layer.
+    pub strides: Vec<u32>,
+    /// Anchors per cell, one per layer.
+    pub anchors_per_cell: Vec<u32>,
+    /// What the regression values are divided by to become fractions of the input.
+    pub box_scale: f32,
+    /// Score outputs `[1, anchors, classes]`: one per layer, or fewer holding several layers'
+    /// anchors in a row (MediaPipe's own exports have one for all); read in order.
+    pub score_outputs: Vec<String>,
+    /// Box outputs `[1, anchors, values]`, as `score_outputs`.
+    pub box_outputs: Vec<String>,
+}
+
+/// The most anchors a grid may generate: far more than any detector has (BlazeFace: 896), few
+/// enough that a mistyped stride of 1 on a large input is refused rather than allocated.
+pub const MAX_ANCHORS: usize = 1 << 20;
+
+impl AnchorGrid {
+    /// Anchors per layer, or why the grid is wrong.
+    pub fn layer_sizes(&self, width: u32, height: u32) -> std::result::Result<Vec<usize>, String> {
+        if self.strides.is_empty() || self.strides.contains(&0) {
+            return Err("decoder.strides must be non-empty and positive".into());
+        }
+        if self.anchors_per_cell.len() != self.strides.len() || self.anchors_per_cell.contains(&0) {
+            return Err(format!(
+                "decoder.anchors_per_cell needs one positive count per stride ({} strides, {} counts)",
+                self.strides.len(),
+                self.anchors_per_cell.len()
+            ));
+        }
+        if !(self.box_scale.is_finite() && self.box_scale > 0.0) {
+            return Err("decoder.box_scale must be finite and positive".into());
+        }
+        let mut sizes = Vec::with_capacity(self.strides.len());
+        let mut total = 0usize;
+        for (&stride, &per_cell) in self.strides.iter().zip(&self.anchors_per_cell) {
+            let cells = u64::from(width.div_ceil(stride)) * u64::from(height.div_ceil(stride));
+            let anchors = cells.saturating_mul(u64::from(per_cell));
+            total = total.saturating_add(usize::try_from(anchors).unwrap_or(usize::MAX));
+            if total > MAX_ANCHORS {
+                return Err(format!("decoder: the grid gives over {MAX_ANCHORS} anchors"));
+            }
+            sizes.push(anchors as usize);
+        }
+        Ok(sizes)
     }
 }
 
@@ -246,6 +316,16 @@ pub struct SelectionSpec {
     pub max_detections: usize,
 }
 
+/// Every `kind` of `[decoder]`.
+const DECODER_KINDS: [&str; 6] = [
+    "nanodet-gfl",
+    "yolo",
+    "boxes-scores",
+    "detections",
+    "blazeface",
+    "embedding",
+];
+
 /// The keys of `[decoder]` that belong to [`SelectionSpec`] rather than to the head.
 const SELECTION_KEYS: [&str; 6] = [
     "class_names",
@@ -267,7 +347,17 @@ impl<'de> Deserialize<'de> for DecoderSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let mut table = toml::Table::deserialize(deserializer)?;
-        if table.get("kind").and_then(toml::Value::as_str) == Some("embedding") {
+        let kind = table.get("kind").and_then(toml::Value::as_str).map(str::to_owned);
+        if let Some(kind) = kind.as_deref()
+            && !DECODER_KINDS.contains(&kind)
+        {
+            return Err(D::Error::custom(format!(
+                "unknown decoder kind {}: expected one of {}",
+                crate::error::quoted(kind),
+                DECODER_KINDS.join(", ")
+            )));
+        }
+        if kind.as_deref() == Some("embedding") {
             table.remove("kind");
             let EmbeddingSpec { output, dimension } = table.try_into().map_err(D::Error::custom)?;
             return Ok(DecoderSpec::Embedding { output, dimension });
@@ -278,7 +368,24 @@ impl<'de> Deserialize<'de> for DecoderSpec {
                 shared.insert(key.to_string(), value);
             }
         }
-        let head: Head = table.try_into().map_err(D::Error::custom)?;
+        let head: Head = if kind.as_deref() == Some("blazeface") {
+            table.remove("kind");
+            let grid: AnchorGrid = table.try_into().map_err(D::Error::custom)?;
+            let first = |names: &[String]| names.first().cloned().unwrap_or_default();
+            Head::BoxesScores {
+                boxes: first(&grid.box_outputs),
+                scores: first(&grid.score_outputs),
+                box_order: BoxOrder::Cxcywh,
+                coordinates: Coordinates::Normalized,
+                activation: Activation::Sigmoid,
+                background_column: None,
+                priors: None,
+                prior_variances: default_variances(),
+                anchor_grid: Some(Box::new(grid)),
+            }
+        } else {
+            table.try_into().map_err(D::Error::custom)?
+        };
         let mut selection: SelectionSpec = shared.try_into().map_err(D::Error::custom)?;
         selection.nms.get_or_insert(head.default_nms());
         Ok(DecoderSpec::Detector { head, selection })
@@ -294,6 +401,10 @@ pub enum Nms {
     /// Overlapping boxes of any classes: the best stays (models that report one object under
     /// two classes, such as car and truck).
     ClassAgnostic,
+    /// Overlapping boxes of one class become one: their score-weighted mean box, with the best
+    /// score (MediaPipe's weighted NMS: BlazeFace puts many anchors on one face, and their mean
+    /// is a steadier box than any one of them).
+    Weighted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -442,6 +553,13 @@ impl Manifest {
         match &self.decoder {
             DecoderSpec::Detector { head, selection } => {
                 check_head(head)?;
+                if let Head::BoxesScores {
+                    anchor_grid: Some(grid),
+                    ..
+                } = head
+                {
+                    grid.layer_sizes(input.width, input.height)?;
+                }
                 check_selection(selection)?;
                 if input.max_batch != 1 {
                     return Err("a detector analyses one frame per run: input.max_batch must be 1".into());
@@ -486,6 +604,18 @@ fn check_head(head: &Head) -> std::result::Result<(), String> {
         Head::Yolo { grid_strides, .. } => {
             if grid_strides.contains(&0) {
                 return Err("decoder.grid_strides must be positive".into());
+            }
+        }
+        Head::BoxesScores {
+            anchor_grid: Some(grid),
+            ..
+        } => {
+            if grid.score_outputs.is_empty() || grid.score_outputs.len() != grid.box_outputs.len() {
+                return Err(format!(
+                    "decoder: {} score_outputs and {} box_outputs (as many of each, at least one)",
+                    grid.score_outputs.len(),
+                    grid.box_outputs.len()
+                ));
             }
         }
         Head::BoxesScores { prior_variances, .. } => {
@@ -642,6 +772,89 @@ mod tests {
             let path = dir.path().join("model.toml");
             std::fs::write(&path, shipped).unwrap();
             Manifest::load(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn blazeface_manifests_name_their_anchor_grid_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = include_str!("../../models/blazeface-back-256.toml");
+        let manifest = Manifest::load(&write(dir.path(), shipped)).unwrap();
+        assert_eq!(manifest.decoder.kind(), "blazeface");
+        let DecoderSpec::Detector { head, selection } = &manifest.decoder else {
+            panic!("a detector");
+        };
+        assert_eq!(selection.nms, Some(Nms::Weighted));
+        let Head::BoxesScores {
+            boxes,
+            scores,
+            anchor_grid: Some(grid),
+            ..
+        } = head
+        else {
+            panic!("{head:?}");
+        };
+        // What the load-time check of model.rs sees: the first layer's outputs.
+        assert_eq!((boxes.as_str(), scores.as_str()), ("Identity_2:0", "Identity:0"));
+        assert_eq!(grid.layer_sizes(256, 256).unwrap(), vec![512, 384]);
+        for (from, to, named) in [
+            ("box_scale = 256.0", "box_scale = 256.0\nboxes = \"x\"", "boxes"),
+            (
+                "anchors_per_cell = [2, 6]",
+                "anchors_per_cell = [2]",
+                "anchors_per_cell",
+            ),
+            (
+                "anchors_per_cell = [2, 6]",
+                "anchors_per_cell = [2, 0]",
+                "anchors_per_cell",
+            ),
+            ("strides = [16, 32]", "strides = [0, 32]", "strides"),
+            ("box_scale = 256.0", "box_scale = -1.0", "box_scale"),
+            ("box_scale = 256.0", "box_scale = nan", "box_scale"),
+            (
+                "box_outputs = [\"Identity_2:0\", \"Identity_3:0\"]",
+                "box_outputs = []",
+                "box_outputs",
+            ),
+            ("kind = \"blazeface\"", "kind = \"blaze\"", "blazeface"),
+        ] {
+            assert!(shipped.contains(from), "{from}");
+            let err = Manifest::load(&write(dir.path(), &shipped.replace(from, to)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{to}: {err}");
+        }
+        // An 8192-pixel input at stride 1 would be 67 M anchors: refused, not allocated.
+        let huge = shipped
+            .replace("width = 256", "width = 8192")
+            .replace("height = 256", "height = 8192");
+        assert!(Manifest::load(&write(dir.path(), &huge.replace("[16, 32]", "[1, 32]"))).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The face detector's manifest too: any value anywhere loads (and makes a decoder) or
+        /// is refused clearly.
+        #[test]
+        fn any_value_in_a_face_manifest_loads_or_is_refused_clearly(
+            index in 0usize..60,
+            value in crate::fuzz::toml_value(),
+        ) {
+            let shipped = include_str!("../../models/blazeface-back-256.toml");
+            let text = crate::fuzz::with_value_replaced(shipped, index, &value);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("model.toml");
+            std::fs::write(&path, text).unwrap();
+            match Manifest::load(&path) {
+                Ok(manifest) => {
+                    if let Err(err) = crate::infer::decode::Decoder::from_manifest(&manifest) {
+                        proptest::prop_assert!(!err.to_string().is_empty());
+                    }
+                }
+                Err(err) => proptest::prop_assert!(!err.to_string().is_empty()),
+            }
         }
     }
 

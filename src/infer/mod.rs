@@ -4,6 +4,7 @@
 
 mod analyzer;
 pub mod decode;
+pub mod faces;
 pub mod manifest;
 mod model;
 pub(crate) use model::sha256_hex;

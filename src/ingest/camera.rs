@@ -19,13 +19,15 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::failure::{self, Failure, FailureKind};
-use super::pipeline::{self, PipelineSpec, RtspOptions, StreamFrame};
+use super::pipeline::{self, Compressed, CompressedTap, PipelineSpec, RtspOptions, StreamFrame};
 use super::{CameraStatus, Frame, FrameQueue, Overflow, PushOutcome, SourceKind, SourceUri};
 use crate::clock::{Backoff, CaptureClock, UnixNanos, now_unix_nanos};
 use crate::config::CameraConfig;
 use crate::error::{Error, Result};
 use crate::pb::{CameraState, TimeSource};
 use crate::shutdown::Shutdown;
+use crate::video::record::{CompressedFrame, RecordSettings, Recorder};
+use crate::video::ring::Ring;
 
 const BUS_POLL: Duration = Duration::from_millis(100);
 /// The longest a looping file waits at its end for the clock (a bound on a wrong duration).
@@ -82,12 +84,15 @@ impl Settled {
     }
 }
 
+/// `record`: where the camera's video is kept, if it is (the node's `[video]` and the camera's
+/// `record`).
 pub fn start_camera(
     config: &CameraConfig,
     source: SourceUri,
     status: Arc<CameraStatus>,
     queue: Arc<FrameQueue>,
     settled: Settled,
+    record: Option<RecordSettings>,
 ) -> Result<CameraRunner> {
     let stop = Shutdown::new();
     let spec = PipelineSpec {
@@ -131,6 +136,7 @@ pub fn start_camera(
         queue,
         stop: stop.clone(),
         settled,
+        record: record.filter(|_| config.record),
     };
     let thread = std::thread::Builder::new()
         .name(format!("camera-{}", config.id))
@@ -158,7 +164,15 @@ struct Supervisor {
     queue: Arc<FrameQueue>,
     stop: Shutdown,
     settled: Settled,
+    record: Option<RecordSettings>,
 }
+
+/// The recorder of the current run, shared by the pipeline's tap and the supervisor, which
+/// closes it once the pipeline has stopped.
+type RecorderSlot = Arc<Mutex<Option<Recorder>>>;
+
+/// After a recording fails (a full disk, a muxer error), the next one starts no sooner than this.
+const RECORDING_RETRY: Duration = Duration::from_secs(10);
 
 /// How one pipeline run ended.
 enum RunEnd {
@@ -283,16 +297,99 @@ impl Supervisor {
 
     fn run_once(&self, clock: &Arc<Mutex<CaptureClock>>) -> Result<RunEnd> {
         clock.lock().unwrap_or_else(|p| p.into_inner()).restart();
+        let recorder = RecorderSlot::default();
+        let end = self.run_pipeline(clock, &recorder);
+        // The pipeline is stopped: nothing pushes any more. The last segment is closed here, not
+        // left to a thread the process may not wait for.
+        let last = recorder.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(last) = last {
+            last.finish_and_wait();
+        }
+        end
+    }
+
+    /// Keeps the run's compressed frames in the camera's video ring, timed by `clock` as the
+    /// analysed frames are.
+    fn ring_tap(&self, clock: Arc<Mutex<CaptureClock>>, slot: RecorderSlot) -> Option<CompressedTap> {
+        let settings = self.record.clone()?;
+        let camera = self.status.id.clone();
+        // The clock's generation of this run; a loop of a file starts the next one when its
+        // first frame is stamped.
+        let mut generation = clock.lock().unwrap_or_else(|p| p.into_inner()).generation();
+        let mut retry_after: Option<Instant> = None;
+        Some(Box::new(move |compressed| {
+            // Out of the slot while GStreamer is called, back in after: no lock is held over it.
+            let mut recorder = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (caps, buffer, running_time, ntp_nanos) = match compressed {
+                Compressed::Flushed => {
+                    if let Some(recorder) = recorder {
+                        recorder.finish();
+                    }
+                    generation += 1;
+                    return;
+                }
+                Compressed::Frame {
+                    caps,
+                    buffer,
+                    running_time,
+                    ntp_nanos,
+                } => (caps, buffer, running_time, ntp_nanos),
+            };
+            if recorder.as_ref().is_some_and(|r| r.failed() || !r.accepts(caps)) {
+                if recorder.as_ref().is_some_and(Recorder::failed) {
+                    retry_after = Some(Instant::now() + RECORDING_RETRY);
+                }
+                if let Some(old) = recorder.take() {
+                    old.finish();
+                }
+            }
+            if recorder.is_none() && retry_after.is_none_or(|t| Instant::now() >= t) {
+                let ring = Ring::new(&settings.root, &camera);
+                match Recorder::start(&camera, ring, caps, settings.segment, settings.limits) {
+                    Ok(started) => recorder = Some(started),
+                    Err(err) => {
+                        tracing::warn!(camera, %err, "this camera's video is not kept");
+                        retry_after = Some(Instant::now() + RECORDING_RETRY);
+                    }
+                }
+            }
+            let Some(mut recorder) = recorder else { return };
+            let capture_time = ntp_nanos
+                .map(ntp_to_unix)
+                .filter(|&t| CaptureClock::plausible_sender_time(t, now_unix_nanos()))
+                .or_else(|| {
+                    let clock = clock.lock().unwrap_or_else(|p| p.into_inner());
+                    (clock.generation() == generation)
+                        .then(|| clock.capture_time_of(running_time))
+                        .flatten()
+                });
+            recorder.push(&CompressedFrame {
+                caps,
+                buffer,
+                running_time,
+                capture_time,
+            });
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorder);
+        }))
+    }
+
+    fn run_pipeline(&self, clock: &Arc<Mutex<CaptureClock>>, recorder: &RecorderSlot) -> Result<RunEnd> {
         let stream_status = self.status.clone();
         let spec = match self.spec.with_password_from_file() {
             Ok(spec) => spec,
             // The camera cannot be reached without it: as a wrong password would be.
             Err(err) => return Ok(RunEnd::Failed(Failure::new(FailureKind::Unauthorized, err.to_string()))),
         };
-        let pipeline = pipeline::build(&spec, self.frame_handler(clock.clone()), move |frame| match frame {
-            StreamFrame::Decoded => stream_status.frame_decoded(),
-            StreamFrame::NotDecoded => stream_status.frame_not_decoded(),
-        })?;
+        let tap = self.ring_tap(clock.clone(), recorder.clone());
+        let pipeline = pipeline::build(
+            &spec,
+            self.frame_handler(clock.clone()),
+            move |frame| match frame {
+                StreamFrame::Decoded => stream_status.frame_decoded(),
+                StreamFrame::NotDecoded => stream_status.frame_not_decoded(),
+            },
+            tap,
+        )?;
         let bus = pipeline
             .pipeline
             .bus()

@@ -33,6 +33,7 @@ use super::{
 use crate::config::{CameraConfig, CameraPositionConfig, CameraState, Probation, write_atomically};
 use crate::error::{Error, Result};
 use crate::pb;
+use crate::video::record::RecordSettings;
 
 /// A change to one camera; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +60,8 @@ pub struct CameraManager {
     /// Tells one probation from the next of the same camera, so that a late "settled" of a
     /// replaced pipeline cannot end the probation of its successor.
     probations: AtomicU64,
+    /// Where cameras keep their video, if the node keeps video.
+    record: Option<RecordSettings>,
 }
 
 #[derive(Default)]
@@ -167,7 +170,14 @@ impl CameraManager {
             base_dir,
             state_path,
             probations: AtomicU64::new(0),
+            record: None,
         }
+    }
+
+    /// Cameras started from here on keep their video as `record` says.
+    pub fn with_recording(mut self, record: Option<RecordSettings>) -> CameraManager {
+        self.record = record;
+        self
     }
 
     /// Starts the cameras the node was configured with. A camera left on probation by the
@@ -311,6 +321,7 @@ impl CameraManager {
             entry.status.clone(),
             self.queue.clone(),
             settled,
+            self.record.clone(),
         )?);
         Ok(())
     }

@@ -105,6 +105,22 @@ pub enum StreamFrame {
     NotDecoded,
 }
 
+/// What arrives ahead of the camera's decoder, for the video ring.
+pub enum Compressed<'a> {
+    Frame {
+        caps: &'a gst::CapsRef,
+        buffer: &'a gst::BufferRef,
+        running_time: Duration,
+        /// As [`RawFrame::ntp_nanos`].
+        ntp_nanos: Option<u64>,
+    },
+    /// A flushing seek (a file that loops): running time starts again.
+    Flushed,
+}
+
+/// Hears every compressed frame of the analysed video stream, on its streaming thread.
+pub type CompressedTap = Box<dyn FnMut(Compressed<'_>) + Send>;
+
 pub struct Pipeline {
     pub pipeline: gst::Pipeline,
     pub facts: Arc<SourceFacts>,
@@ -338,12 +354,15 @@ fn make(factory: &str) -> Result<gst::Element> {
 }
 
 /// Builds the pipeline (in NULL state). `on_frame` runs on a GStreamer streaming thread for each
-/// frame; `on_stream_frame` for each compressed frame, decoded or not, before rate filtering.
+/// frame; `on_stream_frame` for each compressed frame, decoded or not, before rate filtering;
+/// `tap` for each compressed frame as it reaches the decoder.
 pub fn build(
     spec: &PipelineSpec,
     mut on_frame: impl FnMut(RawFrame) -> std::result::Result<(), gst::FlowError> + Send + 'static,
     on_stream_frame: impl Fn(StreamFrame) + Send + Sync + 'static,
+    tap: Option<CompressedTap>,
 ) -> Result<Pipeline> {
+    let tap = Mutex::new(tap);
     let on_stream_frame = Arc::new(on_stream_frame);
     let keyframes_only = Arc::new(AtomicBool::new(false));
     let pipeline = gst::Pipeline::new();
@@ -371,6 +390,10 @@ pub fn build(
         if is_video_decoder(&element) {
             configure_decoder(&element, decoder_threads);
             if !gated.swap(true, Ordering::AcqRel) {
+                // Before the gate: the ring keeps every frame, decoded or not.
+                if let Some(tap) = tap.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    tap_decoder(&element, tap);
+                }
                 let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
                 gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
             }
@@ -548,6 +571,40 @@ fn gate_decoder(
             gst::PadProbeReturn::Handled
         }
     });
+}
+
+/// Hands every buffer reaching the decoder to `tap`, untouched. Probes run in the order they
+/// were added, so this one, added before the keyframe gate's, sees the frames the gate keeps from
+/// the decoder too.
+fn tap_decoder(decoder: &gst::Element, tap: CompressedTap) {
+    let Some(pad) = decoder.static_pad("sink") else {
+        return;
+    };
+    let tap = Mutex::new(tap);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
+        move |pad, info| {
+            let mut tap = tap.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(gst::PadProbeData::Event(event)) = &info.data {
+                if event.type_() == gst::EventType::FlushStop {
+                    tap(Compressed::Flushed);
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            let (Some(buffer), Some(caps)) = (info.buffer(), pad.current_caps()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if let Some(running_time) = stream_time(pad, buffer) {
+                tap(Compressed::Frame {
+                    caps: &caps,
+                    buffer,
+                    running_time,
+                    ntp_nanos: ntp_reference(buffer),
+                });
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
 }
 
 /// The buffer's running time, or the time it arrived for a buffer without a timestamp (raw

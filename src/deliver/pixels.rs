@@ -1,0 +1,740 @@
+//! The `Pixels` service: snapshots and clips from the video ring, and the rules for pixels that
+//! leave the node. Every frame sent has its faces pixelated unless the request is `raw` and the
+//! caller holds the `pixels-raw` scope; every export, sent or refused, becomes a record in the
+//! camera's descriptor stream (`PixelExport`), which `Query` and subscribers read like any other.
+//!
+//! Decoding, face detection and encoding run on blocking threads, at most
+//! `video.max_concurrent_exports` at once; a clip streams out as it is encoded, so a slow client
+//! slows its own encoder, never the node's cameras.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::access::{Caller, Scope};
+use crate::clock::{UnixNanos, now_unix_nanos, timestamp_nanos, to_timestamp};
+use crate::config::{VideoConfig, is_valid_camera_id};
+use crate::describe::ExportNotice;
+use crate::error::quoted;
+use crate::infer::faces::{Face, FaceDetector, pixelate_faces};
+use crate::log::LogReader;
+use crate::log::store::Selection;
+use crate::pb;
+use crate::pb::pixels_server::Pixels;
+use crate::video::export::{self, Mp4Writer, Next, TimedFrame};
+use crate::video::ring::{Coverage, Ring};
+
+/// The nearest frame must be this close to the time asked for a snapshot.
+const SNAPSHOT_REACH_NS: UnixNanos = 1_000_000_000;
+/// Clip bytes per message: well under gRPC's usual 4 MiB limit on what a client takes.
+const CHUNK_BYTES: usize = 256 << 10;
+/// A track clip's margin when the request gives none.
+const DEFAULT_TRACK_MARGIN: Duration = Duration::from_secs(2);
+/// How long the encoder may take to finish a clip once its last frame is in.
+const ENCODER_FINISH: Duration = Duration::from_secs(30);
+const DEFAULT_JPEG_QUALITY: u32 = 90;
+
+/// Everything an export needs, shared by the calls.
+pub struct VideoExports {
+    root: PathBuf,
+    max_clip_ns: UnixNanos,
+    face_margin: f32,
+    /// Face detectors not in use; one is loaded when all are busy (at most one per export slot).
+    faces: Mutex<Vec<FaceDetector>>,
+    face_model: PathBuf,
+    environment: &'static ort::environment::Environment,
+}
+
+impl VideoExports {
+    /// Loads the face detector once, so that a node whose face model is missing or broken does not
+    /// start (it could not export anything).
+    pub fn new(
+        root: PathBuf,
+        config: &VideoConfig,
+        face_model: PathBuf,
+        environment: &'static ort::environment::Environment,
+    ) -> crate::Result<VideoExports> {
+        let first = FaceDetector::load(&face_model, environment)?;
+        Ok(VideoExports {
+            root,
+            max_clip_ns: (config.max_clip_seconds * 1e9) as i64,
+            face_margin: config.face_margin,
+            faces: Mutex::new(vec![first]),
+            face_model,
+            environment,
+        })
+    }
+
+    fn take_detector(&self) -> Result<FaceDetector, Status> {
+        let idle = self.faces.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(detector) => Ok(detector),
+            None => FaceDetector::load(&self.face_model, self.environment)
+                .map_err(|e| Status::internal(format!("the face detector does not load: {e}"))),
+        }
+    }
+
+    fn give_back(&self, detector: FaceDetector) {
+        self.faces.lock().unwrap_or_else(|p| p.into_inner()).push(detector);
+    }
+
+    fn ring(&self, camera: &str) -> Result<Ring, Status> {
+        if !is_valid_camera_id(camera) {
+            return Err(Status::invalid_argument(format!(
+                "camera id {} is not valid",
+                quoted(camera)
+            )));
+        }
+        Ok(Ring::new(&self.root, camera))
+    }
+}
+
+/// The faces in `frame`; none without a detector (`raw`).
+fn faces_in(detector: &mut Option<FaceDetector>, frame: &image::RgbImage) -> Result<Vec<Face>, Status> {
+    let Some(detector) = detector else {
+        return Ok(Vec::new());
+    };
+    detector
+        .detect(frame)
+        .map_err(|e| Status::internal(format!("face detection failed, nothing is sent: {e}")))
+}
+
+/// Frames either side of a clip's frame whose faces are pixelated in it too.
+const FACE_REACH_FRAMES: usize = 3;
+
+/// Holds a clip's frames back by [`FACE_REACH_FRAMES`] so that each is pixelated with the faces
+/// found in the frames around it as well as its own: a detector that misses a face in one frame
+/// (motion blur, a head turning) finds it in its neighbours, and the face does not flash through.
+#[derive(Default)]
+struct FaceWindow {
+    /// Frames not sent yet, with their own faces, oldest first.
+    waiting: VecDeque<(TimedFrame, Vec<Face>)>,
+    /// Faces of the frames sent last, newest last.
+    behind: VecDeque<Vec<Face>>,
+}
+
+impl FaceWindow {
+    /// Takes a frame; gives back the one that now has all its neighbours, pixelated.
+    fn push(&mut self, frame: TimedFrame, faces: Vec<Face>, margin: f32) -> Option<TimedFrame> {
+        self.waiting.push_back((frame, faces));
+        (self.waiting.len() > FACE_REACH_FRAMES)
+            .then(|| self.release(margin))
+            .flatten()
+    }
+
+    /// The frames still held, at the end of the clip.
+    fn drain(&mut self, margin: f32) -> Vec<TimedFrame> {
+        std::iter::from_fn(|| self.release(margin)).collect()
+    }
+
+    fn release(&mut self, margin: f32) -> Option<TimedFrame> {
+        let (mut frame, own) = self.waiting.pop_front()?;
+        let around: Vec<Face> = self
+            .behind
+            .iter()
+            .flatten()
+            .chain(&own)
+            .chain(self.waiting.iter().take(FACE_REACH_FRAMES).flat_map(|(_, f)| f))
+            .copied()
+            .collect();
+        pixelate_faces(&mut frame.image, &around, margin);
+        if self.behind.len() == FACE_REACH_FRAMES {
+            self.behind.pop_front();
+        }
+        self.behind.push_back(own);
+        Some(frame)
+    }
+}
+
+pub struct PixelsService {
+    exports: Option<Arc<VideoExports>>,
+    log: LogReader,
+    notices: SyncSender<ExportNotice>,
+    slots: Arc<Semaphore>,
+}
+
+impl PixelsService {
+    pub fn new(
+        exports: Option<Arc<VideoExports>>,
+        max_concurrent: usize,
+        log: LogReader,
+        notices: SyncSender<ExportNotice>,
+    ) -> PixelsService {
+        PixelsService {
+            exports,
+            log,
+            notices,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        }
+    }
+
+    /// The export's record in the camera's stream. Never waits: a describe stage too far behind
+    /// to take it is said in the node's log.
+    fn record(&self, camera: &str, export: pb::PixelExport) {
+        let notice = ExportNotice {
+            camera_id: camera.to_string(),
+            at: now_unix_nanos(),
+            export,
+        };
+        if let Err(err) = self.notices.try_send(notice) {
+            tracing::warn!(camera, ?err, "an export record could not be queued for the log");
+        }
+    }
+
+    /// What every export checks first: video is kept, a slot is free, `raw` is allowed.
+    fn admit(&self, caller: Option<&Caller>, raw: bool) -> Result<(Arc<VideoExports>, OwnedSemaphorePermit), Status> {
+        let exports = self.exports.clone().ok_or_else(|| {
+            Status::failed_precondition("this node keeps no video (no [video] section in its config)")
+        })?;
+        // A node without tokens listens on loopback only: whoever reaches it may.
+        if raw && caller.is_some_and(|c| !c.may(Scope::PixelsRaw)) {
+            return Err(Status::permission_denied(format!(
+                "unblurred pixels need the {:?} scope as well",
+                Scope::PixelsRaw.as_str()
+            )));
+        }
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("the most exports this node runs at once are running: try again shortly")
+        })?;
+        Ok((exports, slot))
+    }
+
+    /// The view of a track its snapshot shows, and the track's camera.
+    async fn track_view(&self, track_id: u64) -> Result<(String, pb::TrackView), Status> {
+        if track_id == 0 {
+            return Err(Status::invalid_argument("track_id must be set"));
+        }
+        let selection = Selection {
+            track_id: Some(track_id),
+            newest_first: true,
+            ..Default::default()
+        };
+        let newest = self.log.select(selection, None, 256).await?;
+        let mut latest_view = None;
+        for (_, descriptor) in &newest {
+            for event in descriptor.track_events.iter().filter(|e| e.track_id == track_id) {
+                let Some(view) = &event.view else { continue };
+                if event.kind == pb::TrackEventKind::Ended as i32 {
+                    return Ok((descriptor.camera_id.clone(), view.clone()));
+                }
+                latest_view.get_or_insert_with(|| (descriptor.camera_id.clone(), view.clone()));
+            }
+        }
+        latest_view.ok_or_else(|| Status::not_found(format!("the log holds no view of track {track_id}")))
+    }
+
+    /// A track's camera and the capture times of its first and last sighting.
+    async fn track_span(&self, track_id: u64) -> Result<(String, UnixNanos, UnixNanos), Status> {
+        if track_id == 0 {
+            return Err(Status::invalid_argument("track_id must be set"));
+        }
+        let ends = |newest_first| Selection {
+            track_id: Some(track_id),
+            newest_first,
+            ..Default::default()
+        };
+        let first = self.log.select(ends(false), None, 1).await?;
+        let last = self.log.select(ends(true), None, 1).await?;
+        let (Some((_, first)), Some((_, last))) = (first.first(), last.first()) else {
+            return Err(Status::not_found(format!(
+                "the log holds no record of track {track_id}"
+            )));
+        };
+        let time = |d: &pb::FrameDescriptor| d.capture_time.map(timestamp_nanos).unwrap_or_default();
+        // An ended track's summary knows its first sighting, from before it was confirmed.
+        let summary = last
+            .track_events
+            .iter()
+            .find(|e| e.track_id == track_id)
+            .and_then(|e| e.summary.as_ref());
+        let from = summary
+            .and_then(|s| s.first_seen)
+            .map(timestamp_nanos)
+            .unwrap_or_else(|| time(first));
+        let to = summary
+            .and_then(|s| s.last_seen)
+            .map(timestamp_nanos)
+            .unwrap_or_else(|| time(last));
+        Ok((first.camera_id.clone(), from, to.max(from)))
+    }
+
+    async fn snapshot(&self, caller: Option<Arc<Caller>>, ask: SnapshotAsk) -> Result<Response<pb::Snapshot>, Status> {
+        let SnapshotAsk {
+            kind,
+            camera,
+            time,
+            track_id,
+            bbox,
+            options,
+        } = ask;
+        let mut record = pb::PixelExport {
+            kind: kind.into(),
+            caller: caller.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            from_time: Some(to_timestamp(time)),
+            to_time: Some(to_timestamp(time)),
+            track_id,
+            raw: options.raw,
+            ..Default::default()
+        };
+        let result = self
+            .snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
+            .await;
+        match &result {
+            Ok(snapshot) => {
+                record.frames = 1;
+                record.faces_blurred = snapshot.faces_blurred;
+            }
+            Err(status) => record.refused = status.message().chars().take(200).collect(),
+        }
+        if !camera.is_empty() && is_valid_camera_id(&camera) {
+            self.record(&camera, record);
+        }
+        result.map(Response::new)
+    }
+
+    async fn snapshot_pixels(
+        &self,
+        caller: Option<&Caller>,
+        camera: &str,
+        time: UnixNanos,
+        bbox: Option<[f32; 4]>,
+        options: &pb::SnapshotOptions,
+    ) -> Result<pb::Snapshot, Status> {
+        let (exports, slot) = self.admit(caller, options.raw)?;
+        let ring = exports.ring(camera)?;
+        let quality = match options.quality {
+            0 => DEFAULT_JPEG_QUALITY,
+            q @ 1..=100 => q,
+            q => return Err(Status::invalid_argument(format!("quality {q} is not in 1..=100"))),
+        };
+        if !(0.0..=10.0).contains(&options.crop_margin) {
+            return Err(Status::invalid_argument("crop_margin must lie in 0..=10"));
+        }
+        let (camera, options) = (camera.to_string(), *options);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let coverage = ring
+                .cover(time - SNAPSHOT_REACH_NS, time + SNAPSHOT_REACH_NS)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut nearest: Option<TimedFrame> = None;
+            export::decode(
+                &coverage.segments,
+                time - SNAPSHOT_REACH_NS,
+                time + SNAPSHOT_REACH_NS,
+                |frame| {
+                    let after = frame.capture_time >= time;
+                    let closer = nearest
+                        .as_ref()
+                        .is_none_or(|n| frame.capture_time.abs_diff(time) < n.capture_time.abs_diff(time));
+                    if closer {
+                        nearest = Some(frame);
+                    }
+                    Ok(if after { Next::Stop } else { Next::More })
+                },
+            )
+            .map_err(|e| Status::internal(format!("reading the video: {e}")))?;
+            let Some(TimedFrame {
+                capture_time,
+                mut image,
+            }) = nearest
+            else {
+                return Err(Status::not_found(format!(
+                    "no video of camera {camera} within {} s of that time",
+                    SNAPSHOT_REACH_NS / 1_000_000_000
+                )));
+            };
+            let mut detector = (!options.raw).then(|| exports.take_detector()).transpose()?;
+            let faces = faces_in(&mut detector, &image);
+            if let Some(detector) = detector {
+                exports.give_back(detector);
+            }
+            let faces = faces?;
+            pixelate_faces(&mut image, &faces, exports.face_margin);
+            let faces_blurred = faces.len() as u32;
+            let (width, height) = image.dimensions();
+            let picture = match bbox {
+                Some(b) => mark(image, b, options.draw_box, options.crop_margin),
+                None => image,
+            };
+            let jpeg = export::jpeg(&picture, quality as u8).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(pb::Snapshot {
+                jpeg,
+                camera_id: camera,
+                capture_time: Some(to_timestamp(capture_time)),
+                frame_width: width,
+                frame_height: height,
+                faces_blurred,
+                raw: options.raw,
+                r#box: bbox.map(|b| pb::BoundingBox {
+                    x_min: b[0],
+                    y_min: b[1],
+                    x_max: b[2],
+                    y_max: b[3],
+                }),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot task: {e}")))?
+    }
+
+    fn clip(&self, caller: Option<Arc<Caller>>, ask: ClipAsk) -> Result<Response<ClipStream>, Status> {
+        let ClipAsk {
+            kind,
+            camera,
+            from,
+            to,
+            track_id,
+            raw,
+        } = ask;
+        let record = pb::PixelExport {
+            kind: kind.into(),
+            caller: caller.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            from_time: Some(to_timestamp(from)),
+            to_time: Some(to_timestamp(to)),
+            track_id,
+            raw,
+            ..Default::default()
+        };
+        let started = self.start_clip(caller.as_deref(), &camera, from, to, raw);
+        let (exports, slot, coverage) = match started {
+            Ok(started) => started,
+            Err(status) => {
+                if is_valid_camera_id(&camera) {
+                    self.record(
+                        &camera,
+                        pb::PixelExport {
+                            refused: status.message().chars().take(200).collect(),
+                            ..record
+                        },
+                    );
+                }
+                return Err(status);
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let notices = self.notices.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let mut record = record;
+            let outcome = encode_clip(&exports, &camera, &coverage, from, to, raw, &tx);
+            match outcome {
+                Ok(summary) => {
+                    record.frames = summary.frames;
+                    record.faces_blurred = summary.faces_blurred;
+                    let _ = tx.blocking_send(Ok(pb::ClipChunk {
+                        part: Some(pb::clip_chunk::Part::Summary(summary)),
+                    }));
+                }
+                Err(status) => {
+                    record.refused = status.message().chars().take(200).collect();
+                    let _ = tx.blocking_send(Err(status));
+                }
+            }
+            let notice = ExportNotice {
+                camera_id: camera.clone(),
+                at: now_unix_nanos(),
+                export: record,
+            };
+            if let Err(err) = notices.try_send(notice) {
+                tracing::warn!(camera, ?err, "an export record could not be queued for the log");
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    fn start_clip(
+        &self,
+        caller: Option<&Caller>,
+        camera: &str,
+        from: UnixNanos,
+        to: UnixNanos,
+        raw: bool,
+    ) -> Result<(Arc<VideoExports>, OwnedSemaphorePermit, Coverage), Status> {
+        if to <= from {
+            return Err(Status::invalid_argument("to_time must come after from_time"));
+        }
+        let (exports, slot) = self.admit(caller, raw)?;
+        if to - from > exports.max_clip_ns {
+            return Err(Status::out_of_range(format!(
+                "a clip covers at most {} s (video.max_clip_seconds)",
+                exports.max_clip_ns / 1_000_000_000
+            )));
+        }
+        let ring = exports.ring(camera)?;
+        let coverage = ring.cover(from, to).map_err(|e| Status::internal(e.to_string()))?;
+        if coverage.segments.is_empty() {
+            return Err(Status::not_found(format!(
+                "no video of camera {camera} in that interval"
+            )));
+        }
+        Ok((exports, slot, coverage))
+    }
+}
+
+type ClipStream = ReceiverStream<Result<pb::ClipChunk, Status>>;
+
+/// A snapshot asked for, by time or by track.
+struct SnapshotAsk {
+    kind: &'static str,
+    camera: String,
+    time: UnixNanos,
+    track_id: u64,
+    bbox: Option<[f32; 4]>,
+    options: pb::SnapshotOptions,
+}
+
+/// A clip asked for, by interval or by track.
+struct ClipAsk {
+    kind: &'static str,
+    camera: String,
+    from: UnixNanos,
+    to: UnixNanos,
+    track_id: u64,
+    raw: bool,
+}
+
+/// Decodes, blurs and encodes the clip, sending its info, then its bytes as they come.
+fn encode_clip(
+    exports: &VideoExports,
+    camera: &str,
+    coverage: &Coverage,
+    from: UnixNanos,
+    to: UnixNanos,
+    raw: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::ClipChunk, Status>>,
+) -> Result<pb::ClipSummary, Status> {
+    let bytes_tx = tx.clone();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = sent.clone();
+    let mut writer = Mp4Writer::new(move |bytes| {
+        counted.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for piece in bytes.chunks(CHUNK_BYTES) {
+            let chunk = pb::ClipChunk {
+                part: Some(pb::clip_chunk::Part::Data(piece.to_vec())),
+            };
+            bytes_tx.blocking_send(Ok(chunk)).map_err(|_| ())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| Status::internal(e.to_string()))?;
+    let mut detector = (!raw).then(|| exports.take_detector()).transpose()?;
+    let mut summary = pb::ClipSummary::default();
+    let mut first_last: Option<(UnixNanos, UnixNanos)> = None;
+    let mut window = FaceWindow::default();
+    let result = export::decode(&coverage.segments, from, to, |frame| {
+        let faces =
+            faces_in(&mut detector, &frame.image).map_err(|s| crate::Error::Internal(s.message().to_string()))?;
+        if first_last.is_none() {
+            let (width, height) = frame.image.dimensions();
+            let info = pb::ClipInfo {
+                camera_id: camera.to_string(),
+                from_time: Some(to_timestamp(from)),
+                to_time: Some(to_timestamp(to)),
+                gaps: coverage
+                    .gaps
+                    .iter()
+                    .map(|&(a, b)| pb::TimeRange {
+                        from_time: Some(to_timestamp(a)),
+                        to_time: Some(to_timestamp(b)),
+                    })
+                    .collect(),
+                frame_width: width,
+                frame_height: height,
+                raw,
+            };
+            let chunk = pb::ClipChunk {
+                part: Some(pb::clip_chunk::Part::Info(info)),
+            };
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return Ok(Next::Stop);
+            }
+        }
+        let first = first_last.map_or(frame.capture_time, |(first, _)| first);
+        first_last = Some((first, frame.capture_time));
+        summary.frames += 1;
+        summary.faces_blurred += faces.len() as u32;
+        if let Some(ready) = window.push(frame, faces, exports.face_margin) {
+            writer.push(&ready)?;
+        }
+        Ok(Next::More)
+    });
+    if let Some(detector) = detector {
+        exports.give_back(detector);
+    }
+    result.map_err(|e| Status::internal(format!("clip: {e}")))?;
+    for ready in window.drain(exports.face_margin) {
+        writer
+            .push(&ready)
+            .map_err(|e| Status::internal(format!("clip: {e}")))?;
+    }
+    let Some((first, last)) = first_last else {
+        return Err(Status::not_found(format!(
+            "no frame of camera {camera} in that interval"
+        )));
+    };
+    writer
+        .finish(ENCODER_FINISH)
+        .map_err(|e| Status::internal(format!("clip: {e}")))?;
+    summary.first_frame = Some(to_timestamp(first));
+    summary.last_frame = Some(to_timestamp(last));
+    summary.bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(summary)
+}
+
+/// Crops `image` to `bbox` (normalised) grown by `margin` of its size, or keeps the whole frame
+/// when `margin` is 0; draws the box if asked.
+fn mark(mut image: image::RgbImage, bbox: [f32; 4], draw: bool, margin: f32) -> image::RgbImage {
+    let (width, height) = image.dimensions();
+    let to_px = |b: [f32; 4]| {
+        [
+            (b[0].clamp(0.0, 1.0) * width as f32) as u32,
+            (b[1].clamp(0.0, 1.0) * height as f32) as u32,
+            (b[2].clamp(0.0, 1.0) * width as f32) as u32,
+            (b[3].clamp(0.0, 1.0) * height as f32) as u32,
+        ]
+    };
+    let [x0, y0, x1, y1] = to_px(bbox);
+    if draw {
+        draw_rectangle(&mut image, [x0, y0, x1, y1], image::Rgb([255, 32, 32]));
+    }
+    if margin <= 0.0 {
+        return image;
+    }
+    let (bw, bh) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let grown = [
+        bbox[0] - bw * margin,
+        bbox[1] - bh * margin,
+        bbox[2] + bw * margin,
+        bbox[3] + bh * margin,
+    ];
+    let [cx0, cy0, cx1, cy1] = to_px(grown);
+    let (w, h) = (cx1.saturating_sub(cx0).max(1), cy1.saturating_sub(cy0).max(1));
+    image::imageops::crop_imm(&image, cx0.min(width - 1), cy0.min(height - 1), w, h).to_image()
+}
+
+/// A rectangle outline, two pixels wide, clipped to the image.
+fn draw_rectangle(image: &mut image::RgbImage, [x0, y0, x1, y1]: [u32; 4], colour: image::Rgb<u8>) {
+    let (width, height) = image.dimensions();
+    if width == 0 || height == 0 {
+        return;
+    }
+    let (x1, y1) = (x1.min(width - 1), y1.min(height - 1));
+    for t in 0..2 {
+        for x in x0..=x1 {
+            for y in [y0.saturating_add(t).min(y1), y1.saturating_sub(t).max(y0)] {
+                image.put_pixel(x, y, colour);
+            }
+        }
+        for y in y0..=y1 {
+            for x in [x0.saturating_add(t).min(x1), x1.saturating_sub(t).max(x0)] {
+                image.put_pixel(x, y, colour);
+            }
+        }
+    }
+}
+
+fn caller_of<T>(request: &Request<T>) -> Option<Arc<Caller>> {
+    request.extensions().get::<Arc<Caller>>().cloned()
+}
+
+fn bbox_of(b: pb::BoundingBox) -> Result<[f32; 4], Status> {
+    let bbox = [b.x_min, b.y_min, b.x_max, b.y_max];
+    let ordered = b.x_min <= b.x_max && b.y_min <= b.y_max;
+    if !ordered || !bbox.iter().all(|v| (0.0..=1.0).contains(v)) {
+        return Err(Status::invalid_argument("box: need 0 <= min <= max <= 1"));
+    }
+    Ok(bbox)
+}
+
+fn time_of(t: Option<prost_types::Timestamp>, name: &str) -> Result<UnixNanos, Status> {
+    t.map(timestamp_nanos)
+        .ok_or_else(|| Status::invalid_argument(format!("{name} must be set")))
+}
+
+#[tonic::async_trait]
+impl Pixels for PixelsService {
+    async fn get_snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::Snapshot>, Status> {
+        let caller = caller_of(&request);
+        let request = request.into_inner();
+        let time = time_of(request.time, "time")?;
+        let bbox = request.r#box.map(bbox_of).transpose()?;
+        let options = request.options.unwrap_or_default();
+        let ask = SnapshotAsk {
+            kind: "snapshot",
+            camera: request.camera_id,
+            time,
+            track_id: 0,
+            bbox,
+            options,
+        };
+        self.snapshot(caller, ask).await
+    }
+
+    async fn get_track_snapshot(
+        &self,
+        request: Request<pb::TrackSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let caller = caller_of(&request);
+        let request = request.into_inner();
+        let (camera, view) = self.track_view(request.track_id).await?;
+        let time = view.capture_time.map(timestamp_nanos).unwrap_or_default();
+        let bbox = crate::wire::decode_box_q16(view.box_q16);
+        let options = request.options.unwrap_or_default();
+        let ask = SnapshotAsk {
+            kind: "track snapshot",
+            camera,
+            time,
+            track_id: request.track_id,
+            bbox: Some(bbox),
+            options,
+        };
+        self.snapshot(caller, ask).await
+    }
+
+    type GetClipStream = ClipStream;
+
+    async fn get_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
+        let caller = caller_of(&request);
+        let request = request.into_inner();
+        let from = time_of(request.from_time, "from_time")?;
+        let to = time_of(request.to_time, "to_time")?;
+        let ask = ClipAsk {
+            kind: "clip",
+            camera: request.camera_id,
+            from,
+            to,
+            track_id: 0,
+            raw: request.raw,
+        };
+        self.clip(caller, ask)
+    }
+
+    type GetTrackClipStream = ClipStream;
+
+    async fn get_track_clip(&self, request: Request<pb::TrackClipRequest>) -> Result<Response<ClipStream>, Status> {
+        let caller = caller_of(&request);
+        let request = request.into_inner();
+        let margin = match request.margin_seconds {
+            0.0 => DEFAULT_TRACK_MARGIN,
+            m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
+            _ => return Err(Status::invalid_argument("margin_seconds must lie in 0..=60")),
+        };
+        let (camera, first, last) = self.track_span(request.track_id).await?;
+        let margin = margin.as_nanos() as i64;
+        let ask = ClipAsk {
+            kind: "track clip",
+            camera,
+            from: first - margin,
+            to: last + margin,
+            track_id: request.track_id,
+            raw: request.raw,
+        };
+        self.clip(caller, ask)
+    }
+}

@@ -1,0 +1,307 @@
+//! Pixels out of the ring: segments decoded to frames with their capture times, and frames
+//! encoded again as an MP4 or a JPEG.
+//!
+//! Every exported frame is decoded (faces are blurred in pixels, see `deliver::pixels`), so a clip
+//! starts at the first frame at or after the time asked for, not at the keyframe before it, and
+//! its timestamps are the frames' capture times less the first one's: an outage inside a clip is
+//! a frame held for as long as it lasted, never a corrupt stream.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+
+use super::ring::Segment;
+use crate::clock::UnixNanos;
+use crate::error::{Error, Result};
+
+/// A decoded frame of the ring at the camera's own resolution.
+pub struct TimedFrame {
+    pub capture_time: UnixNanos,
+    pub image: image::RgbImage,
+}
+
+/// What to do after a frame: go on decoding, or stop here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    More,
+    Stop,
+}
+
+/// Decodes `segments` in order and hands each frame captured in `from..=to` to `each`.
+pub fn decode(
+    segments: &[Segment],
+    from: UnixNanos,
+    to: UnixNanos,
+    mut each: impl FnMut(TimedFrame) -> Result<Next>,
+) -> Result<()> {
+    for segment in segments {
+        if segment.end < from || segment.start > to {
+            continue;
+        }
+        if decode_segment(segment, from, to, &mut each)? == Next::Stop {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn decode_segment(
+    segment: &Segment,
+    from: UnixNanos,
+    to: UnixNanos,
+    each: &mut impl FnMut(TimedFrame) -> Result<Next>,
+) -> Result<Next> {
+    let pipeline = gst::parse::launch(
+        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=frames sync=false max-buffers=4",
+    )
+    .map_err(|e| Error::Gstreamer(format!("segment reader: {e}")))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| Error::Gstreamer("segment reader is not a pipeline".into()))?;
+    let _stop = StopOnDrop(pipeline.clone());
+    let file = pipeline
+        .by_name("file")
+        .ok_or_else(|| Error::Gstreamer("segment reader without filesrc".into()))?;
+    // Pruned since it was listed: the interval's video is gone.
+    let Some(path) = segment.current_path() else {
+        return Ok(Next::More);
+    };
+    file.set_property("location", path.to_string_lossy().as_ref());
+    let sink = pipeline
+        .by_name("frames")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| Error::Gstreamer("segment reader without appsink".into()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| Error::Gstreamer(format!("cannot read video segment {}", path.display())))?;
+    let mut first_pts = None;
+    loop {
+        let sample = match sink.pull_sample() {
+            Ok(sample) => sample,
+            // End of the segment, or an error: a segment cut short by a crash ends early.
+            Err(_) => {
+                if let Some(error) = pipeline_error(&pipeline) {
+                    tracing::debug!(segment = %segment.path.display(), %error, "segment read ended on an error");
+                }
+                return Ok(Next::More);
+            }
+        };
+        let Some(pts) = sample.buffer().and_then(|b| b.pts()) else {
+            continue;
+        };
+        let first = *first_pts.get_or_insert(pts);
+        let offset = pts.nseconds().saturating_sub(first.nseconds());
+        let capture_time = segment.start.saturating_add(offset as i64);
+        if capture_time < from {
+            continue;
+        }
+        if capture_time > to {
+            return Ok(Next::Stop);
+        }
+        let image = rgb_image(&sample)?;
+        if each(TimedFrame { capture_time, image })? == Next::Stop {
+            return Ok(Next::Stop);
+        }
+    }
+}
+
+fn pipeline_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let bus = pipeline.bus()?;
+    let message = bus.pop_filtered(&[gst::MessageType::Error])?;
+    match message.view() {
+        gst::MessageView::Error(err) => Some(err.error().to_string()),
+        _ => None,
+    }
+}
+
+/// Sets a pipeline to NULL however the function that ran it ends.
+struct StopOnDrop(gst::Pipeline);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// An RGB frame out of a sample, rows packed.
+fn rgb_image(sample: &gst::Sample) -> Result<image::RgbImage> {
+    let buffer = sample
+        .buffer()
+        .ok_or_else(|| Error::Gstreamer("sample without buffer".into()))?;
+    let caps = sample
+        .caps()
+        .ok_or_else(|| Error::Gstreamer("sample without caps".into()))?;
+    let info = gst_video::VideoInfo::from_caps(caps)?;
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|_| Error::Gstreamer("cannot map video buffer".into()))?;
+    let stride = usize::try_from(frame.plane_stride()[0]).map_err(|_| Error::Gstreamer("negative stride".into()))?;
+    let row_bytes = info.width() as usize * 3;
+    let mut pixels = Vec::with_capacity(row_bytes * info.height() as usize);
+    for row in frame.plane_data(0)?.chunks(stride).take(info.height() as usize) {
+        pixels.extend_from_slice(
+            row.get(..row_bytes)
+                .ok_or_else(|| Error::Gstreamer("short video row".into()))?,
+        );
+    }
+    image::RgbImage::from_raw(info.width(), info.height(), pixels)
+        .ok_or_else(|| Error::Gstreamer("frame smaller than its caps".into()))
+}
+
+/// A JPEG of `image` at `quality` (1-100).
+pub fn jpeg(image: &image::RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+        .encode_image(image)
+        .map_err(|e| Error::Internal(format!("JPEG encoding: {e}")))?;
+    Ok(bytes)
+}
+
+/// Encodes frames into a fragmented MP4 (H.264), handing its bytes out as they are written.
+///
+/// ```text
+/// appsrc (RGB, capture-time stamps) ─▶ videoconvert ─▶ x264enc ─▶ h264parse ─▶ mp4mux (fragmented) ─▶ appsink
+/// ```
+pub struct Mp4Writer {
+    pipeline: gst::Pipeline,
+    source: gst_app::AppSrc,
+    size: Option<(u32, u32)>,
+    first: Option<UnixNanos>,
+    last: Option<UnixNanos>,
+    errors: mpsc::Receiver<String>,
+}
+
+/// Fragments of about this long: a client gets the first bytes after a second of video.
+const FRAGMENT_MS: u32 = 1000;
+
+impl Mp4Writer {
+    /// `on_bytes` runs on the encoder's thread for each piece of the file, in order; an error from
+    /// it (the client went away) stops the encoding.
+    pub fn new(mut on_bytes: impl FnMut(Vec<u8>) -> std::result::Result<(), ()> + Send + 'static) -> Result<Mp4Writer> {
+        let description = format!(
+            "appsrc name=frames format=time block=true max-bytes={} ! videoconvert ! \
+             x264enc speed-preset=veryfast pass=qual quantizer=23 key-int-max=50 bframes=0 ! video/x-h264,profile=high ! h264parse ! \
+             mp4mux fragment-duration={FRAGMENT_MS} streamable=true ! appsink name=bytes sync=false",
+            16u32 << 20
+        );
+        let pipeline = gst::parse::launch(&description)
+            .map_err(|e| Error::Gstreamer(format!("clip encoder: {e}")))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| Error::Gstreamer("clip encoder is not a pipeline".into()))?;
+        let source = pipeline
+            .by_name("frames")
+            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+            .ok_or_else(|| Error::Gstreamer("clip encoder without appsrc".into()))?;
+        let sink = pipeline
+            .by_name("bytes")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+            .ok_or_else(|| Error::Gstreamer("clip encoder without appsink".into()))?;
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                    let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    on_bytes(map.as_slice().to_vec()).map_err(|()| gst::FlowError::Flushing)?;
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let (errors_tx, errors) = mpsc::channel();
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| Error::Gstreamer("clip encoder without bus".into()))?;
+        bus.set_sync_handler(move |_, message| {
+            if let gst::MessageView::Error(err) = message.view() {
+                let _ = errors_tx.send(err.error().to_string());
+            }
+            gst::BusSyncReply::Pass
+        });
+        Ok(Mp4Writer {
+            pipeline,
+            source,
+            size: None,
+            first: None,
+            last: None,
+            errors,
+        })
+    }
+
+    /// Adds a frame; every frame must have the first one's size.
+    pub fn push(&mut self, frame: &TimedFrame) -> Result<()> {
+        if let Ok(error) = self.errors.try_recv() {
+            return Err(Error::Gstreamer(format!("clip encoder: {error}")));
+        }
+        let size = frame.image.dimensions();
+        match self.size {
+            None => {
+                let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, size.0, size.1)
+                    .fps(gst::Fraction::new(0, 1))
+                    .build()?
+                    .to_caps()?;
+                self.source.set_caps(Some(&caps));
+                self.pipeline
+                    .set_state(gst::State::Playing)
+                    .map_err(|_| Error::Gstreamer("the clip encoder does not start".into()))?;
+                self.size = Some(size);
+            }
+            Some(first) if first != size => {
+                return Err(Error::Gstreamer(format!(
+                    "the camera's frame size changed from {}x{} to {}x{} inside the clip",
+                    first.0, first.1, size.0, size.1
+                )));
+            }
+            Some(_) => {}
+        }
+        let first = *self.first.get_or_insert(frame.capture_time);
+        // The previous frame lasts until this one: an outage is a frame held, not a hole.
+        self.last = Some(frame.capture_time);
+        let pts = gst::ClockTime::from_nseconds(frame.capture_time.saturating_sub(first).max(0) as u64);
+        let mut buffer = gst::Buffer::from_slice(frame.image.as_raw().clone());
+        if let Some(buffer) = buffer.get_mut() {
+            buffer.set_pts(pts);
+        }
+        self.source
+            .push_buffer(buffer)
+            .map_err(|flow| Error::Gstreamer(format!("clip encoder refused a frame ({flow:?})")))?;
+        Ok(())
+    }
+
+    /// Ends the file and waits until its last bytes are out; `frame_time` is how long the last
+    /// frame is shown.
+    pub fn finish(self, timeout: Duration) -> Result<()> {
+        if self.size.is_none() {
+            return Err(Error::Gstreamer("no frame to encode".into()));
+        }
+        let _stop = StopOnDrop(self.pipeline.clone());
+        let _ = self.source.end_of_stream();
+        let bus = self
+            .pipeline
+            .bus()
+            .ok_or_else(|| Error::Gstreamer("clip encoder without bus".into()))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(error) = self.errors.try_recv() {
+                return Err(Error::Gstreamer(format!("clip encoder: {error}")));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Gstreamer("the clip encoder did not finish in time".into()));
+            }
+            let wait = gst::ClockTime::from_nseconds(left.min(Duration::from_millis(100)).as_nanos() as u64);
+            if let Some(message) = bus.timed_pop_filtered(wait, &[gst::MessageType::Eos]) {
+                let _ = message;
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for Mp4Writer {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
