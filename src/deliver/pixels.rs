@@ -738,3 +738,55 @@ impl Pixels for PixelsService {
         self.clip(caller, ask)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of fine stripes: pixelation turns the face's box grey-ish and flat.
+    fn striped(capture_time: UnixNanos) -> TimedFrame {
+        let image = image::RgbImage::from_fn(64, 64, |x, _| {
+            if x % 2 == 0 {
+                image::Rgb([255; 3])
+            } else {
+                image::Rgb([0; 3])
+            }
+        });
+        TimedFrame { capture_time, image }
+    }
+
+    fn pixelated(frame: &TimedFrame) -> bool {
+        let p = |x| frame.image.get_pixel(x, 20)[0];
+        // Neighbouring stripes differ unless the box was averaged into blocks.
+        p(20) == p(21)
+    }
+
+    #[test]
+    fn a_face_found_in_one_frame_is_pixelated_in_its_neighbours_too() {
+        let face = Face {
+            bbox: [16.0, 16.0, 32.0, 32.0],
+            score: 0.9,
+        };
+        let mut window = FaceWindow::default();
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let faces = if i == 4 { vec![face] } else { Vec::new() };
+            sent.extend(window.push(striped(i), faces, 0.0));
+        }
+        sent.extend(window.drain(0.0));
+        let times: Vec<UnixNanos> = sent.iter().map(|f| f.capture_time).collect();
+        assert_eq!(times, (0..10).collect::<Vec<_>>(), "every frame, in order");
+        let hidden: Vec<UnixNanos> = sent.iter().filter(|f| pixelated(f)).map(|f| f.capture_time).collect();
+        // Frame 4's face, FACE_REACH_FRAMES (3) either side.
+        assert_eq!(hidden, [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_crop_is_the_box_grown_by_its_margin_and_stays_in_the_frame() {
+        let image = image::RgbImage::new(200, 100);
+        let crop = mark(image.clone(), [0.25, 0.25, 0.75, 0.75], false, 0.1);
+        assert_eq!(crop.dimensions(), (120, 60));
+        let edge = mark(image, [0.9, 0.0, 1.0, 1.0], true, 0.5);
+        assert_eq!(edge.dimensions(), (30, 100), "clipped at the frame's edge");
+    }
+}

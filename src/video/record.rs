@@ -474,3 +474,34 @@ impl Watch {
         let _ = pipeline.set_state(gst::State::Null);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_segment_starts_at_the_capture_time_of_the_keyframe_it_opened_at() {
+        let mut timing = Timing::default();
+        // Keyframes at 1 s and 2 s of recording time; the first before the camera's clock was
+        // anchored (no capture time yet), the second with one.
+        timing.keyframes.push_back((Duration::from_secs(1), None));
+        timing
+            .keyframes
+            .push_back((Duration::from_secs(2), Some(5_000 * MS as i64)));
+        timing.offset = Some(5_000 * MS as i128 - 2_000 * MS as i128);
+        // splitmuxsink reports a running time near, not at, the keyframe.
+        assert_eq!(
+            timing.segment_start(Duration::from_millis(2_010)),
+            Some(5_000 * MS as i64)
+        );
+        // The unanchored keyframe is timed by the offset learnt later: the same clock, linear.
+        assert_eq!(
+            timing.segment_start(Duration::from_millis(990)),
+            Some(4_000 * MS as i64)
+        );
+        assert_eq!(timing.capture_of(Duration::from_millis(2_500)), Some(5_500 * MS as i64));
+        assert_eq!(Timing::default().segment_start(Duration::from_secs(1)), None);
+    }
+}
