@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-model-swap bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-model-swap bench-video bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -113,6 +113,13 @@ bench-memory: build
 ## benches/results/model-swap.md.
 bench-model-swap: build
 	@bash benches/model_swap.sh
+
+## What the recent-video ring costs per camera: the release node on 1 and 4 camera-like 720p25
+## H.264 streams (~2 Mbit/s, 1 s GOP) without and with a [video] section, 3 alternating rounds:
+## CPU, bytes written per camera per second and per day, MPEG-TS overhead against the stream's own
+## bitrate, hours a 2 GiB ring holds, peak RSS; ~10 min. Writes benches/results/video-ring.md.
+bench-video: build
+	@bash benches/video_ring.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

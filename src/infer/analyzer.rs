@@ -297,15 +297,7 @@ impl Detector {
         Ok(raw
             .into_iter()
             .filter_map(|d| {
-                let b = placement.to_frame(d.bbox);
-                let bbox = [
-                    b[0].clamp(0.0, w),
-                    b[1].clamp(0.0, h),
-                    b[2].clamp(0.0, w),
-                    b[3].clamp(0.0, h),
-                ];
-                // A box squeezed to nothing by the frame edge describes nothing.
-                (bbox[2] - bbox[0] >= 1.0 && bbox[3] - bbox[1] >= 1.0).then_some(Detection {
+                placement.to_frame_clipped(d.bbox, (w, h)).map(|bbox| Detection {
                     class_id: d.class_id,
                     score: d.score,
                     bbox,

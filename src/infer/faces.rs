@@ -153,14 +153,9 @@ impl FaceDetector {
             .run()?
             .into_iter()
             .filter_map(|d| {
-                let b = placement.to_frame(d.bbox);
-                let bbox = [
-                    b[0].clamp(0.0, w),
-                    b[1].clamp(0.0, h),
-                    b[2].clamp(0.0, w),
-                    b[3].clamp(0.0, h),
-                ];
-                (bbox[2] - bbox[0] >= 1.0 && bbox[3] - bbox[1] >= 1.0).then_some(RawDetection { bbox, ..d })
+                placement
+                    .to_frame_clipped(d.bbox, (w, h))
+                    .map(|bbox| RawDetection { bbox, ..d })
             })
             .collect())
     }

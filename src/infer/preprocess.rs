@@ -44,6 +44,19 @@ impl Placement {
             b[3] / self.scale_y + self.origin_y,
         ]
     }
+
+    /// [`to_frame`](Self::to_frame), clipped to a `width` x `height` frame; `None` for a box the
+    /// frame's edge squeezes under a pixel, which describes nothing.
+    pub fn to_frame_clipped(&self, b: [f32; 4], (width, height): (f32, f32)) -> Option<[f32; 4]> {
+        let b = self.to_frame(b);
+        let bbox = [
+            b[0].clamp(0.0, width),
+            b[1].clamp(0.0, height),
+            b[2].clamp(0.0, width),
+            b[3].clamp(0.0, height),
+        ];
+        (bbox[2] - bbox[0] >= 1.0 && bbox[3] - bbox[1] >= 1.0).then_some(bbox)
+    }
 }
 
 /// Number of f32 values of one input item.

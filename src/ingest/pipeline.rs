@@ -30,8 +30,6 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use gstreamer_video as gst_video;
-use gstreamer_video::prelude::*;
 
 use crate::config::{DecodeMode, RtspTransport};
 use crate::error::{Error, Result};
@@ -663,25 +661,7 @@ fn raw_frame(sample: &gst::Sample, arrival: Option<Duration>) -> Result<RawFrame
     let buffer = sample
         .buffer()
         .ok_or_else(|| Error::Gstreamer("sample without buffer".into()))?;
-    let caps = sample
-        .caps()
-        .ok_or_else(|| Error::Gstreamer("sample without caps".into()))?;
-    let info = gst_video::VideoInfo::from_caps(caps)?;
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
-        .map_err(|_| Error::Gstreamer("cannot map video buffer".into()))?;
-    let (width, height) = (info.width(), info.height());
-    let stride = usize::try_from(frame.plane_stride()[0]).map_err(|_| Error::Gstreamer("negative stride".into()))?;
-    let data = frame.plane_data(0)?;
-    let row_bytes = width as usize * 3;
-    let mut pixels = super::pool::take(row_bytes * height as usize);
-    for row in data.chunks(stride).take(height as usize) {
-        pixels.extend_from_slice(
-            row.get(..row_bytes)
-                .ok_or_else(|| Error::Gstreamer("short video row".into()))?,
-        );
-    }
-    let image = image::RgbImage::from_raw(width, height, pixels)
-        .ok_or_else(|| Error::Gstreamer("frame smaller than its caps".into()))?;
+    let image = crate::video::export::rgb_image(sample, super::pool::take)?;
 
     let running_time = sample
         .segment()

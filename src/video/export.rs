@@ -102,7 +102,7 @@ fn decode_segment(
         if capture_time > to {
             return Ok(Next::Stop);
         }
-        let image = rgb_image(&sample)?;
+        let image = rgb_image(&sample, Vec::with_capacity)?;
         if each(TimedFrame { capture_time, image })? == Next::Stop {
             return Ok(Next::Stop);
         }
@@ -127,27 +127,30 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// An RGB frame out of a sample, rows packed.
-fn rgb_image(sample: &gst::Sample) -> Result<image::RgbImage> {
-    let buffer = sample
-        .buffer()
-        .ok_or_else(|| Error::Gstreamer("sample without buffer".into()))?;
+/// An RGB frame out of a sample, rows packed (GStreamer pads rows to its stride); `buffer`
+/// gives the vector the pixels are copied into, empty, with room for the number it is passed
+/// (the camera pipeline reuses its frames' buffers).
+pub fn rgb_image(sample: &gst::Sample, buffer: impl FnOnce(usize) -> Vec<u8>) -> Result<image::RgbImage> {
     let caps = sample
         .caps()
         .ok_or_else(|| Error::Gstreamer("sample without caps".into()))?;
     let info = gst_video::VideoInfo::from_caps(caps)?;
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+    let data = sample
+        .buffer()
+        .ok_or_else(|| Error::Gstreamer("sample without buffer".into()))?;
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(data, &info)
         .map_err(|_| Error::Gstreamer("cannot map video buffer".into()))?;
     let stride = usize::try_from(frame.plane_stride()[0]).map_err(|_| Error::Gstreamer("negative stride".into()))?;
-    let row_bytes = info.width() as usize * 3;
-    let mut pixels = Vec::with_capacity(row_bytes * info.height() as usize);
-    for row in frame.plane_data(0)?.chunks(stride).take(info.height() as usize) {
+    let (width, height) = (info.width(), info.height());
+    let row_bytes = width as usize * 3;
+    let mut pixels = buffer(row_bytes * height as usize);
+    for row in frame.plane_data(0)?.chunks(stride).take(height as usize) {
         pixels.extend_from_slice(
             row.get(..row_bytes)
                 .ok_or_else(|| Error::Gstreamer("short video row".into()))?,
         );
     }
-    image::RgbImage::from_raw(info.width(), info.height(), pixels)
+    image::RgbImage::from_raw(width, height, pixels)
         .ok_or_else(|| Error::Gstreamer("frame smaller than its caps".into()))
 }
 
