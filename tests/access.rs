@@ -750,11 +750,20 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
     use proptest::strategy::ValueTree;
     // Its model store in a directory of its own: activations install the config's models there.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::parse_config(&common::config_toml("", ""));
+    // A video ring too, empty: pixel requests reach their checks and the ring.
+    let video = format!(
+        "[video]\ndir = \"{}\"\nface_model = \"{}/models/blazeface-back-256.toml\"\n",
+        dir.path().join("video").display(),
+        common::repo().display()
+    );
+    let mut config = common::parse_config(&common::config_toml(&video, ""));
     config.base_dir = dir.path().to_path_buf();
     config.origin = dir.path().join("node.toml");
     let (node, mut client) = common::start_node(config).await;
     let mut admin = common::admin(&node).await;
+    let mut pixels = pb::pixels_client::PixelsClient::connect(format!("http://{}", node.grpc_addr))
+        .await
+        .unwrap();
     let text = || {
         prop_oneof![
             Just(String::new()),
@@ -882,6 +891,43 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
             "UploadModel",
             admin.upload_model(tokio_stream::iter(upload)).await.map(drop),
         );
+        // Pixels: any camera, times, boxes, margins and qualities.
+        let options = pb::SnapshotOptions {
+            crop_margin: min_score,
+            draw_box: newest_first,
+            raw: newest_first,
+            quality: page_size,
+        };
+        let request = pb::SnapshotRequest {
+            camera_id: camera_id.clone(),
+            time: from_time,
+            options: Some(options),
+            r#box: Some(pb::BoundingBox {
+                x_min: min_score,
+                y_min: 0.0,
+                x_max: latitude as f32,
+                y_max: longitude as f32,
+            }),
+        };
+        check("GetSnapshot", pixels.get_snapshot(request).await.map(drop));
+        let request = pb::TrackSnapshotRequest {
+            track_id,
+            options: Some(options),
+        };
+        check("GetTrackSnapshot", pixels.get_track_snapshot(request).await.map(drop));
+        let request = pb::ClipRequest {
+            camera_id: camera_id.clone(),
+            from_time,
+            to_time,
+            raw: newest_first,
+        };
+        check("GetClip", pixels.get_clip(request).await.map(drop));
+        let request = pb::TrackClipRequest {
+            track_id,
+            margin_seconds: min_score,
+            raw: newest_first,
+        };
+        check("GetTrackClip", pixels.get_track_clip(request).await.map(drop));
         // Half the cameras get an allowed source, so that their other fields are checked too.
         let uri = if fps.is_some() {
             "rtsp://127.0.0.1:9/x".to_string()

@@ -353,6 +353,21 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         crop.dimensions()
     );
 
+    // The track's clip: its life, from the log, with a second either side.
+    let described = common::nanos(view.capture_time);
+    let track_clip = PixelTarget::Track {
+        track_id: track,
+        margin_seconds: 1.0,
+    };
+    wait_for_video(&video_dir, "door", described - S, 3.0).await;
+    let (_, summary, mp4) = get_clip(&addr, None, track_clip, false).await;
+    let (first, last) = (common::nanos(summary.first_frame), common::nanos(summary.last_frame));
+    assert!(
+        first <= described - S + FRAME_NS && last >= described + S - FRAME_NS,
+        "the clip spans the track's view with its margins: {first}..{last} around {described}"
+    );
+    assert_eq!(decode_mp4(&mp4, false).pts_ns.len() as u32, summary.frames);
+
     // An outage: the camera goes away for a few seconds and comes back.
     let before_outage = segments(&video_dir, "door").last().unwrap().end;
     camera.stop();
@@ -402,16 +417,17 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     );
 
     // Who looked at what: every export is a record in the camera's stream.
-    let records = export_records(&mut client, "door", 4).await;
+    let records = export_records(&mut client, "door", 5).await;
     let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["clip", "track snapshot", "track snapshot", "clip"],
+        ["clip", "track snapshot", "track snapshot", "track clip", "clip"],
         "{records:?}"
     );
     assert!(records.iter().all(|r| r.refused.is_empty() && r.frames > 0));
     let raw: Vec<bool> = records.iter().map(|r| r.raw).collect();
-    assert_eq!(raw, [false, true, false, false]);
+    assert_eq!(raw, [false, true, false, false, false]);
+    assert_eq!(records[3].track_id, track);
     assert_eq!(records[1].track_id, track);
     common::stop_node(node).await;
 }

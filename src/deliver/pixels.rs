@@ -317,27 +317,26 @@ impl PixelsService {
             return Err(Status::invalid_argument("crop_margin must lie in 0..=10"));
         }
         let (camera, options) = (camera.to_string(), *options);
+        let (earliest, latest) = (
+            time.saturating_sub(SNAPSHOT_REACH_NS),
+            time.saturating_add(SNAPSHOT_REACH_NS),
+        );
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let coverage = ring
-                .cover(time - SNAPSHOT_REACH_NS, time + SNAPSHOT_REACH_NS)
+                .cover(earliest, latest)
                 .map_err(|e| Status::internal(e.to_string()))?;
             let mut nearest: Option<TimedFrame> = None;
-            export::decode(
-                &coverage.segments,
-                time - SNAPSHOT_REACH_NS,
-                time + SNAPSHOT_REACH_NS,
-                |frame| {
-                    let after = frame.capture_time >= time;
-                    let closer = nearest
-                        .as_ref()
-                        .is_none_or(|n| frame.capture_time.abs_diff(time) < n.capture_time.abs_diff(time));
-                    if closer {
-                        nearest = Some(frame);
-                    }
-                    Ok(if after { Next::Stop } else { Next::More })
-                },
-            )
+            export::decode(&coverage.segments, earliest, latest, |frame| {
+                let after = frame.capture_time >= time;
+                let closer = nearest
+                    .as_ref()
+                    .is_none_or(|n| frame.capture_time.abs_diff(time) < n.capture_time.abs_diff(time));
+                if closer {
+                    nearest = Some(frame);
+                }
+                Ok(if after { Next::Stop } else { Next::More })
+            })
             .map_err(|e| Status::internal(format!("reading the video: {e}")))?;
             let Some(TimedFrame {
                 capture_time,
@@ -460,7 +459,8 @@ impl PixelsService {
             return Err(Status::invalid_argument("to_time must come after from_time"));
         }
         let (exports, slot) = self.admit(caller, raw)?;
-        if to - from > exports.max_clip_ns {
+        // Saturating: times from a request can be anything a Timestamp holds.
+        if to.saturating_sub(from) > exports.max_clip_ns {
             return Err(Status::out_of_range(format!(
                 "a clip covers at most {} s (video.max_clip_seconds)",
                 exports.max_clip_ns / 1_000_000_000
@@ -730,8 +730,8 @@ impl Pixels for PixelsService {
         let ask = ClipAsk {
             kind: "track clip",
             camera,
-            from: first - margin,
-            to: last + margin,
+            from: first.saturating_sub(margin),
+            to: last.saturating_add(margin),
             track_id: request.track_id,
             raw: request.raw,
         };

@@ -184,12 +184,12 @@ fn coverage(segments: Vec<Segment>, from: UnixNanos, to: UnixNanos) -> Coverage 
     let mut gaps = Vec::new();
     let mut covered_until = from;
     for segment in &segments {
-        if segment.start > covered_until + GAP_TOLERANCE_NS {
+        if segment.start > covered_until.saturating_add(GAP_TOLERANCE_NS) {
             gaps.push((covered_until, segment.start));
         }
         covered_until = covered_until.max(segment.end);
     }
-    if to > covered_until + GAP_TOLERANCE_NS {
+    if to > covered_until.saturating_add(GAP_TOLERANCE_NS) {
         gaps.push((covered_until, to));
     }
     Coverage { segments, gaps }
