@@ -30,7 +30,7 @@ for line in sys.stdin:
     echo "[snapshot] no person's track ended while the node ran" >&2
     exit 1
   fi
-  "$bin" snapshot --addr http://127.0.0.1:50051 --track "$track" --crop-margin 0.3 --draw-box \
+  "$bin" snapshot --addr http://127.0.0.1:50051 --camera bikes --track "$track" --crop-margin 0.3 --draw-box \
     -o target/demo-track.jpg | sed 's/^/[snapshot] /'
 ) &
 snapshot=$!

@@ -146,8 +146,9 @@ enum Command {
 struct PixelArgs {
     #[command(flatten)]
     node: NodeArgs,
-    /// The camera (with --time, or --from and --to).
-    #[arg(long, conflicts_with = "track", requires = "from")]
+    /// The camera (with --time, or --from and --to; with --track, the track's camera, since
+    /// track ids are unique per camera).
+    #[arg(long)]
     camera: Option<String>,
     /// RFC 3339, e.g. 2026-12-02T08:00:00.5Z.
     #[arg(long, alias = "time", value_parser = humantime::parse_rfc3339_weak)]
@@ -168,7 +169,12 @@ struct PixelArgs {
 impl PixelArgs {
     fn target(&self, margin_seconds: f32) -> anyhow::Result<client::PixelTarget> {
         Ok(match (&self.camera, self.track) {
-            (Some(camera_id), _) => {
+            (camera, Some(track_id)) => client::PixelTarget::Track {
+                track_id,
+                camera_id: camera.clone().unwrap_or_default(),
+                margin_seconds,
+            },
+            (Some(camera_id), None) => {
                 let from = self
                     .from
                     .ok_or_else(|| anyhow::anyhow!("--camera needs --time (or --from)"))?;
@@ -178,10 +184,6 @@ impl PixelArgs {
                     to: self.to.unwrap_or(from),
                 }
             }
-            (None, Some(track_id)) => client::PixelTarget::Track {
-                track_id,
-                margin_seconds,
-            },
             (None, None) => anyhow::bail!("name a --camera or a --track"),
         })
     }

@@ -913,6 +913,7 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
         let request = pb::TrackSnapshotRequest {
             track_id,
             options: Some(options),
+            camera_id: camera_id.clone(),
         };
         check("GetTrackSnapshot", pixels.get_track_snapshot(request).await.map(drop));
         let request = pb::ClipRequest {
@@ -926,6 +927,7 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
             track_id,
             margin_seconds: min_score,
             raw: newest_first,
+            camera_id: id.clone(),
         };
         check("GetTrackClip", pixels.get_track_clip(request).await.map(drop));
         // Half the cameras get an allowed source, so that their other fields are checked too.

@@ -287,6 +287,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         &credentials(None),
         PixelTarget::Track {
             track_id: track,
+            camera_id: String::new(),
             margin_seconds: 0.0,
         },
         pb::SnapshotOptions {
@@ -332,6 +333,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         &credentials(None),
         PixelTarget::Track {
             track_id: track,
+            camera_id: String::new(),
             margin_seconds: 0.0,
         },
         pb::SnapshotOptions {
@@ -353,10 +355,26 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         crop.dimensions()
     );
 
+    // Track ids are unique per camera: asked of another camera, there is no such track.
+    let elsewhere = client::snapshot(
+        &addr,
+        &credentials(None),
+        PixelTarget::Track {
+            track_id: track,
+            camera_id: "elsewhere".into(),
+            margin_seconds: 0.0,
+        },
+        pb::SnapshotOptions::default(),
+    )
+    .await
+    .expect_err("no track of that id on another camera");
+    assert!(elsewhere.to_string().contains("of camera elsewhere"), "{elsewhere}");
+
     // The track's clip: its life, from the log, with a second either side.
     let described = common::nanos(view.capture_time);
     let track_clip = PixelTarget::Track {
         track_id: track,
+        camera_id: "door".into(),
         margin_seconds: 1.0,
     };
     wait_for_video(&video_dir, "door", described - S, 3.0).await;

@@ -994,8 +994,11 @@ pub enum PixelTarget {
         from: std::time::SystemTime,
         to: std::time::SystemTime,
     },
+    /// `camera_id` empty: the camera of the track's newest record (track ids are unique per
+    /// camera).
     Track {
         track_id: u64,
+        camera_id: String,
         margin_seconds: f32,
     },
 }
@@ -1025,10 +1028,13 @@ pub async fn snapshot(
             };
             pixels.get_snapshot(request).await
         }
-        PixelTarget::Track { track_id, .. } => {
+        PixelTarget::Track {
+            track_id, camera_id, ..
+        } => {
             let request = pb::TrackSnapshotRequest {
                 track_id,
                 options: Some(options),
+                camera_id,
             };
             pixels.get_track_snapshot(request).await
         }
@@ -1063,12 +1069,14 @@ pub async fn clip(
         }
         PixelTarget::Track {
             track_id,
+            camera_id,
             margin_seconds,
         } => {
             let request = pb::TrackClipRequest {
                 track_id,
                 margin_seconds,
                 raw,
+                camera_id,
             };
             pixels.get_track_clip(request).await
         }

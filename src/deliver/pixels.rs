@@ -205,12 +205,37 @@ impl PixelsService {
         Ok((exports, slot))
     }
 
-    /// The view of a track its snapshot shows, and the track's camera.
-    async fn track_view(&self, track_id: u64) -> Result<(String, pb::TrackView), Status> {
+    /// The camera of a track: the one asked for, or that of the track's newest record.
+    async fn track_camera(&self, track_id: u64, camera: &str) -> Result<String, Status> {
         if track_id == 0 {
             return Err(Status::invalid_argument("track_id must be set"));
         }
+        if !camera.is_empty() {
+            return match is_valid_camera_id(camera) {
+                true => Ok(camera.to_string()),
+                false => Err(Status::invalid_argument(format!(
+                    "camera id {} is not valid",
+                    quoted(camera)
+                ))),
+            };
+        }
         let selection = Selection {
+            track_id: Some(track_id),
+            newest_first: true,
+            ..Default::default()
+        };
+        let newest = self.log.select(selection, None, 1).await?;
+        newest
+            .first()
+            .map(|(_, d)| d.camera_id.clone())
+            .ok_or_else(|| Status::not_found(format!("the log holds no record of track {track_id}")))
+    }
+
+    /// The view of a track its snapshot shows: its ENDED event's best view, or the latest view
+    /// of a track still going.
+    async fn track_view(&self, track_id: u64, camera: &str) -> Result<pb::TrackView, Status> {
+        let selection = Selection {
+            camera_id: Some(camera.to_string()),
             track_id: Some(track_id),
             newest_first: true,
             ..Default::default()
@@ -221,20 +246,19 @@ impl PixelsService {
             for event in descriptor.track_events.iter().filter(|e| e.track_id == track_id) {
                 let Some(view) = &event.view else { continue };
                 if event.kind == pb::TrackEventKind::Ended as i32 {
-                    return Ok((descriptor.camera_id.clone(), view.clone()));
+                    return Ok(view.clone());
                 }
-                latest_view.get_or_insert_with(|| (descriptor.camera_id.clone(), view.clone()));
+                latest_view.get_or_insert_with(|| view.clone());
             }
         }
-        latest_view.ok_or_else(|| Status::not_found(format!("the log holds no view of track {track_id}")))
+        latest_view
+            .ok_or_else(|| Status::not_found(format!("the log holds no view of track {track_id} of camera {camera}")))
     }
 
-    /// A track's camera and the capture times of its first and last sighting.
-    async fn track_span(&self, track_id: u64) -> Result<(String, UnixNanos, UnixNanos), Status> {
-        if track_id == 0 {
-            return Err(Status::invalid_argument("track_id must be set"));
-        }
+    /// The capture times of a track's first and last sighting.
+    async fn track_span(&self, track_id: u64, camera: &str) -> Result<(UnixNanos, UnixNanos), Status> {
         let ends = |newest_first| Selection {
+            camera_id: Some(camera.to_string()),
             track_id: Some(track_id),
             newest_first,
             ..Default::default()
@@ -243,7 +267,7 @@ impl PixelsService {
         let last = self.log.select(ends(true), None, 1).await?;
         let (Some((_, first)), Some((_, last))) = (first.first(), last.first()) else {
             return Err(Status::not_found(format!(
-                "the log holds no record of track {track_id}"
+                "the log holds no record of track {track_id} of camera {camera}"
             )));
         };
         let time = |d: &pb::FrameDescriptor| d.capture_time.map(timestamp_nanos).unwrap_or_default();
@@ -261,7 +285,7 @@ impl PixelsService {
             .and_then(|s| s.last_seen)
             .map(timestamp_nanos)
             .unwrap_or_else(|| time(last));
-        Ok((first.camera_id.clone(), from, to.max(from)))
+        Ok((from, to.max(from)))
     }
 
     async fn snapshot(&self, caller: Option<Arc<Caller>>, ask: SnapshotAsk) -> Result<Response<pb::Snapshot>, Status> {
@@ -682,7 +706,8 @@ impl Pixels for PixelsService {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let caller = caller_of(&request);
         let request = request.into_inner();
-        let (camera, view) = self.track_view(request.track_id).await?;
+        let camera = self.track_camera(request.track_id, &request.camera_id).await?;
+        let view = self.track_view(request.track_id, &camera).await?;
         let time = view.capture_time.map(timestamp_nanos).unwrap_or_default();
         let bbox = crate::wire::decode_box_q16(view.box_q16);
         let options = request.options.unwrap_or_default();
@@ -725,7 +750,8 @@ impl Pixels for PixelsService {
             m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
             _ => return Err(Status::invalid_argument("margin_seconds must lie in 0..=60")),
         };
-        let (camera, first, last) = self.track_span(request.track_id).await?;
+        let camera = self.track_camera(request.track_id, &request.camera_id).await?;
+        let (first, last) = self.track_span(request.track_id, &camera).await?;
         let margin = margin.as_nanos() as i64;
         let ask = ClipAsk {
             kind: "track clip",
