@@ -6,7 +6,8 @@
 //! its timestamps are the frames' capture times less the first one's: an outage inside a clip is
 //! a frame held for as long as it lasted, never a corrupt stream.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -18,6 +19,12 @@ use gstreamer_video::prelude::*;
 use super::ring::Segment;
 use crate::clock::UnixNanos;
 use crate::error::{Error, Result};
+
+/// A segment reader that gives no frame for this long is given up on.
+const SEGMENT_SILENCE: Duration = Duration::from_secs(10);
+
+/// Compressed frames an export's encoder may hold before `Mp4Writer::push` waits for it.
+const ENCODER_QUEUE_BYTES: u64 = 16 << 20;
 
 /// A decoded frame of the ring at the camera's own resolution.
 pub struct TimedFrame {
@@ -79,17 +86,22 @@ fn decode_segment(
         .set_state(gst::State::Playing)
         .map_err(|_| Error::Gstreamer(format!("cannot read video segment {}", path.display())))?;
     let mut first_pts = None;
+    let mut silent_since = std::time::Instant::now();
     loop {
-        let sample = match sink.pull_sample() {
-            Ok(sample) => sample,
-            // End of the segment, or an error: a segment cut short by a crash ends early.
-            Err(_) => {
-                if let Some(error) = pipeline_error(&pipeline) {
+        // Never a blocking pull: a segment no decoder can read (empty, zeroed, a codec not
+        // installed) may neither deliver a frame nor end, and an export must not wait on it.
+        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) else {
+            let error = pipeline_error(&pipeline);
+            if sink.is_eos() || error.is_some() || silent_since.elapsed() > SEGMENT_SILENCE {
+                // A segment cut short by a crash ends early; one that says nothing is skipped.
+                if let Some(error) = error {
                     tracing::debug!(segment = %segment.path.display(), %error, "segment read ended on an error");
                 }
                 return Ok(Next::More);
             }
+            continue;
         };
+        silent_since = std::time::Instant::now();
         let Some(pts) = sample.buffer().and_then(|b| b.pts()) else {
             continue;
         };
@@ -171,6 +183,8 @@ pub fn jpeg(image: &image::RgbImage, quality: u8) -> Result<Vec<u8>> {
 pub struct Mp4Writer {
     pipeline: gst::Pipeline,
     source: gst_app::AppSrc,
+    /// `on_bytes` failed: nobody takes the file any more.
+    client_gone: Arc<AtomicBool>,
     size: Option<(u32, u32)>,
     first: Option<UnixNanos>,
     last: Option<UnixNanos>,
@@ -185,10 +199,10 @@ impl Mp4Writer {
     /// it (the client went away) stops the encoding.
     pub fn new(mut on_bytes: impl FnMut(Vec<u8>) -> std::result::Result<(), ()> + Send + 'static) -> Result<Mp4Writer> {
         let description = format!(
-            "appsrc name=frames format=time block=true max-bytes={} ! videoconvert ! \
+            "appsrc name=frames format=time max-bytes={} ! videoconvert ! \
              x264enc speed-preset=veryfast pass=qual quantizer=23 key-int-max=50 bframes=0 ! video/x-h264,profile=high ! h264parse ! \
              mp4mux fragment-duration={FRAGMENT_MS} streamable=true ! appsink name=bytes sync=false",
-            16u32 << 20
+            ENCODER_QUEUE_BYTES
         );
         let pipeline = gst::parse::launch(&description)
             .map_err(|e| Error::Gstreamer(format!("clip encoder: {e}")))?
@@ -202,13 +216,18 @@ impl Mp4Writer {
             .by_name("bytes")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| Error::Gstreamer("clip encoder without appsink".into()))?;
+        let client_gone = Arc::new(AtomicBool::new(false));
+        let gone = client_gone.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                    on_bytes(map.as_slice().to_vec()).map_err(|()| gst::FlowError::Flushing)?;
+                    if on_bytes(map.as_slice().to_vec()).is_err() {
+                        client_gone.store(true, std::sync::atomic::Ordering::Release);
+                        return Err(gst::FlowError::Flushing);
+                    }
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -226,6 +245,7 @@ impl Mp4Writer {
         Ok(Mp4Writer {
             pipeline,
             source,
+            client_gone: gone,
             size: None,
             first: None,
             last: None,
@@ -235,9 +255,7 @@ impl Mp4Writer {
 
     /// Adds a frame; every frame must have the first one's size.
     pub fn push(&mut self, frame: &TimedFrame) -> Result<()> {
-        if let Ok(error) = self.errors.try_recv() {
-            return Err(Error::Gstreamer(format!("clip encoder: {error}")));
-        }
+        self.wait_for_room()?;
         let size = frame.image.dimensions();
         match self.size {
             None => {
@@ -273,6 +291,23 @@ impl Mp4Writer {
         Ok(())
     }
 
+    /// Waits while the encoder holds a full queue (a client reading slowly), and stops when the
+    /// client is gone or the encoder failed: a stalled encoder never blocks its export for good.
+    fn wait_for_room(&self) -> Result<()> {
+        loop {
+            if self.client_gone.load(Ordering::Acquire) {
+                return Err(Error::Gstreamer("the client stopped reading the clip".into()));
+            }
+            if let Ok(error) = self.errors.try_recv() {
+                return Err(Error::Gstreamer(format!("clip encoder: {error}")));
+            }
+            if self.source.current_level_bytes() < ENCODER_QUEUE_BYTES {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Ends the file and waits until its last bytes are out; `frame_time` is how long the last
     /// frame is shown.
     pub fn finish(self, timeout: Duration) -> Result<()> {
@@ -289,6 +324,9 @@ impl Mp4Writer {
         loop {
             if let Ok(error) = self.errors.try_recv() {
                 return Err(Error::Gstreamer(format!("clip encoder: {error}")));
+            }
+            if self.client_gone.load(Ordering::Acquire) {
+                return Err(Error::Gstreamer("the client stopped reading the clip".into()));
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
