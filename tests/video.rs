@@ -155,7 +155,17 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 
 /// The export records of `camera` in the node's log, once there are `count` (a record reaches
 /// the log between two frames of the camera, then its next commit).
-async fn export_records(client: &mut common::Client, camera: &str, count: usize) -> Vec<pb::PixelExport> {
+async fn export_records<T>(
+    client: &mut pb::retina_client::RetinaClient<T>,
+    camera: &str,
+    count: usize,
+) -> Vec<pb::PixelExport>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     let deadline = Instant::now() + NEVER;
     loop {
         let answer = client
@@ -603,23 +613,7 @@ async fn faces_leave_the_node_pixelated_and_unblurred_pixels_need_their_own_scop
         .unwrap();
     let bearer = client::BearerToken::new(Some(&centre)).unwrap();
     let mut reader = pb::retina_client::RetinaClient::with_interceptor(channel, bearer);
-    let deadline = Instant::now() + NEVER;
-    let records = loop {
-        let answer = reader
-            .query(pb::QueryRequest {
-                camera_id: "car".into(),
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let records: Vec<pb::PixelExport> = answer.descriptors.into_iter().filter_map(|d| d.pixel_export).collect();
-        if records.len() >= 5 || Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let records = export_records(&mut reader, "car", 5).await;
     let seen: Vec<(&str, &str, bool, bool)> = records
         .iter()
         .map(|r| (r.kind.as_str(), r.caller.as_str(), r.raw, r.refused.is_empty()))

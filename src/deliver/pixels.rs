@@ -174,17 +174,8 @@ impl PixelsService {
         }
     }
 
-    /// The export's record in the camera's stream. Never waits: a describe stage too far behind
-    /// to take it is said in the node's log.
     fn record(&self, camera: &str, export: pb::PixelExport) {
-        let notice = ExportNotice {
-            camera_id: camera.to_string(),
-            at: now_unix_nanos(),
-            export,
-        };
-        if let Err(err) = self.notices.try_send(notice) {
-            tracing::warn!(camera, ?err, "an export record could not be queued for the log");
-        }
+        send_record(&self.notices, camera, export);
     }
 
     /// What every export checks first: video is kept, a slot is free, `raw` is allowed.
@@ -459,14 +450,7 @@ impl PixelsService {
                     let _ = tx.blocking_send(Err(status));
                 }
             }
-            let notice = ExportNotice {
-                camera_id: camera.clone(),
-                at: now_unix_nanos(),
-                export: record,
-            };
-            if let Err(err) = notices.try_send(notice) {
-                tracing::warn!(camera, ?err, "an export record could not be queued for the log");
-            }
+            send_record(&notices, &camera, record);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -502,6 +486,19 @@ impl PixelsService {
 }
 
 type ClipStream = ReceiverStream<Result<pb::ClipChunk, Status>>;
+
+/// The export's record in the camera's stream. Never waits: a describe stage too far behind to
+/// take it is said in the node's log.
+fn send_record(notices: &SyncSender<ExportNotice>, camera: &str, export: pb::PixelExport) {
+    let notice = ExportNotice {
+        camera_id: camera.to_string(),
+        at: now_unix_nanos(),
+        export,
+    };
+    if let Err(err) = notices.try_send(notice) {
+        tracing::warn!(camera, ?err, "an export record could not be queued for the log");
+    }
+}
 
 /// A snapshot asked for, by time or by track.
 struct SnapshotAsk {
@@ -663,10 +660,6 @@ fn draw_rectangle(image: &mut image::RgbImage, [x0, y0, x1, y1]: [u32; 4], colou
     }
 }
 
-fn caller_of<T>(request: &Request<T>) -> Option<Arc<Caller>> {
-    request.extensions().get::<Arc<Caller>>().cloned()
-}
-
 fn bbox_of(b: pb::BoundingBox) -> Result<[f32; 4], Status> {
     let bbox = [b.x_min, b.y_min, b.x_max, b.y_max];
     let ordered = b.x_min <= b.x_max && b.y_min <= b.y_max;
@@ -684,7 +677,7 @@ fn time_of(t: Option<prost_types::Timestamp>, name: &str) -> Result<UnixNanos, S
 #[tonic::async_trait]
 impl Pixels for PixelsService {
     async fn get_snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::Snapshot>, Status> {
-        let caller = caller_of(&request);
+        let caller = super::service::caller(&request);
         let request = request.into_inner();
         let time = time_of(request.time, "time")?;
         let bbox = request.r#box.map(bbox_of).transpose()?;
@@ -704,7 +697,7 @@ impl Pixels for PixelsService {
         &self,
         request: Request<pb::TrackSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
-        let caller = caller_of(&request);
+        let caller = super::service::caller(&request);
         let request = request.into_inner();
         let camera = self.track_camera(request.track_id, &request.camera_id).await?;
         let view = self.track_view(request.track_id, &camera).await?;
@@ -725,7 +718,7 @@ impl Pixels for PixelsService {
     type GetClipStream = ClipStream;
 
     async fn get_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
-        let caller = caller_of(&request);
+        let caller = super::service::caller(&request);
         let request = request.into_inner();
         let from = time_of(request.from_time, "from_time")?;
         let to = time_of(request.to_time, "to_time")?;
@@ -743,7 +736,7 @@ impl Pixels for PixelsService {
     type GetTrackClipStream = ClipStream;
 
     async fn get_track_clip(&self, request: Request<pb::TrackClipRequest>) -> Result<Response<ClipStream>, Status> {
-        let caller = caller_of(&request);
+        let caller = super::service::caller(&request);
         let request = request.into_inner();
         let margin = match request.margin_seconds {
             0.0 => DEFAULT_TRACK_MARGIN,

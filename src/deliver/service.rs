@@ -428,11 +428,13 @@ impl Admin for AdminService {
 }
 
 /// The name of the token the call came with, if the node checks tokens.
+/// Who made the call, on a node with tokens (the guard layer put it there).
+pub(super) fn caller<T>(request: &Request<T>) -> Option<Arc<crate::access::Caller>> {
+    request.extensions().get::<Arc<crate::access::Caller>>().cloned()
+}
+
 fn caller_name<T>(request: &Request<T>) -> Option<String> {
-    request
-        .extensions()
-        .get::<Arc<crate::access::Caller>>()
-        .map(|caller| caller.name.clone())
+    caller(request).map(|caller| caller.name.clone())
 }
 
 /// Camera and model changes start and stop pipelines, load models and write files: never on an

@@ -333,8 +333,7 @@ impl Mp4Writer {
                 return Err(Error::Gstreamer("the clip encoder did not finish in time".into()));
             }
             let wait = gst::ClockTime::from_nseconds(left.min(Duration::from_millis(100)).as_nanos() as u64);
-            if let Some(message) = bus.timed_pop_filtered(wait, &[gst::MessageType::Eos]) {
-                let _ = message;
+            if bus.timed_pop_filtered(wait, &[gst::MessageType::Eos]).is_some() {
                 return Ok(());
             }
         }
