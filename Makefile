@@ -117,9 +117,12 @@ bench-model-swap: build
 ## What the recent-video ring costs per camera: the release node on 1 and 4 camera-like 720p25
 ## H.264 streams (~2 Mbit/s, 1 s GOP) without and with a [video] section, 3 alternating rounds:
 ## CPU, bytes written per camera per second and per day, MPEG-TS overhead against the stream's own
-## bitrate, hours a 2 GiB ring holds, peak RSS; ~10 min. Writes benches/results/video-ring.md.
+## bitrate, hours a 2 GiB ring holds, peak RSS; ~10 min. Writes benches/results/video-ring.md. Then
+## the same for 1 and 2 cameras sending Motion JPEG, which the ring keeps by encoding them
+## (video.reencode); ~7 min. Writes benches/results/video-ring-mjpeg.md.
 bench-video: build
 	@bash benches/video_ring.sh
+	@SOURCE=mjpeg CAMERAS="1 2" bash benches/video_ring.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

@@ -17,6 +17,11 @@
 # H.264 elementary stream's): the difference is MPEG-TS's overhead. CPU differences are taken per
 # round (the two runs of a round are next to each other in time), then their median and range.
 # Writes benches/results/video-ring.md.
+#
+# SOURCE=mjpeg (the second half of `make bench-video`, CAMERAS "1 2") measures the same for cameras
+# that send Motion JPEG, which the ring can only keep by encoding (`reencode = true`): the clip is
+# the same 720p video as JPEG frames (quality 85) in AVI, decoded by the node either way; "with"
+# adds the encoder (x264, ultrafast, CRF 23, one thread). Writes benches/results/video-ring-mjpeg.md.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=$repo/target/release/retina-edge
@@ -26,7 +31,12 @@ ROUNDS=${ROUNDS:-3}
 WINDOW=${WINDOW:-40}
 WARMUP=${WARMUP:-5}
 SEGMENT=2
-report=$repo/benches/results/video-ring.md
+SOURCE=${SOURCE:-h264}
+case $SOURCE in
+  h264) report=$repo/benches/results/video-ring.md ;;
+  mjpeg) report=$repo/benches/results/video-ring-mjpeg.md ;;
+  *) echo "SOURCE is h264 or mjpeg, not $SOURCE" >&2; exit 1 ;;
+esac
 started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_start=$(date +%s)
@@ -47,6 +57,15 @@ if [ ! -f "$clip" ]; then
     ! h264parse ! mp4mux ! filesink location="$clip.tmp" $src $src $src $src >&2
   mv "$clip.tmp" "$clip"
 fi
+h264_clip=$clip
+if [ "$SOURCE" = mjpeg ]; then
+  clip=$media/bikes-720p-mjpeg.avi
+  if [ ! -f "$clip" ]; then
+    gst-launch-1.0 -q filesrc location="$h264_clip" ! qtdemux ! avdec_h264 ! videoconvert \
+      ! jpegenc quality=85 ! avimux ! filesink location="$clip.tmp" >&2
+    mv "$clip.tmp" "$clip"
+  fi
+fi
 
 work=$(mktemp -d)
 node=
@@ -55,7 +74,7 @@ trap '[ -n "$node" ] && kill "$node" 2>/dev/null; rm -rf "$work"' EXIT
 # The clip's own figures: frames, keyframes, frames shown out of decoding order (B-frames), and the
 # bytes of its H.264 elementary stream as the ring's parser writes it (Annex B, SPS/PPS at every
 # keyframe).
-gst-launch-1.0 -v filesrc location="$clip" ! qtdemux ! h264parse config-interval=-1 \
+gst-launch-1.0 -v filesrc location="$h264_clip" ! qtdemux ! h264parse config-interval=-1 \
   ! video/x-h264,stream-format=byte-stream,alignment=au ! identity silent=false ! fakesink 2>/dev/null |
   grep -o 'identity0:sink) ([0-9]* bytes, dts: [^,]*, pts: [^,]*,.*flags: [0-9a-f]*[a-z -]*' |
   awk '{ gsub(/\(/, ""); bytes += $2; frames++; if ($5 != $7) reordered++
@@ -63,6 +82,7 @@ gst-launch-1.0 -v filesrc location="$clip" ! qtdemux ! h264parse config-interval
        END { printf "%d %d %d %.0f\n", frames, keys, reordered + 0, bytes }' >"$work/clip-stats"
 read -r clip_frames clip_keys clip_reordered clip_es_bytes <"$work/clip-stats"
 clip_bytes=$(stat -c %s "$clip")
+h264_bytes=$(stat -c %s "$h264_clip")
 clip_seconds=$(awk -v f="$clip_frames" 'BEGIN { printf "%.2f", f / 25 }')
 [ "$clip_frames" -gt 0 ] || { echo "cannot read the clip $clip" >&2; exit 1; }
 
@@ -113,8 +133,10 @@ run() {
     printf 'detector_manifest = "%s"\nworkers = 1\nintra_op_threads = 1\n\n' "$repo/models/nanodet-g-416.toml"
     printf '[log]\npath = "%s"\n\n' "$work/log.sqlite"
     if [ "$ring" = 1 ]; then
-      printf '[video]\ndir = "%s"\nsegment_seconds = %s\nface_model = "%s"\n\n' \
+      printf '[video]\ndir = "%s"\nsegment_seconds = %s\nface_model = "%s"\n' \
         "$video" "$SEGMENT" "$repo/models/blazeface-back-256.toml"
+      [ "$SOURCE" = mjpeg ] && printf 'reencode = true\n'
+      printf '\n'
     fi
     for i in $(seq "$n"); do
       printf '[[cameras]]\nid = "cam%02d"\nuri = "%s"\nanalysis_fps = 2\nloop_file = true\nrealtime = true\ndecode = "all"\n\n' \
@@ -189,20 +211,32 @@ pairs() {
 }
 
 clip_rate=$(awk -v b="$clip_bytes" -v s="$clip_seconds" 'BEGIN { print b / s }')
+h264_rate=$(awk -v b="$h264_bytes" -v s="$clip_seconds" 'BEGIN { print b / s }')
 es_rate=$(awk -v b="$clip_es_bytes" -v s="$clip_seconds" 'BEGIN { print b / s }')
 
 {
-  echo "# What the recent-video ring costs per camera (\`make bench-video\`)"
+  if [ "$SOURCE" = mjpeg ]; then
+    echo "# What the recent-video ring costs per camera that sends Motion JPEG, encoded for the ring (\`make bench-video\`)"
+  else
+    echo "# What the recent-video ring costs per camera (\`make bench-video\`)"
+  fi
   echo
-  echo "Command: \`make bench-video\` (\`bash benches/video_ring.sh\`; ROUNDS=$ROUNDS WINDOW=$WINDOW WARMUP=$WARMUP CAMERAS=\"$CAMERAS\")."
+  echo "Command: \`make bench-video\` (\`SOURCE=$SOURCE bash benches/video_ring.sh\`; ROUNDS=$ROUNDS WINDOW=$WINDOW WARMUP=$WARMUP CAMERAS=\"$CAMERAS\")."
   echo "Run $started_at on $(nproc) cores ($(uname -m), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)),"
   echo "load average $load_start at the start and $load_end at the end; took $((elapsed / 60)) min $((elapsed % 60)) s."
   echo
-  echo "The clip, \`$(basename "$clip")\`: the 10 s sample \`bikes.mp4\` (640x272, 25 fps) decoded four times back to"
+  if [ "$SOURCE" = mjpeg ]; then
+    echo "The clip, \`$(basename "$clip")\`: every frame of the H.264 clip below decoded and encoded by \`jpegenc quality=85\`"
+    echo "into AVI (Motion JPEG, as many older IP cameras send), $clip_bytes bytes: **$(awk -v b="$clip_bytes" -v s="$clip_seconds" 'BEGIN { printf "%.0f bytes/s (%.3f Mbit/s)", b / s, b / s * 8 / 1e6 }')**."
+    echo "The ring cannot keep JPEG frames as they come: with \`reencode = true\` it encodes the decoded frames (\`x264enc\`"
+    echo "ultrafast, zerolatency, CRF 23, one thread, a keyframe per segment). The H.264 clip it was made from:"
+    echo
+  fi
+  echo "The clip, \`$(basename "$h264_clip")\`: the 10 s sample \`bikes.mp4\` (640x272, 25 fps) decoded four times back to"
   echo "back, stretched to 1280x720 and encoded by GStreamer's \`x264enc\` (main profile, \`bitrate=2000 pass=cbr\`, 600 ms VBV,"
   echo "\`key-int-max=25\`, no scene-cut keyframes, \`bframes=0\`, \`speed-preset=faster\`) into MP4: $clip_frames frames ($clip_seconds s),"
-  echo "$clip_keys keyframes (one a second), $clip_reordered frames out of decoding order. Its file is $clip_bytes bytes:"
-  awk -v r="$clip_rate" -v e="$es_rate" -v b="$clip_es_bytes" 'BEGIN {
+  echo "$clip_keys keyframes (one a second), $clip_reordered frames out of decoding order. Its file is $h264_bytes bytes:"
+  awk -v r="$h264_rate" -v e="$es_rate" -v b="$clip_es_bytes" 'BEGIN {
     printf "**%.0f bytes/s (%.3f Mbit/s)**; its H.264 elementary stream (Annex B, SPS/PPS at every keyframe, as the ring'"'"'s\n", r, r * 8 / 1e6
     printf "parser passes it on) is %d bytes, %.0f bytes/s.\n", b, e }'
   echo
@@ -229,7 +263,7 @@ es_rate=$(awk -v b="$clip_es_bytes" -v s="$clip_seconds" 'BEGIN { print b / s }'
     echo "| **ring written per camera, bytes/s** | **$(awk -v n="$n" '{ print $6 / n / $10 }' "$work/pairs-$n" | stat3 %.0f)** |"
     echo "| the same in Mbit/s | $(awk -v n="$n" '{ print $6 / n / $10 * 8 / 1e6 }' "$work/pairs-$n" | stat3 %.3f) |"
     echo "| per camera per day, GB (10^9 B) | $(awk -v n="$n" '{ print $6 / n / $10 * 86400 / 1e9 }' "$work/pairs-$n" | stat3 %.1f) |"
-    echo "| **TS overhead: ring rate / the clip file's bitrate** | **x$(awk -v n="$n" -v r="$clip_rate" '{ print $6 / n / $10 / r }' "$work/pairs-$n" | stat3 %.3f)** |"
+    echo "| **$([ "$SOURCE" = mjpeg ] && echo "ring rate / the MJPEG stream's" || echo "TS overhead: ring rate / the clip file's bitrate")** | **x$(awk -v n="$n" -v r="$clip_rate" '{ print $6 / n / $10 / r }' "$work/pairs-$n" | stat3 %.3f)** |"
     echo "| ring rate / the H.264 elementary stream's | x$(awk -v n="$n" -v r="$es_rate" '{ print $6 / n / $10 / r }' "$work/pairs-$n" | stat3 %.3f) |"
     echo "| check: closed segments' bytes / the capture time they cover, per camera, bytes/s | $(awk '$9 > 0 { print $8 / ($9 / 1e9) }' "$work/pairs-$n" | stat3 %.0f) |"
     echo "| segments closed per camera in the $WINDOW s window | $(awk -v n="$n" '{ print $7 / n }' "$work/pairs-$n" | stat3 %.1f) |"

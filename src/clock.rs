@@ -119,6 +119,12 @@ impl CaptureClock {
         Some(anchor_wall.saturating_add(offset).saturating_add(self.shift))
     }
 
+    /// The capture time `stamp_exact` gives a sender's time now (shifted as the camera's times
+    /// are), without moving the clock on: for the frames the video ring keeps.
+    pub fn sender_time_of(&self, t: UnixNanos) -> UnixNanos {
+        t.saturating_add(self.shift)
+    }
+
     /// A capture time given by the sender (camera NTP), kept monotonic with the others.
     pub fn stamp_exact(&mut self, t: UnixNanos) -> UnixNanos {
         self.monotonic(t)

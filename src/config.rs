@@ -479,6 +479,10 @@ pub struct VideoConfig {
     pub face_model: Option<PathBuf>,
     /// A face's box is grown by this fraction of its size on each side before it is pixelated.
     pub face_margin: f32,
+    /// Cameras without an H.264 or H.265 stream (MJPEG, raw video) have their decoded frames
+    /// encoded to H.264 for the ring: a cost in CPU the README measures. Off, their video is not
+    /// kept.
+    pub reencode: bool,
 }
 
 impl Default for VideoConfig {
@@ -492,6 +496,7 @@ impl Default for VideoConfig {
             max_concurrent_exports: 2,
             face_model: None,
             face_margin: 0.25,
+            reencode: false,
         }
     }
 }

@@ -1005,7 +1005,7 @@ impl Node {
     fn pixels_service(
         config: &Config,
         log: crate::log::LogReader,
-        notices: mpsc::SyncSender<crate::describe::ExportNotice>,
+        notices: tokio::sync::mpsc::Sender<crate::describe::ExportNotice>,
     ) -> Result<PixelsService> {
         let exports = match (&config.video, config.video_dir(), config.face_model_path()) {
             (Some(video), Some(dir), Some(face_model)) => {
@@ -1061,7 +1061,7 @@ impl Node {
             config.describe.clone(),
             appender.take_resume_counters(),
         );
-        let (notices_tx, notices_rx) = mpsc::sync_channel(EXPORT_NOTICES_QUEUED);
+        let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(EXPORT_NOTICES_QUEUED);
         let describer = describer.with_notices(notices_rx);
         let pixels = Self::pixels_service(&config, reader.clone(), notices_tx)?;
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);

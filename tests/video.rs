@@ -185,6 +185,98 @@ where
     }
 }
 
+/// A track's snapshot is the frame it was described from: the detector finds the object where
+/// the descriptor put it. Returns the track (the first confirmed one of a sizeable object) and
+/// its stored box.
+async fn track_snapshot_is_its_frame<T>(
+    client: &mut pb::retina_client::RetinaClient<T>,
+    addr: &str,
+    video_dir: &Path,
+    camera: &str,
+) -> (u64, pb::TrackView)
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            start: pb::StartPosition::Earliest as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (track, view, class_id) = loop {
+        let d = tokio::time::timeout(NEVER, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let confirmed = d.track_events.iter().find(|e| {
+            e.kind == pb::TrackEventKind::Confirmed as i32
+                && e.view.as_ref().is_some_and(|v| {
+                    let b = retina_edge::wire::decode_box_q16(v.box_q16);
+                    (b[2] - b[0]) * (b[3] - b[1]) > 0.02
+                })
+        });
+        if let Some(event) = confirmed {
+            break (event.track_id, event.view.clone().unwrap(), event.class_id);
+        }
+    };
+    drop(stream);
+    // The frame must be in a closed segment first.
+    wait_for_video(video_dir, camera, common::nanos(view.capture_time) - S, 1.5).await;
+    let whole = client::snapshot(
+        addr,
+        &credentials(None),
+        PixelTarget::Track {
+            track_id: track,
+            camera_id: String::new(),
+            margin_seconds: 0.0,
+        },
+        pb::SnapshotOptions {
+            // The detector is checked on the frame as the node analysed it: faces pixelated hide
+            // what it looks for in a person.
+            raw: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a track snapshot");
+    // The ring times a frame by its segment's first frame and its place in the stream; the
+    // descriptor by the camera's sender clock (RTCP) once it has one: they agree to a few
+    // milliseconds, and frames are 40 ms apart.
+    let off = common::nanos(whole.capture_time) - common::nanos(view.capture_time);
+    assert!(off.abs() < FRAME_NS / 2, "the very frame described ({off} ns away)");
+    let picture = image::load_from_memory(&whole.jpeg).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), (640, 272));
+    let env = environment(&common::ort_library()).unwrap();
+    let detector = retina_edge::infer::ModelFile::load(
+        retina_edge::infer::manifest::Manifest::load(&common::repo().join("models/nanodet-g-416.toml")).unwrap(),
+        env,
+        OPTIONS,
+    )
+    .unwrap();
+    let mut analyzer = Analyzer::new(env, &detector, None, &[], None, 0.0, OPTIONS).unwrap();
+    let (found, _) = analyzer.analyze(&picture).unwrap();
+    let stored = retina_edge::wire::decode_box_q16(view.box_q16);
+    let best = found
+        .iter()
+        .filter(|d| d.class_id == class_id)
+        .map(|d| {
+            let b = d.bbox;
+            iou([b[0] / 640.0, b[1] / 272.0, b[2] / 640.0, b[3] / 272.0], stored)
+        })
+        .fold(0.0f32, f32::max);
+    assert!(
+        best >= 0.7,
+        "the object is where its descriptor says (IoU {best:.2}): {found:?}"
+    );
+    (track, view)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and_keeps_its_bound() {
     let mut camera = TestCamera::start(&common::sample_clip());
@@ -262,82 +354,8 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         "the last frame at {last} ns"
     );
 
-    // A track's snapshot is the frame it was described from: the detector finds the object
-    // where the descriptor put it.
-    let mut stream = client
-        .subscribe(pb::SubscribeRequest {
-            start: pb::StartPosition::Earliest as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let (track, view, class_id) = loop {
-        let d = tokio::time::timeout(NEVER, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let confirmed = d.track_events.iter().find(|e| {
-            e.kind == pb::TrackEventKind::Confirmed as i32
-                && e.view.as_ref().is_some_and(|v| {
-                    let b = retina_edge::wire::decode_box_q16(v.box_q16);
-                    (b[2] - b[0]) * (b[3] - b[1]) > 0.02
-                })
-        });
-        if let Some(event) = confirmed {
-            break (event.track_id, event.view.clone().unwrap(), event.class_id);
-        }
-    };
-    drop(stream);
-    // The frame must be in a closed segment first.
-    wait_for_video(&video_dir, "door", common::nanos(view.capture_time) - S, 1.5).await;
-    let whole = client::snapshot(
-        &addr,
-        &credentials(None),
-        PixelTarget::Track {
-            track_id: track,
-            camera_id: String::new(),
-            margin_seconds: 0.0,
-        },
-        pb::SnapshotOptions {
-            // The detector is checked on the frame as the node analysed it: faces pixelated hide
-            // what it looks for in a person.
-            raw: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("a track snapshot");
-    // The ring times a frame by its segment's first frame and its place in the stream; the
-    // descriptor by the camera's sender clock (RTCP) once it has one: they agree to a few
-    // milliseconds, and frames are 40 ms apart.
-    let off = common::nanos(whole.capture_time) - common::nanos(view.capture_time);
-    assert!(off.abs() < FRAME_NS / 2, "the very frame described ({off} ns away)");
-    let picture = image::load_from_memory(&whole.jpeg).unwrap().to_rgb8();
-    assert_eq!(picture.dimensions(), (640, 272));
-    let env = environment(&common::ort_library()).unwrap();
-    let detector = retina_edge::infer::ModelFile::load(
-        retina_edge::infer::manifest::Manifest::load(&common::repo().join("models/nanodet-g-416.toml")).unwrap(),
-        env,
-        OPTIONS,
-    )
-    .unwrap();
-    let mut analyzer = Analyzer::new(env, &detector, None, &[], None, 0.0, OPTIONS).unwrap();
-    let (found, _) = analyzer.analyze(&picture).unwrap();
+    let (track, view) = track_snapshot_is_its_frame(&mut client, &addr, &video_dir, "door").await;
     let stored = retina_edge::wire::decode_box_q16(view.box_q16);
-    let best = found
-        .iter()
-        .filter(|d| d.class_id == class_id)
-        .map(|d| {
-            let b = d.bbox;
-            iou([b[0] / 640.0, b[1] / 272.0, b[2] / 640.0, b[3] / 272.0], stored)
-        })
-        .fold(0.0f32, f32::max);
-    assert!(
-        best >= 0.7,
-        "the object is where its descriptor says (IoU {best:.2}): {found:?}"
-    );
     let cropped = client::snapshot(
         &addr,
         &credentials(None),
@@ -379,6 +397,20 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     .await
     .expect_err("no track of that id on another camera");
     assert!(elsewhere.to_string().contains("of camera elsewhere"), "{elsewhere}");
+    // A track this camera never had: refused, and the refusal recorded (below).
+    let unknown = client::snapshot(
+        &addr,
+        &credentials(None),
+        PixelTarget::Track {
+            track_id: 7,
+            camera_id: "door".into(),
+            margin_seconds: 0.0,
+        },
+        pb::SnapshotOptions::default(),
+    )
+    .await
+    .expect_err("no track 7 on this camera");
+    assert!(unknown.to_string().contains("track 7"), "{unknown}");
 
     // The track's clip: its life, from the log, with a second either side.
     let described = common::nanos(view.capture_time);
@@ -445,18 +477,39 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     );
 
     // Who looked at what: every export is a record in the camera's stream.
-    let records = export_records(&mut client, "door", 5).await;
-    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    let records = export_records(&mut client, "door", 6).await;
+    let kinds: Vec<(&str, bool)> = records
+        .iter()
+        .map(|r| (r.kind.as_str(), r.refused.is_empty() && r.frames > 0))
+        .collect();
     assert_eq!(
         kinds,
-        ["clip", "track snapshot", "track snapshot", "track clip", "clip"],
+        [
+            ("clip", true),
+            ("track snapshot", true),
+            ("track snapshot", true),
+            ("track snapshot", false),
+            ("track clip", true),
+            ("clip", true)
+        ],
         "{records:?}"
     );
-    assert!(records.iter().all(|r| r.refused.is_empty() && r.frames > 0));
+    assert!(records[3].refused.contains("track 7"), "{:?}", records[3]);
     let raw: Vec<bool> = records.iter().map(|r| r.raw).collect();
-    assert_eq!(raw, [false, true, false, false, false]);
-    assert_eq!(records[3].track_id, track);
+    assert_eq!(raw, [false, true, false, false, false, false]);
+    assert_eq!(records[4].track_id, track);
     assert_eq!(records[1].track_id, track);
+    // A camera whose video is not kept (here: none of that name) gets no stream of records.
+    let elsewhere = client
+        .query(pb::QueryRequest {
+            camera_id: "elsewhere".into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("Query")
+        .into_inner();
+    assert!(elsewhere.descriptors.is_empty(), "{:?}", elsewhere.descriptors);
     common::stop_node(node).await;
 }
 
@@ -635,4 +688,42 @@ async fn faces_leave_the_node_pixelated_and_unblurred_pixels_need_their_own_scop
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_without_h264_is_kept_by_encoding_its_frames_when_configured() {
+    let camera = TestCamera::start_mjpeg(&common::sample_clip());
+    let dir = tempfile::tempdir().unwrap();
+    let video_dir = dir.path().join("video");
+    let cameras = format!(
+        "{}\n{}reencode = true\n",
+        common::rtsp_camera("mjpeg", &camera.uri(), ""),
+        video_section(&video_dir, 64 << 20)
+    );
+    let (node, mut client) = common::start_camera_node(&cameras).await;
+    let addr = format!("http://{}", node.grpc_addr);
+    let started = retina_edge::clock::now_unix_nanos();
+
+    let held = wait_for_video(&video_dir, "mjpeg", started, 4.0).await;
+    // A keyframe is asked for where each segment is due: x264's own interval (10 s) would make
+    // segments ten times the configured second.
+    for segment in &held {
+        let seconds = (segment.end - segment.start) as f64 / 1e9;
+        assert!(seconds <= 1.5, "a segment of {seconds:.2} s, configured 1 s");
+    }
+    let from = held[0].start + S;
+    let (info, summary, mp4) = get_clip(&addr, None, camera_interval("mjpeg", from, from + 2 * S), false).await;
+    assert!(info.gaps.is_empty(), "no gap in continuous video: {:?}", info.gaps);
+    let decoded = decode_mp4(&mp4, false);
+    assert_eq!(decoded.size, (640, 272), "the camera's own frame size");
+    assert_eq!(decoded.pts_ns.len() as u32, summary.frames);
+    // Every frame the camera sent (25 fps), not only the analysed ones (5 fps).
+    assert!(
+        (49..=51).contains(&decoded.pts_ns.len()),
+        "{} frames in 2 s",
+        decoded.pts_ns.len()
+    );
+    // Timed as the camera's descriptors are: a track's snapshot is the frame it was described
+    // from.
+    track_snapshot_is_its_frame(&mut client, &addr, &video_dir, "mjpeg").await;
 }

@@ -9,10 +9,10 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc::{OwnedPermit, Sender};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -82,6 +82,12 @@ impl VideoExports {
 
     fn give_back(&self, detector: FaceDetector) {
         self.faces.lock().unwrap_or_else(|p| p.into_inner()).push(detector);
+    }
+
+    /// Whether video of `camera` is kept here (it has recorded): only such a camera's stream
+    /// gets export records, so that a caller cannot open streams for cameras that do not exist.
+    fn keeps(&self, camera: &str) -> bool {
+        is_valid_camera_id(camera) && Ring::new(&self.root, camera).dir().is_dir()
     }
 
     fn ring(&self, camera: &str) -> Result<Ring, Status> {
@@ -155,8 +161,26 @@ impl FaceWindow {
 pub struct PixelsService {
     exports: Option<Arc<VideoExports>>,
     log: LogReader,
-    notices: SyncSender<ExportNotice>,
+    notices: Sender<ExportNotice>,
     slots: Arc<Semaphore>,
+}
+
+/// The place of an export's record in the describe stage's queue, taken before any pixel is
+/// decoded: an export whose record could not be written is refused, never made.
+struct AuditPlace {
+    permit: OwnedPermit<ExportNotice>,
+    camera: String,
+    asked_at: UnixNanos,
+}
+
+impl AuditPlace {
+    fn write(self, export: pb::PixelExport) {
+        self.permit.send(ExportNotice {
+            camera_id: self.camera,
+            at: self.asked_at,
+            export,
+        });
+    }
 }
 
 impl PixelsService {
@@ -164,7 +188,7 @@ impl PixelsService {
         exports: Option<Arc<VideoExports>>,
         max_concurrent: usize,
         log: LogReader,
-        notices: SyncSender<ExportNotice>,
+        notices: Sender<ExportNotice>,
     ) -> PixelsService {
         PixelsService {
             exports,
@@ -174,8 +198,41 @@ impl PixelsService {
         }
     }
 
-    fn record(&self, camera: &str, export: pb::PixelExport) {
-        send_record(&self.notices, camera, export);
+    fn audit_place(&self, camera: &str) -> Result<AuditPlace, Status> {
+        let permit = self.notices.clone().try_reserve_owned().map_err(|_| {
+            Status::unavailable(
+                "export records cannot be written now (the describe stage is behind): try again shortly",
+            )
+        })?;
+        Ok(AuditPlace {
+            permit,
+            camera: camera.to_string(),
+            asked_at: now_unix_nanos(),
+        })
+    }
+
+    /// Records an export refused before it began, for a camera whose video is kept; others (no
+    /// such camera, a malformed id) are said in the node's log, since no pixels of them exist.
+    fn record_refusal(&self, camera: &str, mut export: pb::PixelExport, status: &Status) {
+        export.refused = status.message().chars().take(200).collect();
+        if self.exports.as_ref().is_some_and(|e| e.keeps(camera)) {
+            let notice = ExportNotice {
+                camera_id: camera.to_string(),
+                at: now_unix_nanos(),
+                export,
+            };
+            if let Err(err) = self.notices.try_send(notice) {
+                tracing::warn!(camera, ?err, "a refused export could not be recorded");
+            }
+        } else {
+            tracing::info!(
+                camera = %quoted(camera),
+                caller = export.caller,
+                kind = export.kind,
+                refused = export.refused,
+                "pixels asked of a camera whose video is not kept"
+            );
+        }
     }
 
     /// What every export checks first: video is kept, a slot is free, `raw` is allowed.
@@ -289,28 +346,30 @@ impl PixelsService {
             options,
         } = ask;
         let mut record = pb::PixelExport {
-            kind: kind.into(),
-            caller: caller.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
             from_time: Some(to_timestamp(time)),
             to_time: Some(to_timestamp(time)),
-            track_id,
-            raw: options.raw,
-            ..Default::default()
+            ..export_record(kind, caller.as_deref(), track_id, options.raw)
         };
-        let result = self
-            .snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
-            .await;
-        match &result {
-            Ok(snapshot) => {
+        let result = async {
+            let place = self.audit_place(&camera)?;
+            let snapshot = self
+                .snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
+                .await?;
+            Ok((place, snapshot))
+        }
+        .await;
+        match result {
+            Ok((place, snapshot)) => {
                 record.frames = 1;
                 record.faces_blurred = snapshot.faces_blurred;
+                place.write(record);
+                Ok(Response::new(snapshot))
             }
-            Err(status) => record.refused = status.message().chars().take(200).collect(),
+            Err(status) => {
+                self.record_refusal(&camera, record, &status);
+                Err(status)
+            }
         }
-        if !camera.is_empty() && is_valid_camera_id(&camera) {
-            self.record(&camera, record);
-        }
-        result.map(Response::new)
     }
 
     async fn snapshot_pixels(
@@ -407,32 +466,21 @@ impl PixelsService {
             raw,
         } = ask;
         let record = pb::PixelExport {
-            kind: kind.into(),
-            caller: caller.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
             from_time: Some(to_timestamp(from)),
             to_time: Some(to_timestamp(to)),
-            track_id,
-            raw,
-            ..Default::default()
+            ..export_record(kind, caller.as_deref(), track_id, raw)
         };
-        let started = self.start_clip(caller.as_deref(), &camera, from, to, raw);
-        let (exports, slot, coverage) = match started {
+        let started = self
+            .audit_place(&camera)
+            .and_then(|place| Ok((place, self.start_clip(caller.as_deref(), &camera, from, to, raw)?)));
+        let (place, (exports, slot, coverage)) = match started {
             Ok(started) => started,
             Err(status) => {
-                if is_valid_camera_id(&camera) {
-                    self.record(
-                        &camera,
-                        pb::PixelExport {
-                            refused: status.message().chars().take(200).collect(),
-                            ..record
-                        },
-                    );
-                }
+                self.record_refusal(&camera, record, &status);
                 return Err(status);
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let notices = self.notices.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let mut record = record;
@@ -450,7 +498,7 @@ impl PixelsService {
                     let _ = tx.blocking_send(Err(status));
                 }
             }
-            send_record(&notices, &camera, record);
+            place.write(record);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -486,19 +534,6 @@ impl PixelsService {
 }
 
 type ClipStream = ReceiverStream<Result<pb::ClipChunk, Status>>;
-
-/// The export's record in the camera's stream. Never waits: a describe stage too far behind to
-/// take it is said in the node's log.
-fn send_record(notices: &SyncSender<ExportNotice>, camera: &str, export: pb::PixelExport) {
-    let notice = ExportNotice {
-        camera_id: camera.to_string(),
-        at: now_unix_nanos(),
-        export,
-    };
-    if let Err(err) = notices.try_send(notice) {
-        tracing::warn!(camera, ?err, "an export record could not be queued for the log");
-    }
-}
 
 /// A snapshot asked for, by time or by track.
 struct SnapshotAsk {
@@ -679,9 +714,16 @@ impl Pixels for PixelsService {
     async fn get_snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::Snapshot>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let time = time_of(request.time, "time")?;
-        let bbox = request.r#box.map(bbox_of).transpose()?;
         let options = request.options.unwrap_or_default();
+        let asked = (|| Ok((time_of(request.time, "time")?, request.r#box.map(bbox_of).transpose()?)))();
+        let (time, bbox) = match asked {
+            Ok(asked) => asked,
+            Err(status) => {
+                let record = export_record("snapshot", caller.as_deref(), 0, options.raw);
+                self.record_refusal(&request.camera_id, record, &status);
+                return Err(status);
+            }
+        };
         let ask = SnapshotAsk {
             kind: "snapshot",
             camera: request.camera_id,
@@ -699,11 +741,23 @@ impl Pixels for PixelsService {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let camera = self.track_camera(request.track_id, &request.camera_id).await?;
-        let view = self.track_view(request.track_id, &camera).await?;
+        let options = request.options.unwrap_or_default();
+        let found = async {
+            let camera = self.track_camera(request.track_id, &request.camera_id).await?;
+            let view = self.track_view(request.track_id, &camera).await?;
+            Ok((camera, view))
+        }
+        .await;
+        let (camera, view) = match found {
+            Ok(found) => found,
+            Err(status) => {
+                let record = export_record("track snapshot", caller.as_deref(), request.track_id, options.raw);
+                self.record_refusal(&request.camera_id, record, &status);
+                return Err(status);
+            }
+        };
         let time = view.capture_time.map(timestamp_nanos).unwrap_or_default();
         let bbox = crate::wire::decode_box_q16(view.box_q16);
-        let options = request.options.unwrap_or_default();
         let ask = SnapshotAsk {
             kind: "track snapshot",
             camera,
@@ -720,8 +774,20 @@ impl Pixels for PixelsService {
     async fn get_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let from = time_of(request.from_time, "from_time")?;
-        let to = time_of(request.to_time, "to_time")?;
+        let asked = (|| {
+            Ok((
+                time_of(request.from_time, "from_time")?,
+                time_of(request.to_time, "to_time")?,
+            ))
+        })();
+        let (from, to) = match asked {
+            Ok(asked) => asked,
+            Err(status) => {
+                let record = export_record("clip", caller.as_deref(), 0, request.raw);
+                self.record_refusal(&request.camera_id, record, &status);
+                return Err(status);
+            }
+        };
         let ask = ClipAsk {
             kind: "clip",
             camera: request.camera_id,
@@ -738,13 +804,25 @@ impl Pixels for PixelsService {
     async fn get_track_clip(&self, request: Request<pb::TrackClipRequest>) -> Result<Response<ClipStream>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let margin = match request.margin_seconds {
-            0.0 => DEFAULT_TRACK_MARGIN,
-            m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
-            _ => return Err(Status::invalid_argument("margin_seconds must lie in 0..=60")),
+        let found = async {
+            let margin = match request.margin_seconds {
+                0.0 => DEFAULT_TRACK_MARGIN,
+                m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
+                _ => return Err(Status::invalid_argument("margin_seconds must lie in 0..=60")),
+            };
+            let camera = self.track_camera(request.track_id, &request.camera_id).await?;
+            let span = self.track_span(request.track_id, &camera).await?;
+            Ok((margin, camera, span))
+        }
+        .await;
+        let (margin, camera, (first, last)) = match found {
+            Ok(found) => found,
+            Err(status) => {
+                let record = export_record("track clip", caller.as_deref(), request.track_id, request.raw);
+                self.record_refusal(&request.camera_id, record, &status);
+                return Err(status);
+            }
         };
-        let camera = self.track_camera(request.track_id, &request.camera_id).await?;
-        let (first, last) = self.track_span(request.track_id, &camera).await?;
         let margin = margin.as_nanos() as i64;
         let ask = ClipAsk {
             kind: "track clip",
@@ -755,6 +833,17 @@ impl Pixels for PixelsService {
             raw: request.raw,
         };
         self.clip(caller, ask)
+    }
+}
+
+/// An export's record before its outcome is known.
+fn export_record(kind: &str, caller: Option<&Caller>, track_id: u64, raw: bool) -> pb::PixelExport {
+    pb::PixelExport {
+        kind: kind.into(),
+        caller: caller.map(|c| c.name.clone()).unwrap_or_default(),
+        track_id,
+        raw,
+        ..Default::default()
     }
 }
 
@@ -807,5 +896,30 @@ mod tests {
         assert_eq!(crop.dimensions(), (120, 60));
         let edge = mark(image, [0.9, 0.0, 1.0, 1.0], true, 0.5);
         assert_eq!(edge.dimensions(), (30, 100), "clipped at the frame's edge");
+    }
+
+    #[tokio::test]
+    async fn an_export_whose_record_cannot_be_queued_is_refused_before_any_pixel() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = crate::metrics::Metrics::new(crate::ingest::Cameras::default());
+        let (log, _appender) =
+            crate::log::Log::open(&dir.path().join("log.sqlite"), &Default::default(), 16, metrics).unwrap();
+        let (notices, _describe_side) = tokio::sync::mpsc::channel(1);
+        let service = PixelsService::new(None, 1, log.reader(), notices.clone());
+        let ask = || {
+            Request::new(pb::SnapshotRequest {
+                camera_id: "door".into(),
+                time: Some(to_timestamp(1)),
+                ..Default::default()
+            })
+        };
+        // The describe stage is behind: its queue is full.
+        let held = notices.try_reserve().unwrap();
+        let refused = service.get_snapshot(ask()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+        drop(held);
+        // With room for the record, the export goes on (to find this node keeps no video).
+        let refused = service.get_snapshot(ask()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
     }
 }

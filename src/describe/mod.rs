@@ -107,7 +107,7 @@ pub struct ExportNotice {
 pub struct Describer {
     origin: Origin,
     /// Export records to number and publish between frames.
-    notices: Option<mpsc::Receiver<ExportNotice>>,
+    notices: Option<tokio::sync::mpsc::Receiver<ExportNotice>>,
     contexts: ModelContexts,
     config: DescribeConfig,
     cameras: HashMap<String, CameraState>,
@@ -146,7 +146,7 @@ impl Describer {
     }
 
     /// Export records sent on `notices` become descriptors of their camera.
-    pub fn with_notices(mut self, notices: mpsc::Receiver<ExportNotice>) -> Self {
+    pub fn with_notices(mut self, notices: tokio::sync::mpsc::Receiver<ExportNotice>) -> Self {
         self.notices = Some(notices);
         self
     }
@@ -166,7 +166,7 @@ impl Describer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            while let Some(notice) = self.notices.as_ref().and_then(|n| n.try_recv().ok()) {
+            while let Some(notice) = self.notices.as_mut().and_then(|n| n.try_recv().ok()) {
                 self.note_export(notice, &mut publish);
             }
             if last_check.elapsed() >= SILENCE_CHECK_INTERVAL {
@@ -203,12 +203,16 @@ impl Describer {
     /// The export record as the camera's next descriptor: numbered in its sequence, with the
     /// models it runs, no objects.
     fn note_export(&mut self, notice: ExportNotice, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
-        let (sequence, counters, models, position) = match self.cameras.get_mut(&notice.camera_id) {
+        let (sequence, counters, models, position, at) = match self.cameras.get_mut(&notice.camera_id) {
             Some(state) => {
                 let sequence = state.next_sequence;
                 state.next_sequence += 1;
                 let position = state.last_frame.as_ref().and_then(|f| f.camera.position());
-                (sequence, state.counters(), state.models.clone(), position)
+                // Never before the camera's last frame: a camera's records stay in time order
+                // when its clock runs ahead of the node's.
+                let last_capture = state.last_frame.as_ref().map(|f| f.capture_time);
+                let at = notice.at.max(last_capture.unwrap_or(notice.at));
+                (sequence, state.counters(), state.models.clone(), position, at)
             }
             // A camera without a frame this run: numbered on from where the log left it.
             None => {
@@ -216,14 +220,14 @@ impl Describer {
                 let resume = self.resume.cameras.entry(notice.camera_id.clone()).or_insert(floor);
                 let sequence = resume.next_sequence;
                 resume.next_sequence += 1;
-                (sequence, *resume, None, None)
+                (sequence, *resume, None, None, notice.at)
             }
         };
         let descriptor = pb::FrameDescriptor {
             node_id: self.origin.node_id.clone(),
             camera_id: notice.camera_id,
             sequence,
-            capture_time: Some(to_timestamp(notice.at)),
+            capture_time: Some(to_timestamp(at)),
             node_run_id: self.origin.node_run_id,
             detector: models.as_ref().map(|m| m.detector.clone()),
             embedder: models.as_ref().and_then(|m| m.embedder.clone()),
@@ -643,6 +647,47 @@ mod tests {
         assert_eq!((b.x_min, b.y_min, b.x_max, b.y_max), (0.1, 0.1, 0.6, 1.0));
         let v = codec::decode(object.embedding.as_ref().unwrap()).unwrap();
         assert!((v[0] - 0.6).abs() < 0.01 && (v[1] - 0.8).abs() < 0.01);
+    }
+
+    #[test]
+    fn an_export_record_is_numbered_in_its_cameras_sequence_and_never_before_its_last_frame() {
+        let camera = Arc::new(CameraStatus::new("c".into(), CameraSettings::default()));
+        let metrics = Metrics::new(Cameras::default());
+        let mut describer = describer(vec![], false);
+        let mut out = Vec::new();
+        // The camera's clock is ahead of the node's: its frames carry times after the request's.
+        let ahead = 5_000_000_000;
+        let mut frame = analysis(&camera, 0, true);
+        frame.capture_time = ahead;
+        describer.accept(frame, &metrics, &mut |d, _| out.push(d));
+        let notice = |at| ExportNotice {
+            camera_id: "c".into(),
+            at,
+            export: pb::PixelExport {
+                kind: "snapshot".into(),
+                ..Default::default()
+            },
+        };
+        describer.note_export(notice(1_000), &mut |d, _| out.push(d));
+        // A camera that never sent a frame this run: numbered on from the log, at the request.
+        describer.note_export(
+            ExportNotice {
+                camera_id: "other".into(),
+                ..notice(2_000)
+            },
+            &mut |d, _| out.push(d),
+        );
+        let seen: Vec<(&str, u64, i64, bool)> = out
+            .iter()
+            .map(|d| {
+                let t = crate::clock::timestamp_nanos(d.capture_time.unwrap());
+                (d.camera_id.as_str(), d.sequence, t, d.pixel_export.is_some())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![("c", 0, ahead, false), ("c", 1, ahead, true), ("other", 0, 2_000, true)]
+        );
     }
 
     /// Frames of a new model set end every track of the camera (`MODEL_CHANGED`) in a descriptor

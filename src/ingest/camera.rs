@@ -19,14 +19,14 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::failure::{self, Failure, FailureKind};
-use super::pipeline::{self, Compressed, CompressedTap, PipelineSpec, RtspOptions, StreamFrame};
+use super::pipeline::{self, PipelineSpec, RtspOptions, StreamFrame, StreamTap, Tapped};
 use super::{CameraStatus, Frame, FrameQueue, Overflow, PushOutcome, SourceKind, SourceUri};
 use crate::clock::{Backoff, CaptureClock, UnixNanos, now_unix_nanos};
 use crate::config::CameraConfig;
 use crate::error::{Error, Result};
 use crate::pb::{CameraState, TimeSource};
 use crate::shutdown::Shutdown;
-use crate::video::record::{CompressedFrame, RecordSettings, Recorder};
+use crate::video::record::{self, RecordSettings, Recorder};
 use crate::video::ring::Ring;
 
 const BUS_POLL: Duration = Duration::from_millis(100);
@@ -309,33 +309,56 @@ impl Supervisor {
     }
 
     /// Keeps the run's compressed frames in the camera's video ring, timed by `clock` as the
-    /// analysed frames are.
-    fn ring_tap(&self, clock: Arc<Mutex<CaptureClock>>, slot: RecorderSlot) -> Option<CompressedTap> {
+    /// analysed frames are; or its decoded frames, encoded, when the stream is neither H.264 nor
+    /// H.265 and the node is configured to.
+    fn ring_tap(&self, clock: Arc<Mutex<CaptureClock>>, slot: RecorderSlot) -> Option<StreamTap> {
         let settings = self.record.clone()?;
         let camera = self.status.id.clone();
-        // The clock's generation of this run; a loop of a file starts the next one when its
-        // first frame is stamped.
-        let mut generation = clock.lock().unwrap_or_else(|p| p.into_inner()).generation();
+        let mut timing = RingTiming::default();
         let mut retry_after: Option<Instant> = None;
-        Some(Box::new(move |compressed| {
-            // Out of the slot while GStreamer is called, back in after: no lock is held over it.
-            let mut recorder = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let (caps, buffer, running_time, ntp_nanos) = match compressed {
-                Compressed::Flushed => {
+        // Whether this run's compressed stream can be kept as it is; decoded frames are then
+        // not needed.
+        let mut keeps_compressed = false;
+        let mut compressed_kind: Option<String> = None;
+        let mut said_not_kept = false;
+        Some(Box::new(move |tapped| {
+            let frame = match tapped {
+                Tapped::Flushed => {
+                    let recorder = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                     if let Some(recorder) = recorder {
                         recorder.finish();
                     }
-                    generation += 1;
+                    timing.restarted(&clock.lock().unwrap_or_else(|p| p.into_inner()));
                     return;
                 }
-                Compressed::Frame {
-                    caps,
-                    buffer,
-                    running_time,
-                    ntp_nanos,
-                } => (caps, buffer, running_time, ntp_nanos),
+                Tapped::Compressed(frame) if record::parser_for(frame.caps).is_some() => {
+                    keeps_compressed = true;
+                    frame
+                }
+                Tapped::Compressed(frame) => {
+                    if compressed_kind.is_none() {
+                        compressed_kind = frame.caps.structure(0).map(|s| s.name().to_string());
+                    }
+                    return;
+                }
+                Tapped::Decoded(_) if keeps_compressed => return,
+                Tapped::Decoded(_) if !settings.reencode => {
+                    if !std::mem::replace(&mut said_not_kept, true) {
+                        let kind = compressed_kind.as_deref().unwrap_or("raw video");
+                        tracing::warn!(
+                            camera,
+                            kind,
+                            "this camera's video is not kept: only H.264 and H.265 are kept as they come \
+                             (video.reencode = true encodes the others)"
+                        );
+                    }
+                    return;
+                }
+                Tapped::Decoded(frame) => frame,
             };
-            if recorder.as_ref().is_some_and(|r| r.failed() || !r.accepts(caps)) {
+            // Out of the slot while GStreamer is called, back in after: no lock is held over it.
+            let mut recorder = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if recorder.as_ref().is_some_and(|r| r.failed() || !r.accepts(frame.caps)) {
                 if recorder.as_ref().is_some_and(Recorder::failed) {
                     retry_after = Some(Instant::now() + RECORDING_RETRY);
                 }
@@ -345,7 +368,7 @@ impl Supervisor {
             }
             if recorder.is_none() && retry_after.is_none_or(|t| Instant::now() >= t) {
                 let ring = Ring::new(&settings.root, &camera);
-                match Recorder::start(&camera, ring, caps, settings.segment, settings.limits) {
+                match Recorder::start(&camera, ring, frame.caps, settings.segment, settings.limits) {
                     Ok(started) => recorder = Some(started),
                     Err(err) => {
                         tracing::warn!(camera, %err, "this camera's video is not kept");
@@ -354,19 +377,16 @@ impl Supervisor {
                 }
             }
             let Some(mut recorder) = recorder else { return };
-            let capture_time = ntp_nanos
-                .map(ntp_to_unix)
-                .filter(|&t| CaptureClock::plausible_sender_time(t, now_unix_nanos()))
-                .or_else(|| {
-                    let clock = clock.lock().unwrap_or_else(|p| p.into_inner());
-                    (clock.generation() == generation)
-                        .then(|| clock.capture_time_of(running_time))
-                        .flatten()
-                });
-            recorder.push(&CompressedFrame {
-                caps,
-                buffer,
-                running_time,
+            let capture_time = timing.capture_time(
+                &clock.lock().unwrap_or_else(|p| p.into_inner()),
+                frame.running_time,
+                frame.ntp_nanos,
+                now_unix_nanos(),
+            );
+            recorder.push(&record::Frame {
+                caps: frame.caps,
+                buffer: frame.buffer,
+                running_time: frame.running_time,
                 capture_time,
             });
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorder);
@@ -536,6 +556,57 @@ impl Supervisor {
     }
 }
 
+/// Times the frames the video ring keeps as the camera's descriptors are timed: the same
+/// anchor, and the same shift of a sender's clock, so that a descriptor's capture time finds its
+/// frame in the ring.
+#[derive(Debug, Default)]
+struct RingTiming {
+    /// The ring's frames start their running time again (a file loops) before the analysed
+    /// frames do: until the clock re-anchors, a frame cannot be timed. (the clock's generation
+    /// then, the latest running time before).
+    awaiting_anchor: Option<(u64, Duration)>,
+    latest_running_time: Option<Duration>,
+}
+
+impl RingTiming {
+    /// A flushing seek: the running time starts again.
+    fn restarted(&mut self, clock: &CaptureClock) {
+        if let Some(before) = self.latest_running_time.take() {
+            self.awaiting_anchor = Some((clock.generation(), before));
+        }
+    }
+
+    /// The capture time of a frame, when the clock can say it yet.
+    fn capture_time(
+        &mut self,
+        clock: &CaptureClock,
+        running_time: Duration,
+        ntp_nanos: Option<u64>,
+        now: UnixNanos,
+    ) -> Option<UnixNanos> {
+        if self.latest_running_time.is_some_and(|latest| running_time < latest) {
+            self.restarted(clock);
+        }
+        self.latest_running_time = Some(running_time);
+        if let Some(sender) = ntp_nanos
+            .map(ntp_to_unix)
+            .filter(|&t| CaptureClock::plausible_sender_time(t, now))
+        {
+            return Some(clock.sender_time_of(sender));
+        }
+        if let Some((generation, before)) = self.awaiting_anchor {
+            // The clock re-anchored, or the analysed frames' time never went back (no new
+            // anchor will come: the old one still holds).
+            if clock.generation() != generation || running_time >= before {
+                self.awaiting_anchor = None;
+            } else {
+                return None;
+            }
+        }
+        clock.capture_time_of(running_time)
+    }
+}
+
 fn ntp_to_unix(ntp_nanos: u64) -> UnixNanos {
     (ntp_nanos as i64).saturating_sub(NTP_UNIX_OFFSET_SECONDS * 1_000_000_000)
 }
@@ -550,5 +621,50 @@ mod tests {
         let unix = 1_767_225_600i64;
         let ntp = (unix + NTP_UNIX_OFFSET_SECONDS) as u64 * 1_000_000_000 + 5;
         assert_eq!(ntp_to_unix(ntp), unix * 1_000_000_000 + 5);
+    }
+
+    const MS: i64 = 1_000_000;
+
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn the_ring_times_a_frame_as_its_descriptor_is_timed_across_loops() {
+        let mut clock = CaptureClock::new(TimeSource::HostArrival);
+        let mut ring = RingTiming::default();
+        let wall = 1_000_000 * MS;
+        // Not anchored yet: no time.
+        assert_eq!(ring.capture_time(&clock, at(0), None, wall), None);
+        let stamped = clock.stamp(at(0), || wall);
+        assert_eq!(ring.capture_time(&clock, at(40), None, wall), Some(stamped + 40 * MS));
+        // The file loops: the ring hears of it first, and waits for the new anchor.
+        ring.restarted(&clock);
+        assert_eq!(ring.capture_time(&clock, at(0), None, wall), None);
+        clock.restart();
+        let again = clock.stamp(at(0), || wall + 500 * MS);
+        assert_eq!(ring.capture_time(&clock, at(40), None, wall), Some(again + 40 * MS));
+        // A loop the analysed frames never see go back (the clock keeps its anchor): the ring
+        // goes on with it once its times pass where they were, instead of waiting for ever.
+        ring.restarted(&clock);
+        assert_eq!(ring.capture_time(&clock, at(20), None, wall), None);
+        assert_eq!(ring.capture_time(&clock, at(80), None, wall), Some(again + 80 * MS));
+        // Time going back without a flush is a loop too.
+        assert_eq!(ring.capture_time(&clock, at(0), None, wall), None);
+    }
+
+    #[test]
+    fn a_cameras_clock_shifted_for_its_descriptors_is_shifted_for_the_ring_too() {
+        let mut clock = CaptureClock::new(TimeSource::HostArrival);
+        let mut ring = RingTiming::default();
+        let wall = 1_000_000 * MS;
+        let ntp = |unix: i64| (unix + NTP_UNIX_OFFSET_SECONDS * 1_000_000_000) as u64;
+        // Stamped by arrival first; then the camera's sender reports say times 300 ms earlier
+        // (its jitter buffer): the descriptors' times are shifted to stay increasing.
+        let first = clock.stamp(at(0), || wall);
+        let described = clock.stamp_exact(first - 300 * MS);
+        assert!(described > first);
+        let kept = ring.capture_time(&clock, at(40), Some(ntp(first - 300 * MS)), wall);
+        assert_eq!(kept, Some(described), "the ring's frame carries the descriptor's time");
     }
 }

@@ -103,21 +103,29 @@ pub enum StreamFrame {
     NotDecoded,
 }
 
-/// What arrives ahead of the camera's decoder, for the video ring.
-pub enum Compressed<'a> {
-    Frame {
-        caps: &'a gst::CapsRef,
-        buffer: &'a gst::BufferRef,
-        running_time: Duration,
-        /// As [`RawFrame::ntp_nanos`].
-        ntp_nanos: Option<u64>,
-    },
+/// One frame of the analysed video stream, as the video ring hears of it.
+pub struct TappedFrame<'a> {
+    pub caps: &'a gst::CapsRef,
+    pub buffer: &'a gst::BufferRef,
+    pub running_time: Duration,
+    /// As [`RawFrame::ntp_nanos`].
+    pub ntp_nanos: Option<u64>,
+}
+
+/// What the video ring hears of the analysed stream.
+pub enum Tapped<'a> {
+    /// Ahead of the decoder, as the camera sent it: every frame, decoded or not.
+    Compressed(TappedFrame<'a>),
+    /// Out of the decoder, before the analysis rate leaves any out: for a stream that cannot be
+    /// kept as it came.
+    Decoded(TappedFrame<'a>),
     /// A flushing seek (a file that loops): running time starts again.
     Flushed,
 }
 
-/// Hears every compressed frame of the analysed video stream, on its streaming thread.
-pub type CompressedTap = Box<dyn FnMut(Compressed<'_>) + Send>;
+/// Hears every frame of the analysed video stream, compressed and decoded, on its streaming
+/// threads.
+pub type StreamTap = Box<dyn FnMut(Tapped<'_>) + Send>;
 
 pub struct Pipeline {
     pub pipeline: gst::Pipeline,
@@ -353,14 +361,15 @@ fn make(factory: &str) -> Result<gst::Element> {
 
 /// Builds the pipeline (in NULL state). `on_frame` runs on a GStreamer streaming thread for each
 /// frame; `on_stream_frame` for each compressed frame, decoded or not, before rate filtering;
-/// `tap` for each compressed frame as it reaches the decoder.
+/// `tap` for each frame as it reaches the decoder and as it leaves it.
 pub fn build(
     spec: &PipelineSpec,
     mut on_frame: impl FnMut(RawFrame) -> std::result::Result<(), gst::FlowError> + Send + 'static,
     on_stream_frame: impl Fn(StreamFrame) + Send + Sync + 'static,
-    tap: Option<CompressedTap>,
+    tap: Option<StreamTap>,
 ) -> Result<Pipeline> {
-    let tap = Mutex::new(tap);
+    let tap = tap.map(|tap| Arc::new(Mutex::new(tap)));
+    let decoder_tapped = Arc::new(AtomicBool::new(false));
     let on_stream_frame = Arc::new(on_stream_frame);
     let keyframes_only = Arc::new(AtomicBool::new(false));
     let pipeline = gst::Pipeline::new();
@@ -383,14 +392,17 @@ pub fn build(
     // Only the first video stream is analysed (see pad-added): a second one's decoder must not
     // count frames or switch the flag of the first.
     let gated = AtomicBool::new(false);
+    let decoder_tap = tap.clone();
+    let tapping_decoder = decoder_tapped.clone();
     decode.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
         if is_video_decoder(&element) {
             configure_decoder(&element, decoder_threads);
             if !gated.swap(true, Ordering::AcqRel) {
                 // Before the gate: the ring keeps every frame, decoded or not.
-                if let Some(tap) = tap.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    tap_decoder(&element, tap);
+                if let Some(tap) = &decoder_tap {
+                    tap_decoder(&element, tap.clone());
+                    tapping_decoder.store(true, Ordering::Release);
                 }
                 let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
                 gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
@@ -429,6 +441,10 @@ pub fn build(
     let scale_sink = scale
         .static_pad("sink")
         .ok_or_else(|| Error::Gstreamer("videoscale has no sink pad".into()))?;
+    // Before the rate gate's probe: the ring hears of every decoded frame.
+    if let Some(tap) = tap {
+        tap_decoded(&scale_sink, tap, decoder_tapped);
+    }
     let gate = Mutex::new(RateGate::new(spec.analysis_fps));
     scale_sink.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
@@ -574,18 +590,31 @@ fn gate_decoder(
 /// Hands every buffer reaching the decoder to `tap`, untouched. Probes run in the order they
 /// were added, so this one, added before the keyframe gate's, sees the frames the gate keeps from
 /// the decoder too.
-fn tap_decoder(decoder: &gst::Element, tap: CompressedTap) {
+fn tap_decoder(decoder: &gst::Element, tap: Arc<Mutex<StreamTap>>) {
     let Some(pad) = decoder.static_pad("sink") else {
         return;
     };
-    let tap = Mutex::new(tap);
+    add_tap(&pad, tap, false, || true);
+}
+
+/// Hands every decoded frame to `tap`. Flushes are said by the decoder's tap when there is one
+/// (a raw source has none), so that each is heard once.
+fn tap_decoded(pad: &gst::Pad, tap: Arc<Mutex<StreamTap>>, decoder_tapped: Arc<AtomicBool>) {
+    add_tap(pad, tap, true, move || !decoder_tapped.load(Ordering::Acquire));
+}
+
+fn add_tap(
+    pad: &gst::Pad,
+    tap: Arc<Mutex<StreamTap>>,
+    decoded: bool,
+    says_flushes: impl Fn() -> bool + Send + Sync + 'static,
+) {
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
         move |pad, info| {
-            let mut tap = tap.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(gst::PadProbeData::Event(event)) = &info.data {
-                if event.type_() == gst::EventType::FlushStop {
-                    tap(Compressed::Flushed);
+                if event.type_() == gst::EventType::FlushStop && says_flushes() {
+                    (tap.lock().unwrap_or_else(|p| p.into_inner()))(Tapped::Flushed);
                 }
                 return gst::PadProbeReturn::Ok;
             }
@@ -593,12 +622,17 @@ fn tap_decoder(decoder: &gst::Element, tap: CompressedTap) {
                 return gst::PadProbeReturn::Ok;
             };
             if let Some(running_time) = stream_time(pad, buffer) {
-                tap(Compressed::Frame {
+                let frame = TappedFrame {
                     caps: &caps,
                     buffer,
                     running_time,
                     ntp_nanos: ntp_reference(buffer),
-                });
+                };
+                let tapped = match decoded {
+                    true => Tapped::Decoded(frame),
+                    false => Tapped::Compressed(frame),
+                };
+                (tap.lock().unwrap_or_else(|p| p.into_inner()))(tapped);
             }
             gst::PadProbeReturn::Ok
         },

@@ -10,6 +10,10 @@
 //! wait. MPEG-TS, not MP4, because a segment cut short by a crash is still readable up to where it
 //! stopped; `splitmuxsink` starts every segment at a keyframe, so each one decodes on its own.
 //!
+//! A stream that is neither H.264 nor H.265 (MJPEG, raw video) can be kept only by encoding it:
+//! when the node is configured to, the camera hands over its decoded frames instead, and
+//! `videoconvert ! x264enc ! h264parse` comes before the same muxer.
+//!
 //! Segments are written as `open-…`, renamed `<start>-open.ts` (readable) as soon as their first
 //! frame's capture time is known, and `<start>-<end>.ts` when they close (`ring.rs`); the times
 //! are those the camera stamps on its descriptors, so a descriptor's capture time finds its frame
@@ -46,6 +50,8 @@ pub struct RecordSettings {
     pub root: std::path::PathBuf,
     pub segment: Duration,
     pub limits: RingLimits,
+    /// Whether a stream that cannot be kept as it is is kept by encoding its decoded frames.
+    pub reencode: bool,
 }
 
 impl RecordSettings {
@@ -57,12 +63,13 @@ impl RecordSettings {
                 max_bytes: video.max_bytes_per_camera,
                 max_age_ns: (video.max_age_hours * 3600e9) as i64,
             },
+            reencode: video.reencode,
         }
     }
 }
 
-/// One compressed frame of a camera, as the camera's pipeline hands it over.
-pub struct CompressedFrame<'a> {
+/// One frame of a camera, compressed or decoded, as the camera's pipeline hands it over.
+pub struct Frame<'a> {
     pub caps: &'a gst::CapsRef,
     pub buffer: &'a gst::BufferRef,
     /// The buffer's running time in the camera's pipeline.
@@ -78,6 +85,57 @@ pub fn parser_for(caps: &gst::CapsRef) -> Option<&'static str> {
         "video/x-h265" => Some("h265parse"),
         _ => None,
     }
+}
+
+/// Whether frames of `caps` are decoded pictures, which a recording encodes.
+pub fn is_raw_video(caps: &gst::CapsRef) -> bool {
+    caps.structure(0).is_some_and(|s| s.name() == "video/x-raw")
+}
+
+/// The elements between the recording's source and its muxer, for a stream of `caps`, and
+/// whether they encode.
+fn recording_chain(caps: &gst::CapsRef, segment: Duration) -> Result<(Vec<gst::Element>, bool)> {
+    if let Some(parser_name) = parser_for(caps) {
+        let parser = make(parser_name)?;
+        // Parameter sets before every keyframe: each segment decodes on its own.
+        parser.set_property("config-interval", -1i32);
+        return Ok((vec![parser], false));
+    }
+    if !is_raw_video(caps) {
+        let kind = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        return Err(Error::Gstreamer(format!(
+            "{kind} cannot be kept without re-encoding (H.264 and H.265 can; video.reencode keeps the others)"
+        )));
+    }
+    let convert = make("videoconvert")?;
+    let encoder = make("x264enc")?;
+    // The cheapest preset, at constant quality (CRF 23, as clips are): a street scene at the
+    // default 2 Mbit/s either starves or wastes bits. No B-frames or look-ahead (zerolatency):
+    // nothing is held back, and each frame costs the same. One thread: the camera's analysis
+    // shares the cores, and a keyframe every segment keeps splitmuxsink's cuts on time.
+    encoder.set_property_from_str("speed-preset", "ultrafast");
+    encoder.set_property_from_str("tune", "zerolatency");
+    encoder.set_property_from_str("pass", "qual");
+    encoder.set_property("quantizer", 23u32);
+    encoder.set_property("threads", 1u32);
+    let frame_rate = caps
+        .structure(0)
+        .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(25.0, |f| f.numer() as f64 / f.denom() as f64);
+    let key_interval = (segment.as_secs_f64() * frame_rate).ceil().clamp(1.0, 3000.0) as u32;
+    encoder.set_property("key-int-max", key_interval);
+    let parser = make("h264parse")?;
+    parser.set_property("config-interval", -1i32);
+    Ok((vec![convert, encoder, parser], true))
+}
+
+fn make(factory: &str) -> Result<gst::Element> {
+    gst::ElementFactory::make(factory).build().map_err(|_| {
+        Error::Gstreamer(format!(
+            "element {factory} is missing: is its GStreamer plugin installed?"
+        ))
+    })
 }
 
 /// A segment being written: readable under its start time as soon as that is known.
@@ -121,6 +179,9 @@ pub struct Recorder {
     camera: String,
     source: gst_app::AppSrc,
     caps: gst::Caps,
+    /// Decoded frames are encoded: each is copied first, so that the recording never holds
+    /// buffers of the decoder's pool, which a slow encoder would otherwise empty.
+    encodes: bool,
     /// Added to the camera's running times; the first frame's sets it.
     shift: Option<i128>,
     timing: Arc<Mutex<Timing>>,
@@ -130,8 +191,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts recording a stream of `caps` (H.264 or H.265) into `ring`; segments that a process
-    /// before this one left open are removed first.
+    /// Starts recording a stream of `caps` (H.264 or H.265 as it is, raw video by encoding it)
+    /// into `ring`; segments that a process before this one left open are closed first.
     pub fn start(
         camera: &str,
         ring: Ring,
@@ -139,12 +200,7 @@ impl Recorder {
         segment: Duration,
         limits: RingLimits,
     ) -> Result<Recorder> {
-        let parser_name = parser_for(caps).ok_or_else(|| {
-            let kind = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-            Error::Gstreamer(format!(
-                "{kind} cannot be kept without re-encoding (H.264 and H.265 can)"
-            ))
-        })?;
+        let (chain, encodes) = recording_chain(caps, segment)?;
         ring.create()?;
         let (kept, removed) = ring.recover_orphans()?;
         if kept + removed > 0 {
@@ -155,13 +211,6 @@ impl Recorder {
                 "video segments a previous run left open were closed or removed"
             );
         }
-        let make = |factory: &str| {
-            gst::ElementFactory::make(factory).build().map_err(|_| {
-                Error::Gstreamer(format!(
-                    "element {factory} is missing: is its GStreamer plugin installed?"
-                ))
-            })
-        };
         let pipeline = gst::Pipeline::new();
         // No clock: the recording runs as fast as frames come, never waiting to render them.
         pipeline.use_clock(None::<&gst::Clock>);
@@ -172,17 +221,20 @@ impl Recorder {
             .max_bytes(QUEUE_BYTES)
             .build();
         source.set_property_from_str("leaky-type", "downstream");
-        let parser = make(parser_name)?;
-        // Parameter sets before every keyframe: each segment decodes on its own.
-        parser.set_property("config-interval", -1i32);
         let sink = make("splitmuxsink")?;
         sink.set_property("muxer-factory", "mpegtsmux");
         sink.set_property("max-size-time", segment.as_nanos() as u64);
+        // The encoder is asked for a keyframe where a segment is due, instead of cutting late.
+        sink.set_property("send-keyframe-requests", encodes);
         let started = now_unix_nanos();
         let location = ring.dir().join(format!("{OPEN_PREFIX}{started}-%05d.ts"));
         sink.set_property("location", location.to_string_lossy().as_ref());
-        pipeline.add_many([source.upcast_ref(), &parser, &sink])?;
-        gst::Element::link_many([source.upcast_ref(), &parser, &sink])?;
+        let elements: Vec<&gst::Element> = std::iter::once(source.upcast_ref())
+            .chain(&chain)
+            .chain([&sink])
+            .collect();
+        pipeline.add_many(elements.iter().copied())?;
+        gst::Element::link_many(elements.iter().copied())?;
 
         let timing = Arc::new(Mutex::new(Timing::default()));
         let failed = Arc::new(AtomicBool::new(false));
@@ -215,6 +267,7 @@ impl Recorder {
             camera: camera.to_string(),
             source,
             caps,
+            encodes,
             shift: None,
             timing,
             failed,
@@ -233,8 +286,8 @@ impl Recorder {
         self.caps.as_ref() == caps
     }
 
-    /// Hands one compressed frame to the recording. Never blocks.
-    pub fn push(&mut self, frame: &CompressedFrame<'_>) {
+    /// Hands one frame to the recording. Never blocks.
+    pub fn push(&mut self, frame: &Frame<'_>) {
         if self.failed() {
             return;
         }
@@ -275,7 +328,13 @@ impl Recorder {
                 timing.keyframes.push_back((recording_time, frame.capture_time));
             }
         }
-        let mut owned = buffer.to_owned();
+        let mut owned = match self.encodes {
+            true => match buffer.copy_deep() {
+                Ok(copy) => copy,
+                Err(_) => return,
+            },
+            false => buffer.to_owned(),
+        };
         {
             let owned = owned.make_mut();
             owned.set_pts(buffer.pts().and_then(move_time));
@@ -503,5 +562,29 @@ mod tests {
         );
         assert_eq!(timing.capture_of(Duration::from_millis(2_500)), Some(5_500 * MS as i64));
         assert_eq!(Timing::default().segment_start(Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn streams_are_kept_as_they_come_or_encoded_and_others_refused_by_name() {
+        gst::init().unwrap();
+        let second = Duration::from_secs(1);
+        let h265 = gst::Caps::builder("video/x-h265").build();
+        let (chain, encodes) = recording_chain(&h265, second).unwrap();
+        assert!(!encodes);
+        assert_eq!(chain.len(), 1, "a parser alone");
+        let raw = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("framerate", gst::Fraction::new(30, 1))
+            .build();
+        let (chain, encodes) = recording_chain(&raw, Duration::from_secs(2)).unwrap();
+        assert!(encodes);
+        // A keyframe at least once per segment: two seconds at 30 fps.
+        assert_eq!(chain[1].property::<u32>("key-int-max"), 60);
+        let jpeg = gst::Caps::builder("image/jpeg").build();
+        let refused = recording_chain(&jpeg, second).err().unwrap().to_string();
+        assert!(
+            refused.contains("image/jpeg") && refused.contains("video.reencode"),
+            "{refused}"
+        );
     }
 }

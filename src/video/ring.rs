@@ -113,7 +113,7 @@ impl Ring {
             };
             // A segment removed by pruning between the listing and here is simply not listed.
             let Ok(meta) = entry.metadata() else { continue };
-            let end = end.or_else(|| meta.modified().ok().map(crate::clock::unix_nanos));
+            let end = end.or_else(|| open_end(start, &meta));
             segments.push(Segment {
                 start,
                 end: end.unwrap_or(start).max(start),
@@ -122,7 +122,10 @@ impl Ring {
                 bytes: meta.len(),
             });
         }
-        segments.sort_by_key(|s| s.start);
+        // A segment renamed while the directory was read (it closed) can be listed under both
+        // names: the closed one is kept.
+        segments.sort_by_key(|s| (s.start, s.open));
+        segments.dedup_by_key(|s| s.start);
         Ok(segments)
     }
 
@@ -179,6 +182,21 @@ impl Ring {
     }
 }
 
+/// Where a segment being written ends so far: its start plus the time between the file's
+/// creation and its last write. Both are the host's clock, so a camera whose clock is ahead of
+/// the host's or behind it gets neither an empty open segment nor one stretched to the host's
+/// time. Without a creation time (a file system that keeps none), its last write.
+fn open_end(start: UnixNanos, meta: &std::fs::Metadata) -> Option<UnixNanos> {
+    let written = meta.modified().ok()?;
+    Some(match meta.created().ok() {
+        Some(created) => {
+            let length = written.duration_since(created).unwrap_or_default();
+            start.saturating_add(i64::try_from(length.as_nanos()).unwrap_or(i64::MAX))
+        }
+        None => crate::clock::unix_nanos(written),
+    })
+}
+
 fn coverage(segments: Vec<Segment>, from: UnixNanos, to: UnixNanos) -> Coverage {
     let segments: Vec<Segment> = segments.into_iter().filter(|s| s.end > from && s.start < to).collect();
     let mut gaps = Vec::new();
@@ -232,21 +250,23 @@ mod tests {
         let spans: Vec<_> = segments.iter().map(|s| (s.start, s.end, s.bytes)).collect();
         assert_eq!(spans, [(10 * S, 14 * S, 5), (20 * S, 24 * S, 10)]);
         assert!(segments.iter().all(|s| !s.open));
-        // A segment being written is read up to its last write.
-        let now = crate::clock::now_unix_nanos();
-        std::fs::write(ring.open_segment_path(now - 2 * S), b"xyz").unwrap();
+        // A segment being written is read up to its last write, as long after its start as
+        // the write came after the file's creation, whatever the camera's clock says: here an
+        // hour behind the host's.
+        let start = crate::clock::now_unix_nanos() - 3600 * S;
+        let path = ring.open_segment_path(start);
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::write(&path, b"xyz").unwrap();
+        let created = std::fs::metadata(&path).unwrap().created().unwrap();
+        file.set_modified(created + std::time::Duration::from_secs(3)).unwrap();
         let open = ring.segments().unwrap().pop().unwrap();
-        assert!(open.open && open.start == now - 2 * S && open.bytes == 3);
-        assert!(
-            (open.end - now).abs() < 5 * S,
-            "ends at its last write: {}",
-            open.end - now
-        );
+        assert!(open.open && open.start == start && open.bytes == 3);
+        assert_eq!(open.end - start, 3 * S, "3 s written so far");
         // After a crash: the timed one is closed, the untimed one removed.
         assert_eq!(ring.recover_orphans().unwrap(), (1, 1));
         assert!(!ring.dir().join("open-1-00001.ts").exists());
         let closed = ring.segments().unwrap().pop().unwrap();
-        assert!(!closed.open && closed.start == now - 2 * S && closed.end == open.end);
+        assert!(!closed.open && closed.start == start && closed.end == open.end);
     }
 
     #[test]

@@ -51,6 +51,11 @@ const LAUNCH: &str = "( appsrc name=src is-live=true format=time \
     ! video/x-h264,profile=baseline \
     ! rtph264pay name=pay0 pt=96 config-interval=1 )";
 
+/// As [`LAUNCH`], for a camera that sends Motion JPEG (RFC 2435), as many older and cheaper IP
+/// cameras still do.
+const MJPEG_LAUNCH: &str = "( appsrc name=src is-live=true format=time \
+    ! jpegenc quality=85 ! rtpjpegpay name=pay0 pt=26 )";
+
 /// A live RTSP camera on 127.0.0.1 serving a clip looped forever.
 pub struct TestCamera {
     /// Decoded once per process and shared, so many cameras cost one decode.
@@ -63,6 +68,8 @@ pub struct TestCamera {
     /// How far the camera's clock (the NTP time of its sender reports) is ahead of the host's;
     /// `None`: rtpbin's default, the host's wall clock.
     clock_ahead: Option<Duration>,
+    /// The media factory's launch line: how the camera encodes.
+    launch: &'static str,
     /// Outlives server restarts, so `frames_served` counts over the camera's whole life.
     feed: Arc<Feed>,
     /// `None` while the camera is "off" (between `stop` and `restart`).
@@ -72,23 +79,28 @@ pub struct TestCamera {
 impl TestCamera {
     /// Starts serving `clip` looped at rtsp://127.0.0.1:PORT/cam on a free loopback port.
     pub fn start(clip: &Path) -> TestCamera {
-        Self::launch(clip, 0, None, None)
+        Self::launch(clip, 0, None, None, LAUNCH)
     }
 
     /// Same, on a given port (to bring a camera back "at the same address" in another object).
     pub fn start_on(clip: &Path, port: u16) -> TestCamera {
-        Self::launch(clip, port, None, None)
+        Self::launch(clip, port, None, None, LAUNCH)
     }
 
     /// Same as `start`, but clients must authenticate with digest auth, as most cameras ask.
     pub fn start_with_credentials(clip: &Path, user: &str, pass: &str) -> TestCamera {
-        Self::launch(clip, 0, Some((user.to_owned(), pass.to_owned())), None)
+        Self::launch(clip, 0, Some((user.to_owned(), pass.to_owned())), None, LAUNCH)
     }
 
     /// Same as `start`, but the camera's clock runs `ahead` of the host's: the NTP time in its
     /// RTCP sender reports is the host's wall clock plus `ahead`.
     pub fn start_with_clock_ahead(clip: &Path, ahead: Duration) -> TestCamera {
-        Self::launch(clip, 0, None, Some(ahead))
+        Self::launch(clip, 0, None, Some(ahead), LAUNCH)
+    }
+
+    /// Same as `start`, but the camera sends Motion JPEG instead of H.264.
+    pub fn start_mjpeg(clip: &Path) -> TestCamera {
+        Self::launch(clip, 0, None, None, MJPEG_LAUNCH)
     }
 
     fn launch(
@@ -96,6 +108,7 @@ impl TestCamera {
         port: u16,
         credentials: Option<(String, String)>,
         clock_ahead: Option<Duration>,
+        launch: &'static str,
     ) -> TestCamera {
         gst::init().expect("GStreamer initialises");
         let mut camera = TestCamera {
@@ -103,6 +116,7 @@ impl TestCamera {
             port,
             credentials,
             clock_ahead,
+            launch,
             feed: Arc::default(),
             serving: None,
         };
@@ -147,6 +161,7 @@ impl TestCamera {
             &self.feed,
             self.credentials.as_ref(),
             self.clock_ahead,
+            self.launch,
         );
         self.port = serving.port;
         self.serving = Some(serving);
@@ -261,6 +276,7 @@ impl Serving {
         feed: &Arc<Feed>,
         credentials: Option<&(String, String)>,
         clock_ahead: Option<Duration>,
+        launch: &str,
     ) -> Serving {
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
@@ -269,7 +285,7 @@ impl Serving {
         let powered = Arc::new(AtomicBool::new(true));
         let feeders: Arc<Mutex<Vec<Feeder>>> = Arc::default();
         let factory = rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(LAUNCH);
+        factory.set_launch(launch);
         // One encoder per camera, however many clients: a camera has one sensor.
         factory.set_shared(true);
         if let Some(ahead) = clock_ahead {
