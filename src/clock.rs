@@ -122,7 +122,10 @@ impl CaptureClock {
     /// The capture time `stamp_exact` gives a sender's time now (shifted as the camera's times
     /// are), without moving the clock on: for the frames the video ring keeps.
     pub fn sender_time_of(&self, t: UnixNanos) -> UnixNanos {
-        t.saturating_add(self.shift)
+        let slew = self
+            .last_source
+            .map_or(0, |previous| t.saturating_sub(previous).max(0) / SLEW_DIVISOR);
+        t.saturating_add(self.shift.saturating_sub(slew).max(0))
     }
 
     /// A capture time given by the sender (camera NTP), kept monotonic with the others.

@@ -28,7 +28,7 @@ use crate::log::store::Selection;
 use crate::pb;
 use crate::pb::pixels_server::Pixels;
 use crate::video::export::{self, Mp4Writer, Next, TimedFrame};
-use crate::video::ring::{Coverage, Ring};
+use crate::video::ring::{Coverage, Pinned, Ring};
 
 /// The nearest frame must be this close to the time asked for a snapshot.
 const SNAPSHOT_REACH_NS: UnixNanos = 1_000_000_000;
@@ -165,21 +165,84 @@ pub struct PixelsService {
     slots: Arc<Semaphore>,
 }
 
-/// The place of an export's record in the describe stage's queue, taken before any pixel is
-/// decoded: an export whose record could not be written is refused, never made.
+/// An export's record, from before its first pixel until it is written. Its place in the describe
+/// stage's queue is taken first: an export whose record could not be queued is refused, never
+/// made. A camera whose video is not kept (no such camera: nothing of it can be exported) gets
+/// its records in the node's log instead, so that a caller cannot open streams in the log for
+/// cameras that do not exist. Dropped unwritten (a task that failed), it is written as cut short.
 struct AuditPlace {
-    permit: OwnedPermit<ExportNotice>,
+    permit: Option<OwnedPermit<ExportNotice>>,
+    /// The camera's video is kept here.
+    kept: bool,
     camera: String,
     asked_at: UnixNanos,
+    record: pb::PixelExport,
+    written: bool,
 }
 
 impl AuditPlace {
-    fn write(self, export: pb::PixelExport) {
-        self.permit.send(ExportNotice {
-            camera_id: self.camera,
-            at: self.asked_at,
-            export,
-        });
+    fn take(notices: &Sender<ExportNotice>, kept: bool, camera: &str, record: pb::PixelExport) -> AuditPlace {
+        AuditPlace {
+            permit: kept.then(|| notices.clone().try_reserve_owned().ok()).flatten(),
+            kept,
+            camera: camera.to_string(),
+            asked_at: now_unix_nanos(),
+            record,
+            written: false,
+        }
+    }
+
+    /// Whether the export may go on: its record has a place.
+    fn admit(&self) -> Result<(), Status> {
+        if self.kept && self.permit.is_none() {
+            return Err(Status::unavailable(
+                "export records cannot be written now (the describe stage is behind): try again shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, outcome: Result<(), &Status>) {
+        if let Err(status) = outcome {
+            self.record.refused = status.message().chars().take(200).collect();
+        }
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.written = true;
+        let record = std::mem::take(&mut self.record);
+        match self.permit.take() {
+            Some(permit) => {
+                permit.send(ExportNotice {
+                    camera_id: std::mem::take(&mut self.camera),
+                    at: self.asked_at,
+                    export: record,
+                });
+            }
+            None if self.kept => {
+                tracing::warn!(
+                    camera = self.camera,
+                    caller = record.caller,
+                    kind = record.kind,
+                    refused = record.refused,
+                    "an export record could not be queued for the log"
+                );
+            }
+            None => {
+                tracing::info!(camera = %quoted(&self.camera), caller = record.caller, kind = record.kind,
+                    refused = record.refused, "pixels asked of a camera whose video is not kept");
+            }
+        }
+    }
+}
+
+impl Drop for AuditPlace {
+    fn drop(&mut self) {
+        if !self.written {
+            self.record.refused = "the export stopped before its end (a failure of the node)".into();
+            self.write();
+        }
     }
 }
 
@@ -198,41 +261,16 @@ impl PixelsService {
         }
     }
 
-    fn audit_place(&self, camera: &str) -> Result<AuditPlace, Status> {
-        let permit = self.notices.clone().try_reserve_owned().map_err(|_| {
-            Status::unavailable(
-                "export records cannot be written now (the describe stage is behind): try again shortly",
-            )
-        })?;
-        Ok(AuditPlace {
-            permit,
-            camera: camera.to_string(),
-            asked_at: now_unix_nanos(),
-        })
+    /// The record of an export of `camera`, its place taken (see [`AuditPlace`]).
+    fn audit(&self, camera: &str, record: pb::PixelExport) -> AuditPlace {
+        let kept = self.exports.as_ref().is_some_and(|e| e.keeps(camera));
+        AuditPlace::take(&self.notices, kept, camera, record)
     }
 
-    /// Records an export refused before it began, for a camera whose video is kept; others (no
-    /// such camera, a malformed id) are said in the node's log, since no pixels of them exist.
-    fn record_refusal(&self, camera: &str, mut export: pb::PixelExport, status: &Status) {
-        export.refused = status.message().chars().take(200).collect();
-        if self.exports.as_ref().is_some_and(|e| e.keeps(camera)) {
-            let notice = ExportNotice {
-                camera_id: camera.to_string(),
-                at: now_unix_nanos(),
-                export,
-            };
-            if let Err(err) = self.notices.try_send(notice) {
-                tracing::warn!(camera, ?err, "a refused export could not be recorded");
-            }
-        } else {
-            tracing::info!(
-                camera = %quoted(camera),
-                caller = export.caller,
-                kind = export.kind,
-                refused = export.refused,
-                "pixels asked of a camera whose video is not kept"
-            );
-        }
+    /// Records an export refused before it began, and returns the refusal.
+    fn refused<T>(&self, camera: &str, record: pb::PixelExport, status: Status) -> Result<T, Status> {
+        self.audit(camera, record).finish(Err(&status));
+        Err(status)
     }
 
     /// What every export checks first: video is kept, a slot is free, `raw` is allowed.
@@ -345,31 +383,25 @@ impl PixelsService {
             bbox,
             options,
         } = ask;
-        let mut record = pb::PixelExport {
+        let record = pb::PixelExport {
             from_time: Some(to_timestamp(time)),
             to_time: Some(to_timestamp(time)),
             ..export_record(kind, caller.as_deref(), track_id, options.raw)
         };
-        let result = async {
-            let place = self.audit_place(&camera)?;
-            let snapshot = self
-                .snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
-                .await?;
-            Ok((place, snapshot))
-        }
-        .await;
-        match result {
-            Ok((place, snapshot)) => {
-                record.frames = 1;
-                record.faces_blurred = snapshot.faces_blurred;
-                place.write(record);
-                Ok(Response::new(snapshot))
+        let mut place = self.audit(&camera, record);
+        let result = match place.admit() {
+            Ok(()) => {
+                self.snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
+                    .await
             }
-            Err(status) => {
-                self.record_refusal(&camera, record, &status);
-                Err(status)
-            }
+            Err(status) => Err(status),
+        };
+        if let Ok(snapshot) = &result {
+            place.record.frames = 1;
+            place.record.faces_blurred = snapshot.faces_blurred;
         }
+        place.finish(result.as_ref().map(|_| ()));
+        result.map(Response::new)
     }
 
     async fn snapshot_pixels(
@@ -400,8 +432,9 @@ impl PixelsService {
             let coverage = ring
                 .cover(earliest, latest)
                 .map_err(|e| Status::internal(e.to_string()))?;
+            let pinned = ring.pin(coverage);
             let mut nearest: Option<TimedFrame> = None;
-            export::decode(&coverage.segments, earliest, latest, |frame| {
+            export::decode(&pinned.coverage.segments, earliest, latest, |frame| {
                 let after = frame.capture_time >= time;
                 let closer = nearest
                     .as_ref()
@@ -470,35 +503,38 @@ impl PixelsService {
             to_time: Some(to_timestamp(to)),
             ..export_record(kind, caller.as_deref(), track_id, raw)
         };
-        let started = self
-            .audit_place(&camera)
-            .and_then(|place| Ok((place, self.start_clip(caller.as_deref(), &camera, from, to, raw)?)));
-        let (place, (exports, slot, coverage)) = match started {
+        let place = self.audit(&camera, record);
+        let started = place
+            .admit()
+            .and_then(|()| self.start_clip(caller.as_deref(), &camera, from, to, raw));
+        let (exports, slot, pinned) = match started {
             Ok(started) => started,
             Err(status) => {
-                self.record_refusal(&camera, record, &status);
+                place.finish(Err(&status));
                 return Err(status);
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let mut record = record;
-            let outcome = encode_clip(&exports, &camera, &coverage, from, to, raw, &tx);
+            let mut place = place;
+            let mut summary = pb::ClipSummary::default();
+            let outcome = encode_clip(&exports, &camera, &pinned.coverage, (from, to), raw, &tx, &mut summary);
+            // What went out, however the clip ended.
+            place.record.frames = summary.frames;
+            place.record.faces_blurred = summary.faces_blurred;
             match outcome {
-                Ok(summary) => {
-                    record.frames = summary.frames;
-                    record.faces_blurred = summary.faces_blurred;
+                Ok(()) => {
+                    place.finish(Ok(()));
                     let _ = tx.blocking_send(Ok(pb::ClipChunk {
                         part: Some(pb::clip_chunk::Part::Summary(summary)),
                     }));
                 }
                 Err(status) => {
-                    record.refused = status.message().chars().take(200).collect();
+                    place.finish(Err(&status));
                     let _ = tx.blocking_send(Err(status));
                 }
             }
-            place.write(record);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -510,7 +546,7 @@ impl PixelsService {
         from: UnixNanos,
         to: UnixNanos,
         raw: bool,
-    ) -> Result<(Arc<VideoExports>, OwnedSemaphorePermit, Coverage), Status> {
+    ) -> Result<(Arc<VideoExports>, OwnedSemaphorePermit, Pinned), Status> {
         if to <= from {
             return Err(Status::invalid_argument("to_time must come after from_time"));
         }
@@ -529,7 +565,7 @@ impl PixelsService {
                 "no video of camera {camera} in that interval"
             )));
         }
-        Ok((exports, slot, coverage))
+        Ok((exports, slot, ring.pin(coverage)))
     }
 }
 
@@ -560,11 +596,11 @@ fn encode_clip(
     exports: &VideoExports,
     camera: &str,
     coverage: &Coverage,
-    from: UnixNanos,
-    to: UnixNanos,
+    (from, to): (UnixNanos, UnixNanos),
     raw: bool,
     tx: &tokio::sync::mpsc::Sender<Result<pb::ClipChunk, Status>>,
-) -> Result<pb::ClipSummary, Status> {
+    summary: &mut pb::ClipSummary,
+) -> Result<(), Status> {
     let bytes_tx = tx.clone();
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = sent.clone();
@@ -580,7 +616,6 @@ fn encode_clip(
     })
     .map_err(|e| Status::internal(e.to_string()))?;
     let mut detector = (!raw).then(|| exports.take_detector()).transpose()?;
-    let mut summary = pb::ClipSummary::default();
     let mut first_last: Option<(UnixNanos, UnixNanos)> = None;
     let mut window = FaceWindow::default();
     let result = export::decode(&coverage.segments, from, to, |frame| {
@@ -640,7 +675,7 @@ fn encode_clip(
     summary.first_frame = Some(to_timestamp(first));
     summary.last_frame = Some(to_timestamp(last));
     summary.bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(summary)
+    Ok(())
 }
 
 /// Crops `image` to `bbox` (normalised) grown by `margin` of its size, or keeps the whole frame
@@ -715,14 +750,14 @@ impl Pixels for PixelsService {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
         let options = request.options.unwrap_or_default();
-        let asked = (|| Ok((time_of(request.time, "time")?, request.r#box.map(bbox_of).transpose()?)))();
-        let (time, bbox) = match asked {
-            Ok(asked) => asked,
-            Err(status) => {
-                let record = export_record("snapshot", caller.as_deref(), 0, options.raw);
-                self.record_refusal(&request.camera_id, record, &status);
-                return Err(status);
-            }
+        let record = || export_record("snapshot", caller.as_deref(), 0, options.raw);
+        let time = match time_of(request.time, "time") {
+            Ok(time) => time,
+            Err(status) => return self.refused(&request.camera_id, record(), status),
+        };
+        let bbox = match request.r#box.map(bbox_of).transpose() {
+            Ok(bbox) => bbox,
+            Err(status) => return self.refused(&request.camera_id, record(), status),
         };
         let ask = SnapshotAsk {
             kind: "snapshot",
@@ -742,19 +777,14 @@ impl Pixels for PixelsService {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
         let options = request.options.unwrap_or_default();
-        let found = async {
-            let camera = self.track_camera(request.track_id, &request.camera_id).await?;
-            let view = self.track_view(request.track_id, &camera).await?;
-            Ok((camera, view))
-        }
-        .await;
-        let (camera, view) = match found {
-            Ok(found) => found,
-            Err(status) => {
-                let record = export_record("track snapshot", caller.as_deref(), request.track_id, options.raw);
-                self.record_refusal(&request.camera_id, record, &status);
-                return Err(status);
-            }
+        let record = || export_record("track snapshot", caller.as_deref(), request.track_id, options.raw);
+        let camera = match self.track_camera(request.track_id, &request.camera_id).await {
+            Ok(camera) => camera,
+            Err(status) => return self.refused(&request.camera_id, record(), status),
+        };
+        let view = match self.track_view(request.track_id, &camera).await {
+            Ok(view) => view,
+            Err(status) => return self.refused(&camera, record(), status),
         };
         let time = view.capture_time.map(timestamp_nanos).unwrap_or_default();
         let bbox = crate::wire::decode_box_q16(view.box_q16);
@@ -774,19 +804,12 @@ impl Pixels for PixelsService {
     async fn get_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let asked = (|| {
-            Ok((
-                time_of(request.from_time, "from_time")?,
-                time_of(request.to_time, "to_time")?,
-            ))
-        })();
-        let (from, to) = match asked {
-            Ok(asked) => asked,
-            Err(status) => {
-                let record = export_record("clip", caller.as_deref(), 0, request.raw);
-                self.record_refusal(&request.camera_id, record, &status);
-                return Err(status);
-            }
+        let record = || export_record("clip", caller.as_deref(), 0, request.raw);
+        let interval =
+            time_of(request.from_time, "from_time").and_then(|from| Ok((from, time_of(request.to_time, "to_time")?)));
+        let (from, to) = match interval {
+            Ok(interval) => interval,
+            Err(status) => return self.refused(&request.camera_id, record(), status),
         };
         let ask = ClipAsk {
             kind: "clip",
@@ -804,24 +827,22 @@ impl Pixels for PixelsService {
     async fn get_track_clip(&self, request: Request<pb::TrackClipRequest>) -> Result<Response<ClipStream>, Status> {
         let caller = super::service::caller(&request);
         let request = request.into_inner();
-        let found = async {
-            let margin = match request.margin_seconds {
-                0.0 => DEFAULT_TRACK_MARGIN,
-                m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
-                _ => return Err(Status::invalid_argument("margin_seconds must lie in 0..=60")),
-            };
-            let camera = self.track_camera(request.track_id, &request.camera_id).await?;
-            let span = self.track_span(request.track_id, &camera).await?;
-            Ok((margin, camera, span))
-        }
-        .await;
-        let (margin, camera, (first, last)) = match found {
-            Ok(found) => found,
-            Err(status) => {
-                let record = export_record("track clip", caller.as_deref(), request.track_id, request.raw);
-                self.record_refusal(&request.camera_id, record, &status);
-                return Err(status);
+        let record = || export_record("track clip", caller.as_deref(), request.track_id, request.raw);
+        let margin = match request.margin_seconds {
+            0.0 => DEFAULT_TRACK_MARGIN,
+            m if (0.0..=60.0).contains(&m) => Duration::from_secs_f32(m),
+            _ => {
+                let status = Status::invalid_argument("margin_seconds must lie in 0..=60");
+                return self.refused(&request.camera_id, record(), status);
             }
+        };
+        let camera = match self.track_camera(request.track_id, &request.camera_id).await {
+            Ok(camera) => camera,
+            Err(status) => return self.refused(&request.camera_id, record(), status),
+        };
+        let (first, last) = match self.track_span(request.track_id, &camera).await {
+            Ok(span) => span,
+            Err(status) => return self.refused(&camera, record(), status),
         };
         let margin = margin.as_nanos() as i64;
         let ask = ClipAsk {
@@ -898,28 +919,33 @@ mod tests {
         assert_eq!(edge.dimensions(), (30, 100), "clipped at the frame's edge");
     }
 
-    #[tokio::test]
-    async fn an_export_whose_record_cannot_be_queued_is_refused_before_any_pixel() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = crate::metrics::Metrics::new(crate::ingest::Cameras::default());
-        let (log, _appender) =
-            crate::log::Log::open(&dir.path().join("log.sqlite"), &Default::default(), 16, metrics).unwrap();
-        let (notices, _describe_side) = tokio::sync::mpsc::channel(1);
-        let service = PixelsService::new(None, 1, log.reader(), notices.clone());
-        let ask = || {
-            Request::new(pb::SnapshotRequest {
-                camera_id: "door".into(),
-                time: Some(to_timestamp(1)),
-                ..Default::default()
-            })
+    #[test]
+    fn an_export_whose_record_cannot_be_queued_is_refused_and_one_cut_short_is_recorded_so() {
+        let (notices, mut describe_side) = tokio::sync::mpsc::channel(1);
+        let record = || pb::PixelExport {
+            kind: "clip".into(),
+            ..Default::default()
         };
         // The describe stage is behind: its queue is full.
         let held = notices.try_reserve().unwrap();
-        let refused = service.get_snapshot(ask()).await.unwrap_err();
+        let refused = AuditPlace::take(&notices, true, "door", record()).admit().unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
         drop(held);
-        // With room for the record, the export goes on (to find this node keeps no video).
-        let refused = service.get_snapshot(ask()).await.unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+        // A camera whose video is not kept needs no place in the queue (its records go to the
+        // node's log): nothing of it can be exported anyway.
+        AuditPlace::take(&notices, false, "nowhere", record()).admit().unwrap();
+        assert!(describe_side.try_recv().is_err(), "no record queued for it");
+        // With room, the export goes on; a task that fails without an outcome still leaves its
+        // record.
+        let place = AuditPlace::take(&notices, true, "door", record());
+        place.admit().unwrap();
+        drop(place);
+        let notice = describe_side.try_recv().unwrap();
+        assert_eq!(notice.camera_id, "door");
+        assert!(
+            notice.export.refused.contains("stopped before its end"),
+            "{:?}",
+            notice.export
+        );
     }
 }

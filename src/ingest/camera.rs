@@ -95,7 +95,9 @@ pub fn start_camera(
     record: Option<RecordSettings>,
 ) -> Result<CameraRunner> {
     let stop = Shutdown::new();
+    let record = record.filter(|_| config.record);
     let spec = PipelineSpec {
+        reencode: record.as_ref().is_some_and(|r| r.reencode),
         uri: source.uri.clone(),
         analysis_fps: config.analysis_fps,
         max_width: config.max_frame_width_px,
@@ -136,7 +138,7 @@ pub fn start_camera(
         queue,
         stop: stop.clone(),
         settled,
-        record: record.filter(|_| config.record),
+        record,
     };
     let thread = std::thread::Builder::new()
         .name(format!("camera-{}", config.id))
@@ -191,6 +193,9 @@ impl Supervisor {
             SourceKind::Live => TimeSource::HostArrival,
         };
         let clock = Arc::new(Mutex::new(CaptureClock::new(default_source)));
+        if let Some(settings) = &self.record {
+            record::recover(&self.status.id, &Ring::new(&settings.root, &self.status.id));
+        }
         let mut polling = false;
         // Permanent-looking failures of a live source in a row, with no frame between them.
         let mut permanent_streak = 0u32;
@@ -319,7 +324,6 @@ impl Supervisor {
         // Whether this run's compressed stream can be kept as it is; decoded frames are then
         // not needed.
         let mut keeps_compressed = false;
-        let mut compressed_kind: Option<String> = None;
         let mut said_not_kept = false;
         Some(Box::new(move |tapped| {
             let frame = match tapped {
@@ -335,16 +339,15 @@ impl Supervisor {
                     keeps_compressed = true;
                     frame
                 }
+                // Kept, if at all, from its decoded frames (`Tapped::Decoded`, only heard with
+                // `reencode`).
                 Tapped::Compressed(frame) => {
-                    if compressed_kind.is_none() {
-                        compressed_kind = frame.caps.structure(0).map(|s| s.name().to_string());
-                    }
-                    return;
-                }
-                Tapped::Decoded(_) if keeps_compressed => return,
-                Tapped::Decoded(_) if !settings.reencode => {
-                    if !std::mem::replace(&mut said_not_kept, true) {
-                        let kind = compressed_kind.as_deref().unwrap_or("raw video");
+                    if !settings.reencode && !std::mem::replace(&mut said_not_kept, true) {
+                        let kind = frame
+                            .caps
+                            .structure(0)
+                            .map(|s| s.name().to_string())
+                            .unwrap_or_default();
                         tracing::warn!(
                             camera,
                             kind,
@@ -354,6 +357,7 @@ impl Supervisor {
                     }
                     return;
                 }
+                Tapped::Decoded(_) if keeps_compressed => return,
                 Tapped::Decoded(frame) => frame,
             };
             // Out of the slot while GStreamer is called, back in after: no lock is held over it.
@@ -666,5 +670,10 @@ mod tests {
         assert!(described > first);
         let kept = ring.capture_time(&clock, at(40), Some(ntp(first - 300 * MS)), wall);
         assert_eq!(kept, Some(described), "the ring's frame carries the descriptor's time");
+        // A later frame, while the shift slews back: the ring hears of it before it is
+        // analysed, and gives it the time its descriptor will have.
+        let later = first - 100 * MS;
+        let kept = ring.capture_time(&clock, at(240), Some(ntp(later)), wall);
+        assert_eq!(kept, Some(clock.stamp_exact(later)));
     }
 }

@@ -48,6 +48,9 @@ pub struct PipelineSpec {
     pub decoder_threads: u32,
     pub decode: DecodeMode,
     pub rtsp: RtspOptions,
+    /// The video ring encodes a stream it cannot keep as it comes (not H.264 or H.265): every
+    /// frame of such a stream is decoded, whatever `decode` says, and heard by the tap.
+    pub reencode: bool,
 }
 
 #[derive(Clone, Default)]
@@ -387,6 +390,7 @@ pub fn build(
     let typefind_facts = facts.clone();
     let decoder_threads = spec.decoder_threads;
     let (decode_mode, analysis_fps, paced_by_sink) = (spec.decode, spec.analysis_fps, spec.sync);
+    let reencode = spec.reencode;
     let keyframes_flag = keyframes_only.clone();
     let skipped = on_stream_frame.clone();
     // Only the first video stream is analysed (see pad-added): a second one's decoder must not
@@ -405,7 +409,7 @@ pub fn build(
                     tapping_decoder.store(true, Ordering::Release);
                 }
                 let gate = KeyframeGate::new(decode_mode, analysis_fps, paced_by_sink);
-                gate_decoder(&element, gate, keyframes_flag.clone(), skipped.clone());
+                gate_decoder(&element, gate, reencode, keyframes_flag.clone(), skipped.clone());
             }
         }
         if element.factory().is_some_and(|f| f.name() == "typefind") {
@@ -442,7 +446,7 @@ pub fn build(
         .static_pad("sink")
         .ok_or_else(|| Error::Gstreamer("videoscale has no sink pad".into()))?;
     // Before the rate gate's probe: the ring hears of every decoded frame.
-    if let Some(tap) = tap {
+    if let Some(tap) = tap.filter(|_| spec.reencode) {
         tap_decoded(&scale_sink, tap, decoder_tapped);
     }
     let gate = Mutex::new(RateGate::new(spec.analysis_fps));
@@ -556,6 +560,7 @@ fn configure_decoder(decoder: &gst::Element, threads: u32) {
 fn gate_decoder(
     decoder: &gst::Element,
     gate: KeyframeGate,
+    reencode: bool,
     keyframes_only: Arc<AtomicBool>,
     skipped: Arc<impl Fn(StreamFrame) + Send + Sync + 'static>,
 ) {
@@ -563,10 +568,18 @@ fn gate_decoder(
         return;
     };
     let gate = Mutex::new(gate);
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
+        // The ring encodes this stream from its decoded frames: all of them.
+        let encoded_for_the_ring = || {
+            pad.current_caps()
+                .is_some_and(|caps| crate::video::record::parser_for(&caps).is_none())
+        };
+        if reencode && encoded_for_the_ring() {
+            return gst::PadProbeReturn::Ok;
+        }
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         let time = buffer
             .pts()

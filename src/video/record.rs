@@ -40,6 +40,9 @@ const TIME_BASE: Duration = Duration::from_secs(10);
 const QUEUE_BYTES: u64 = 32 << 20;
 /// Keyframes remembered to time the segment each one opens.
 const KEYFRAMES_KEPT: usize = 64;
+/// Frames remembered when the recording encodes: any of them may become a keyframe, and the
+/// encoder and its queue may hold a few seconds of them.
+const ENCODED_FRAMES_KEPT: usize = 1024;
 /// How long a finishing recorder may take to close its last segment.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +81,22 @@ pub struct Frame<'a> {
     pub capture_time: Option<UnixNanos>,
 }
 
+/// Closes or removes the segments of `camera` that a process before this one left open: once
+/// per camera and process, before its first recording (a recorder of this process may still be
+/// finishing its last segment when the next one starts).
+pub fn recover(camera: &str, ring: &Ring) {
+    match ring.recover_orphans() {
+        Ok((0, 0)) => {}
+        Ok((kept, removed)) => tracing::info!(
+            camera,
+            kept,
+            removed,
+            "video segments a previous run left open were closed or removed"
+        ),
+        Err(err) => tracing::warn!(camera, %err, "cannot close the video segments a previous run left open"),
+    }
+}
+
 /// Whether a camera's stream can be kept without re-encoding.
 pub fn parser_for(caps: &gst::CapsRef) -> Option<&'static str> {
     match caps.structure(0)?.name().as_str() {
@@ -108,11 +127,20 @@ fn recording_chain(caps: &gst::CapsRef, segment: Duration) -> Result<(Vec<gst::E
         )));
     }
     let convert = make("videoconvert")?;
+    // 4:2:0, which every H.264 decoder plays: 4:2:2 Motion JPEG would otherwise become High
+    // 4:2:2 H.264.
+    let planar = make("capsfilter")?;
+    planar.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw").field("format", "I420").build(),
+    );
     let encoder = make("x264enc")?;
     // The cheapest preset, at constant quality (CRF 23, as clips are): a street scene at the
     // default 2 Mbit/s either starves or wastes bits. No B-frames or look-ahead (zerolatency):
     // nothing is held back, and each frame costs the same. One thread: the camera's analysis
-    // shares the cores, and a keyframe every segment keeps splitmuxsink's cuts on time.
+    // shares the cores. splitmuxsink asks for a keyframe where each segment is due; x264's own
+    // interval is only a backstop, at twice the segment, so that the two never fall a frame
+    // apart.
     encoder.set_property_from_str("speed-preset", "ultrafast");
     encoder.set_property_from_str("tune", "zerolatency");
     encoder.set_property_from_str("pass", "qual");
@@ -123,11 +151,11 @@ fn recording_chain(caps: &gst::CapsRef, segment: Duration) -> Result<(Vec<gst::E
         .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
         .filter(|f| f.numer() > 0 && f.denom() > 0)
         .map_or(25.0, |f| f.numer() as f64 / f.denom() as f64);
-    let key_interval = (segment.as_secs_f64() * frame_rate).ceil().clamp(1.0, 3000.0) as u32;
+    let key_interval = (2.0 * segment.as_secs_f64() * frame_rate).ceil().clamp(1.0, 3000.0) as u32;
     encoder.set_property("key-int-max", key_interval);
     let parser = make("h264parse")?;
     parser.set_property("config-interval", -1i32);
-    Ok((vec![convert, encoder, parser], true))
+    Ok((vec![convert, planar, encoder, parser], true))
 }
 
 fn make(factory: &str) -> Result<gst::Element> {
@@ -192,7 +220,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts recording a stream of `caps` (H.264 or H.265 as it is, raw video by encoding it)
-    /// into `ring`; segments that a process before this one left open are closed first.
+    /// into `ring`.
     pub fn start(
         camera: &str,
         ring: Ring,
@@ -202,15 +230,6 @@ impl Recorder {
     ) -> Result<Recorder> {
         let (chain, encodes) = recording_chain(caps, segment)?;
         ring.create()?;
-        let (kept, removed) = ring.recover_orphans()?;
-        if kept + removed > 0 {
-            tracing::info!(
-                camera,
-                kept,
-                removed,
-                "video segments a previous run left open were closed or removed"
-            );
-        }
         let pipeline = gst::Pipeline::new();
         // No clock: the recording runs as fast as frames come, never waiting to render them.
         pipeline.use_clock(None::<&gst::Clock>);
@@ -321,8 +340,14 @@ impl Recorder {
                 .unwrap_or_default();
             timing.latest = Some(recording_time);
             timing.pushed_until = timing.pushed_until.max(recording_time + step);
+            // Decoded frames carry no DELTA_UNIT flag: each is a keyframe the encoder may make.
             if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                if timing.keyframes.len() == KEYFRAMES_KEPT {
+                let kept = if self.encodes {
+                    ENCODED_FRAMES_KEPT
+                } else {
+                    KEYFRAMES_KEPT
+                };
+                if timing.keyframes.len() >= kept {
                     timing.keyframes.pop_front();
                 }
                 timing.keyframes.push_back((recording_time, frame.capture_time));
@@ -578,8 +603,8 @@ mod tests {
             .build();
         let (chain, encodes) = recording_chain(&raw, Duration::from_secs(2)).unwrap();
         assert!(encodes);
-        // A keyframe at least once per segment: two seconds at 30 fps.
-        assert_eq!(chain[1].property::<u32>("key-int-max"), 60);
+        // A keyframe at least every other segment, when none is asked for: 4 s at 30 fps.
+        assert_eq!(chain[2].property::<u32>("key-int-max"), 120);
         let jpeg = gst::Caps::builder("image/jpeg").build();
         let refused = recording_chain(&jpeg, second).err().unwrap().to_string();
         assert!(

@@ -20,6 +20,9 @@ pub const GAP_TOLERANCE_NS: UnixNanos = 500_000_000;
 
 const EXTENSION: &str = "ts";
 pub const OPEN_PREFIX: &str = "open-";
+/// Directories of segments held for running exports, inside a camera's ring (never a segment's
+/// name, so never listed or pruned).
+const PINNED_PREFIX: &str = "pinned-";
 const OPEN_SUFFIX: &str = "-open";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,15 +44,7 @@ impl Segment {
             return Some(self.path.clone());
         }
         let dir = self.path.parent()?;
-        let prefix = format!("{}-", self.start);
-        std::fs::read_dir(dir)
-            .ok()?
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                name.starts_with(&prefix) && parse_name(name).is_some()
-            })
+        find_segment(dir, self.start)
     }
 }
 
@@ -107,19 +102,31 @@ impl Ring {
         };
         let mut segments = Vec::new();
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some((start, end)) = name.to_str().and_then(parse_name) else {
+            let mut path = entry.path();
+            let mut meta = entry.metadata();
+            // A segment that closed (was renamed) since the directory was read is taken under
+            // its closed name, which the listing may have passed already; one removed by pruning
+            // is simply not listed.
+            if meta.is_err() {
+                let start = entry.file_name().to_str().and_then(parse_name).map(|(start, _)| start);
+                let Some(closed) = start.and_then(|start| self.find(start)) else {
+                    continue;
+                };
+                meta = std::fs::metadata(&closed);
+                path = closed;
+            }
+            let Ok(meta) = meta else { continue };
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some((start, end)) = parse_name(name) else {
                 continue;
             };
-            // A segment removed by pruning between the listing and here is simply not listed.
-            let Ok(meta) = entry.metadata() else { continue };
-            let end = end.or_else(|| open_end(start, &meta));
+            let open = end.is_none();
             segments.push(Segment {
                 start,
-                end: end.unwrap_or(start).max(start),
-                open: end.is_none() || name.to_str().is_some_and(|n| n.contains(OPEN_SUFFIX)),
-                path: entry.path(),
+                end: end.or_else(|| open_end(start, &meta)).unwrap_or(start).max(start),
+                open,
                 bytes: meta.len(),
+                path,
             });
         }
         // A segment renamed while the directory was read (it closed) can be listed under both
@@ -127,6 +134,11 @@ impl Ring {
         segments.sort_by_key(|s| (s.start, s.open));
         segments.dedup_by_key(|s| s.start);
         Ok(segments)
+    }
+
+    /// The segment that starts at `start`, under whichever name it has now.
+    fn find(&self, start: UnixNanos) -> Option<PathBuf> {
+        find_segment(&self.dir, start)
     }
 
     /// Removes segments, oldest first, while the ring holds more than `limits.max_bytes` or they
@@ -166,8 +178,16 @@ impl Ring {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((kept, removed)),
             Err(e) => return Err(Error::io(format!("listing {}", self.dir.display()), e)),
         };
+        let own_pins = format!("{PINNED_PREFIX}{}-", std::process::id());
         for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| n.starts_with(OPEN_PREFIX)) {
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            // Pins a process that died left (this process's are running exports).
+            if name.starts_with(PINNED_PREFIX) && !name.starts_with(&own_pins) {
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            if name.starts_with(OPEN_PREFIX) {
                 std::fs::remove_file(entry.path())
                     .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
                 removed += 1;
@@ -180,6 +200,62 @@ impl Ring {
     pub fn cover(&self, from: UnixNanos, to: UnixNanos) -> Result<Coverage> {
         Ok(coverage(self.segments()?, from, to))
     }
+
+    /// Holds `coverage`'s segments for an export: each is hard-linked into a directory of the
+    /// export's own, so that pruning during a long export, or a segment closing (renamed) while
+    /// it is read, takes nothing from under it. The links go when the returned value does; the
+    /// disk they hold is bounded by the exports running (`max_clip_seconds` each). A segment
+    /// that cannot be linked (gone already, a file system without hard links) is read where it is.
+    pub fn pin(&self, coverage: Coverage) -> Pinned {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.dir.join(format!("{PINNED_PREFIX}{}-{id}", std::process::id()));
+        if let Err(err) = std::fs::create_dir(&dir) {
+            tracing::debug!(%err, dir = %dir.display(), "segments of an export cannot be pinned");
+            return Pinned { coverage, dir: None };
+        }
+        let mut coverage = coverage;
+        for segment in &mut coverage.segments {
+            let Some(name) = segment.path.file_name() else { continue };
+            let link = dir.join(name);
+            let linked = segment
+                .current_path()
+                .is_some_and(|from| std::fs::hard_link(from, &link).is_ok());
+            if linked {
+                segment.path = link;
+            }
+        }
+        Pinned {
+            coverage,
+            dir: Some(dir),
+        }
+    }
+}
+
+/// Segments held for one export (see [`Ring::pin`]).
+pub struct Pinned {
+    pub coverage: Coverage,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn find_segment(dir: &Path, start: UnixNanos) -> Option<PathBuf> {
+    let prefix = format!("{start}-");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(&prefix) && parse_name(name).is_some()
+        })
 }
 
 /// Where a segment being written ends so far: its start plus the time between the file's
@@ -257,7 +333,11 @@ mod tests {
         let path = ring.open_segment_path(start);
         let file = std::fs::File::create(&path).unwrap();
         std::fs::write(&path, b"xyz").unwrap();
-        let created = std::fs::metadata(&path).unwrap().created().unwrap();
+        let Ok(created) = std::fs::metadata(&path).unwrap().created() else {
+            // Open segments then end at their last write: nothing to check here.
+            eprintln!("this file system keeps no creation time");
+            return;
+        };
         file.set_modified(created + std::time::Duration::from_secs(3)).unwrap();
         let open = ring.segments().unwrap().pop().unwrap();
         assert!(open.open && open.start == start && open.bytes == 3);
