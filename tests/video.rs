@@ -383,34 +383,26 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         crop.dimensions()
     );
 
+    let refused_track = |track_id: u64, camera: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let target = PixelTarget::Track {
+                track_id,
+                camera_id: camera.into(),
+                margin_seconds: 0.0,
+            };
+            client::snapshot(&addr, &credentials(None), target, pb::SnapshotOptions::default())
+                .await
+                .expect_err("no such track")
+                .to_string()
+        }
+    };
     // Track ids are unique per camera: asked of another camera, there is no such track.
-    let elsewhere = client::snapshot(
-        &addr,
-        &credentials(None),
-        PixelTarget::Track {
-            track_id: track,
-            camera_id: "elsewhere".into(),
-            margin_seconds: 0.0,
-        },
-        pb::SnapshotOptions::default(),
-    )
-    .await
-    .expect_err("no track of that id on another camera");
-    assert!(elsewhere.to_string().contains("of camera elsewhere"), "{elsewhere}");
+    let elsewhere = refused_track(track, "elsewhere").await;
+    assert!(elsewhere.contains("of camera elsewhere"), "{elsewhere}");
     // A track this camera never had: refused, and the refusal recorded (below).
-    let unknown = client::snapshot(
-        &addr,
-        &credentials(None),
-        PixelTarget::Track {
-            track_id: 7,
-            camera_id: "door".into(),
-            margin_seconds: 0.0,
-        },
-        pb::SnapshotOptions::default(),
-    )
-    .await
-    .expect_err("no track 7 on this camera");
-    assert!(unknown.to_string().contains("track 7"), "{unknown}");
+    let unknown = refused_track(7, "door").await;
+    assert!(unknown.contains("track 7"), "{unknown}");
 
     // The track's clip: its life, from the log, with a second either side.
     let described = common::nanos(view.capture_time);
