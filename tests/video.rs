@@ -285,7 +285,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     // The test camera sends about 100 kB/s: a 1 MiB ring holds about ten seconds.
     let max_bytes: u64 = 1 << 20;
     let cameras = format!(
-        "{}\n{}",
+        "{}\n{}max_concurrent_exports = 1\n",
         common::rtsp_camera("door", &camera.uri(), ""),
         video_section(&video_dir, max_bytes)
     );
@@ -468,8 +468,40 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         "the ring held {total} bytes at most, against {max_bytes} and a segment of {segment}"
     );
 
+    // A client that goes away mid-clip: the export stops, says what it sent in its record, and
+    // gives its slot back (this node runs one export at once: every export below needs it).
+    struct GoneAfterFirstWrite;
+    impl std::io::Write for GoneAfterFirstWrite {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("the client is gone"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let held = wait_for_video(&video_dir, "door", retina_edge::clock::now_unix_nanos() - 6 * S, 5.0).await;
+    let whole = camera_interval("door", held[0].start, held.last().unwrap().end);
+    client::clip(&addr, &credentials(None), whole, false, &mut GoneAfterFirstWrite)
+        .await
+        .expect_err("the client stops reading");
+    let deadline = Instant::now() + NEVER;
+    let cut_short = loop {
+        let records = export_records(&mut client, "door", 7).await;
+        if let Some(cut) = records.into_iter().find(|r| r.kind == "clip" && !r.refused.is_empty()) {
+            break cut;
+        }
+        assert!(Instant::now() < deadline, "the clip's record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let whole_frames = (held.last().unwrap().end - held[0].start) / FRAME_NS;
+    assert!(
+        cut_short.frames > 0 && i64::from(cut_short.frames) < whole_frames,
+        "{} of {whole_frames} frames encoded before the client was found gone: {cut_short:?}",
+        cut_short.frames
+    );
+
     // Who looked at what: every export is a record in the camera's stream.
-    let records = export_records(&mut client, "door", 6).await;
+    let records = export_records(&mut client, "door", 7).await;
     let kinds: Vec<(&str, bool)> = records
         .iter()
         .map(|r| (r.kind.as_str(), r.refused.is_empty() && r.frames > 0))
@@ -482,13 +514,14 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
             ("track snapshot", true),
             ("track snapshot", false),
             ("track clip", true),
-            ("clip", true)
+            ("clip", true),
+            ("clip", false)
         ],
         "{records:?}"
     );
     assert!(records[3].refused.contains("track 7"), "{:?}", records[3]);
     let raw: Vec<bool> = records.iter().map(|r| r.raw).collect();
-    assert_eq!(raw, [false, true, false, false, false, false]);
+    assert_eq!(raw, [false, true, false, false, false, false, false]);
     assert_eq!(records[4].track_id, track);
     assert_eq!(records[1].track_id, track);
     // A camera whose video is not kept (here: none of that name) gets no stream of records.
