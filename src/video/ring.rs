@@ -258,19 +258,12 @@ fn find_segment(dir: &Path, start: UnixNanos) -> Option<PathBuf> {
         })
 }
 
-/// Where a segment being written ends so far: its start plus the time between the file's
-/// creation and its last write. Both are the host's clock, so a camera whose clock is ahead of
-/// the host's or behind it gets neither an empty open segment nor one stretched to the host's
-/// time. Without a creation time (a file system that keeps none), its last write.
-fn open_end(start: UnixNanos, meta: &std::fs::Metadata) -> Option<UnixNanos> {
-    let written = meta.modified().ok()?;
-    Some(match meta.created().ok() {
-        Some(created) => {
-            let length = written.duration_since(created).unwrap_or_default();
-            start.saturating_add(i64::try_from(length.as_nanos()).unwrap_or(i64::MAX))
-        }
-        None => crate::clock::unix_nanos(written),
-    })
+/// Where a segment being written ends so far: its last write. (Start plus the time since the
+/// file's creation was tried, to be independent of a camera's clock, but a muxer's buffered
+/// writes leave the file's creation and last write seconds apart from the frames in it, and the
+/// demo's track snapshot then missed the open segment.)
+fn open_end(_start: UnixNanos, meta: &std::fs::Metadata) -> Option<UnixNanos> {
+    meta.modified().ok().map(crate::clock::unix_nanos)
 }
 
 fn coverage(segments: Vec<Segment>, from: UnixNanos, to: UnixNanos) -> Coverage {
@@ -326,22 +319,17 @@ mod tests {
         let spans: Vec<_> = segments.iter().map(|s| (s.start, s.end, s.bytes)).collect();
         assert_eq!(spans, [(10 * S, 14 * S, 5), (20 * S, 24 * S, 10)]);
         assert!(segments.iter().all(|s| !s.open));
-        // A segment being written is read up to its last write, as long after its start as
-        // the write came after the file's creation, whatever the camera's clock says: here an
-        // hour behind the host's.
-        let start = crate::clock::now_unix_nanos() - 3600 * S;
-        let path = ring.open_segment_path(start);
-        let file = std::fs::File::create(&path).unwrap();
-        std::fs::write(&path, b"xyz").unwrap();
-        let Ok(created) = std::fs::metadata(&path).unwrap().created() else {
-            // Open segments then end at their last write: nothing to check here.
-            eprintln!("this file system keeps no creation time");
-            return;
-        };
-        file.set_modified(created + std::time::Duration::from_secs(3)).unwrap();
+        // A segment being written is read up to its last write.
+        let now = crate::clock::now_unix_nanos();
+        let start = now - 2 * S;
+        std::fs::write(ring.open_segment_path(start), b"xyz").unwrap();
         let open = ring.segments().unwrap().pop().unwrap();
         assert!(open.open && open.start == start && open.bytes == 3);
-        assert_eq!(open.end - start, 3 * S, "3 s written so far");
+        assert!(
+            (open.end - now).abs() < 5 * S,
+            "ends at its last write: {}",
+            open.end - now
+        );
         // After a crash: the timed one is closed, the untimed one removed.
         assert_eq!(ring.recover_orphans().unwrap(), (1, 1));
         assert!(!ring.dir().join("open-1-00001.ts").exists());
