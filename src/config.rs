@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, quoted, redact_uri};
 
+mod counting;
 mod describe;
 
+pub use counting::{Anchor, CountingPlaces, CountingSettings, LineConfig, ZoneConfig};
 pub use describe::{CodecKind, DescribeConfig, EmissionConfig, TrackerConfig};
 
 /// COCO classes a city cares about: people and vehicles.
@@ -632,6 +634,11 @@ pub struct CameraConfig {
     /// Keep this camera's video in the ring, when the node has a `[video]` section.
     #[serde(default = "default_true")]
     pub record: bool,
+    /// Zones and counting lines (README: "Zones, lines and counts").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<ZoneConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineConfig>,
 }
 
 /// Which frames of a camera's compressed stream reach the decoder.
@@ -763,6 +770,8 @@ impl CameraConfig {
             password: None,
             password_file: None,
             record: true,
+            zones: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -814,7 +823,7 @@ impl CameraConfig {
         {
             return Err(format!("{at}: position latitude/longitude out of range"));
         }
-        Ok(())
+        counting::validate_places(&self.zones, &self.lines).map_err(|e| format!("{at}: {e}"))
     }
 }
 
@@ -952,6 +961,7 @@ impl Config {
             .emission
             .validate()
             .map_err(|e| format!("describe.emission: {e}"))?;
+        describe.counting.validate()?;
         let deliver = &self.deliver;
         if deliver.subscriber_buffer_frames == 0 {
             return Err("deliver.subscriber_buffer_frames must be at least 1".into());

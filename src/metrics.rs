@@ -42,6 +42,8 @@ pub struct Metrics {
     subscriber_fallbacks: Family<SubscriberLabels, Counter>,
     subscribers_refused: Counter,
     capture_to_publish: Family<CameraLabels, Histogram>,
+    zone_events: Family<ZoneEventLabels, Counter>,
+    zone_occupancy: Family<ZoneLabels, Gauge>,
     log: LogMetrics,
     tls_not_after: Family<ListenerLabels, Gauge>,
     push: PushMetrics,
@@ -67,6 +69,8 @@ pub const PUSH_STATES: [&str; 3] = ["connecting", "streaming", "retrying"];
 type ListenerLabels = [(&'static str, &'static str); 1];
 
 type CameraLabels = [(&'static str, String); 1];
+type ZoneEventLabels = [(&'static str, String); 5];
+type ZoneLabels = [(&'static str, String); 3];
 
 /// The descriptor log's writer.
 struct LogMetrics {
@@ -151,6 +155,8 @@ impl Metrics {
             tls_not_after: Family::default(),
             push: PushMetrics::default(),
             capture_to_publish,
+            zone_events: Family::default(),
+            zone_occupancy: Family::default(),
             log: LogMetrics {
                 stored: Counter::default(),
                 stored_bytes: Counter::default(),
@@ -245,6 +251,16 @@ impl Metrics {
             "Subscribe calls refused because deliver.max_subscribers streams were open",
             metrics.subscribers_refused.clone(),
         );
+        r.register(
+            "retina_zone_events",
+            "Zone entries and exits and line crossings, by camera, zone or line, kind, direction and class",
+            metrics.zone_events.clone(),
+        );
+        r.register(
+            "retina_zone_occupancy",
+            "Tracks inside each zone now, by camera, zone and class",
+            metrics.zone_occupancy.clone(),
+        );
         let log = &metrics.log;
         r.register(
             "retina_log_stored",
@@ -310,6 +326,37 @@ impl Metrics {
                 .map(|a| prost::Message::encoded_len(a) as u64)
                 .sum(),
         );
+    }
+
+    /// A zone event of `camera`, whose track is of class `class_name`.
+    pub fn zone_event(&self, camera: &str, event: &pb::ZoneEvent, class_name: &str) {
+        let kind = event.kind();
+        let kind_label = kind.as_str_name().trim_start_matches("ZONE_EVENT_KIND_").to_lowercase();
+        self.zone_events
+            .get_or_create(&[
+                ("camera", camera.to_string()),
+                ("zone", event.zone_id.clone()),
+                ("kind", kind_label),
+                ("direction", event.direction.clone()),
+                ("class", class_name.to_string()),
+            ])
+            .inc();
+        let occupancy = || {
+            self.zone_occupancy.get_or_create(&[
+                ("camera", camera.to_string()),
+                ("zone", event.zone_id.clone()),
+                ("class", class_name.to_string()),
+            ])
+        };
+        match kind {
+            pb::ZoneEventKind::Entered => {
+                occupancy().inc();
+            }
+            pb::ZoneEventKind::Left => {
+                occupancy().dec();
+            }
+            _ => {}
+        }
     }
 
     /// The histogram of how long after their capture a camera's analysed frames are published,

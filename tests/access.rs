@@ -944,6 +944,7 @@ async fn arbitrary_requests_get_a_clear_answer_and_the_node_goes_on() {
                 enabled: Some(false),
                 position,
                 loop_file: false,
+                ..Default::default()
             }),
         };
         match admin.add_camera(request).await {

@@ -380,3 +380,132 @@ async fn an_unreachable_camera_delays_neither_start_up_nor_the_others() {
     assert_eq!(camera(&info, "north").unwrap().restarts, 0);
     stop(node).await;
 }
+
+/// The counting line of the first hand count (`tests/fixtures/counts/bikes-hand-count.toml`),
+/// which a walker crosses once per play of the clip.
+fn walker_line() -> pb::CountingLine {
+    pb::CountingLine {
+        line_id: "crossing".into(),
+        from: Some(pb::Point { x: 0.33, y: 0.96 }),
+        to: Some(pb::Point { x: 0.232, y: 0.50 }),
+        forward_name: "east".into(),
+        ..Default::default()
+    }
+}
+
+/// Zones and lines set over the admin API: the camera goes on streaming without a restart, its
+/// tracks start counting at once (events and count records on the stream), bad places are
+/// refused by name and change nothing, and the places are kept across a restart of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_and_lines_change_live_without_a_restart_and_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cameras = format!(
+        "{}\n[describe.counting]\ninterval_seconds = 2\n",
+        looping_camera("north")
+    );
+    let (node, mut client) = start(dir.path(), &cameras).await;
+    let mut admin = common::admin(&node).await;
+    wait_for(&mut client, Duration::from_secs(20), "north streams", |i| {
+        camera(i, "north").is_some_and(|c| c.frames_analysed >= 3)
+    })
+    .await;
+    let request = pb::SubscribeRequest {
+        camera_ids: vec!["north".into()],
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+    let queue = pb::Zone {
+        zone_id: "kerb".into(),
+        polygon: [(0.0, 0.6), (1.0, 0.6), (1.0, 1.0), (0.0, 1.0)]
+            .map(|(x, y)| pb::Point { x, y })
+            .into(),
+        class_names: vec!["person".into()],
+        ..Default::default()
+    };
+    let places = pb::CountingPlaces {
+        zones: vec![queue.clone()],
+        lines: vec![walker_line()],
+    };
+    let updated = admin
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "north".into(),
+            counting: Some(places.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut line, zone) = (walker_line(), updated.zones[0].clone());
+    line.backward_name = "backward".into();
+    line.anchor = pb::Anchor::BottomCentre as i32;
+    assert_eq!(updated.lines, vec![line.clone()], "defaults filled in");
+    assert_eq!((zone.zone_id.as_str(), zone.polygon.len()), ("kerb", 4));
+
+    // Within two plays of the clip: the walker crosses the line eastwards, and a count record
+    // counts it.
+    let (mut crossed, mut counted) = (None, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while crossed.is_none() || counted == 0 {
+        let d = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("a crossing and its count within 40 s")
+            .unwrap()
+            .expect("the stream goes on");
+        let crossing = d.zone_events.iter().find(|e| e.kind() == pb::ZoneEventKind::Crossed);
+        if let Some(e) = crossing.filter(|_| crossed.is_none()) {
+            assert_eq!(
+                (e.zone_id.as_str(), e.direction.as_str()),
+                ("crossing", "east"),
+                "{e:?}"
+            );
+            crossed = Some(e.track_id);
+        }
+        if let (Some(report), Some(_)) = (&d.counts, crossed) {
+            counted += report
+                .counts
+                .iter()
+                .filter(|c| c.zone_id == "crossing" && c.class_name == "person" && c.direction == "east")
+                .map(|c| c.count)
+                .sum::<u32>();
+        }
+    }
+    let north = camera(&info(&mut client).await, "north").unwrap().clone();
+    assert_eq!((north.restarts, north.state()), (0, pb::CameraState::Streaming));
+    let exposition = node.metrics.encode().unwrap();
+    assert!(
+        exposition.contains(
+            "retina_zone_events_total{camera=\"north\",zone=\"crossing\",kind=\"crossed\",direction=\"east\",class=\"person\"}"
+        ),
+        "{exposition}"
+    );
+
+    // Refused with the place named; the camera keeps what it had.
+    let mut bad = places.clone();
+    bad.lines[0].to = Some(pb::Point { x: 1.5, y: 0.5 });
+    let status = admin
+        .update_camera(pb::UpdateCameraRequest {
+            camera_id: "north".into(),
+            counting: Some(bad),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("line \"crossing\""), "{}", status.message());
+    assert_eq!(
+        camera(&info(&mut client).await, "north").unwrap().lines,
+        vec![line.clone()]
+    );
+    drop(stream);
+    stop(node).await;
+
+    let state = std::fs::read_to_string(dir.path().join("node.cameras.toml")).unwrap();
+    assert!(
+        state.contains("[[cameras.lines]]") && state.contains("[[cameras.zones]]"),
+        "{state}"
+    );
+    let (node, mut client) = start(dir.path(), &cameras).await;
+    let north = camera(&info(&mut client).await, "north").unwrap().clone();
+    assert_eq!((north.lines, north.zones), (vec![line], vec![zone]));
+    stop(node).await;
+}

@@ -24,6 +24,7 @@ pub struct DescribeConfig {
     pub send_detections: bool,
     pub tracker: TrackerConfig,
     pub emission: EmissionConfig,
+    pub counting: super::CountingSettings,
 }
 
 impl Default for DescribeConfig {
@@ -34,6 +35,7 @@ impl Default for DescribeConfig {
             send_detections: false,
             tracker: TrackerConfig::default(),
             emission: EmissionConfig::default(),
+            counting: super::CountingSettings::default(),
         }
     }
 }

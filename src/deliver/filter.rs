@@ -101,10 +101,19 @@ impl Filter {
             .filter(|e| keep_event(e))
             .cloned()
             .collect();
+        let zone_events: Vec<_> = descriptor
+            .zone_events
+            .iter()
+            .filter(|e| keep_class(e.class_id))
+            .cloned()
+            .collect();
         // A model change is where a consumer's descriptors change meaning, an export record who
-        // looked at the camera's pixels: never filtered out.
-        let change = descriptor.model_change.is_some() || descriptor.pixel_export.is_some();
-        if objects.is_empty() && tracks.is_empty() && track_events.is_empty() && !self.include_empty_frames && !change {
+        // looked at the camera's pixels, a count record what happened in an interval (zero
+        // counts too): never filtered out.
+        let change =
+            descriptor.model_change.is_some() || descriptor.pixel_export.is_some() || descriptor.counts.is_some();
+        let nothing = objects.is_empty() && tracks.is_empty() && track_events.is_empty() && zone_events.is_empty();
+        if nothing && !self.include_empty_frames && !change {
             return None;
         }
         let d = descriptor;
@@ -118,8 +127,10 @@ impl Filter {
             objects,
             tracks,
             track_events,
+            zone_events,
             model_change: d.model_change.clone(),
             pixel_export: d.pixel_export.clone(),
+            counts: d.counts.clone(),
             ..Default::default()
         };
         let context_changed = !self.full_context && sent.changed(d);

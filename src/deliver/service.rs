@@ -21,7 +21,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use super::filter::{Filter, SentContext, gap_notice};
 use super::models::ModelControl;
 use crate::clock::{UnixNanos, timestamp_nanos, to_timestamp};
-use crate::config::{CameraConfig, CameraPositionConfig, DeliverConfig};
+use crate::config::{CameraConfig, CameraPositionConfig, CountingPlaces, DeliverConfig};
 use crate::describe::projection::Projection;
 use crate::error::Result;
 use crate::infer::ModelCard;
@@ -340,6 +340,13 @@ impl Admin for AdminService {
         config.enabled = spec.enabled.unwrap_or(true);
         config.loop_file = spec.loop_file;
         config.position = spec.position.map(position_config);
+        let places = CountingPlaces::from_message(pb::CountingPlaces {
+            zones: spec.zones,
+            lines: spec.lines,
+        })
+        .map_err(Status::invalid_argument)?;
+        config.zones = places.zones;
+        config.lines = places.lines;
         let manager = self.manager.clone();
         let status = blocking(move || manager.add(config)).await?;
         Ok(Response::new(camera_info(&status)))
@@ -358,6 +365,11 @@ impl Admin for AdminService {
             analysis_fps: request.analysis_fps,
             enabled: request.enabled,
             position: request.position.map(position_config),
+            counting: request
+                .counting
+                .map(CountingPlaces::from_message)
+                .transpose()
+                .map_err(Status::invalid_argument)?,
         };
         let manager = self.manager.clone();
         let status = blocking(move || manager.update(&request.camera_id, change)).await?;
@@ -478,6 +490,8 @@ fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
         sampling: sampling(camera.keyframes_only()) as i32,
         frames_not_decoded: camera.frames_not_decoded.load(Ordering::Relaxed),
         decode: settings.decode.as_str().to_string(),
+        zones: settings.counting.zones.iter().map(|z| z.message()).collect(),
+        lines: settings.counting.lines.iter().map(|l| l.message()).collect(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! embeddings encoded by the configured codec ([`codec`]).
 
 pub mod codec;
+pub mod count;
 pub mod emit;
 pub mod projection;
 pub mod track;
@@ -13,8 +14,9 @@ use std::sync::{Arc, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use self::codec::Encoder;
+use self::count::Counter;
 use self::emit::{Emission, Emitter};
-use self::track::{EndReason, Tracker};
+use self::track::{EndReason, TrackEvent, Tracker};
 use crate::clock::to_timestamp;
 use crate::config::DescribeConfig;
 use crate::infer::{Analysis, Detection};
@@ -125,6 +127,8 @@ struct CameraState {
     models: Option<Arc<ModelContext>>,
     tracker: Tracker,
     emitter: Emitter,
+    /// Its zones and lines.
+    counter: Counter,
     /// The last frame described, for the descriptor that ends the camera's tracks.
     last_frame: Option<Analysis>,
     /// When the last result of this camera came in.
@@ -171,17 +175,21 @@ impl Describer {
             }
             if last_check.elapsed() >= SILENCE_CHECK_INTERVAL {
                 last_check = Instant::now();
-                self.end_tracks_of_stopped_cameras(&mut publish);
+                self.end_tracks_of_stopped_cameras(metrics, &mut publish);
             }
         }
-        self.finish(&mut publish);
+        self.finish(metrics, &mut publish);
     }
 
     /// Ends the tracks of cameras that stopped delivering frames (dead, reconnecting, removed, a
     /// file that ended), so the centre gets their summaries now rather than when the camera comes
     /// back, hours later perhaps. A camera that streams but is analysed rarely is left alone: its
     /// next frame decides, as the tracker's `max_age_seconds` says.
-    fn end_tracks_of_stopped_cameras(&mut self, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
+    fn end_tracks_of_stopped_cameras(
+        &mut self,
+        metrics: &Metrics,
+        publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters),
+    ) {
         // Validated as (0, 3600] by the config; anything else must not panic here.
         let max_silence = Duration::try_from_secs_f64(self.config.tracker.max_age_seconds).unwrap_or(Duration::MAX);
         for state in self.cameras.values_mut() {
@@ -192,10 +200,13 @@ impl Describer {
             if streaming || state.last_result_at.elapsed() <= max_silence {
                 continue;
             }
-            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
+            let ended = state.end_tracks(&self.origin, EndReason::Finished, metrics);
+            if let Some(last) = ended.first() {
                 tracing::info!(camera = %last.camera_id, tracks = last.track_events.len(),
                     "camera stopped delivering frames: its tracks are ended");
-                publish(last, state.counters());
+            }
+            for descriptor in ended {
+                publish(descriptor, state.counters());
             }
         }
     }
@@ -263,6 +274,7 @@ impl Describer {
                 models: None,
                 tracker,
                 emitter: Emitter::new(self.config.emission.clone()),
+                counter: Counter::new(analysis.camera.counting_places(), self.config.counting.clone()),
                 last_frame: None,
                 last_result_at: Instant::now(),
                 latency: metrics.capture_to_publish(&analysis.camera.id),
@@ -275,8 +287,8 @@ impl Describer {
             }
             // The camera was removed and added again: its tickets start afresh, its old tracks end;
             // its sequence numbers and track ids go on, so subscribers still see one stream per id.
-            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
-                publish(last, state.counters());
+            for descriptor in state.end_tracks(&self.origin, EndReason::Finished, metrics) {
+                publish(descriptor, state.counters());
             }
             state.instance = instance;
             state.next_ticket = 0;
@@ -318,10 +330,10 @@ impl Describer {
                 };
                 // Appearance vectors of two embedders are not comparable, nor boxes of two
                 // detectors: every track of the camera ends where the set changed.
-                if generation > current
-                    && let Some(last) = state.end_tracks(&self.origin, EndReason::ModelChanged)
-                {
-                    publish(last, state.counters());
+                if generation > current {
+                    for descriptor in state.end_tracks(&self.origin, EndReason::ModelChanged, metrics) {
+                        publish(descriptor, state.counters());
+                    }
                 }
                 if let Some(before) = state.models.replace(context.clone()) {
                     change = Some(pb::ModelChange {
@@ -334,8 +346,12 @@ impl Describer {
                 }
             }
             let captured = analysis.capture_time;
-            let mut descriptor = state.describe(analysis, &self.origin, &self.config);
+            let mut count_records = Vec::new();
+            let mut descriptor = state.describe(analysis, &self.origin, &self.config, metrics, &mut count_records);
             descriptor.model_change = change;
+            for record in count_records {
+                publish(record, state.counters());
+            }
             publish(descriptor, state.counters());
             // A capture time ahead of the node's clock (a camera's own clock) counts as 0.
             let latency = crate::clock::now_unix_nanos().saturating_sub(captured).max(0);
@@ -344,10 +360,10 @@ impl Describer {
     }
 
     /// Ends the tracks of every camera (the node is stopping).
-    pub fn finish(&mut self, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
+    pub fn finish(&mut self, metrics: &Metrics, publish: &mut impl FnMut(pb::FrameDescriptor, CameraCounters)) {
         for state in self.cameras.values_mut() {
-            if let Some(last) = state.end_tracks(&self.origin, EndReason::Finished) {
-                publish(last, state.counters());
+            for descriptor in state.end_tracks(&self.origin, EndReason::Finished, metrics) {
+                publish(descriptor, state.counters());
             }
         }
     }
@@ -373,12 +389,34 @@ impl CameraState {
         }
     }
 
-    /// `self.models` must be set.
-    fn describe(&mut self, analysis: Analysis, origin: &Origin, config: &DescribeConfig) -> pb::FrameDescriptor {
+    /// `self.models` must be set. Count records the frame closes go to `count_records`, to be
+    /// published before it.
+    fn describe(
+        &mut self,
+        analysis: Analysis,
+        origin: &Origin,
+        config: &DescribeConfig,
+        metrics: &Metrics,
+        count_records: &mut Vec<pb::FrameDescriptor>,
+    ) -> pb::FrameDescriptor {
         let Some(models) = self.models.clone() else {
             return self.descriptor(&analysis, origin);
         };
         CameraStatus::count(&analysis.camera.frames_analysed);
+        let places = analysis.camera.counting_places();
+        if !Arc::ptr_eq(self.counter.places(), &places) {
+            if **self.counter.places() == *places {
+                // The camera was updated, its places were not.
+                self.counter.keep_places(places);
+            } else {
+                let mut events = Vec::new();
+                let report = self.counter.finish(&mut events);
+                count_records.extend(self.count_record(origin, report, events, metrics));
+                self.counter = Counter::new(places, config.counting.clone());
+            }
+        }
+        let report = self.counter.start_frame(analysis.capture_time);
+        count_records.extend(self.count_record(origin, report, Vec::new(), metrics));
         let detections = analysis.detections.as_deref().unwrap_or_default();
         let update = self.tracker.update(analysis.capture_time, detections);
         if update.invalid_detections > 0 {
@@ -405,10 +443,12 @@ impl CameraState {
         } else {
             Vec::new()
         };
+        let zone_events = self.count(&analysis, &update, &models.class_names, metrics);
         let mut descriptor = self.descriptor(&analysis, origin);
         descriptor.objects = objects;
         descriptor.tracks = tracks;
         descriptor.track_events = events;
+        descriptor.zone_events = zone_events;
         self.last_frame = Some(Analysis {
             detections: Ok(Vec::new()),
             ..analysis
@@ -416,20 +456,117 @@ impl CameraState {
         descriptor
     }
 
-    /// A descriptor without tracks carrying the summaries of every track of the camera, dated at
-    /// its last frame; `None` if there were none.
-    fn end_tracks(&mut self, origin: &Origin, reason: EndReason) -> Option<pb::FrameDescriptor> {
-        let ended = self.tracker.finish_because(reason);
+    /// What the frame's tracks did at the camera's zones and lines; counted in `metrics`.
+    fn count(
+        &mut self,
+        analysis: &Analysis,
+        update: &track::TrackUpdate,
+        class_names: &[String],
+        metrics: &Metrics,
+    ) -> Vec<pb::ZoneEvent> {
+        let mut zone_events = Vec::new();
+        let (width, height) = (analysis.frame_width, analysis.frame_height);
+        let box_in_frame = |b: [f32; 4]| {
+            [
+                normalised(b[0], width),
+                normalised(b[1], height),
+                normalised(b[2], width),
+                normalised(b[3], height),
+            ]
+        };
+        let mut first_seen = HashMap::new();
+        for event in &update.events {
+            match event {
+                TrackEvent::Ended(ended) => self.counter.end_track(ended.track_id, &mut zone_events),
+                TrackEvent::Confirmed {
+                    track_id,
+                    first_bbox,
+                    first_seen_ns,
+                    ..
+                } => {
+                    first_seen.insert(*track_id, (*first_seen_ns, box_in_frame(*first_bbox)));
+                }
+            }
+        }
+        for tracked in &update.tracks {
+            let class_name = class_names.get(tracked.class_id as usize).map_or("", String::as_str);
+            self.counter.observe(
+                tracked.track_id,
+                (tracked.class_id, class_name),
+                analysis.capture_time,
+                box_in_frame(tracked.bbox),
+                first_seen.get(&tracked.track_id).copied(),
+                &mut zone_events,
+            );
+        }
+        self.count_in_metrics(&analysis.camera.id, &zone_events, metrics);
+        zone_events
+    }
+
+    fn count_in_metrics(&self, camera: &str, events: &[pb::ZoneEvent], metrics: &Metrics) {
+        let class_names = self
+            .models
+            .as_ref()
+            .map(|m| m.class_names.as_slice())
+            .unwrap_or_default();
+        for event in events {
+            let class_name = class_names.get(event.class_id as usize).map_or("", String::as_str);
+            metrics.zone_event(camera, event, class_name);
+        }
+    }
+
+    /// A count record of this camera: `report`, and the zone events of tracks ended with it;
+    /// dated at the report's end. `None` without a report.
+    fn count_record(
+        &mut self,
+        origin: &Origin,
+        report: Option<pb::CountReport>,
+        zone_events: Vec<pb::ZoneEvent>,
+        metrics: &Metrics,
+    ) -> Option<pb::FrameDescriptor> {
+        let report = report?;
         let last = self.last_frame.take()?;
-        let models = self.models.clone()?;
+        self.count_in_metrics(&last.camera.id, &zone_events, metrics);
+        let mut record = self.descriptor(&last, origin);
+        self.last_frame = Some(last);
+        record.capture_time = report.to_time;
+        record.zone_events = zone_events;
+        record.counts = Some(report);
+        Some(record)
+    }
+
+    /// A descriptor without tracks carrying the summaries of every track of the camera, dated at
+    /// its last frame, and a count record of its interval so far if the camera stopped; nothing
+    /// if there was neither.
+    fn end_tracks(&mut self, origin: &Origin, reason: EndReason, metrics: &Metrics) -> Vec<pb::FrameDescriptor> {
+        let ended = self.tracker.finish_because(reason);
+        let mut zone_events = Vec::new();
+        let report = match reason {
+            // The same places go on counting with the new models.
+            EndReason::ModelChanged => {
+                self.counter.end_tracks(&mut zone_events);
+                None
+            }
+            _ => self.counter.finish(&mut zone_events),
+        };
+        let mut out = Vec::new();
+        let (Some(last), Some(models)) = (self.last_frame.take(), self.models.clone()) else {
+            return out;
+        };
         let frame = (last.frame_width, last.frame_height);
         let events = self.emitter.finish(&ended, frame, &mut encoder_fn(&models.encoder));
-        if events.is_empty() {
-            return None;
+        if !events.is_empty() || !zone_events.is_empty() {
+            self.count_in_metrics(&last.camera.id, &zone_events, metrics);
+            let mut descriptor = self.descriptor(&last, origin);
+            descriptor.track_events = events;
+            descriptor.zone_events = zone_events;
+            out.push(descriptor);
         }
-        let mut descriptor = self.descriptor(&last, origin);
-        descriptor.track_events = events;
-        Some(descriptor)
+        // The record needs the last frame's context; the camera has no last frame afterwards.
+        self.last_frame = Some(last);
+        out.extend(self.count_record(origin, report, Vec::new(), metrics));
+        self.last_frame = None;
+        out
     }
 
     /// The next numbered descriptor of this camera, context filled in (the models of the
@@ -459,6 +596,8 @@ impl CameraState {
             // Set by `accept` on the camera's first frame of a set switched to.
             model_change: None,
             pixel_export: None,
+            zone_events: Vec::new(),
+            counts: None,
         }
     }
 }

@@ -100,8 +100,15 @@ pub struct TrackedObject {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrackEvent {
-    /// A track has had its `min_hits` and is reported from this frame on.
-    Confirmed { track_id: u64, class_id: u32 },
+    /// A track has had its `min_hits` and is reported from this frame on. `first_bbox` (pixels)
+    /// and `first_seen_ns` are of its first detection, so that where it went while tentative is
+    /// not lost to those who follow it (zones and lines).
+    Confirmed {
+        track_id: u64,
+        class_id: u32,
+        first_bbox: [f32; 4],
+        first_seen_ns: i64,
+    },
     /// A confirmed track is gone for good. (Tentative tracks end silently: nobody saw them.)
     Ended(EndedTrack),
 }
@@ -171,6 +178,8 @@ struct Track {
     /// Frames matched. While tentative these are consecutive: a miss drops the track.
     hits: u32,
     first_seen_ns: i64,
+    /// The first detection's box.
+    first_bbox: [f32; 4],
     last_seen_ns: i64,
     /// Moving average of the confident detections' embeddings, unit length.
     appearance: Option<Vec<f32>>,
@@ -316,10 +325,7 @@ impl Tracker {
             track.observe(candidate, now, &self.config);
             if !track.confirmed && track.hits >= self.config.min_hits {
                 track.confirmed = true;
-                out.events.push(TrackEvent::Confirmed {
-                    track_id: track.id,
-                    class_id: track.class_id,
-                });
+                out.events.push(track.confirmed_event());
             }
             if track.confirmed {
                 out.tracks.push(reported(track, candidate, detections));
@@ -346,6 +352,7 @@ impl Tracker {
                 confirmed: false,
                 hits: 0,
                 first_seen_ns: now,
+                first_bbox: detections[candidate.index].bbox,
                 last_seen_ns: now,
                 appearance: None,
                 trajectory: Vec::new(),
@@ -353,10 +360,7 @@ impl Tracker {
             track.observe(candidate, now, &self.config);
             if track.hits >= self.config.min_hits {
                 track.confirmed = true;
-                out.events.push(TrackEvent::Confirmed {
-                    track_id: id,
-                    class_id: track.class_id,
-                });
+                out.events.push(track.confirmed_event());
                 out.tracks.push(reported(&track, candidate, detections));
             }
             self.tracks.push(track);
@@ -485,6 +489,15 @@ impl Tracker {
 }
 
 impl Track {
+    fn confirmed_event(&self) -> TrackEvent {
+        TrackEvent::Confirmed {
+            track_id: self.id,
+            class_id: self.class_id,
+            first_bbox: self.first_bbox,
+            first_seen_ns: self.first_seen_ns,
+        }
+    }
+
     /// Takes in a matched detection seen at `now`.
     fn observe(&mut self, candidate: &Candidate, now: i64, config: &TrackerConfig) {
         if self.hits > 0 {

@@ -42,6 +42,15 @@ pub struct CameraChange {
     pub analysis_fps: Option<f64>,
     pub enabled: Option<bool>,
     pub position: Option<CameraPositionConfig>,
+    /// Zones and lines, replacing the camera's; changing only these restarts nothing.
+    pub counting: Option<crate::config::CountingPlaces>,
+}
+
+impl CameraChange {
+    /// Whether the change leaves the camera's pipeline as it is.
+    fn only_counting(&self) -> bool {
+        self.uri.is_none() && self.analysis_fps.is_none() && self.enabled.is_none() && self.position.is_none()
+    }
 }
 
 /// A camera the node starts with: its source, or why it has none.
@@ -375,6 +384,7 @@ impl CameraManager {
         let mut entries = self.lock_for_change()?;
         let index = entries.idle_index_of(id)?;
         let mut config = entries.list[index].config.clone();
+        let only_counting = change.only_counting();
         if let Some(uri) = change.uri {
             config.uri = uri;
         }
@@ -387,7 +397,35 @@ impl CameraManager {
         if let Some(position) = change.position {
             config.position = Some(position);
         }
+        if let Some(places) = change.counting {
+            config.zones = places.zones;
+            config.lines = places.lines;
+        }
         config.validate().map_err(invalid)?;
+        if only_counting {
+            let configs = entries
+                .saved()
+                .map(|e| {
+                    if e.config.id == id {
+                        config.clone()
+                    } else {
+                        e.config.clone()
+                    }
+                })
+                .collect();
+            self.persist(configs, entries.probation())?;
+            let entry = &mut entries.list[index];
+            let mut settings = entry.status.settings();
+            settings.counting = Arc::new(crate::config::CountingPlaces {
+                zones: config.zones.clone(),
+                lines: config.lines.clone(),
+            });
+            entry.status.set_settings(settings);
+            entry.config = config;
+            tracing::info!(camera = %id, zones = entry.config.zones.len(), lines = entry.config.lines.len(),
+                "camera's zones and lines changed");
+            return Ok(entry.status.clone());
+        }
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
         let probation = self.new_probation(&config);
         let records = entries.probation_with(id, &probation);
@@ -536,6 +574,10 @@ fn settings(config: &CameraConfig, source: &Result<SourceUri>) -> CameraSettings
         decode: config.decode,
         position: config.position.as_ref().map(position_message),
         enabled: config.enabled,
+        counting: Arc::new(crate::config::CountingPlaces {
+            zones: config.zones.clone(),
+            lines: config.lines.clone(),
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ mod queue;
 mod source;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 pub use crate::error::redact_uri;
@@ -82,6 +82,8 @@ pub struct CameraSettings {
     pub decode: crate::config::DecodeMode,
     pub position: Option<pb::CameraPosition>,
     pub enabled: bool,
+    /// Zones and counting lines; a change is a new `Arc` (the describer compares pointers first).
+    pub counting: Arc<crate::config::CountingPlaces>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,10 @@ impl CameraStatus {
 
     pub fn position(&self) -> Option<pb::CameraPosition> {
         self.settings.read().unwrap_or_else(|p| p.into_inner()).position.clone()
+    }
+
+    pub fn counting_places(&self) -> Arc<crate::config::CountingPlaces> {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).counting.clone()
     }
 
     pub fn set_settings(&self, settings: CameraSettings) {
