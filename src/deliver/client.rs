@@ -243,6 +243,12 @@ impl Printer {
                 if let Some(export) = &descriptor.pixel_export {
                     writeln!(out, "{}", export_line(&descriptor, export))?;
                 }
+                for event in &descriptor.zone_events {
+                    writeln!(out, "{}", zone_event_line(&descriptor, event, decoder))?;
+                }
+                if let Some(counts) = &descriptor.counts {
+                    writeln!(out, "{}", counts_line(&descriptor, counts))?;
+                }
             }
             Output::Frames => write!(out, "{}", to_text(&descriptor, decoder))?,
             Output::Json => writeln!(out, "{}", to_json(&descriptor, decoder))?,
@@ -406,6 +412,76 @@ fn model_change_line(d: &pb::FrameDescriptor, change: &pb::ModelChange) -> Strin
         change.generation,
         change.reason
     )
+}
+
+fn zone_event_kind_name(kind: i32) -> String {
+    pb::ZoneEventKind::try_from(kind)
+        .unwrap_or_default()
+        .as_str_name()
+        .trim_start_matches("ZONE_EVENT_KIND_")
+        .to_lowercase()
+}
+
+/// A track at a zone or line: "... track 12 car crossed lane-2 southbound at <time>".
+fn zone_event_line(d: &pb::FrameDescriptor, e: &pb::ZoneEvent, decoder: &Decoder) -> String {
+    let mut s = format!(
+        "{} {} track {:<5} {:<10} {} {}",
+        d.camera_id,
+        rfc3339(e.time),
+        short_track_id(e.track_id),
+        decoder.class_name(d, e.class_id),
+        zone_event_kind_name(e.kind),
+        e.zone_id,
+    );
+    if !e.direction.is_empty() {
+        s += &format!(" {}", e.direction);
+    }
+    if e.kind == pb::ZoneEventKind::Left as i32 {
+        s += &format!(" after {:.1} s", e.dwell_seconds);
+    }
+    s
+}
+
+/// A count record: its interval, then each count and each zone's occupancy.
+fn counts_line(d: &pb::FrameDescriptor, r: &pb::CountReport) -> String {
+    let counts: Vec<String> = r
+        .counts
+        .iter()
+        .map(|c| {
+            let direction = if c.direction.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", c.direction)
+            };
+            format!(
+                "{} {}{direction} {} {}",
+                c.zone_id,
+                zone_event_kind_name(c.kind),
+                c.class_name,
+                c.count
+            )
+        })
+        .collect();
+    let occupancy: Vec<String> = r
+        .occupancy
+        .iter()
+        .map(|o| format!("{} {} {} now, {} at most", o.zone_id, o.class_name, o.now, o.max))
+        .collect();
+    let counts = if counts.is_empty() {
+        "nothing counted".to_string()
+    } else {
+        counts.join(", ")
+    };
+    let mut s = format!(
+        "{} counts {} to {}: {counts}",
+        d.camera_id,
+        rfc3339(r.from_time),
+        rfc3339(r.to_time)
+    );
+    if !occupancy.is_empty() {
+        s += &format!("; inside: {}", occupancy.join(", "));
+    }
+    s
 }
 
 /// Pixels of a camera were asked for: by whom, what, and what they got.
@@ -706,6 +782,12 @@ pub fn to_text(d: &pb::FrameDescriptor, decoder: &Decoder) -> String {
     if let Some(export) = &d.pixel_export {
         s += &format!("    {}\n", export_line(d, export));
     }
+    for e in &d.zone_events {
+        s += &format!("    {}\n", zone_event_line(d, e, decoder));
+    }
+    if let Some(counts) = &d.counts {
+        s += &format!("    {}\n", counts_line(d, counts));
+    }
     for o in &d.objects {
         let b = o.r#box.unwrap_or_default();
         s += &format!(
@@ -826,6 +908,33 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
             "frames": e.frames,
             "faces_blurred": e.faces_blurred,
         })),
+        "zone_events": d.zone_events.iter().map(|e| json!({
+            "track_id": e.track_id,
+            "class_name": decoder.class_name(d, e.class_id),
+            "kind": zone_event_kind_name(e.kind),
+            "zone_id": e.zone_id,
+            "direction": e.direction,
+            "time": rfc3339(e.time),
+            "dwell_seconds": e.dwell_seconds,
+        })).collect::<Vec<_>>(),
+        "counts": d.counts.as_ref().map(|r| json!({
+            "from_time": rfc3339(r.from_time),
+            "to_time": rfc3339(r.to_time),
+            "counts": r.counts.iter().map(|c| json!({
+                "zone_id": c.zone_id,
+                "kind": zone_event_kind_name(c.kind),
+                "direction": c.direction,
+                "class_name": c.class_name,
+                "count": c.count,
+                "dwell_seconds_sum": c.dwell_seconds_sum,
+            })).collect::<Vec<_>>(),
+            "occupancy": r.occupancy.iter().map(|o| json!({
+                "zone_id": o.zone_id,
+                "class_name": o.class_name,
+                "now": o.now,
+                "max": o.max,
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -910,6 +1019,48 @@ mod tests {
         }
         let event = &json["track_events"][0];
         assert_eq!(event["kind"], "confirmed");
+        let record = pb::FrameDescriptor {
+            camera_id: "gate-north".into(),
+            zone_events: vec![pb::ZoneEvent {
+                track_id: 7,
+                class_id: 1,
+                kind: pb::ZoneEventKind::Crossed as i32,
+                zone_id: "lane-2".into(),
+                direction: "northbound".into(),
+                time: descriptor.capture_time,
+                dwell_seconds: 0.0,
+            }],
+            counts: Some(pb::CountReport {
+                from_time: descriptor.capture_time,
+                to_time: descriptor.capture_time,
+                counts: vec![pb::ZoneCount {
+                    zone_id: "lane-2".into(),
+                    kind: pb::ZoneEventKind::Crossed as i32,
+                    direction: "northbound".into(),
+                    class_name: "car".into(),
+                    count: 42,
+                    dwell_seconds_sum: 0.0,
+                }],
+                occupancy: vec![],
+            }),
+            ..Default::default()
+        };
+        let decoder = Decoder::new(vec!["person".into(), "car".into()]);
+        let json = to_json(&record, &decoder);
+        let zone = &json["zone_events"][0];
+        assert_eq!(
+            (&zone["kind"], &zone["zone_id"], &zone["direction"], &zone["class_name"]),
+            (&json!("crossed"), &json!("lane-2"), &json!("northbound"), &json!("car"))
+        );
+        assert_eq!(json["counts"]["counts"][0]["count"], 42);
+        assert!(
+            counts_line(&record, record.counts.as_ref().unwrap()).ends_with("lane-2 crossed northbound car 42"),
+            "{}",
+            counts_line(&record, record.counts.as_ref().unwrap())
+        );
+        assert!(
+            zone_event_line(&record, &record.zone_events[0], &decoder).contains("car        crossed lane-2 northbound")
+        );
         assert_eq!(event["view"]["appearance"]["codec"], "f32");
         assert_eq!(event["view"]["appearance"]["vector"], json!([0.6f32, 0.8f32]));
 
