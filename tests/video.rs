@@ -231,11 +231,7 @@ where
     let whole = client::snapshot(
         addr,
         &credentials(None),
-        PixelTarget::Track {
-            track_id: track,
-            camera_id: String::new(),
-            margin_seconds: 0.0,
-        },
+        track_of(track, "", 0.0),
         pb::SnapshotOptions {
             // The detector is checked on the frame as the node analysed it: faces pixelated hide
             // what it looks for in a person.
@@ -359,11 +355,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     let cropped = client::snapshot(
         &addr,
         &credentials(None),
-        PixelTarget::Track {
-            track_id: track,
-            camera_id: String::new(),
-            margin_seconds: 0.0,
-        },
+        track_of(track, "", 0.0),
         pb::SnapshotOptions {
             crop_margin: 0.1,
             draw_box: true,
@@ -386,11 +378,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
     let refused_track = |track_id: u64, camera: &'static str| {
         let addr = addr.clone();
         async move {
-            let target = PixelTarget::Track {
-                track_id,
-                camera_id: camera.into(),
-                margin_seconds: 0.0,
-            };
+            let target = track_of(track_id, camera, 0.0);
             client::snapshot(&addr, &credentials(None), target, pb::SnapshotOptions::default())
                 .await
                 .expect_err("no such track")
@@ -406,11 +394,7 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
 
     // The track's clip: its life, from the log, with a second either side.
     let described = common::nanos(view.capture_time);
-    let track_clip = PixelTarget::Track {
-        track_id: track,
-        camera_id: "door".into(),
-        margin_seconds: 1.0,
-    };
+    let track_clip = track_of(track, "door", 1.0);
     wait_for_video(&video_dir, "door", described - S, 3.0).await;
     let (_, summary, mp4) = get_clip(&addr, None, track_clip, false).await;
     let (first, last) = (common::nanos(summary.first_frame), common::nanos(summary.last_frame));
@@ -752,4 +736,13 @@ async fn a_camera_without_h264_is_kept_by_encoding_its_frames_when_configured() 
     // Timed as the camera's descriptors are: a track's snapshot is the frame it was described
     // from.
     track_snapshot_is_its_frame(&mut client, &addr, &video_dir, "mjpeg").await;
+}
+
+/// A track's pixels; an empty camera: the node's only camera.
+fn track_of(track_id: u64, camera: &str, margin_seconds: f32) -> PixelTarget {
+    PixelTarget::Track {
+        track_id,
+        camera_id: camera.into(),
+        margin_seconds,
+    }
 }

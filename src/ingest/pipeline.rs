@@ -568,16 +568,22 @@ fn gate_decoder(
         return;
     };
     let gate = Mutex::new(gate);
-    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+    // Whether the ring encodes this stream from its decoded frames (then all of them are
+    // decoded), decided once per caps event rather than per buffer.
+    let encoded_for_the_ring = AtomicBool::new(false);
+    let probes = gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM;
+    pad.add_probe(probes, move |_, info| {
+        if let Some(gst::PadProbeData::Event(event)) = &info.data {
+            if let gst::EventView::Caps(caps) = event.view() {
+                let encoded = reencode && crate::video::record::parser_for(caps.caps()).is_none();
+                encoded_for_the_ring.store(encoded, Ordering::Relaxed);
+            }
+            return gst::PadProbeReturn::Ok;
+        }
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
-        // The ring encodes this stream from its decoded frames: all of them.
-        let encoded_for_the_ring = || {
-            pad.current_caps()
-                .is_some_and(|caps| crate::video::record::parser_for(&caps).is_none())
-        };
-        if reencode && encoded_for_the_ring() {
+        if encoded_for_the_ring.load(Ordering::Relaxed) {
             return gst::PadProbeReturn::Ok;
         }
         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);

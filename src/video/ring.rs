@@ -123,7 +123,14 @@ impl Ring {
             let open = end.is_none();
             segments.push(Segment {
                 start,
-                end: end.or_else(|| open_end(start, &meta)).unwrap_or(start).max(start),
+                // A segment being written ends, so far, at its last write. (Start plus the time
+                // since the file's creation was tried, to be independent of a camera's clock,
+                // but a muxer's buffered writes put creation and last write seconds apart from
+                // the frames, and the demo's track snapshot then missed the open segment.)
+                end: end
+                    .or_else(|| meta.modified().ok().map(crate::clock::unix_nanos))
+                    .unwrap_or(start)
+                    .max(start),
                 open,
                 bytes: meta.len(),
                 path,
@@ -256,14 +263,6 @@ fn find_segment(dir: &Path, start: UnixNanos) -> Option<PathBuf> {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             name.starts_with(&prefix) && parse_name(name).is_some()
         })
-}
-
-/// Where a segment being written ends so far: its last write. (Start plus the time since the
-/// file's creation was tried, to be independent of a camera's clock, but a muxer's buffered
-/// writes leave the file's creation and last write seconds apart from the frames in it, and the
-/// demo's track snapshot then missed the open segment.)
-fn open_end(_start: UnixNanos, meta: &std::fs::Metadata) -> Option<UnixNanos> {
-    meta.modified().ok().map(crate::clock::unix_nanos)
 }
 
 fn coverage(segments: Vec<Segment>, from: UnixNanos, to: UnixNanos) -> Coverage {
