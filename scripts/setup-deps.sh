@@ -37,6 +37,7 @@ apt_packages=(
   openssl
   systemd-container python3-gi gir1.2-gst-rtsp-server-1.0
   nats-server
+  chromium
 )
 
 log() { printf '[setup] %s\n' "$*"; }

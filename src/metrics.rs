@@ -626,6 +626,7 @@ const CAMERA_STATES: [pb::CameraState; 6] = [
 pub async fn serve(
     listener: tokio::net::TcpListener,
     encode: impl Fn() -> Result<String> + Clone + Send + Sync + 'static,
+    pages: axum::Router,
     tls: Option<Arc<crate::access::Tls>>,
     tokens: Option<Arc<crate::access::Tokens>>,
     shutdown: Shutdown,
@@ -664,6 +665,7 @@ pub async fn serve(
             }
         }),
     );
+    let app = app.merge(pages);
     let stopped = async move { shutdown.wait().await };
     match tls {
         Some(tls) => {

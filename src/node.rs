@@ -1148,6 +1148,10 @@ impl Node {
                 parts.push_stop.clone(),
             )?;
         }
+        // The status page, on the HTTP listener beside /metrics.
+        let page = metrics_listener.as_ref().map(|_| {
+            crate::deliver::page::Page::new(facts.clone(), manager.clone(), guards.tokens.clone(), reader.clone())
+        });
         parts.grpc = Some(tokio::spawn(crate::deliver::serve(
             listener,
             reader,
@@ -1170,6 +1174,7 @@ impl Node {
                 parts.metrics_server = Some(tokio::spawn(metrics::serve(
                     listener,
                     move || node_metrics.encode(),
+                    page.map(|p| p.router()).unwrap_or_default(),
                     guards.metrics_tls,
                     guards.tokens,
                     parts.servers_stop.clone(),

@@ -170,6 +170,18 @@ async fn node_info_code(channel: &Channel, token: Option<&str>) -> tonic::Code {
 
 /// An HTTPS GET with a client certificate and a token, as Prometheus scrapes: status and body.
 async fn https_get(addr: std::net::SocketAddr, server_ca: &str, client: &Leaf, token: Option<&str>) -> (u16, String) {
+    https_request(addr, server_ca, client, token, "GET /metrics", "").await
+}
+
+/// One HTTP/1.0 request (`"METHOD /path"`, with `body`) over TLS with a client certificate.
+async fn https_request(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    client: &Leaf,
+    token: Option<&str>,
+    request: &str,
+    body: &str,
+) -> (u16, String) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,7 +210,13 @@ async fn https_get(addr: std::net::SocketAddr, server_ca: &str, client: &Leaf, t
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n").as_bytes())
+        .write_all(
+            format!(
+                "{request} HTTP/1.0\r\nHost: localhost\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = Vec::new();
@@ -358,6 +376,20 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
     .await;
     let (_, body) = https_get(metrics_addr, &server_ca, &centre_cert, Some(&prometheus)).await;
     assert!(!body.contains("made-up-name"));
+    // The status page: the page itself holds no data; what it shows needs the subscribe scope,
+    // and a change of zones or lines the admin scope.
+    let page = |token, request, body| https_request(metrics_addr, &server_ca, &centre_cert, token, request, body);
+    let (status, html) = page(None, "GET /", "").await;
+    assert!(
+        status == 200 && html.contains("<title>retina-edge</title>"),
+        "{html:.300}"
+    );
+    assert_eq!(page(None, "GET /api/status", "").await.0, 401);
+    assert_eq!(page(Some(&prometheus), "GET /api/status", "").await.0, 403);
+    let (status, json) = page(Some(&centre), "GET /api/status", "").await;
+    assert!(status == 200 && json.contains("\"node_id\""), "{json:.300}");
+    let places = r#"{"lines": [{"id": "l", "from": [0, 0.5], "to": [1, 0.5]}]}"#;
+    assert_eq!(page(Some(&centre), "PUT /api/cameras/x/counting", places).await.0, 403);
     // When each listener's certificate expires, for an alert well before it does.
     for listener in ["grpc", "metrics"] {
         let series =

@@ -19,10 +19,14 @@ fn looping_camera(id: &str) -> String {
 }
 
 async fn start(dir: &Path, cameras: &str) -> (Node, Client) {
+    start_with(dir, cameras, "").await
+}
+
+async fn start_with(dir: &Path, cameras: &str, extra_node: &str) -> (Node, Client) {
     // The tests add files as cameras over gRPC: the sample clip and files of their own.
     let text = format!(
         "{}\n[admin]\nallowed_file_dirs = [\"{}\", \"{}\"]\n",
-        common::config_toml(cameras, ""),
+        common::config_toml(cameras, extra_node),
         common::repo().join(".deps").display(),
         dir.display()
     );
@@ -507,5 +511,170 @@ async fn zones_and_lines_change_live_without_a_restart_and_are_kept() {
     let (node, mut client) = start(dir.path(), &cameras).await;
     let north = camera(&info(&mut client).await, "north").unwrap().clone();
     assert_eq!((north.lines, north.zones), (vec![line], vec![zone]));
+    stop(node).await;
+}
+
+/// The status page in a real headless Chromium against a node looping the real clip: the frame
+/// it shows updates, the boxes it draws are those of the descriptor of that moment, and a line
+/// drawn on it with the mouse is saved in the node's config and starts counting (the page then
+/// shows the count). A screenshot goes to `target/status-page.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_live_tracks_and_a_line_drawn_on_it_counts() {
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cameras = format!(
+        "{}\n[describe.counting]\ninterval_seconds = 2\n",
+        looping_camera("north")
+    );
+    let (node, mut client) = start_with(dir.path(), &cameras, "metrics_listen = \"127.0.0.1:0\"").await;
+    let url = format!("http://{}/", node.metrics_addr.unwrap());
+    // Everything the camera publishes from now on, empty frames too.
+    let seen: Arc<Mutex<Vec<pb::FrameDescriptor>>> = Arc::default();
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            include_empty_frames: true,
+            full_context: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let collector = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(d)) = stream.message().await {
+                seen.lock().unwrap().push(d);
+            }
+        })
+    };
+
+    // The browser blocks: it runs on a thread of its own while the node runs here.
+    let canvas = "document.querySelector('section[data-camera=north] canvas')";
+    let (mut browser, shown) = tokio::task::spawn_blocking(move || {
+        let mut browser = common::browser::Browser::open(&url, 1000, 760);
+        let with_tracks = format!(
+            "(() => {{ const c = {canvas}; return c && JSON.parse(c.dataset.tracks || '[]').length > 0 \
+             ? [c.dataset.captureTime, JSON.parse(c.dataset.tracks)] : null; }})()"
+        );
+        let first = browser.wait_for(&with_tracks, Duration::from_secs(30));
+        let later = browser.wait_for(
+            &format!(
+                "(() => {{ const v = {with_tracks}; return v && v[0] !== {} ? v : null; }})()",
+                first[0]
+            ),
+            Duration::from_secs(30),
+        );
+        (browser, [first, later])
+    })
+    .await
+    .unwrap();
+    assert_ne!(shown[0][0], shown[1][0], "the frame updates");
+    for frame in &shown {
+        let time = frame[0].as_str().unwrap();
+        let seen = seen.lock().unwrap();
+        let descriptor = seen
+            .iter()
+            .find(|d| {
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_nanos(common::nanos(d.capture_time) as u64),
+                )
+                .to_string()
+                    == time
+                    && d.counts.is_none()
+            })
+            .unwrap_or_else(|| panic!("a descriptor captured at {time}"));
+        let drawn = frame[1].as_array().unwrap();
+        assert_eq!(
+            drawn.len(),
+            descriptor.tracks.len(),
+            "{drawn:?} against {:?}",
+            descriptor.tracks
+        );
+        for (drawn, track) in drawn.iter().zip(&descriptor.tracks) {
+            assert_eq!(drawn["track_id"].as_str(), Some(track.track_id.to_string().as_str()));
+            let stored = retina_edge::wire::decode_box_q16(track.box_q16);
+            for (d, s) in drawn["box"].as_array().unwrap().iter().zip(stored) {
+                assert!(
+                    (d.as_f64().unwrap() - f64::from(s)).abs() < 1e-4,
+                    "{drawn} against {stored:?}"
+                );
+            }
+        }
+    }
+
+    // Draw the walker's line (the first hand count's) with the mouse: "Draw line", then its two
+    // ends on the frame.
+    let (from, to) = ((0.33, 0.96), (0.232, 0.50));
+    let mut browser = tokio::task::spawn_blocking(move || {
+        let rect = |browser: &mut common::browser::Browser, selector: &str| {
+            let r = browser.eval(&format!(
+                "(() => {{ const r = document.querySelector(\"{selector}\").getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }})()"
+            ));
+            let r: Vec<f64> = r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            r
+        };
+        let button = rect(&mut browser, "section[data-camera=north] [data-draw=line]");
+        browser.click(button[0] + button[2] / 2.0, button[1] + button[3] / 2.0);
+        let area = rect(&mut browser, "section[data-camera=north] canvas");
+        for (x, y) in [from, to] {
+            browser.click(area[0] + x * area[2], area[1] + y * area[3]);
+        }
+        browser
+    })
+    .await
+    .unwrap();
+    let state_file = dir.path().join("node.cameras.toml");
+    let mut line = None;
+    for _ in 0..50 {
+        line = camera(&info(&mut client).await, "north").and_then(|c| c.lines.first().cloned());
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = line.expect("the line drawn on the page is the camera's");
+    let near = |p: Option<pb::Point>, (x, y): (f64, f64)| {
+        p.is_some_and(|p| (f64::from(p.x) - x).abs() < 0.01 && (f64::from(p.y) - y).abs() < 0.01)
+    };
+    assert!(
+        line.line_id == "line-1" && near(line.from, from) && near(line.to, to),
+        "{line:?}"
+    );
+    let saved = std::fs::read_to_string(&state_file).unwrap();
+    assert!(
+        saved.contains("[[cameras.lines]]") && saved.contains("line-1"),
+        "{saved}"
+    );
+
+    // It counts: the walker crosses it forwards within two plays of the clip, and the page shows
+    // the count.
+    let drawn_at = seen.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let crossed = seen.lock().unwrap()[drawn_at..]
+            .iter()
+            .flat_map(|d| &d.zone_events)
+            .any(|e| e.zone_id == "line-1" && e.direction == "forward" && e.kind() == pb::ZoneEventKind::Crossed);
+        if crossed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no crossing of the drawn line within 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let screenshot = tokio::task::spawn_blocking(move || {
+        browser.wait_for(
+            "document.querySelector('section[data-camera=north] .counts').textContent.includes('line-1crossed forward')",
+            Duration::from_secs(15),
+        );
+        browser.screenshot()
+    })
+    .await
+    .unwrap();
+    std::fs::write(common::repo().join("target/status-page.png"), screenshot).unwrap();
+    collector.abort();
     stop(node).await;
 }

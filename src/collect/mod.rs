@@ -135,6 +135,7 @@ impl Collector {
                 tokio::spawn(crate::metrics::serve(
                     listener,
                     move || encoder.encode(),
+                    axum::Router::new(),
                     metrics_tls.clone(),
                     tokens.clone(),
                     stop.clone(),

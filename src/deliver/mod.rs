@@ -7,6 +7,7 @@
 pub mod client;
 mod filter;
 pub(crate) mod models;
+pub mod page;
 pub mod pixels;
 pub mod push;
 mod service;

@@ -469,7 +469,7 @@ fn position_config(p: pb::CameraPosition) -> CameraPositionConfig {
     }
 }
 
-fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
+pub(super) fn camera_info(camera: &CameraStatus) -> pb::CameraInfo {
     let condition = camera.condition();
     let settings = camera.settings();
     pb::CameraInfo {

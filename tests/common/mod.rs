@@ -133,6 +133,7 @@ pub fn nanodet_dog_outputs(
         })
         .collect()
 }
+pub mod browser;
 pub mod nats;
 pub mod python;
 pub mod rtsp;
