@@ -331,12 +331,11 @@ impl Metrics {
     /// A zone event of `camera`, whose track is of class `class_name`.
     pub fn zone_event(&self, camera: &str, event: &pb::ZoneEvent, class_name: &str) {
         let kind = event.kind();
-        let kind_label = kind.as_str_name().trim_start_matches("ZONE_EVENT_KIND_").to_lowercase();
         self.zone_events
             .get_or_create(&[
                 ("camera", camera.to_string()),
                 ("zone", event.zone_id.clone()),
-                ("kind", kind_label),
+                ("kind", crate::wire::zone_event_kind_label(kind).to_string()),
                 ("direction", event.direction.clone()),
                 ("class", class_name.to_string()),
             ])

@@ -18,6 +18,16 @@ pub fn event_kind_label(kind: pb::TrackEventKind) -> &'static str {
     }
 }
 
+/// The label of a zone event's kind in metrics, JSON and the page: "entered", "left", "crossed".
+pub fn zone_event_kind_label(kind: pb::ZoneEventKind) -> &'static str {
+    match kind {
+        pb::ZoneEventKind::Entered => "entered",
+        pb::ZoneEventKind::Left => "left",
+        pb::ZoneEventKind::Crossed => "crossed",
+        pb::ZoneEventKind::Unspecified => "unspecified",
+    }
+}
+
 /// Every appearance vector a descriptor carries: in track events' views and, when detections
 /// are sent, in the detections.
 pub fn appearances(d: &FrameDescriptor) -> impl Iterator<Item = &pb::Embedding> {

@@ -414,12 +414,8 @@ fn model_change_line(d: &pb::FrameDescriptor, change: &pb::ModelChange) -> Strin
     )
 }
 
-fn zone_event_kind_name(kind: i32) -> String {
-    pb::ZoneEventKind::try_from(kind)
-        .unwrap_or_default()
-        .as_str_name()
-        .trim_start_matches("ZONE_EVENT_KIND_")
-        .to_lowercase()
+fn zone_event_kind_name(kind: i32) -> &'static str {
+    crate::wire::zone_event_kind_label(pb::ZoneEventKind::try_from(kind).unwrap_or_default())
 }
 
 /// A track at a zone or line: "... track 12 car crossed lane-2 southbound at <time>".

@@ -593,11 +593,7 @@ mod tests {
         events
             .iter()
             .map(|e| {
-                let kind = e
-                    .kind()
-                    .as_str_name()
-                    .trim_start_matches("ZONE_EVENT_KIND_")
-                    .to_lowercase();
+                let kind = crate::wire::zone_event_kind_label(e.kind()).to_string();
                 let t = crate::clock::timestamp_nanos(e.time.unwrap());
                 (kind, e.zone_id.clone(), e.direction.clone(), (t - t0) / FRAME)
             })

@@ -98,6 +98,19 @@ impl Entries {
         Ok(index)
     }
 
+    /// The cameras to save, `changed` in place of the camera of its id.
+    fn configs_with(&self, changed: &CameraConfig) -> Vec<CameraConfig> {
+        self.saved()
+            .map(|e| {
+                if e.config.id == changed.id {
+                    changed.clone()
+                } else {
+                    e.config.clone()
+                }
+            })
+            .collect()
+    }
+
     fn probation(&self) -> BTreeMap<String, Probation> {
         self.saved()
             .filter_map(|e| Some((e.config.id.clone(), e.probation.record()?)))
@@ -403,23 +416,10 @@ impl CameraManager {
         }
         config.validate().map_err(invalid)?;
         if only_counting {
-            let configs = entries
-                .saved()
-                .map(|e| {
-                    if e.config.id == id {
-                        config.clone()
-                    } else {
-                        e.config.clone()
-                    }
-                })
-                .collect();
-            self.persist(configs, entries.probation())?;
+            self.persist(entries.configs_with(&config), entries.probation())?;
             let entry = &mut entries.list[index];
             let mut settings = entry.status.settings();
-            settings.counting = Arc::new(crate::config::CountingPlaces {
-                zones: config.zones.clone(),
-                lines: config.lines.clone(),
-            });
+            settings.counting = counting_places(&config);
             entry.status.set_settings(settings);
             entry.config = config;
             tracing::info!(camera = %id, zones = entry.config.zones.len(), lines = entry.config.lines.len(),
@@ -429,17 +429,7 @@ impl CameraManager {
         let source = SourceUri::resolve(&config.uri, &self.base_dir)?;
         let probation = self.new_probation(&config);
         let records = entries.probation_with(id, &probation);
-        let configs = entries
-            .saved()
-            .map(|e| {
-                if e.config.id == id {
-                    config.clone()
-                } else {
-                    e.config.clone()
-                }
-            })
-            .collect();
-        self.persist(configs, records)?;
+        self.persist(entries.configs_with(&config), records)?;
 
         let entry = &mut entries.list[index];
         entry.config = config;
@@ -574,11 +564,15 @@ fn settings(config: &CameraConfig, source: &Result<SourceUri>) -> CameraSettings
         decode: config.decode,
         position: config.position.as_ref().map(position_message),
         enabled: config.enabled,
-        counting: Arc::new(crate::config::CountingPlaces {
-            zones: config.zones.clone(),
-            lines: config.lines.clone(),
-        }),
+        counting: counting_places(config),
     }
+}
+
+fn counting_places(config: &CameraConfig) -> Arc<crate::config::CountingPlaces> {
+    Arc::new(crate::config::CountingPlaces {
+        zones: config.zones.clone(),
+        lines: config.lines.clone(),
+    })
 }
 
 fn invalid(message: String) -> Error {
