@@ -352,6 +352,17 @@ class Subscriber:
                           ev.class_id, score, box, view_ns, view.appearance)
             print(("    " if self.args.frames else "") + line)
 
+        indent = "    " if self.args.frames else ""
+        for ev in d.zone_events:
+            self.events[rd.ZONE_EVENT_KINDS.get(ev.kind, f"kind-{ev.kind}")] += 1
+            print(f"{indent}{when(rd.timestamp_ns(ev.time))} {key}  track {rd.track_number(ev.track_id):<5} "
+                  f"{self.class_name(ev.class_id):<12} "
+                  f"{rd.zone_event_text(ev.kind, ev.zone_id, ev.direction, ev.dwell_seconds)}")
+        if d.HasField("counts"):
+            r = d.counts
+            print(f"{indent}{key} counts {when(rd.timestamp_ns(r.from_time))} to {when(rd.timestamp_ns(r.to_time))}: "
+                  f"{rd.counts_text(r)}")
+
     def keep(self, base, source, index, kind, track_id, class_id, score, box, view_ns, e):
         v = self.vector(e)
         if v is None:

@@ -17,6 +17,28 @@ CODEC_NAMES = {F32: "f32", INT8: "int8", F16: "f16", PCA_INT8: "pca-int8", BINAR
 CONFIRMED, BETTER_VIEW, APPEARANCE_CHANGED, ENDED = 1, 2, 3, 4
 EVENT_KINDS = {CONFIRMED: "confirmed", BETTER_VIEW: "better_view", APPEARANCE_CHANGED: "appearance_changed", ENDED: "ended"}
 END_REASONS = {1: "lost", 2: "clock step", 3: "stopped"}
+# ZoneEventKind values, as `retina-edge subscribe` and the metrics name them.
+ZONE_EVENT_KINDS = {1: "entered", 2: "left", 3: "crossed"}
+
+
+def zone_event_text(kind: int, zone_id: str, direction: str, dwell_seconds: float) -> str:
+    """What a track did at a zone or line: "crossed lane-2 northbound", "left queue after 12.0 s"."""
+    text = f"{ZONE_EVENT_KINDS.get(kind, f'kind-{kind}')} {zone_id}"
+    if direction:
+        text += f" {direction}"
+    if kind == 2:
+        text += f" after {dwell_seconds:.1f} s"
+    return text
+
+
+def counts_text(report) -> str:
+    """A count record's counts: "lane-2 crossed northbound car 42, ...", or "nothing counted"."""
+    counts = [" ".join(filter(None, [c.zone_id, ZONE_EVENT_KINDS.get(c.kind, f"kind-{c.kind}"), c.direction,
+                                     c.class_name, str(c.count)]))
+              for c in report.counts]
+    inside = [f"{o.zone_id} {o.class_name} {o.now} now, {o.max} at most" for o in report.occupancy]
+    text = ", ".join(counts) or "nothing counted"
+    return text + (f"; inside: {', '.join(inside)}" if inside else "")
 # LogGapReason values, worded as `retina-edge subscribe` words them.
 GAP_REASONS = {
     1: "evicted by retention",

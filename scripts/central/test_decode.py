@@ -157,3 +157,15 @@ class ContextFields(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ZonesAndCounts(unittest.TestCase):
+    def test_zone_events_and_count_records_read_as_the_rust_cli_prints_them(self):
+        from types import SimpleNamespace as N
+        self.assertEqual(rd.zone_event_text(3, "lane-2", "northbound", 0.0), "crossed lane-2 northbound")
+        self.assertEqual(rd.zone_event_text(2, "queue", "", 12.04), "left queue after 12.0 s")
+        report = N(counts=[N(zone_id="lane-2", kind=3, direction="northbound", class_name="car", count=42)],
+                   occupancy=[N(zone_id="queue", class_name="car", now=3, max=5)])
+        self.assertEqual(rd.counts_text(report),
+                         "lane-2 crossed northbound car 42; inside: queue car 3 now, 5 at most")
+        self.assertEqual(rd.counts_text(N(counts=[], occupancy=[])), "nothing counted")

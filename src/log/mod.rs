@@ -192,6 +192,7 @@ fn track_ids(d: &pb::FrameDescriptor) -> Vec<u64> {
         .iter()
         .map(|t| t.track_id)
         .chain(d.track_events.iter().map(|e| e.track_id))
+        .chain(d.zone_events.iter().map(|e| e.track_id))
         .chain(d.objects.iter().map(|o| o.track_id))
         .filter(|&id| id != 0)
         .collect();
@@ -545,6 +546,26 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// `Query` by track finds a record that names the track anywhere: a record of it in the
+    /// frame, one of its events, a zone or line it was at (a count record's `LEFT` included).
+    #[test]
+    fn a_record_mentions_every_track_it_names() {
+        let mut d = descriptor("c", 0);
+        d.tracks.push(pb::TrackedObject {
+            track_id: 3,
+            ..Default::default()
+        });
+        d.zone_events.push(pb::ZoneEvent {
+            track_id: 9,
+            ..Default::default()
+        });
+        d.track_events.push(pb::TrackEvent {
+            track_id: 3,
+            ..Default::default()
+        });
+        assert_eq!(track_ids(&d), vec![3, 9]);
     }
 
     fn counters(next_sequence: u64) -> CameraCounters {
