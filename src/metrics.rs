@@ -561,10 +561,7 @@ impl Collector for CameraCollector {
         for camera in &cameras {
             let current = camera.condition().state;
             for state in CAMERA_STATES {
-                let name = state
-                    .as_str_name()
-                    .trim_start_matches("CAMERA_STATE_")
-                    .to_ascii_lowercase();
+                let name = crate::wire::camera_state_label(state);
                 let labels = [("camera", camera.id.as_str()), ("state", name.as_str())];
                 ConstGauge::new(i64::from(current == state)).encode(family.encode_family(&labels)?)?;
             }
@@ -637,16 +634,12 @@ pub async fn serve(
             let encode = encode.clone();
             let tokens = tokens.clone();
             async move {
-                let need = crate::access::Need::Scope(crate::access::Scope::Metrics);
-                if let Some(Err(status)) = tokens.map(|t| crate::access::admit(&t, need, &headers)) {
-                    let code = match status.code() {
-                        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                        _ => StatusCode::UNAUTHORIZED,
-                    };
+                let scope = crate::access::Scope::Metrics;
+                if let Some((code, message)) = crate::access::http_refusal(tokens.as_deref(), scope, &headers) {
                     return (
                         code,
                         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                        format!("{}\n", status.message()),
+                        format!("{message}\n"),
                     );
                 }
                 match encode() {

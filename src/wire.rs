@@ -18,6 +18,14 @@ pub fn event_kind_label(kind: pb::TrackEventKind) -> &'static str {
     }
 }
 
+/// The label of a camera state in metrics and on the status page: "streaming", "failed", ...
+pub fn camera_state_label(state: pb::CameraState) -> String {
+    state
+        .as_str_name()
+        .trim_start_matches("CAMERA_STATE_")
+        .to_ascii_lowercase()
+}
+
 /// The label of a zone event's kind in metrics, JSON and the page: "entered", "left", "crossed".
 pub fn zone_event_kind_label(kind: pb::ZoneEventKind) -> &'static str {
     match kind {

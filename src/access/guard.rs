@@ -92,6 +92,21 @@ where
     }
 }
 
+/// The HTTP routes' check (`/metrics`, the status page's data): the status and message refusing
+/// a caller without a token of `scope`; `None` when the node has no tokens or the caller may.
+pub fn http_refusal(
+    tokens: Option<&Tokens>,
+    scope: Scope,
+    headers: &http::HeaderMap,
+) -> Option<(http::StatusCode, String)> {
+    let status = admit(tokens?, Need::Scope(scope), headers).err()?;
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+        _ => http::StatusCode::UNAUTHORIZED,
+    };
+    Some((code, status.message().to_string()))
+}
+
 /// Checks `headers` against what the call needs: the caller, if a token was needed.
 pub fn admit(tokens: &Tokens, need: Need, headers: &http::HeaderMap) -> Result<Option<Arc<Caller>>, tonic::Status> {
     let scope = match need {

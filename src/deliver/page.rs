@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::client::{Decoder, to_json};
 use super::service::{NodeFacts, camera_info};
-use crate::access::{Need, Scope, Tokens, admit};
+use crate::access::{Scope, Tokens, http_refusal};
 use crate::config::{CountingPlaces, LineConfig, ZoneConfig};
 use crate::ingest::{CameraChange, CameraManager};
 use crate::log::{Entry, LogReader, Start};
@@ -72,12 +72,8 @@ impl Page {
 
     /// The answer to a caller without a token of `scope`, when the node has tokens.
     fn refused(&self, scope: Scope, headers: &HeaderMap) -> Option<Response> {
-        let status = admit(self.tokens.as_ref()?, Need::Scope(scope), headers).err()?;
-        let code = match status.code() {
-            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        Some(error(code, status.message()))
+        let (code, message) = http_refusal(self.tokens.as_deref(), scope, headers)?;
+        Some(error(code, &message))
     }
 }
 
@@ -151,7 +147,7 @@ async fn status(State(page): State<Page>, headers: HeaderMap) -> Response {
             let places = camera.counting_places();
             json!({
                 "id": info.camera_id,
-                "state": info.state().as_str_name().trim_start_matches("CAMERA_STATE_").to_lowercase(),
+                "state": crate::wire::camera_state_label(info.state()),
                 "uri": info.uri,
                 "analysis_fps": info.analysis_fps,
                 "frames_analysed": info.frames_analysed,

@@ -465,6 +465,10 @@ impl CameraState {
         metrics: &Metrics,
     ) -> Vec<pb::ZoneEvent> {
         let mut zone_events = Vec::new();
+        // Most cameras count nothing: no work per frame for them.
+        if self.counter.places().is_empty() {
+            return zone_events;
+        }
         let (width, height) = (analysis.frame_width, analysis.frame_height);
         let box_in_frame = |b: [f32; 4]| {
             [
