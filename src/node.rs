@@ -36,6 +36,7 @@ use crate::log::Log;
 use crate::metrics::{self, Metrics};
 use crate::pb;
 use crate::shutdown::Shutdown;
+use crate::video::live::LiveFrames;
 use crate::video::record::RecordSettings;
 
 /// Models loaded and verified against their manifests.
@@ -1004,13 +1005,14 @@ impl Node {
     /// node that could not blur faces does not start.
     fn pixels_service(
         config: &Config,
+        live: Arc<LiveFrames>,
         log: crate::log::LogReader,
         notices: tokio::sync::mpsc::Sender<crate::describe::ExportNotice>,
     ) -> Result<PixelsService> {
         let exports = match (&config.video, config.video_dir(), config.face_model_path()) {
             (Some(video), Some(dir), Some(face_model)) => {
                 let environment = infer::environment(&config.resolve(&config.inference.onnxruntime_library))?;
-                Some(Arc::new(VideoExports::new(dir, video, face_model, environment)?))
+                Some(Arc::new(VideoExports::new(dir, live, video, face_model, environment)?))
             }
             _ => None,
         };
@@ -1063,7 +1065,9 @@ impl Node {
         );
         let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(EXPORT_NOTICES_QUEUED);
         let describer = describer.with_notices(notices_rx);
-        let pixels = Self::pixels_service(&config, reader.clone(), notices_tx)?;
+        // The frames each recording keeps until its ring has them, read by snapshots.
+        let live_frames = Arc::new(LiveFrames::default());
+        let pixels = Self::pixels_service(&config, live_frames.clone(), reader.clone(), notices_tx)?;
         let (results_tx, results_rx) = mpsc::sync_channel(config.inference.workers * 2);
         let (workers, swap) =
             infer::spawn_workers(analyzers, first_set.clone(), queue.clone(), results_tx, metrics.clone())?;
@@ -1101,7 +1105,7 @@ impl Node {
             .video
             .as_ref()
             .zip(config.video_dir())
-            .map(|(video, dir)| RecordSettings::from_config(dir, video));
+            .map(|(video, dir)| RecordSettings::from_config(dir, video, live_frames));
         let manager = Arc::new(
             CameraManager::new(
                 queue.clone(),
@@ -1150,7 +1154,13 @@ impl Node {
         }
         // The status page, on the HTTP listener beside /metrics.
         let page = metrics_listener.as_ref().map(|_| {
-            crate::deliver::page::Page::new(facts.clone(), manager.clone(), guards.tokens.clone(), reader.clone())
+            crate::deliver::page::Page::new(
+                facts.clone(),
+                manager.clone(),
+                guards.tokens.clone(),
+                pixels.clone(),
+                reader.clone(),
+            )
         });
         parts.grpc = Some(tokio::spawn(crate::deliver::serve(
             listener,

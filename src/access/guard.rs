@@ -92,19 +92,32 @@ where
     }
 }
 
-/// The HTTP routes' check (`/metrics`, the status page's data): the status and message refusing
-/// a caller without a token of `scope`; `None` when the node has no tokens or the caller may.
+/// The HTTP routes' check (`/metrics`, the status page): the caller, when the node has tokens
+/// and the caller holds one of `scope`; otherwise the status and message refusing the call.
+pub fn http_caller(
+    tokens: Option<&Tokens>,
+    scope: Scope,
+    headers: &http::HeaderMap,
+) -> Result<Option<Arc<Caller>>, (http::StatusCode, String)> {
+    let Some(tokens) = tokens else {
+        return Ok(None);
+    };
+    admit(tokens, Need::Scope(scope), headers).map_err(|status| {
+        let code = match status.code() {
+            tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+            _ => http::StatusCode::UNAUTHORIZED,
+        };
+        (code, status.message().to_string())
+    })
+}
+
+/// [`http_caller`]'s refusal alone, for routes that need not know who called.
 pub fn http_refusal(
     tokens: Option<&Tokens>,
     scope: Scope,
     headers: &http::HeaderMap,
 ) -> Option<(http::StatusCode, String)> {
-    let status = admit(tokens?, Need::Scope(scope), headers).err()?;
-    let code = match status.code() {
-        tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
-        _ => http::StatusCode::UNAUTHORIZED,
-    };
-    Some((code, status.message().to_string()))
+    http_caller(tokens, scope, headers).err()
 }
 
 /// Checks `headers` against what the call needs: the caller, if a token was needed.

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use guard::{GrpcGuardLayer, Need, admit, http_refusal, required_scope};
+pub use guard::{GrpcGuardLayer, Need, admit, http_caller, http_refusal, required_scope};
 pub use tls::{ALPN_GRPC, ALPN_HTTP1, Tls, TlsIncoming};
 pub use tokens::{Caller, Denied, Scope, Tokens, add_token, list_tokens, revoke_token};
 

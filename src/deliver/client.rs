@@ -491,13 +491,16 @@ fn export_line(d: &pb::FrameDescriptor, e: &pb::PixelExport) -> String {
         0 => format!("{} to {}", rfc3339(e.from_time), rfc3339(e.to_time)),
         track => format!("track {track}"),
     };
-    let outcome = if !e.refused.is_empty() {
+    let mut outcome = if !e.refused.is_empty() {
         format!("refused: {}", e.refused)
     } else if e.raw {
         format!("{} frames, not blurred", e.frames)
     } else {
         format!("{} frames, {} faces pixelated", e.frames, e.faces_blurred)
     };
+    if e.refusals > 0 {
+        outcome.push_str(&format!(" ({} refused)", e.refusals));
+    }
     format!(
         "{} {} {} asked by {who}: {what}; {outcome}",
         d.camera_id,
@@ -668,7 +671,7 @@ fn nanos(t: Option<prost_types::Timestamp>) -> i64 {
     })
 }
 
-fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
+pub fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
     let Some(t) = t else { return "-".into() };
     let time = std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
     humantime::format_rfc3339_millis(time).to_string()
@@ -903,6 +906,7 @@ pub fn to_json(d: &pb::FrameDescriptor, decoder: &Decoder) -> serde_json::Value 
             "refused": e.refused,
             "frames": e.frames,
             "faces_blurred": e.faces_blurred,
+            "refusals": e.refusals,
         })),
         "zone_events": d.zone_events.iter().map(|e| json!({
             "track_id": e.track_id,

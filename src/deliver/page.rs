@@ -9,20 +9,26 @@
 //! tokens, the page asks for one and sends it as `authorization: Bearer`.
 //!
 //! What a frame holds comes from the log, as for every reader: a live subscription keeps each
-//! camera's latest frame descriptor and latest count record.
+//! camera's latest frame descriptor and latest count record. Its picture, on a node that keeps
+//! video, comes from the video ring: `GET /api/cameras/{id}/frame.jpg?time=` (the `pixels`
+//! scope, faces pixelated) gives the frame captured at a descriptor's time, so that the boxes
+//! drawn on it are those of the very frame. The page asks for the next picture when the last has
+//! come, so a slow link or a busy node slows its pictures, never the node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::client::{Decoder, to_json};
+use super::client::{Decoder, rfc3339, to_json};
+use super::pixels::PixelsService;
 use super::service::{NodeFacts, camera_info};
-use crate::access::{Scope, Tokens, http_refusal};
+use crate::access::{Caller, Scope, Tokens, http_caller};
 use crate::config::{CountingPlaces, LineConfig, ZoneConfig};
+use crate::error::quoted;
 use crate::ingest::{CameraChange, CameraManager};
 use crate::log::{Entry, LogReader, Start};
 use crate::pb;
@@ -41,6 +47,7 @@ pub struct Page {
     facts: Arc<NodeFacts>,
     manager: Arc<CameraManager>,
     tokens: Option<Arc<Tokens>>,
+    pixels: PixelsService,
     latest: Arc<RwLock<Latest>>,
 }
 
@@ -50,6 +57,7 @@ impl Page {
         facts: Arc<NodeFacts>,
         manager: Arc<CameraManager>,
         tokens: Option<Arc<Tokens>>,
+        pixels: PixelsService,
         log: LogReader,
     ) -> Self {
         let latest = Arc::new(RwLock::new(Latest::default()));
@@ -58,6 +66,7 @@ impl Page {
             facts,
             manager,
             tokens,
+            pixels,
             latest,
         }
     }
@@ -67,13 +76,14 @@ impl Page {
             .route("/", axum::routing::get(page))
             .route("/api/status", axum::routing::get(status))
             .route("/api/cameras/{id}/counting", axum::routing::put(set_counting))
+            .route("/api/cameras/{id}/frame.jpg", axum::routing::get(picture))
             .with_state(self)
     }
 
-    /// The answer to a caller without a token of `scope`, when the node has tokens.
-    fn refused(&self, scope: Scope, headers: &HeaderMap) -> Option<Response> {
-        let (code, message) = http_refusal(self.tokens.as_deref(), scope, headers)?;
-        Some(error(code, &message))
+    /// The caller, if it may call with `scope` (on a node without tokens, anyone may); otherwise
+    /// the status and message refusing it.
+    fn caller(&self, scope: Scope, headers: &HeaderMap) -> Result<Option<Arc<Caller>>, (StatusCode, String)> {
+        http_caller(self.tokens.as_deref(), scope, headers)
     }
 }
 
@@ -127,8 +137,8 @@ async fn page() -> Response {
 }
 
 async fn status(State(page): State<Page>, headers: HeaderMap) -> Response {
-    if let Some(refused) = page.refused(Scope::Subscribe, &headers) {
-        return refused;
+    if let Err((code, message)) = page.caller(Scope::Subscribe, &headers) {
+        return error(code, &message);
     }
     let decoder = Decoder::new(page.facts.models().class_names.clone());
     let cameras: Vec<_> = page
@@ -156,6 +166,7 @@ async fn status(State(page): State<Page>, headers: HeaderMap) -> Response {
                 "last_error": info.last_error,
                 "failure": info.failure,
                 "last_frame_age_seconds": info.last_frame_age_seconds,
+                "video": page.pixels.keeps_video(&camera.id),
                 "zones": places.zones,
                 "lines": places.lines,
                 "frame": latest.frames.get(&camera.id).map(|d| frame_json(d, &decoder)),
@@ -201,8 +212,8 @@ struct Places {
 }
 
 async fn set_counting(State(page): State<Page>, Path(id): Path<String>, headers: HeaderMap, body: String) -> Response {
-    if let Some(refused) = page.refused(Scope::Admin, &headers) {
-        return refused;
+    if let Err((code, message)) = page.caller(Scope::Admin, &headers) {
+        return error(code, &message);
     }
     let places: Places = match serde_json::from_str(&body) {
         Ok(places) => places,
@@ -222,13 +233,62 @@ async fn set_counting(State(page): State<Page>, Path(id): Path<String>, headers:
             let body = json!({ "zones": places.zones, "lines": places.lines });
             ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(code, status.message())
-        }
+        Err(status) => refusal(&status),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PictureAt {
+    /// RFC 3339, as a frame's `capture_time` in `/api/status`.
+    time: String,
+}
+
+async fn picture(
+    State(page): State<Page>,
+    Path(id): Path<String>,
+    Query(at): Query<PictureAt>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match page.caller(Scope::Pixels, &headers) {
+        Ok(caller) => caller,
+        Err((code, message)) => return error(code, &message),
+    };
+    let time = match humantime::parse_rfc3339(&at.time) {
+        Ok(time) => crate::clock::unix_nanos(time),
+        Err(_) => {
+            let message = format!("time {} is not RFC 3339", quoted(&at.time));
+            return error(StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    match page.pixels.live_picture(caller, &id, time).await {
+        Ok(picture) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_string()),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+                (
+                    header::HeaderName::from_static("x-capture-time"),
+                    rfc3339(picture.capture_time),
+                ),
+                (
+                    header::HeaderName::from_static("x-faces-blurred"),
+                    picture.faces_blurred.to_string(),
+                ),
+            ],
+            picture.jpeg,
+        )
+            .into_response(),
+        Err(status) => refusal(&status),
+    }
+}
+
+/// A refusal of the node's services as an HTTP answer.
+fn refusal(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::NotFound | tonic::Code::FailedPrecondition => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, status.message())
 }

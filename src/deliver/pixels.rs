@@ -7,7 +7,7 @@
 //! `video.max_concurrent_exports` at once; a clip streams out as it is encoded, so a slow client
 //! slows its own encoder, never the node's cameras.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use crate::log::store::Selection;
 use crate::pb;
 use crate::pb::pixels_server::Pixels;
 use crate::video::export::{self, Mp4Writer, Next, TimedFrame};
+use crate::video::live::LiveFrames;
 use crate::video::ring::{Coverage, Pinned, Ring};
 
 /// The nearest frame must be this close to the time asked for a snapshot.
@@ -39,10 +40,20 @@ const DEFAULT_TRACK_MARGIN: Duration = Duration::from_secs(2);
 /// How long the encoder may take to finish a clip once its last frame is in.
 const ENCODER_FINISH: Duration = Duration::from_secs(30);
 const DEFAULT_JPEG_QUALITY: u32 = 90;
+/// A live picture is the very frame a descriptor was made from (the ring and the descriptor time
+/// a frame a few milliseconds apart), or none.
+const LIVE_PICTURE_REACH_NS: UnixNanos = 20_000_000;
+/// Live pictures are looked at, not kept: a smaller JPEG is sent sooner.
+const LIVE_PICTURE_QUALITY: u32 = 75;
+/// How long one record of a live view runs: a viewer at a few pictures a second writes one record
+/// per camera a minute, not one per picture.
+const LIVE_VIEW_RECORD: Duration = Duration::from_secs(60);
 
 /// Everything an export needs, shared by the calls.
 pub struct VideoExports {
     root: PathBuf,
+    /// The frames the ring has not written yet.
+    live: Arc<LiveFrames>,
     max_clip_ns: UnixNanos,
     face_margin: f32,
     /// Face detectors not in use; one is loaded when all are busy (at most one per export slot).
@@ -56,6 +67,7 @@ impl VideoExports {
     /// start (it could not export anything).
     pub fn new(
         root: PathBuf,
+        live: Arc<LiveFrames>,
         config: &VideoConfig,
         face_model: PathBuf,
         environment: &'static ort::environment::Environment,
@@ -63,6 +75,7 @@ impl VideoExports {
         let first = FaceDetector::load(&face_model, environment)?;
         Ok(VideoExports {
             root,
+            live,
             max_clip_ns: (config.max_clip_seconds * 1e9) as i64,
             face_margin: config.face_margin,
             faces: Mutex::new(vec![first]),
@@ -158,11 +171,14 @@ impl FaceWindow {
     }
 }
 
+/// Cheap to clone: the gRPC service and the status page share one.
+#[derive(Clone)]
 pub struct PixelsService {
     exports: Option<Arc<VideoExports>>,
     log: LogReader,
     notices: Sender<ExportNotice>,
     slots: Arc<Semaphore>,
+    live_views: Arc<LiveViews>,
 }
 
 /// An export's record, from before its first pixel until it is written. Its place in the describe
@@ -246,6 +262,101 @@ impl Drop for AuditPlace {
     }
 }
 
+/// The live views going on: the status page's pictures, one open record per caller and camera.
+///
+/// A record opens with the first picture asked for (its place in the describe stage's queue
+/// taken before any pixel is decoded, as for every export) and is written [`LIVE_VIEW_RECORD`]
+/// later with the pictures sent and refused in between, their first and last capture times and
+/// the faces pixelated. A node that stops writes the records open; one killed loses them, as it
+/// loses a clip's record mid-clip.
+#[derive(Default)]
+struct LiveViews {
+    open: Mutex<HashMap<(String, String), LiveView>>,
+}
+
+struct LiveView {
+    place: AuditPlace,
+    refusals: u32,
+    latest_refusal: String,
+}
+
+/// Written when it ends, whether its minute is up or the node stops.
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        let record = &mut self.place.record;
+        record.refusals = self.refusals;
+        if record.frames == 0 {
+            record.refused = std::mem::take(&mut self.latest_refusal);
+        }
+        self.place.write();
+    }
+}
+
+impl LiveView {
+    fn count(&mut self, picture: Result<&pb::Snapshot, &Status>) {
+        match picture {
+            Ok(picture) => {
+                let record = &mut self.place.record;
+                if record.frames == 0 {
+                    record.from_time = picture.capture_time;
+                }
+                record.to_time = picture.capture_time;
+                record.frames += 1;
+                record.faces_blurred += picture.faces_blurred;
+            }
+            Err(status) => {
+                self.refusals += 1;
+                self.latest_refusal = status.message().chars().take(200).collect();
+            }
+        }
+    }
+}
+
+impl LiveViews {
+    /// Counts a picture into `viewer`'s (caller, camera) open record, or into one opened now
+    /// (written [`LIVE_VIEW_RECORD`] later) when none is. A record that cannot be queued
+    /// refuses the picture.
+    fn record(
+        self: &Arc<Self>,
+        viewer: &(String, String),
+        take: impl FnOnce() -> AuditPlace,
+        picture: Option<Result<&pb::Snapshot, &Status>>,
+    ) -> Result<(), Status> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = open.get_mut(viewer) {
+            if let Some(picture) = picture {
+                view.count(picture);
+            }
+            return Ok(());
+        }
+        let place = take();
+        if let Err(status) = place.admit() {
+            drop(open);
+            place.finish(Err(&status));
+            return Err(status);
+        }
+        let mut view = LiveView {
+            place,
+            refusals: 0,
+            latest_refusal: String::new(),
+        };
+        if let Some(picture) = picture {
+            view.count(picture);
+        }
+        open.insert(viewer.clone(), view);
+        // Weak: the records still open are written when the services holding them drop.
+        let (views, viewer) = (Arc::downgrade(self), viewer.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(LIVE_VIEW_RECORD).await;
+            if let Some(views) = views.upgrade() {
+                let ended = views.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&viewer);
+                drop(ended);
+            }
+        });
+        Ok(())
+    }
+}
+
 impl PixelsService {
     pub fn new(
         exports: Option<Arc<VideoExports>>,
@@ -258,7 +369,50 @@ impl PixelsService {
             log,
             notices,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            live_views: Arc::default(),
         }
+    }
+
+    /// Whether pixels of `camera` can be asked for here.
+    pub fn keeps_video(&self, camera: &str) -> bool {
+        self.exports.as_ref().is_some_and(|e| e.keeps(camera))
+    }
+
+    /// The status page's picture of `camera`: the frame captured at `time` (a descriptor's),
+    /// faces pixelated, and recorded with the caller's other live pictures of the camera that
+    /// minute (see [`LiveViews`]).
+    pub async fn live_picture(
+        &self,
+        caller: Option<Arc<Caller>>,
+        camera: &str,
+        time: UnixNanos,
+    ) -> Result<pb::Snapshot, Status> {
+        let record = || pb::PixelExport {
+            from_time: Some(to_timestamp(time)),
+            to_time: Some(to_timestamp(time)),
+            ..export_record("live view", caller.as_deref(), 0, false)
+        };
+        if !self.keeps_video(camera) {
+            let status = Status::not_found(format!("no video of camera {} is kept here", quoted(camera)));
+            return self.refused(camera, record(), status);
+        }
+        let viewer = (
+            caller.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            camera.to_string(),
+        );
+        // The record's place is taken before any pixel is decoded.
+        self.live_views.record(&viewer, || self.audit(camera, record()), None)?;
+        let options = pb::SnapshotOptions {
+            quality: LIVE_PICTURE_QUALITY,
+            ..Default::default()
+        };
+        let picture = self
+            .snapshot_pixels(caller.as_deref(), camera, time, LIVE_PICTURE_REACH_NS, None, &options)
+            .await;
+        // Its minute may have ended meanwhile: the picture then opens the next record.
+        self.live_views
+            .record(&viewer, || self.audit(camera, record()), Some(picture.as_ref()))?;
+        picture
     }
 
     /// The record of an export of `camera`, its place taken (see [`AuditPlace`]).
@@ -391,7 +545,7 @@ impl PixelsService {
         let mut place = self.audit(&camera, record);
         let result = match place.admit() {
             Ok(()) => {
-                self.snapshot_pixels(caller.as_deref(), &camera, time, bbox, &options)
+                self.snapshot_pixels(caller.as_deref(), &camera, time, SNAPSHOT_REACH_NS, bbox, &options)
                     .await
             }
             Err(status) => Err(status),
@@ -409,6 +563,7 @@ impl PixelsService {
         caller: Option<&Caller>,
         camera: &str,
         time: UnixNanos,
+        reach: UnixNanos,
         bbox: Option<[f32; 4]>,
         options: &pb::SnapshotOptions,
     ) -> Result<pb::Snapshot, Status> {
@@ -423,36 +578,39 @@ impl PixelsService {
             return Err(Status::invalid_argument("crop_margin must lie in 0..=10"));
         }
         let (camera, options) = (camera.to_string(), *options);
-        let (earliest, latest) = (
-            time.saturating_sub(SNAPSHOT_REACH_NS),
-            time.saturating_add(SNAPSHOT_REACH_NS),
-        );
+        let (earliest, latest) = (time.saturating_sub(reach), time.saturating_add(reach));
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let coverage = ring
-                .cover(earliest, latest)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let pinned = ring.pin(coverage);
-            let mut nearest: Option<TimedFrame> = None;
-            export::decode(&pinned.coverage.segments, earliest, latest, |frame| {
-                let after = frame.capture_time >= time;
-                let closer = nearest
-                    .as_ref()
-                    .is_none_or(|n| frame.capture_time.abs_diff(time) < n.capture_time.abs_diff(time));
-                if closer {
-                    nearest = Some(frame);
-                }
-                Ok(if after { Next::Stop } else { Next::More })
-            })
-            .map_err(|e| Status::internal(format!("reading the video: {e}")))?;
+            // The last seconds are in memory before they are in the ring.
+            let mut nearest = exports
+                .live
+                .nearest(&camera, time, reach)
+                .map_err(|e| Status::internal(format!("reading the newest video: {e}")))?;
+            if nearest.is_none() {
+                let coverage = ring
+                    .cover(earliest, latest)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let pinned = ring.pin(coverage);
+                export::decode(&pinned.coverage.segments, earliest, latest, |frame| {
+                    let after = frame.capture_time >= time;
+                    let closer = nearest
+                        .as_ref()
+                        .is_none_or(|n| frame.capture_time.abs_diff(time) < n.capture_time.abs_diff(time));
+                    if closer {
+                        nearest = Some(frame);
+                    }
+                    Ok(if after { Next::Stop } else { Next::More })
+                })
+                .map_err(|e| Status::internal(format!("reading the video: {e}")))?;
+            }
             let Some(TimedFrame {
                 capture_time,
                 mut image,
             }) = nearest
             else {
                 return Err(Status::not_found(format!(
-                    "no video of camera {camera} within {} s of that time",
-                    SNAPSHOT_REACH_NS / 1_000_000_000
+                    "no video of camera {camera} within {} ms of that time",
+                    reach / 1_000_000
                 )));
             };
             let mut detector = (!options.raw).then(|| exports.take_detector()).transpose()?;
@@ -947,5 +1105,67 @@ mod tests {
             "{:?}",
             notice.export
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_view_is_one_record_a_minute_with_its_pictures_and_refusals() {
+        let (notices, mut describe_side) = tokio::sync::mpsc::channel(4);
+        let views = Arc::new(LiveViews::default());
+        let viewer = ("installer".to_string(), "door".to_string());
+        let take = || {
+            let record = export_record("live view", None, 0, false);
+            AuditPlace::take(&notices, true, "door", record)
+        };
+        let picture = |second: i64, faces| pb::Snapshot {
+            capture_time: Some(to_timestamp(second * 1_000_000_000)),
+            faces_blurred: faces,
+            ..Default::default()
+        };
+        // Its place is taken before the first picture is made.
+        views.record(&viewer, take, None).unwrap();
+        views.record(&viewer, take, Some(Ok(&picture(10, 1)))).unwrap();
+        views.record(&viewer, take, Some(Ok(&picture(11, 0)))).unwrap();
+        let missed = Status::not_found("no video of camera door within 20 ms of that time");
+        views.record(&viewer, take, Some(Err(&missed))).unwrap();
+        views.record(&viewer, take, Some(Ok(&picture(12, 2)))).unwrap();
+        tokio::time::sleep(LIVE_VIEW_RECORD - Duration::from_secs(1)).await;
+        assert!(describe_side.try_recv().is_err(), "nothing written within the minute");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let written = describe_side.try_recv().unwrap().export;
+        assert_eq!(
+            (
+                written.kind.as_str(),
+                written.frames,
+                written.faces_blurred,
+                written.refusals
+            ),
+            ("live view", 3, 3, 1)
+        );
+        assert_eq!(written.from_time, picture(10, 0).capture_time);
+        assert_eq!(written.to_time, picture(12, 0).capture_time);
+        assert!(written.refused.is_empty(), "pictures were sent: {written:?}");
+        assert!(describe_side.try_recv().is_err(), "one record");
+
+        // A minute with nothing sent says why; the next picture opens a new record.
+        views.record(&viewer, take, Some(Err(&missed))).unwrap();
+        tokio::time::sleep(LIVE_VIEW_RECORD + Duration::from_secs(1)).await;
+        let written = describe_side.try_recv().unwrap().export;
+        assert_eq!((written.frames, written.refusals), (0, 1));
+        assert!(written.refused.contains("within 20 ms"), "{written:?}");
+
+        // The describe stage is behind: the picture is refused, not sent unrecorded.
+        let held: Vec<_> = (0..4).map(|_| notices.try_reserve().unwrap()).collect();
+        let refused = views.record(&viewer, take, None).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        drop(held);
+        // A node that stops writes the record it has open.
+        views.record(&viewer, take, Some(Ok(&picture(20, 0)))).unwrap();
+        drop(views);
+        tokio::task::yield_now().await;
+        let mut written = Vec::new();
+        while let Ok(notice) = describe_side.try_recv() {
+            written.push(notice.export);
+        }
+        assert!(written.iter().any(|e| e.frames == 1), "{written:?}");
     }
 }

@@ -372,7 +372,7 @@ impl Supervisor {
             }
             if recorder.is_none() && retry_after.is_none_or(|t| Instant::now() >= t) {
                 let ring = Ring::new(&settings.root, &camera);
-                match Recorder::start(&camera, ring, frame.caps, settings.segment, settings.limits) {
+                match Recorder::start(&camera, ring, frame.caps, &settings) {
                     Ok(started) => recorder = Some(started),
                     Err(err) => {
                         tracing::warn!(camera, %err, "this camera's video is not kept");

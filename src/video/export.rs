@@ -63,41 +63,103 @@ fn decode_segment(
     to: UnixNanos,
     each: &mut impl FnMut(TimedFrame) -> Result<Next>,
 ) -> Result<Next> {
-    let pipeline = gst::parse::launch(
-        "filesrc name=file ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=frames sync=false max-buffers=4",
-    )
-    .map_err(|e| Error::Gstreamer(format!("segment reader: {e}")))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| Error::Gstreamer("segment reader is not a pipeline".into()))?;
-    let _stop = StopOnDrop(pipeline.clone());
-    let file = pipeline
-        .by_name("file")
-        .ok_or_else(|| Error::Gstreamer("segment reader without filesrc".into()))?;
     // Pruned since it was listed: the interval's video is gone.
     let Some(path) = segment.current_path() else {
         return Ok(Next::More);
     };
+    let (pipeline, _stop, sink) = frame_reader("filesrc name=source")?;
+    let file = pipeline
+        .by_name("source")
+        .ok_or_else(|| Error::Gstreamer("segment reader without filesrc".into()))?;
     file.set_property("location", path.to_string_lossy().as_ref());
-    let sink = pipeline
-        .by_name("frames")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| Error::Gstreamer("segment reader without appsink".into()))?;
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| Error::Gstreamer(format!("cannot read video segment {}", path.display())))?;
+    read_frames(&pipeline, &sink, segment.start, from..=to, each).map(|read| {
+        if let Some(error) = read.error {
+            // A segment cut short by a crash ends early; one that says nothing is skipped.
+            tracing::debug!(segment = %segment.path.display(), %error, "segment read ended on an error");
+        }
+        read.next
+    })
+}
+
+/// Decodes compressed frames of `caps` held in memory, a keyframe first, captured from `start`
+/// on (timed as a ring segment's frames are), and hands each to `each` until it says stop.
+pub fn decode_buffers(
+    caps: &gst::Caps,
+    frames: Vec<gst::Buffer>,
+    start: UnixNanos,
+    each: impl FnMut(TimedFrame) -> Result<Next>,
+) -> Result<()> {
+    let (pipeline, _stop, sink) = frame_reader("appsrc name=source")?;
+    let source = pipeline
+        .by_name("source")
+        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        .ok_or_else(|| Error::Gstreamer("frame reader without appsrc".into()))?;
+    source.set_caps(Some(caps));
+    source.set_format(gst::Format::Time);
+    source.set_max_bytes(0);
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| Error::Gstreamer("cannot decode the newest frames".into()))?;
+    for frame in frames {
+        source
+            .push_buffer(frame)
+            .map_err(|e| Error::Gstreamer(format!("decoding the newest frames: {e:?}")))?;
+    }
+    let _ = source.end_of_stream();
+    let read = read_frames(&pipeline, &sink, start, UnixNanos::MIN..=UnixNanos::MAX, each)?;
+    match read.error {
+        Some(error) => Err(Error::Gstreamer(format!("decoding the newest frames: {error}"))),
+        None => Ok(()),
+    }
+}
+
+/// `source` ─▶ decodebin ─▶ RGB frames at an appsink, stopped when the guard drops.
+fn frame_reader(source: &str) -> Result<(gst::Pipeline, StopOnDrop, gst_app::AppSink)> {
+    let pipeline = gst::parse::launch(&format!(
+        "{source} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=frames sync=false max-buffers=4"
+    ))
+    .map_err(|e| Error::Gstreamer(format!("frame reader: {e}")))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| Error::Gstreamer("frame reader is not a pipeline".into()))?;
+    let stop = StopOnDrop(pipeline.clone());
+    let sink = pipeline
+        .by_name("frames")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| Error::Gstreamer("frame reader without appsink".into()))?;
+    Ok((pipeline, stop, sink))
+}
+
+/// How a read of frames ended.
+struct Read {
+    next: Next,
+    /// The decoder's error, if one ended it early.
+    error: Option<String>,
+}
+
+/// Pulls a reader's frames, timed from `start` by their distance from the first, and hands those
+/// captured `within` to `each` until it says stop, a frame comes after them, or the stream ends.
+fn read_frames(
+    pipeline: &gst::Pipeline,
+    sink: &gst_app::AppSink,
+    start: UnixNanos,
+    within: std::ops::RangeInclusive<UnixNanos>,
+    mut each: impl FnMut(TimedFrame) -> Result<Next>,
+) -> Result<Read> {
     let mut first_pts = None;
     let mut silent_since = std::time::Instant::now();
     loop {
-        // Never a blocking pull: a segment no decoder can read (empty, zeroed, a codec not
+        // Never a blocking pull: a stream no decoder can read (empty, zeroed, a codec not
         // installed) may neither deliver a frame nor end, and an export must not wait on it.
         let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) else {
-            let error = pipeline_error(&pipeline);
+            let error = pipeline_error(pipeline);
             if sink.is_eos() || error.is_some() || silent_since.elapsed() > SEGMENT_SILENCE {
-                // A segment cut short by a crash ends early; one that says nothing is skipped.
-                if let Some(error) = error {
-                    tracing::debug!(segment = %segment.path.display(), %error, "segment read ended on an error");
-                }
-                return Ok(Next::More);
+                return Ok(Read {
+                    next: Next::More,
+                    error,
+                });
             }
             continue;
         };
@@ -107,16 +169,22 @@ fn decode_segment(
         };
         let first = *first_pts.get_or_insert(pts);
         let offset = pts.nseconds().saturating_sub(first.nseconds());
-        let capture_time = segment.start.saturating_add(offset as i64);
-        if capture_time < from {
+        let capture_time = start.saturating_add(offset as i64);
+        if capture_time < *within.start() {
             continue;
         }
-        if capture_time > to {
-            return Ok(Next::Stop);
+        if capture_time > *within.end() {
+            return Ok(Read {
+                next: Next::Stop,
+                error: None,
+            });
         }
         let image = rgb_image(&sample, Vec::with_capacity)?;
         if each(TimedFrame { capture_time, image })? == Next::Stop {
-            return Ok(Next::Stop);
+            return Ok(Read {
+                next: Next::Stop,
+                error: None,
+            });
         }
     }
 }

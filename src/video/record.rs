@@ -29,6 +29,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::live::{Group, LiveFrames};
 use super::ring::{OPEN_PREFIX, Ring, RingLimits};
 use crate::clock::{UnixNanos, now_unix_nanos};
 use crate::error::{Error, Result};
@@ -55,10 +56,16 @@ pub struct RecordSettings {
     pub limits: RingLimits,
     /// Whether a stream that cannot be kept as it is is kept by encoding its decoded frames.
     pub reencode: bool,
+    /// Where each recording also keeps its newest frames, until the ring has them.
+    pub live: Arc<LiveFrames>,
 }
 
 impl RecordSettings {
-    pub fn from_config(root: std::path::PathBuf, video: &crate::config::VideoConfig) -> RecordSettings {
+    pub fn from_config(
+        root: std::path::PathBuf,
+        video: &crate::config::VideoConfig,
+        live: Arc<LiveFrames>,
+    ) -> RecordSettings {
         RecordSettings {
             root,
             segment: Duration::from_secs_f64(video.segment_seconds),
@@ -67,6 +74,7 @@ impl RecordSettings {
                 max_age_ns: (video.max_age_hours * 3600e9) as i64,
             },
             reencode: video.reencode,
+            live,
         }
     }
 }
@@ -216,18 +224,15 @@ pub struct Recorder {
     failed: Arc<AtomicBool>,
     ending: Arc<AtomicBool>,
     watcher: Option<JoinHandle<()>>,
+    /// The frames since the latest keyframe, kept in memory (streams kept as they come only).
+    newest: Option<(Arc<LiveFrames>, Arc<Mutex<Group>>)>,
 }
 
 impl Recorder {
     /// Starts recording a stream of `caps` (H.264 or H.265 as it is, raw video by encoding it)
     /// into `ring`.
-    pub fn start(
-        camera: &str,
-        ring: Ring,
-        caps: &gst::CapsRef,
-        segment: Duration,
-        limits: RingLimits,
-    ) -> Result<Recorder> {
+    pub fn start(camera: &str, ring: Ring, caps: &gst::CapsRef, settings: &RecordSettings) -> Result<Recorder> {
+        let (segment, limits) = (settings.segment, settings.limits);
         let (chain, encodes) = recording_chain(caps, segment)?;
         ring.create()?;
         let pipeline = gst::Pipeline::new();
@@ -242,6 +247,12 @@ impl Recorder {
         source.set_property_from_str("leaky-type", "downstream");
         let sink = make("splitmuxsink")?;
         sink.set_property("muxer-factory", "mpegtsmux");
+        // Every frame on disk as soon as it is muxed (one write per frame), not 64 KiB later:
+        // the status page's picture of the frame just described is read from the open segment,
+        // and a low-bitrate camera fills 64 KiB in seconds.
+        let file = make("filesink")?;
+        file.set_property_from_str("buffer-mode", "unbuffered");
+        sink.set_property("sink", &file);
         sink.set_property("max-size-time", segment.as_nanos() as u64);
         // The encoder is asked for a keyframe where a segment is due, instead of cutting late.
         sink.set_property("send-keyframe-requests", encodes);
@@ -282,6 +293,7 @@ impl Recorder {
                 "camera {camera}: the recording pipeline does not start"
             )));
         }
+        let newest = (!encodes).then(|| (settings.live.clone(), settings.live.start(camera, &caps)));
         Ok(Recorder {
             camera: camera.to_string(),
             source,
@@ -292,6 +304,7 @@ impl Recorder {
             failed,
             ending,
             watcher: Some(watcher),
+            newest,
         })
     }
 
@@ -341,7 +354,15 @@ impl Recorder {
             timing.latest = Some(recording_time);
             timing.pushed_until = timing.pushed_until.max(recording_time + step);
             // Decoded frames carry no DELTA_UNIT flag: each is a keyframe the encoder may make.
-            if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            if let Some((_, group)) = &self.newest {
+                // Timed as the ring times the segment a keyframe may start.
+                group
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keep(buffer, keyframe.then_some(recording_time), |t| timing.capture_of(t));
+            }
+            if keyframe {
                 let kept = if self.encodes {
                     ENCODED_FRAMES_KEPT
                 } else {
@@ -390,6 +411,9 @@ impl Recorder {
 
 impl Recorder {
     fn end(&self) {
+        if let Some((live, group)) = &self.newest {
+            live.stop(&self.camera, group);
+        }
         self.ending.store(true, Ordering::Release);
         let _ = self.source.end_of_stream();
     }
