@@ -13,7 +13,7 @@ export CARGO_INCREMENTAL ?= 0
 # Rust via rustup when cargo is not on PATH yet.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-model-swap bench-video bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
+.PHONY: deps build demo test check-unit deb test-deb test-unit bench bench-components bench-isolation bench-log-stores bench-log bench-cameras bench-memory bench-model-swap bench-video bench-live-picture bench-collect eval-descriptors eval-int8 quantize-detector learn-projection soak lint fmt clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -123,6 +123,12 @@ bench-model-swap: build
 bench-video: build
 	@bash benches/video_ring.sh
 	@SOURCE=mjpeg CAMERAS="1 2" bash benches/video_ring.sh
+
+## What the status page's live picture costs: node CPU with a viewer asking for the picture of
+## every new frame against without, time to answer, and whether each picture is the very frame
+## asked for; one 720p camera, ~4 min. Writes benches/results/live-picture.md.
+bench-live-picture: build
+	@bash benches/live_picture.sh
 
 ## Fidelity and bandwidth of every descriptor codec on the real clips (strict nearest-neighbour
 ## agreement, held-out objects, stream bytes counted on the wire); writes

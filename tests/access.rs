@@ -390,6 +390,10 @@ async fn tls_client_certificates_and_scoped_tokens_guard_every_call_and_change_w
     assert!(status == 200 && json.contains("\"node_id\""), "{json:.300}");
     let places = r#"{"lines": [{"id": "l", "from": [0, 0.5], "to": [1, 0.5]}]}"#;
     assert_eq!(page(Some(&centre), "PUT /api/cameras/x/counting", places).await.0, 403);
+    // A camera's picture needs the pixels scope.
+    let picture = "GET /api/cameras/x/frame.jpg?time=2026-12-05T01:00:00.000Z";
+    let (status, json) = page(Some(&centre), picture, "").await;
+    assert!(status == 403 && json.contains("pixels"), "{status} {json:.300}");
     // When each listener's certificate expires, for an alert well before it does.
     for listener in ["grpc", "metrics"] {
         let series =

@@ -403,9 +403,12 @@ fn walker_line() -> pb::CountingLine {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_and_lines_change_live_without_a_restart_and_are_kept() {
     let dir = tempfile::tempdir().unwrap();
+    // Video kept: the page draws the camera's picture behind the boxes.
     let cameras = format!(
-        "{}\n[describe.counting]\ninterval_seconds = 2\n",
-        looping_camera("north")
+        "{}\n[describe.counting]\ninterval_seconds = 2\n\n[video]\ndir = \"{}\"\nface_model = \"{}/models/blazeface-back-256.toml\"\n",
+        looping_camera("north"),
+        dir.path().join("video").display(),
+        common::repo().display()
     );
     let (node, mut client) = start(dir.path(), &cameras).await;
     let mut admin = common::admin(&node).await;
@@ -523,9 +526,12 @@ async fn the_status_page_shows_live_tracks_and_a_line_drawn_on_it_counts() {
     use std::sync::{Arc, Mutex};
 
     let dir = tempfile::tempdir().unwrap();
+    // Video kept: the page draws the camera's picture behind the boxes.
     let cameras = format!(
-        "{}\n[describe.counting]\ninterval_seconds = 2\n",
-        looping_camera("north")
+        "{}\n[describe.counting]\ninterval_seconds = 2\n\n[video]\ndir = \"{}\"\nface_model = \"{}/models/blazeface-back-256.toml\"\n",
+        looping_camera("north"),
+        dir.path().join("video").display(),
+        common::repo().display()
     );
     let (node, mut client) = start_with(dir.path(), &cameras, "metrics_listen = \"127.0.0.1:0\"").await;
     let url = format!("http://{}/", node.metrics_addr.unwrap());
@@ -553,24 +559,44 @@ async fn the_status_page_shows_live_tracks_and_a_line_drawn_on_it_counts() {
     let canvas = "document.querySelector('section[data-camera=north] canvas')";
     let (mut browser, shown) = tokio::task::spawn_blocking(move || {
         let mut browser = common::browser::Browser::open(&url, 1000, 760);
+        // A frame with tracks, drawn on its picture: what is drawn, the picture's time, and the
+        // share of the canvas in the plain background a frame without picture has.
         let with_tracks = format!(
-            "(() => {{ const c = {canvas}; return c && JSON.parse(c.dataset.tracks || '[]').length > 0 \
-             ? [c.dataset.captureTime, JSON.parse(c.dataset.tracks)] : null; }})()"
+            "(() => {{ const c = {canvas}; if (!c || !c.dataset.pictureTime || JSON.parse(c.dataset.tracks || '[]').length == 0) return null; \
+             const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let plain = 0; \
+             for (let i = 0; i < px.length; i += 4) if (px[i] == 0x33 && px[i + 1] == 0x33 && px[i + 2] == 0x33) plain++; \
+             return [c.dataset.captureTime, JSON.parse(c.dataset.tracks), c.dataset.pictureTime, plain / (px.length / 4)]; }})()"
         );
-        let first = browser.wait_for(&with_tracks, Duration::from_secs(30));
-        let later = browser.wait_for(
-            &format!(
+        // Eight frames in a row: a picture and boxes of different frames would show in some.
+        let mut shown: Vec<serde_json::Value> = vec![browser.wait_for(&with_tracks, Duration::from_secs(30))];
+        while shown.len() < 8 {
+            let next = format!(
                 "(() => {{ const v = {with_tracks}; return v && v[0] !== {} ? v : null; }})()",
-                first[0]
-            ),
-            Duration::from_secs(30),
-        );
-        (browser, [first, later])
+                shown[shown.len() - 1][0]
+            );
+            shown.push(browser.wait_for(&next, Duration::from_secs(30)));
+        }
+        (browser, shown)
     })
     .await
     .unwrap();
     assert_ne!(shown[0][0], shown[1][0], "the frame updates");
+    let nanos_of = |time: &serde_json::Value| {
+        let time = humantime::parse_rfc3339(time.as_str().unwrap()).unwrap();
+        time.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    };
     for frame in &shown {
+        // The picture is the very frame described: the ring and the descriptor time a frame a
+        // few milliseconds apart, and frames are 40 ms apart.
+        let off = nanos_of(&frame[2]) - nanos_of(&frame[0]);
+        assert!(
+            off.abs() < 20_000_000,
+            "picture {} for the frame of {}",
+            frame[2],
+            frame[0]
+        );
+        let plain = frame[3].as_f64().unwrap();
+        assert!(plain < 0.05, "the picture fills the canvas ({plain} of it plain)");
         let time = frame[0].as_str().unwrap();
         let seen = seen.lock().unwrap();
         let descriptor = seen
@@ -669,6 +695,11 @@ async fn the_status_page_shows_live_tracks_and_a_line_drawn_on_it_counts() {
         browser.wait_for(
             "document.querySelector('section[data-camera=north] .counts').textContent.includes('line-1crossed forward')",
             Duration::from_secs(15),
+        );
+        // For the README: a frame with a track on it, as an installer sees the page.
+        browser.wait_for(
+            &format!("JSON.parse({canvas}.dataset.tracks || '[]').length > 0 || null"),
+            Duration::from_secs(30),
         );
         browser.screenshot()
     })

@@ -267,8 +267,9 @@ impl Drop for AuditPlace {
 /// A record opens with the first picture asked for (its place in the describe stage's queue
 /// taken before any pixel is decoded, as for every export) and is written [`LIVE_VIEW_RECORD`]
 /// later with the pictures sent and refused in between, their first and last capture times and
-/// the faces pixelated. A node that stops writes the records open; one killed loses them, as it
-/// loses a clip's record mid-clip.
+/// the faces pixelated. Records still open when the services end are written then, if the
+/// describe stage still takes them; a node killed loses them, as it loses a clip's record
+/// mid-clip.
 #[derive(Default)]
 struct LiveViews {
     open: Mutex<HashMap<(String, String), LiveView>>,
@@ -1158,7 +1159,7 @@ mod tests {
         let refused = views.record(&viewer, take, None).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         drop(held);
-        // A node that stops writes the record it has open.
+        // When the services end, the record open is written.
         views.record(&viewer, take, Some(Ok(&picture(20, 0)))).unwrap();
         drop(views);
         tokio::task::yield_now().await;
