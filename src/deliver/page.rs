@@ -10,9 +10,9 @@
 //!
 //! What a frame holds comes from the log, as for every reader: a live subscription keeps each
 //! camera's latest frame descriptor and latest count record. Its picture, on a node that keeps
-//! video, comes from the video ring: `GET /api/cameras/{id}/frame.jpg?time=` (the `pixels`
-//! scope, faces pixelated) gives the frame captured at a descriptor's time, so that the boxes
-//! drawn on it are those of the very frame. The page asks for the next picture when the last has
+//! video, comes from the video stage as a snapshot does (`deliver::pixels`):
+//! `GET /api/cameras/{id}/frame.jpg?time=` (the `pixels` scope, faces pixelated) gives the frame
+//! captured at a descriptor's time, so that the boxes drawn on it are those of the very frame. The page asks for the next picture when the last has
 //! come, so a slow link or a busy node slows its pictures, never the node.
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! a frame held for as long as it lasted, never a corrupt stream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -67,7 +67,7 @@ fn decode_segment(
     let Some(path) = segment.current_path() else {
         return Ok(Next::More);
     };
-    let (pipeline, _stop, sink) = frame_reader("filesrc name=source")?;
+    let (pipeline, _stop, sink, first) = frame_reader("filesrc name=source", segment.start, from)?;
     let file = pipeline
         .by_name("source")
         .ok_or_else(|| Error::Gstreamer("segment reader without filesrc".into()))?;
@@ -75,7 +75,7 @@ fn decode_segment(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| Error::Gstreamer(format!("cannot read video segment {}", path.display())))?;
-    read_frames(&pipeline, &sink, segment.start, from..=to, each).map(|read| {
+    read_frames(&pipeline, &sink, segment.start, &first, to, each).map(|read| {
         if let Some(error) = read.error {
             // A segment cut short by a crash ends early; one that says nothing is skipped.
             tracing::debug!(segment = %segment.path.display(), %error, "segment read ended on an error");
@@ -85,14 +85,16 @@ fn decode_segment(
 }
 
 /// Decodes compressed frames of `caps` held in memory, a keyframe first, captured from `start`
-/// on (timed as a ring segment's frames are), and hands each to `each` until it says stop.
+/// on (timed as a ring segment's frames are), and hands each captured from `from` on to `each`
+/// until it says stop.
 pub fn decode_buffers(
     caps: &gst::Caps,
     frames: Vec<gst::Buffer>,
     start: UnixNanos,
+    from: UnixNanos,
     each: impl FnMut(TimedFrame) -> Result<Next>,
 ) -> Result<()> {
-    let (pipeline, _stop, sink) = frame_reader("appsrc name=source")?;
+    let (pipeline, _stop, sink, first) = frame_reader("appsrc name=source", start, from)?;
     let source = pipeline
         .by_name("source")
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
@@ -109,17 +111,26 @@ pub fn decode_buffers(
             .map_err(|e| Error::Gstreamer(format!("decoding the newest frames: {e:?}")))?;
     }
     let _ = source.end_of_stream();
-    let read = read_frames(&pipeline, &sink, start, UnixNanos::MIN..=UnixNanos::MAX, each)?;
+    let read = read_frames(&pipeline, &sink, start, &first, UnixNanos::MAX, each)?;
     match read.error {
         Some(error) => Err(Error::Gstreamer(format!("decoding the newest frames: {error}"))),
         None => Ok(()),
     }
 }
 
-/// `source` ─▶ decodebin ─▶ RGB frames at an appsink, stopped when the guard drops.
-fn frame_reader(source: &str) -> Result<(gst::Pipeline, StopOnDrop, gst_app::AppSink)> {
+/// The presentation time of a reader's first decoded frame, from which its frames are timed.
+type FirstPts = Arc<OnceLock<gst::ClockTime>>;
+
+/// `source` ─▶ decodebin ─▶ RGB frames at an appsink, stopped when the guard drops. Frames
+/// captured before `from` (timed from `start`) are dropped before their colour conversion: a
+/// segment or a group is decoded from its keyframe, and most of its frames are not wanted.
+fn frame_reader(
+    source: &str,
+    start: UnixNanos,
+    from: UnixNanos,
+) -> Result<(gst::Pipeline, StopOnDrop, gst_app::AppSink, FirstPts)> {
     let pipeline = gst::parse::launch(&format!(
-        "{source} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=frames sync=false max-buffers=4"
+        "{source} ! decodebin ! videoconvert name=convert ! video/x-raw,format=RGB ! appsink name=frames sync=false max-buffers=4"
     ))
     .map_err(|e| Error::Gstreamer(format!("frame reader: {e}")))?
     .downcast::<gst::Pipeline>()
@@ -129,7 +140,28 @@ fn frame_reader(source: &str) -> Result<(gst::Pipeline, StopOnDrop, gst_app::App
         .by_name("frames")
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or_else(|| Error::Gstreamer("frame reader without appsink".into()))?;
-    Ok((pipeline, stop, sink))
+    let convert = pipeline
+        .by_name("convert")
+        .and_then(|e| e.static_pad("sink"))
+        .ok_or_else(|| Error::Gstreamer("frame reader without videoconvert".into()))?;
+    let first = FirstPts::default();
+    let seen = first.clone();
+    convert.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let first = *seen.get_or_init(|| pts);
+        match capture_time(start, first, pts) < from {
+            true => gst::PadProbeReturn::Drop,
+            false => gst::PadProbeReturn::Ok,
+        }
+    });
+    Ok((pipeline, stop, sink, first))
+}
+
+/// A decoded frame's capture time: the first frame's, `start`, and its distance from it.
+fn capture_time(start: UnixNanos, first: gst::ClockTime, pts: gst::ClockTime) -> UnixNanos {
+    start.saturating_add(pts.nseconds().saturating_sub(first.nseconds()) as i64)
 }
 
 /// How a read of frames ended.
@@ -139,16 +171,17 @@ struct Read {
     error: Option<String>,
 }
 
-/// Pulls a reader's frames, timed from `start` by their distance from the first, and hands those
-/// captured `within` to `each` until it says stop, a frame comes after them, or the stream ends.
+/// Pulls a reader's frames (those its probe let through), timed from `start` by their distance
+/// from the first, and hands them to `each` until it says stop, one is captured after `to`, or
+/// the stream ends.
 fn read_frames(
     pipeline: &gst::Pipeline,
     sink: &gst_app::AppSink,
     start: UnixNanos,
-    within: std::ops::RangeInclusive<UnixNanos>,
+    first: &FirstPts,
+    to: UnixNanos,
     mut each: impl FnMut(TimedFrame) -> Result<Next>,
 ) -> Result<Read> {
-    let mut first_pts = None;
     let mut silent_since = std::time::Instant::now();
     loop {
         // Never a blocking pull: a stream no decoder can read (empty, zeroed, a codec not
@@ -167,13 +200,8 @@ fn read_frames(
         let Some(pts) = sample.buffer().and_then(|b| b.pts()) else {
             continue;
         };
-        let first = *first_pts.get_or_insert(pts);
-        let offset = pts.nseconds().saturating_sub(first.nseconds());
-        let capture_time = start.saturating_add(offset as i64);
-        if capture_time < *within.start() {
-            continue;
-        }
-        if capture_time > *within.end() {
+        let capture_time = capture_time(start, *first.get_or_init(|| pts), pts);
+        if capture_time > to {
             return Ok(Read {
                 next: Next::Stop,
                 error: None,

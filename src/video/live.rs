@@ -93,7 +93,7 @@ impl LiveFrames {
             (group.caps.clone(), start, pictures.frames.clone())
         };
         let mut nearest: Option<TimedFrame> = None;
-        export::decode_buffers(&caps, frames, start, |frame| {
+        export::decode_buffers(&caps, frames, start, time.saturating_sub(reach), |frame| {
             let past = frame.capture_time >= time;
             if nearest
                 .as_ref()
