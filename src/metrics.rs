@@ -44,6 +44,8 @@ pub struct Metrics {
     capture_to_publish: Family<CameraLabels, Histogram>,
     zone_events: Family<ZoneEventLabels, Counter>,
     zone_occupancy: Family<ZoneLabels, Gauge>,
+    pixel_exports: Family<ExportLabels, Counter>,
+    pixel_export_frames: Family<ExportFrameLabels, Counter>,
     log: LogMetrics,
     tls_not_after: Family<ListenerLabels, Gauge>,
     push: PushMetrics,
@@ -71,6 +73,8 @@ type ListenerLabels = [(&'static str, &'static str); 1];
 type CameraLabels = [(&'static str, String); 1];
 type ZoneEventLabels = [(&'static str, String); 5];
 type ZoneLabels = [(&'static str, String); 3];
+type ExportLabels = [(&'static str, String); 3];
+type ExportFrameLabels = [(&'static str, String); 2];
 
 /// The descriptor log's writer.
 struct LogMetrics {
@@ -157,6 +161,8 @@ impl Metrics {
             capture_to_publish,
             zone_events: Family::default(),
             zone_occupancy: Family::default(),
+            pixel_exports: Family::default(),
+            pixel_export_frames: Family::default(),
             log: LogMetrics {
                 stored: Counter::default(),
                 stored_bytes: Counter::default(),
@@ -261,6 +267,17 @@ impl Metrics {
             "Tracks inside each zone now, by camera, zone and class",
             metrics.zone_occupancy.clone(),
         );
+        r.register(
+            "retina_pixel_exports",
+            "Pixel exports recorded, by camera, kind (snapshot, track snapshot, clip, track clip, live view) \
+             and outcome (sent, refused); a live view is one record a minute per caller",
+            metrics.pixel_exports.clone(),
+        );
+        r.register(
+            "retina_pixel_export_frames",
+            "Frames sent by pixel exports, by camera and kind",
+            metrics.pixel_export_frames.clone(),
+        );
         let log = &metrics.log;
         r.register(
             "retina_log_stored",
@@ -326,6 +343,16 @@ impl Metrics {
                 .map(|a| prost::Message::encoded_len(a) as u64)
                 .sum(),
         );
+        if let Some(export) = &descriptor.pixel_export {
+            let outcome = if export.refused.is_empty() { "sent" } else { "refused" };
+            let camera = || ("camera", descriptor.camera_id.clone());
+            self.pixel_exports
+                .get_or_create(&[camera(), ("kind", export.kind.clone()), ("outcome", outcome.into())])
+                .inc();
+            self.pixel_export_frames
+                .get_or_create(&[camera(), ("kind", export.kind.clone())])
+                .inc_by(u64::from(export.frames));
+        }
     }
 
     /// A zone event of `camera`, whose track is of class `class_name`.
@@ -602,6 +629,38 @@ impl Collector for CameraCollector {
                 ConstGauge::new(age.as_secs_f64()).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
             }
         }
+
+        // The video ring of each camera whose video is kept, as of its latest closed segment.
+        let rings: Vec<_> = cameras.iter().filter(|c| c.ring.known()).collect();
+        let mut family = encoder.encode_descriptor(
+            "retina_video_ring_bytes",
+            "Bytes of the camera's closed video segments",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for camera in &rings {
+            let bytes = i64::try_from(camera.ring.bytes()).unwrap_or(i64::MAX);
+            ConstGauge::new(bytes).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "retina_video_ring_seconds",
+            "Capture time the camera's video ring spans, from its oldest segment's start to its newest's end",
+            None,
+            ConstGauge::new(0f64).metric_type(),
+        )?;
+        for camera in &rings {
+            ConstGauge::new(camera.ring.span_seconds())
+                .encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "retina_video_segments_pruned",
+            "Video segments removed to keep the ring within video.max_bytes_per_camera and max_age_hours",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for camera in &rings {
+            ConstCounter::new(camera.ring.pruned()).encode(family.encode_family(&[("camera", camera.id.as_str())])?)?;
+        }
         Ok(())
     }
 }
@@ -615,10 +674,9 @@ const CAMERA_STATES: [pb::CameraState; 6] = [
     pb::CameraState::Failed,
 ];
 
-/// Serves `/metrics` until shutdown, over TLS if `tls`, to holders of a `metrics` token if
-/// `tokens` (Prometheus sends one with `authorization` in its scrape config).
 /// Serves `GET /metrics` with what `encode` renders (the node's metrics, or the collector's),
-/// behind the listener's TLS and the `metrics` scope.
+/// and `pages` beside it, until shutdown: over TLS if `tls`, to holders of a `metrics` token if
+/// `tokens` (Prometheus sends one with `authorization` in its scrape config).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     encode: impl Fn() -> Result<String> + Clone + Send + Sync + 'static,

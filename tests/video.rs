@@ -519,6 +519,53 @@ async fn a_live_cameras_ring_serves_clips_and_track_snapshots_states_outages_and
         .expect("Query")
         .into_inner();
     assert!(elsewhere.descriptors.is_empty(), "{:?}", elsewhere.descriptors);
+
+    // The same, in the metrics: the ring's size and span, what pruning removed, and the exports
+    // by kind and outcome with the frames they sent.
+    let values = common::metric_values(&node.metrics.encode().unwrap());
+    let value = |name: &str| {
+        values
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| panic!("{name} in {values:?}"))
+    };
+    let ring_bytes = value("retina_video_ring_bytes{camera=\"door\"}");
+    assert!(
+        ring_bytes > 0.0 && ring_bytes <= (max_bytes + segment) as f64,
+        "{ring_bytes} bytes against {max_bytes}"
+    );
+    let kept: Vec<_> = segments(&video_dir, "door").into_iter().filter(|s| !s.open).collect();
+    let span = (kept.last().unwrap().end - kept[0].start) as f64 / 1e9;
+    let ring_seconds = value("retina_video_ring_seconds{camera=\"door\"}");
+    assert!(
+        (ring_seconds - span).abs() < 2.5,
+        "{ring_seconds} s kept, the ring spans {span} s"
+    );
+    assert!(value("retina_video_segments_pruned_total{camera=\"door\"}") >= 1.0);
+    let exports = |kind: &str, outcome: &str| {
+        values
+            .get(&format!(
+                "retina_pixel_exports_total{{camera=\"door\",kind=\"{kind}\",outcome=\"{outcome}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let counted: Vec<f64> = [
+        ("clip", "sent"),
+        ("clip", "refused"),
+        ("track snapshot", "sent"),
+        ("track snapshot", "refused"),
+        ("track clip", "sent"),
+    ]
+    .iter()
+    .map(|(kind, outcome)| exports(kind, outcome))
+    .collect();
+    assert_eq!(counted, [2.0, 1.0, 2.0, 1.0, 1.0], "as the records say");
+    let frames: u32 = records.iter().filter(|r| r.kind == "clip").map(|r| r.frames).sum();
+    assert_eq!(
+        value("retina_pixel_export_frames_total{camera=\"door\",kind=\"clip\"}"),
+        f64::from(frames)
+    );
     common::stop_node(node).await;
 }
 

@@ -194,7 +194,8 @@ impl Supervisor {
         };
         let clock = Arc::new(Mutex::new(CaptureClock::new(default_source)));
         if let Some(settings) = &self.record {
-            record::recover(&self.status.id, &Ring::new(&settings.root, &self.status.id));
+            let ring = Ring::new(&settings.root, &self.status.id);
+            record::recover(&self.status.id, &ring, settings.limits, &self.status.ring);
         }
         let mut polling = false;
         // Permanent-looking failures of a live source in a row, with no frame between them.
@@ -318,6 +319,7 @@ impl Supervisor {
     /// H.265 and the node is configured to.
     fn ring_tap(&self, clock: Arc<Mutex<CaptureClock>>, slot: RecorderSlot) -> Option<StreamTap> {
         let settings = self.record.clone()?;
+        let ring_stats = self.status.ring.clone();
         let camera = self.status.id.clone();
         let mut timing = RingTiming::default();
         let mut retry_after: Option<Instant> = None;
@@ -372,7 +374,7 @@ impl Supervisor {
             }
             if recorder.is_none() && retry_after.is_none_or(|t| Instant::now() >= t) {
                 let ring = Ring::new(&settings.root, &camera);
-                match Recorder::start(&camera, ring, frame.caps, &settings) {
+                match Recorder::start(&camera, ring, frame.caps, &settings, ring_stats.clone()) {
                     Ok(started) => recorder = Some(started),
                     Err(err) => {
                         tracing::warn!(camera, %err, "this camera's video is not kept");

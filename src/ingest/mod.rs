@@ -70,6 +70,8 @@ pub struct CameraStatus {
     time_source: AtomicI32,
     /// Failures by kind ([`FailureKind::index`]) since the node started.
     failures: [AtomicU64; FailureKind::ALL.len()],
+    /// What the camera's video ring holds, on a node that keeps video.
+    pub ring: Arc<crate::video::ring::RingStats>,
     state: Mutex<CameraCondition>,
 }
 
@@ -119,6 +121,7 @@ impl CameraStatus {
             last_decoded_nanos: AtomicU64::new(0),
             time_source: AtomicI32::new(pb::TimeSource::Unspecified as i32),
             failures: Default::default(),
+            ring: Arc::default(),
             state: Mutex::new(CameraCondition {
                 state: pb::CameraState::Starting,
                 last_error: None,

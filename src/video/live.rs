@@ -196,10 +196,24 @@ mod tests {
             let known = |t: Duration| (t >= Duration::from_secs(1)).then(|| BASE + t.as_nanos() as i64);
             group.lock().unwrap().keep(buffer, keyframe, known);
         }
+        // Every frame as a decoder reading the whole stream from its start sees it.
+        let mut whole = Vec::new();
+        export::decode_buffers(&caps, buffers.clone(), at(0), at(0), |frame| {
+            whole.push(frame.image);
+            Ok(Next::More)
+        })
+        .unwrap();
+        assert_eq!(whole.len(), 30);
         let reach = 20_000_000;
         for frame in [10, 15, 19, 20, 27, 29] {
-            let found = live.nearest("door", at(frame), reach).unwrap();
-            assert_eq!(found.map(|f| f.capture_time), Some(at(frame)), "frame {frame}");
+            let found = live.nearest("door", at(frame), reach).unwrap().unwrap();
+            assert_eq!(found.capture_time, at(frame), "frame {frame}");
+            // The very frame, not one beside it: the ball moves from frame to frame.
+            assert!(found.image == whole[frame as usize], "the pixels of frame {frame}");
+            assert!(
+                found.image != whole[frame as usize - 1],
+                "frames {frame} and before differ"
+            );
         }
         // Beyond the newest frame, before the two groups, or of another camera: not here.
         for (camera, time) in [("door", at(31)), ("door", at(5)), ("gate", at(20))] {

@@ -30,7 +30,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::live::{Group, LiveFrames};
-use super::ring::{OPEN_PREFIX, Ring, RingLimits};
+use super::ring::{OPEN_PREFIX, Ring, RingLimits, RingStats};
 use crate::clock::{UnixNanos, now_unix_nanos};
 use crate::error::{Error, Result};
 
@@ -89,10 +89,10 @@ pub struct Frame<'a> {
     pub capture_time: Option<UnixNanos>,
 }
 
-/// Closes or removes the segments of `camera` that a process before this one left open: once
-/// per camera and process, before its first recording (a recorder of this process may still be
+/// Closes or removes the segments of `camera` that a process before this one left open, and
+/// prunes its ring to its limits: once per camera and process, before its first recording (a recorder of this process may still be
 /// finishing its last segment when the next one starts).
-pub fn recover(camera: &str, ring: &Ring) {
+pub fn recover(camera: &str, ring: &Ring, limits: RingLimits, stats: &RingStats) {
     match ring.recover_orphans() {
         Ok((0, 0)) => {}
         Ok((kept, removed)) => tracing::info!(
@@ -102,6 +102,12 @@ pub fn recover(camera: &str, ring: &Ring) {
             "video segments a previous run left open were closed or removed"
         ),
         Err(err) => tracing::warn!(camera, %err, "cannot close the video segments a previous run left open"),
+    }
+    // Limits lowered since, or a node stopped for longer than the ring keeps: pruned now, and
+    // what the ring holds is known before its first segment closes.
+    match ring.prune(limits, now_unix_nanos()) {
+        Ok(pruned) => stats.record(pruned),
+        Err(err) => tracing::warn!(camera, %err, "cannot prune the video ring"),
     }
 }
 
@@ -230,8 +236,14 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts recording a stream of `caps` (H.264 or H.265 as it is, raw video by encoding it)
-    /// into `ring`.
-    pub fn start(camera: &str, ring: Ring, caps: &gst::CapsRef, settings: &RecordSettings) -> Result<Recorder> {
+    /// into `ring`; what the ring holds goes to `stats` each time a segment closes.
+    pub fn start(
+        camera: &str,
+        ring: Ring,
+        caps: &gst::CapsRef,
+        settings: &RecordSettings,
+        stats: Arc<RingStats>,
+    ) -> Result<Recorder> {
         let (segment, limits) = (settings.segment, settings.limits);
         let (chain, encodes) = recording_chain(caps, segment)?;
         ring.create()?;
@@ -280,6 +292,7 @@ impl Recorder {
                 timing: timing.clone(),
                 failed: failed.clone(),
                 ending: ending.clone(),
+                stats,
             };
             let pipeline = pipeline.clone();
             std::thread::Builder::new()
@@ -500,6 +513,7 @@ struct Watch {
     timing: Arc<Mutex<Timing>>,
     failed: Arc<AtomicBool>,
     ending: Arc<AtomicBool>,
+    stats: Arc<RingStats>,
 }
 
 impl Watch {
@@ -511,6 +525,7 @@ impl Watch {
             timing,
             failed,
             ending,
+            stats,
         } = self;
         let camera = camera.as_str();
         let mut ending_since: Option<std::time::Instant> = None;
@@ -562,8 +577,17 @@ impl Watch {
                             let length = recording_time.saturating_sub(open.started);
                             close_segment(camera, &ring, &open.path, start, end, length);
                             match ring.prune(limits, now_unix_nanos()) {
-                                Ok((0, _)) => {}
-                                Ok((removed, bytes)) => tracing::debug!(camera, removed, bytes, "video ring pruned"),
+                                Ok(pruned) => {
+                                    stats.record(pruned);
+                                    if pruned.removed > 0 {
+                                        tracing::debug!(
+                                            camera,
+                                            removed = pruned.removed,
+                                            bytes = pruned.bytes,
+                                            "video ring pruned"
+                                        );
+                                    }
+                                }
                                 Err(err) => tracing::warn!(camera, %err, "cannot prune the video ring"),
                             }
                         }

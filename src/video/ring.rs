@@ -10,6 +10,7 @@
 //! was never timed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::clock::UnixNanos;
 use crate::error::{Error, Result};
@@ -65,6 +66,53 @@ pub struct Coverage {
 #[derive(Debug, Clone)]
 pub struct Ring {
     dir: PathBuf,
+}
+
+/// What a prune removed and left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pruned {
+    pub removed: usize,
+    /// Bytes of the closed segments left.
+    pub bytes: u64,
+    /// Capture time from the oldest segment left's start to the newest's end.
+    pub span_ns: UnixNanos,
+}
+
+/// What a camera's ring holds after its latest prune, and how many segments pruning removed:
+/// the recorder writes it, the metrics read it.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    /// Recorded at least once: the camera's video is kept.
+    known: AtomicBool,
+    bytes: AtomicU64,
+    span_ns: AtomicU64,
+    pruned: AtomicU64,
+}
+
+impl RingStats {
+    pub fn record(&self, pruned: Pruned) {
+        self.known.store(true, Ordering::Relaxed);
+        self.bytes.store(pruned.bytes, Ordering::Relaxed);
+        self.span_ns.store(pruned.span_ns.max(0) as u64, Ordering::Relaxed);
+        self.pruned.fetch_add(pruned.removed as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the camera's video is kept here (its ring was looked at).
+    pub fn known(&self) -> bool {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn span_seconds(&self) -> f64 {
+        self.span_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn pruned(&self) -> u64 {
+        self.pruned.load(Ordering::Relaxed)
+    }
 }
 
 impl Ring {
@@ -149,8 +197,8 @@ impl Ring {
     }
 
     /// Removes segments, oldest first, while the ring holds more than `limits.max_bytes` or they
-    /// ended before `now - max_age`. Returns how many were removed and the bytes left.
-    pub fn prune(&self, limits: RingLimits, now: UnixNanos) -> Result<(usize, u64)> {
+    /// ended before `now - max_age`. Returns how many were removed, and what is left.
+    pub fn prune(&self, limits: RingLimits, now: UnixNanos) -> Result<Pruned> {
         let segments: Vec<Segment> = self.segments()?.into_iter().filter(|s| !s.open).collect();
         let mut bytes: u64 = segments.iter().map(|s| s.bytes).sum();
         let oldest_kept = now.saturating_sub(limits.max_age_ns);
@@ -167,7 +215,16 @@ impl Ring {
             bytes -= segment.bytes;
             removed += 1;
         }
-        Ok((removed, bytes))
+        let left = &segments[removed..];
+        let span_ns = match (left.first(), left.last()) {
+            (Some(oldest), Some(newest)) => newest.end.saturating_sub(oldest.start).max(0),
+            _ => 0,
+        };
+        Ok(Pruned {
+            removed,
+            bytes,
+            span_ns,
+        })
     }
 
     /// Segments a previous process was writing when it died: those with a start are closed
@@ -343,14 +400,16 @@ mod tests {
             max_bytes: 250,
             max_age_ns: 3600 * S,
         };
-        assert_eq!(ring.prune(limits, 12 * S).unwrap(), (1, 200));
+        let pruned = ring.prune(limits, 12 * S).unwrap();
+        assert_eq!((pruned.removed, pruned.bytes, pruned.span_ns), (1, 200, 8 * S));
         assert_eq!(ring.segments().unwrap()[0].start, 4 * S);
         let by_age = RingLimits {
             max_bytes: u64::MAX,
             max_age_ns: 5 * S,
         };
         // At 14 s, a segment that ended at 8 s is 6 s old: gone; the one ending at 12 s stays.
-        assert_eq!(ring.prune(by_age, 14 * S).unwrap(), (1, 100));
+        let pruned = ring.prune(by_age, 14 * S).unwrap();
+        assert_eq!((pruned.removed, pruned.bytes, pruned.span_ns), (1, 100, 4 * S));
         assert_eq!(ring.segments().unwrap()[0].start, 8 * S);
     }
 
