@@ -21,6 +21,8 @@ use crate::error::Result;
 /// next keyframe: memory stays bounded whatever the camera does.
 const MOST_BYTES_KEPT: usize = 8 << 20;
 const GROUPS_KEPT: usize = 2;
+/// How far before a group's keyframe a time asked for may be and still be that keyframe's.
+const SLACK_NS: UnixNanos = 20_000_000;
 
 /// The newest frames of every camera that records, by camera id.
 #[derive(Default)]
@@ -72,21 +74,23 @@ impl LiveFrames {
         }
     }
 
-    /// The frame of `camera` captured nearest to `time`, within `reach` of it, if the frames
-    /// kept here hold it: decoded, on the calling thread.
+    /// The frame of `camera` captured nearest to `time`, within `reach` of it, if `time` is in
+    /// the frames kept here (or after them: the ring has nothing newer); decoded, on the calling
+    /// thread. A time before them is the ring's, which has that very frame.
     pub fn nearest(&self, camera: &str, time: UnixNanos, reach: UnixNanos) -> Result<Option<TimedFrame>> {
         let Some(group) = self.lock().get(camera).cloned() else {
             return Ok(None);
         };
         let (caps, start, frames) = {
             let group = group.lock().unwrap_or_else(|p| p.into_inner());
-            // The latest group that starts before the time.
+            // The latest group that starts at or before the time (a frame's width of slack: the
+            // times asked are the descriptors', a few milliseconds from the ring's).
             let Some((start, pictures)) = group
                 .groups
                 .iter()
                 .rev()
                 .filter_map(|p| Some((p.start?, p)))
-                .find(|(start, _)| start.saturating_sub(reach) <= time)
+                .find(|(start, _)| start.saturating_sub(SLACK_NS.min(reach)) <= time)
             else {
                 return Ok(None);
             };
@@ -219,6 +223,16 @@ mod tests {
         for (camera, time) in [("door", at(31)), ("door", at(5)), ("gate", at(20))] {
             assert!(live.nearest(camera, time, reach).unwrap().is_none(), "{camera} {time}");
         }
+        // A snapshot's reach is a second: a time before the groups is still the ring's, which
+        // has its very frame, not the first frame kept here.
+        assert!(live.nearest("door", at(5), 1_000_000_000).unwrap().is_none());
+        assert_eq!(
+            live.nearest("door", at(31), 1_000_000_000)
+                .unwrap()
+                .map(|f| f.capture_time),
+            Some(at(29)),
+            "after the newest frame, the newest within reach"
+        );
         // A recording that stops takes its frames with it.
         live.stop("door", &group);
         assert!(live.nearest("door", at(20), reach).unwrap().is_none());
