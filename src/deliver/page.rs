@@ -166,7 +166,8 @@ async fn status(State(page): State<Page>, headers: HeaderMap) -> Response {
                 "last_error": info.last_error,
                 "failure": info.failure,
                 "last_frame_age_seconds": info.last_frame_age_seconds,
-                "video": page.pixels.keeps_video(&camera.id),
+                // Known from the camera's ring, not asked of the disk at every refresh.
+                "video": camera.ring.known(),
                 "zones": places.zones,
                 "lines": places.lines,
                 "frame": latest.frames.get(&camera.id).map(|d| frame_json(d, &decoder)),

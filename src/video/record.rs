@@ -105,8 +105,23 @@ pub fn recover(camera: &str, ring: &Ring, limits: RingLimits, stats: &RingStats)
     }
     // Limits lowered since, or a node stopped for longer than the ring keeps: pruned now, and
     // what the ring holds is known before its first segment closes.
+    prune(camera, ring, limits, stats);
+}
+
+/// Keeps `ring` within `limits`, and says what it holds in `stats`.
+fn prune(camera: &str, ring: &Ring, limits: RingLimits, stats: &RingStats) {
     match ring.prune(limits, now_unix_nanos()) {
-        Ok(pruned) => stats.record(pruned),
+        Ok(pruned) => {
+            stats.record(pruned);
+            if pruned.removed > 0 {
+                tracing::debug!(
+                    camera,
+                    removed = pruned.removed,
+                    bytes = pruned.bytes,
+                    "video ring pruned"
+                );
+            }
+        }
         Err(err) => tracing::warn!(camera, %err, "cannot prune the video ring"),
     }
 }
@@ -259,9 +274,9 @@ impl Recorder {
         source.set_property_from_str("leaky-type", "downstream");
         let sink = make("splitmuxsink")?;
         sink.set_property("muxer-factory", "mpegtsmux");
-        // Every frame on disk as soon as it is muxed (one write per frame), not 64 KiB later:
-        // the status page's picture of the frame just described is read from the open segment,
-        // and a low-bitrate camera fills 64 KiB in seconds.
+        // Every frame on disk as soon as the muxer lets it go (one write per frame), not 64 KiB
+        // later: a snapshot of a time just before the frames kept in memory (`video::live`)
+        // finds it in the ring, even from a low-bitrate camera, which fills 64 KiB in seconds.
         let file = make("filesink")?;
         file.set_property_from_str("buffer-mode", "unbuffered");
         sink.set_property("sink", &file);
@@ -576,20 +591,7 @@ impl Watch {
                             drop(held);
                             let length = recording_time.saturating_sub(open.started);
                             close_segment(camera, &ring, &open.path, start, end, length);
-                            match ring.prune(limits, now_unix_nanos()) {
-                                Ok(pruned) => {
-                                    stats.record(pruned);
-                                    if pruned.removed > 0 {
-                                        tracing::debug!(
-                                            camera,
-                                            removed = pruned.removed,
-                                            bytes = pruned.bytes,
-                                            "video ring pruned"
-                                        );
-                                    }
-                                }
-                                Err(err) => tracing::warn!(camera, %err, "cannot prune the video ring"),
-                            }
+                            prune(camera, &ring, limits, &stats);
                         }
                         _ => {}
                     }
